@@ -1,0 +1,1 @@
+"""Console commands. They use the library; the library never imports them."""
