@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -21,7 +22,14 @@ def minutes(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise CommandError(f"minutes must be a number, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"minutes must be a number, not {text!r}") from None
     if value < 0 or value != value:
-        raise CommandError(f"minutes must be zero or more, not {text!r}")
+        raise argparse.ArgumentTypeError(f"minutes must be zero or more, not {text!r}")
     return value
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: {message}\n")

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 from ..errors import DroprError
 from . import spool_cmds, store_cmds
-from ._common import CommandError
+from ._common import CommandError, Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dropr", description=__doc__)
+    parser = Parser(prog="dropr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     spool_cmds.register(commands)
     store_cmds.register(commands)

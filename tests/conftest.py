@@ -1,0 +1,47 @@
+"""Fixtures shared by the whole suite.
+
+The compiled modules and their plain-Python twins run the same tests: a fixture named after
+a module (``codec``, ``scan``, ``manifest``, ``drop``) is parametrized over both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import pytest
+
+KINDS = ("compiled", "python")
+
+
+def load_twin(name: str, kind: str) -> ModuleType:
+    """``dropr._name`` (compiled) or ``dropr._name_py``; a missing build fails when required."""
+    if kind == "python":
+        return importlib.import_module(f"dropr._{name}_py")
+    try:
+        return importlib.import_module(f"dropr._{name}")
+    except ImportError:
+        if os.environ.get("DROPR_REQUIRE_EXTENSIONS", "") not in ("", "0"):
+            raise
+        pytest.skip(f"dropr._{name} is not built")
+
+
+@pytest.fixture(params=KINDS)
+def codec(request: pytest.FixtureRequest) -> ModuleType:
+    return load_twin("codec", request.param)
+
+
+@pytest.fixture(params=KINDS)
+def scan(request: pytest.FixtureRequest) -> ModuleType:
+    return load_twin("scan", request.param)
+
+
+@pytest.fixture(params=KINDS)
+def manifest(request: pytest.FixtureRequest) -> ModuleType:
+    return load_twin("manifest", request.param)
+
+
+@pytest.fixture(params=KINDS)
+def drop(request: pytest.FixtureRequest) -> ModuleType:
+    return load_twin("drop", request.param)
