@@ -1,0 +1,28 @@
+# The common vocabulary: compile, test, bench, lint, typecheck, clean.
+PYTHON ?= .venv/bin/python
+
+.PHONY: compile test test-python bench lint typecheck clean
+
+compile:
+	$(PYTHON) setup.py build_ext --inplace -q
+
+test:
+	./scripts/test
+
+test-python:
+	DROPR_NO_EXTENSIONS=1 $(PYTHON) -m pytest -q tests/test_codec.py tests/test_scan.py tests/test_manifest.py tests/test_put.py
+
+bench:
+	$(PYTHON) -m pytest bench -q --benchmark-only
+	$(PYTHON) bench/put.py
+	$(PYTHON) bench/e2e.py
+	$(PYTHON) bench/consume.py
+
+lint:
+	$(PYTHON) -m ruff check dropr tests bench scripts
+
+typecheck:
+	$(PYTHON) -m mypy --strict dropr
+
+clean:
+	rm -rf build dist *.egg-info ext/*.c ext/*.html dropr/*.so

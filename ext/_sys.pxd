@@ -1,0 +1,69 @@
+# System calls used by dropr's compiled hot path, declared once (all callable without the GIL).
+
+cdef extern from "<sys/types.h>" nogil:
+    ctypedef long ssize_t
+    ctypedef unsigned int mode_t
+    ctypedef unsigned long ino_t
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    enum:
+        EINTR
+        EEXIST
+        ENOENT
+        ENOMEM
+        ENOSPC
+
+cdef extern from "<dirent.h>" nogil:
+    ctypedef struct DIR:
+        pass
+
+    struct dirent:
+        ino_t d_ino
+        unsigned char d_type
+        char d_name[256]
+
+    DIR *opendir(const char *name)
+    DIR *fdopendir(int fd)
+    dirent *readdir(DIR *dirp)
+    int closedir(DIR *dirp)
+    int dirfd(DIR *dirp)
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        O_RDONLY
+        O_WRONLY
+        O_RDWR
+        O_CREAT
+        O_EXCL
+        O_TRUNC
+        O_APPEND
+        O_CLOEXEC
+        O_DIRECTORY
+        O_NOFOLLOW
+        AT_FDCWD
+
+    int openat(int dirfd, const char *pathname, int flags, ...)
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t write(int fd, const void *buf, size_t count)
+    int close(int fd)
+    int fsync(int fd)
+    int fdatasync(int fd)
+    int unlinkat(int dirfd, const char *pathname, int flags)
+    int getpid()
+
+cdef extern from "<stdio.h>" nogil:
+    int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+
+    enum:
+        CLOCK_REALTIME
+
+    int clock_gettime(int clk_id, timespec *tp)

@@ -1,0 +1,17 @@
+# Sourced by the scripts beside it: makes .venv (once) and installs dropr, extensions
+# built, with the extras named in $extras. Reinstalls when the build inputs change.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="${DROPR_VENV:-$root/.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "dropr: creating $venv" >&2
+  "${PYTHON:-python3}" -m venv "$venv"
+fi
+stamp="$venv/.dropr-$extras"
+if [ ! -f "$stamp" ] || [ -n "$(find "$root/pyproject.toml" "$root/setup.py" "$root/ext" -newer "$stamp" 2>/dev/null | head -n 1)" ]; then
+  echo "dropr: installing dropr[$extras] and building its extensions" >&2
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet --editable "$root[$extras]"
+  touch "$stamp"
+fi
+export PATH="$venv/bin:$PATH"
