@@ -18,7 +18,6 @@ directives = {
 extensions = [
     Extension(f"dropr._{name}", [os.path.join("ext", f"_{name}.pyx")], include_dirs=["ext"])
     for name in MODULES
-    if os.path.exists(os.path.join("ext", f"_{name}.pyx"))
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, include_path=["ext"]))

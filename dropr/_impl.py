@@ -35,4 +35,5 @@ scan = _loaded["scan"][0]
 manifest = _loaded["manifest"][0]
 drop = _loaded["drop"][0]
 
-IMPLEMENTATION = "compiled" if all(compiled for _, compiled in _loaded.values()) else "python"
+COMPILED = {name: compiled for name, (_, compiled) in _loaded.items()}
+IMPLEMENTATION = "compiled" if all(COMPILED.values()) else "python" if not any(COMPILED.values()) else "mixed"

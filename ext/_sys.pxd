@@ -6,6 +6,7 @@ cdef extern from "<sys/types.h>" nogil:
     ctypedef unsigned long ino_t
 
 cdef extern from "<errno.h>" nogil:
+    # A function that assigns errno must say `global errno`, or Cython makes it a local.
     int errno
     enum:
         EINTR

@@ -1,0 +1,188 @@
+"""Consumer throughput: claim -> read -> set_processed, against a C floor, in one run.
+
+The C floor is a small program built at run time that does the same file operations per
+message as ``Store.claim`` + ``Message.read`` + ``Store.set_processed``: set the lease time
+on ``queue/NAME``, rename it to ``claimed/``, open/read/close it, rename it to ``processed/``
+(a rename lost to another process is skipped, as in the store). It lists the queue once,
+where dropr rescans it per claim batch. Both run with 1 and with 4 processes on fresh
+stores of the same messages, C and dropr alternating, several rounds; the table shows the
+median of the per-round ratios.
+
+    python bench/consume.py [--count N] [--rounds R] [--batch B] [--size BYTES]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from dropr._impl import IMPLEMENTATION, codec
+from dropr.store import Store
+
+C_FLOOR = r"""
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int main(int argc, char **argv) {
+    /* argv[1]: channel directory holding queue/, claimed/, processed/ */
+    char path[4096], target[4096], buf[65536];
+    size_t cap = 1024, n = 0;
+    char **names = malloc(cap * sizeof *names);
+    snprintf(path, sizeof path, "%s/queue", argv[1]);
+    DIR *dir = opendir(path);
+    if (!dir) { perror("opendir"); return 1; }
+    struct dirent *entry;
+    while ((entry = readdir(dir))) {
+        if (entry->d_name[0] == '.') continue;
+        if (n == cap) names = realloc(names, (cap *= 2) * sizeof *names);
+        names[n++] = strdup(entry->d_name);
+    }
+    closedir(dir);
+    qsort(names, n, sizeof *names, by_name);
+    struct timespec lease[2];
+    clock_gettime(CLOCK_REALTIME, &lease[0]);
+    lease[0].tv_sec += 60;
+    lease[1] = lease[0];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/queue/%s", argv[1], names[i]);
+        snprintf(target, sizeof target, "%s/claimed/%s", argv[1], names[i]);
+        if (utimensat(AT_FDCWD, path, lease, 0) != 0 || rename(path, target) != 0) {
+            if (errno == ENOENT) continue;
+            perror("claim"); return 1;
+        }
+        int fd = open(target, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) { perror("open"); return 1; }
+        while (read(fd, buf, sizeof buf) > 0) {}
+        close(fd);
+        snprintf(path, sizeof path, "%s/processed/%s", argv[1], names[i]);
+        if (rename(target, path) != 0) { perror("rename"); return 1; }
+    }
+    return 0;
+}
+"""
+
+
+def build_floor(workdir: str) -> str:
+    source = os.path.join(workdir, "floor.c")
+    binary = os.path.join(workdir, "floor")
+    with open(source, "w") as file:
+        file.write(C_FLOOR)
+    subprocess.run(["cc", "-O2", "-o", binary, source], check=True)
+    return binary
+
+
+def fill(root: str, count: int, size: int) -> Store:
+    """A fresh store whose channel ``bench`` holds ``count`` messages of ``size`` bytes."""
+    store = Store(root, create=True)
+    payload = os.urandom(size)
+    for _ in range(count):
+        msg_id = codec.new_id()
+        staged = os.path.join(store.staging_dir, msg_id)
+        with open(staged, "wb") as file:
+            file.write(payload)
+        store.ingest("bench", "bench-client", msg_id, 9, staged)
+    os.sync()
+    return store
+
+
+def run_floor(binary: str, store: Store, procs: int) -> float:
+    channel_dir = os.path.join(store.path, "channels", "bench")
+    start = time.monotonic()
+    children = [subprocess.Popen([binary, channel_dir]) for _ in range(procs)]
+    for child in children:
+        if child.wait() != 0:
+            raise RuntimeError("C floor failed")
+    return time.monotonic() - start
+
+
+def _consumer(path: str, batch: int, ready: multiprocessing.synchronize.Barrier, times: multiprocessing.queues.Queue) -> None:  # type: ignore[name-defined]
+    store = Store(path)
+    ready.wait()
+    start = time.monotonic()
+    while True:
+        claimed = store.claim("bench", batch, 60)
+        if not claimed:
+            break
+        for message in claimed:
+            message.read()
+            store.set_processed(message)
+    times.put((start, time.monotonic()))
+
+
+def run_dropr(store: Store, procs: int, batch: int) -> float:
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Barrier(procs)
+    times = ctx.Queue()
+    children = [ctx.Process(target=_consumer, args=(store.path, batch, ready, times)) for _ in range(procs)]
+    for child in children:
+        child.start()
+    spans = [times.get() for _ in children]
+    for child in children:
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError("consumer failed")
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
+def check(store: Store, count: int) -> None:
+    if store.count_processed("bench") != count or store.count_queued("bench") != 0:
+        raise RuntimeError("not every message was processed exactly once")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--size", type=int, default=200)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="dropr-bench-consume-")
+    try:
+        binary = build_floor(work)
+        ratios: dict[int, list[float]] = {1: [], 4: []}
+        rates: dict[tuple[str, int], list[float]] = {}
+        for round_ in range(args.rounds):
+            for procs in (1, 4):
+                for kind in ("c", "dropr"):
+                    root = os.path.join(work, f"{kind}-{procs}-{round_}-{os.urandom(4).hex()}")
+                    store = fill(root, args.count, args.size)
+                    if kind == "c":
+                        elapsed = run_floor(binary, store, procs)
+                    else:
+                        elapsed = run_dropr(store, procs, args.batch)
+                    check(store, args.count)
+                    rates.setdefault((kind, procs), []).append(args.count / elapsed)
+                    shutil.rmtree(root)
+                    os.sync()
+                ratios[procs].append(rates["dropr", procs][-1] / rates["c", procs][-1])
+        print(f"consume: {args.count} messages of {args.size} bytes, batch {args.batch}, "
+              f"{args.rounds} rounds, {IMPLEMENTATION} hot path")  # fmt: skip
+        print(f"{'processes':>9}  {'C floor msg/s':>13}  {'dropr msg/s':>11}  {'ratio (median)':>14}")
+        for procs in (1, 4):
+            c_rate = statistics.median(rates["c", procs])
+            d_rate = statistics.median(rates["dropr", procs])
+            print(f"{procs:>9}  {c_rate:>13,.0f}  {d_rate:>11,.0f}  {statistics.median(ratios[procs]):>14.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

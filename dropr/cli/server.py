@@ -1,0 +1,135 @@
+"""``dropr-server``: receive batches over HTTP(S) into a store."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Sequence
+
+from ..errors import DroprError
+from ._common import CommandError, Parser
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="dropr-server",
+        description="Receive dropr batches over HTTP(S) into a store.",
+        epilog="POST on any path receives a batch; GET /health and GET /metrics report.",
+    )
+    parser.add_argument("--store", required=True, metavar="DIR", help="store directory")
+    parser.add_argument(
+        "--listen", required=True, type=listen_address, metavar="HOST:PORT",
+        help="address to listen on (port 0: any free port)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--token", help="require 'Authorization: Bearer TOKEN' (default: $DROPR_TOKEN)"
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert")
+    parser.add_argument(
+        "--fsync", choices=("batch", "none"), default="batch",
+        help="batch: flush the store before each acknowledgement (default); none: never",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-request-bytes", type=positive_int, metavar="N", default=None,
+        help="largest request accepted, else 413 (default 64 MiB)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-level", type=str.lower, choices=LEVELS, default="info", help="default: info"
+    )
+    return parser
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """An argparse type: ``HOST:PORT`` (``[v6]:PORT`` for IPv6) as ``(host, port)``."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above zero, not {text!r}")
+    return value
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise CommandError("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise CommandError(f"TLS file not found: {exc.filename or cert}") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise CommandError(f"cannot load TLS certificate {cert} and key {key}: {exc}") from None
+    return context
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from ..server import DEFAULT_MAX_REQUEST, ServerConfig, listen, make_app, serve
+    from ..server.staging import remove_leftovers
+    from ..store import Store
+
+    token = args.token if args.token is not None else os.environ.get("DROPR_TOKEN") or None
+    if token is not None and not token.strip():
+        raise CommandError("the token is empty")
+    context = tls_context(args.tls_cert, args.tls_key)
+    if os.path.exists(args.store) and not os.path.isdir(args.store):
+        raise CommandError(f"store {args.store} is not a directory")
+    host, port = args.listen
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        store = Store(args.store, create=True)
+    except BaseException:
+        sock.close()
+        raise
+    removed = remove_leftovers(store.staging_dir)
+    if removed:
+        logging.getLogger("dropr.server").info("removed %d unfinished uploads", removed)
+    config = ServerConfig(
+        token=token,
+        fsync=args.fsync == "batch",
+        max_request_bytes=args.max_request_bytes or DEFAULT_MAX_REQUEST,
+    )
+    uvloop.run(serve(make_app(store, config), sock, context))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s dropr-server %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return run(args)
+    except (CommandError, DroprError, OSError, ValueError) as exc:
+        print(f"dropr-server: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""``dropr put`` and ``dropr spool``: the producer side from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from .. import limits as _limits
+from .._impl import scan
+from ..errors import InvalidMessage
+from ..spool import Client, Spool, SpoolMessage, check_channel, check_peer, check_priority
+from ._common import CommandError, emit_json, minutes
+
+_ONE_LINE = str.maketrans("\t\n\r", "   ")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``put`` and ``spool`` commands to ``dropr``."""
+    put = subparsers.add_parser("put", help="queue one message in a spool; prints its id")
+    put.add_argument("--spool", default=os.environ.get("DROPR_SPOOL"), help="spool directory (default $DROPR_SPOOL)")
+    put.add_argument("--peer", required=True, help="http://host:port/path, https://... or file:///path")
+    put.add_argument("--channel", default="common")
+    put.add_argument("--priority", type=int, default=9, help="0 (first) to 9 (default)")
+    put.add_argument("--sync", action="store_true", help="return only once the message is on disk")
+    put.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="payload (default: stdin)")
+    put.set_defaults(run=run_put)
+
+    spool = subparsers.add_parser("spool", help="inspect and tidy a spool")
+    spool.add_argument("spool", metavar="DIR")
+    actions = spool.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("count-queued", help="number of queued messages").set_defaults(run=run_count, sub="queue")
+    actions.add_parser("count-sent", help="number of sent messages kept").set_defaults(run=run_count, sub="sent")
+    wipe = actions.add_parser("wipe-sent", help="remove sent messages put more than MINUTES ago")
+    wipe.add_argument("minutes", type=minutes, metavar="MINUTES")
+    wipe.set_defaults(run=run_wipe_sent)
+    for name, run, text in (
+        ("list", run_list, "queued messages in delivery order: id priority channel peer size time"),
+        ("list-failed", run_list_failed, "failed messages: id priority channel peer size time reason"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--json", action="store_true", help="one JSON array of objects")
+        action.set_defaults(run=run)
+
+
+def run_put(args: argparse.Namespace) -> int:
+    if not args.spool:
+        raise CommandError("no spool given: use --spool DIR or set DROPR_SPOOL")
+    limits = _limits.DEFAULT
+    check_peer(args.peer, limits)
+    check_channel(args.channel, limits)
+    priority = check_priority(args.priority)
+    payload = _read_payload(args.file, limits.max_payload)
+    with Client(args.spool, sync=args.sync, limits=limits) as client:
+        print(client.put(payload, peer=args.peer, channel=args.channel, priority=priority))
+    return 0
+
+
+def run_count(args: argparse.Namespace) -> int:
+    spool = _open(args)
+    print(scan.count(spool.queue_dir if args.sub == "queue" else spool.sent_dir))
+    return 0
+
+
+def run_wipe_sent(args: argparse.Namespace) -> int:
+    print(_open(args).wipe_sent(args.minutes))
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    spool = _open(args)
+    names = scan.scan(spool.queue_dir, scan.count(spool.queue_dir))
+    _emit(args, ((message, None) for message in _decoded(spool, names)))
+    return 0
+
+
+def run_list_failed(args: argparse.Namespace) -> int:
+    _emit(args, _open(args).failed())
+    return 0
+
+
+def _open(args: argparse.Namespace) -> Spool:
+    if not os.path.isdir(args.spool):
+        raise CommandError(f"no such spool: {args.spool}")
+    return Spool(args.spool, create=False)
+
+
+def _decoded(spool: Spool, names: list[str]) -> Iterator[SpoolMessage]:
+    for name in names:
+        try:
+            yield spool.decode(name)
+        except ValueError:
+            continue
+
+
+def _read_payload(source: str, max_payload: int) -> bytes:
+    if source == "-":
+        data = sys.stdin.buffer.read(max_payload + 1)
+    else:
+        with open(source, "rb") as file:
+            data = file.read(max_payload + 1)
+    if len(data) > max_payload:
+        raise InvalidMessage(f"payload is over the limit of {max_payload} bytes")
+    return data
+
+
+def _emit(args: argparse.Namespace, rows: Any) -> None:
+    records = (_record(message, reason) for message, reason in rows)
+    if args.json:
+        emit_json(list(records))
+        return
+    for record in records:
+        print("\t".join(str(value).translate(_ONE_LINE) for value in record.values()))
+
+
+def _record(message: SpoolMessage, reason: str | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": message.id,
+        "priority": message.priority,
+        "channel": message.channel,
+        "peer": message.peer,
+        "size": message.size,
+        "time": datetime.datetime.fromtimestamp(message.time, datetime.timezone.utc).isoformat(
+            timespec="microseconds"
+        ),
+    }
+    if reason is not None:
+        record["reason"] = reason
+    return record

@@ -1,0 +1,427 @@
+"""The relay worker: forwards a spool's queue to its peers until stopped.
+
+Why one asyncio loop (uvloop when installed): everything the relay waits on is a file
+descriptor or a timer — the inotify descriptor of ``queue/``, libcurl's sockets and
+timeouts (``pycurl.AsyncCurlMulti`` drives the multi socket API: no polling), backoff
+expiries and signals — so a single thread sleeps until one of them fires and wakes within
+microseconds of a put. No lock guards the relay's state: only the loop thread touches it.
+
+Why scans stay on the loop thread: a scan (one readdir pass in C) and the handling of an
+answer (unlink or rename per message) must not interleave, or a scan could return a name
+that was just acknowledged and removed. Blocking file work that need not be ordered with
+scans — the local transport's ingest and the periodic chores — runs on one worker thread.
+
+Each cycle scans at most ``scan_limit`` names (plus those already held in flight), so
+memory stays flat however deep the queue. A peer is left out of a scan while it is backing
+off, has batches waiting, or has every request slot busy; inotify tells which peers have
+news, so an idle peer is not rescanned for other peers' traffic. A periodic rescan covers
+lost events and systems without inotify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import time
+import urllib.parse
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import spool as _spool
+from .._impl import codec, scan
+from ..errors import SpoolError
+from . import batches, housekeeping, inotify, lock
+from .backoff import Backoff
+from .batches import Entry
+from .config import RelayConfig
+from .transport import Acks, PeerFailure, Transport
+
+log = logging.getLogger("dropr.relay")
+
+ONCE_ATTEMPTS = 3
+"""With ``--once``, a peer failing this many times in a row is given up for the run."""
+CHORE_SECONDS = 60.0
+TMP_CHORE_SECONDS = 600.0
+_MISSING = ("retry", "missing from the answer")
+
+
+class Peer:
+    """One destination: its transport and where the relay stands with it."""
+
+    __slots__ = ("field", "url", "transport", "problem", "backoff", "pending", "inflight", "news", "gave_up")
+
+    def __init__(self, field: str, url: str, transport: Transport | None, problem: str, backoff: Backoff):
+        self.field = field
+        self.url = url
+        self.transport = transport
+        self.problem = problem
+        self.backoff = backoff
+        self.pending: collections.deque[list[Entry]] = collections.deque()
+        self.inflight = 0
+        self.news = True
+        self.gave_up = False
+
+
+class Relay:
+    """Forwards ``spool``'s queue as ``config`` says; :meth:`run` returns the exit status."""
+
+    def __init__(self, config: RelayConfig, spool: _spool.Spool) -> None:
+        self.config = config
+        self.spool = spool
+        self.client = spool.client_id
+        self.delivered = 0
+        self.failed = 0
+        self._peers: dict[str, Peer] = {}
+        self._held: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rescan = True
+        self._unknown_news = False
+        self._stopping = False
+        self._signalled = False
+        self._crash: BaseException | None = None
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay")
+        self._multi: Any = None
+        self._watch: inotify.Watch | None = None
+        self._due = {"rescan": 0.0, "tmp": 0.0, "sent": 0.0, "expire": 0.0}
+
+    def stop(self) -> None:
+        """Finish the requests in flight, send nothing new, and return from :meth:`run`."""
+        if not self._stopping:
+            log.info("stopping: finishing the requests in flight")
+        self._stopping = self._signalled = True
+        self._wake.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        self._watch = inotify.watch(self.spool.queue_dir)
+        if self._watch is not None:
+            loop.add_reader(self._watch.fd, self._on_events)
+        log.info("relaying %s as client %s", self.spool.path, self.client)
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                if self._crash is not None:
+                    raise self._crash
+                now = time.monotonic()
+                self._chores(now)
+                self._cycle(now)
+                if self.config.once and self._drained(now):
+                    break
+                await self._sleep(min(self._due.values()) - now)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._crash is not None:
+                raise self._crash
+        finally:
+            self._stopping = True
+            await self._close(loop)
+        gave_up = [peer.url for peer in self._peers.values() if peer.gave_up]
+        log.info("relay stopped: %d delivered, %d failed", self.delivered, self.failed)
+        if self.config.once and not self._signalled and (self.failed or gave_up):
+            return 1
+        return 0
+
+    async def _sleep(self, timeout: float) -> None:
+        handle = asyncio.get_running_loop().call_later(max(0.0, timeout), self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            handle.cancel()
+
+    async def _close(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._watch is not None:
+            loop.remove_reader(self._watch.fd)
+            self._watch.close()
+        for peer in self._peers.values():
+            if peer.transport is not None:
+                peer.transport.close()
+        if self._multi is not None:
+            await self._multi.aclose()
+        self._executor.shutdown(wait=True)
+
+    # -- news ------------------------------------------------------------------------
+
+    def _on_events(self) -> None:
+        assert self._watch is not None
+        names = self._watch.read()
+        if names is None:
+            self._rescan = True
+        else:
+            for name in names:
+                fields = name.split("+", 2)
+                if len(fields) < 3:
+                    continue
+                peer = self._peers.get(fields[1])
+                if peer is None:
+                    self._unknown_news = True
+                else:
+                    peer.news = True
+        self._wake.set()
+
+    def _eligible(self, peer: Peer, now: float) -> bool:
+        return (
+            not peer.gave_up
+            and not peer.pending
+            and peer.inflight < self.config.parallel
+            and not peer.backoff.waiting(now)
+        )
+
+    # -- the cycle -------------------------------------------------------------------
+
+    def _cycle(self, now: float) -> None:
+        if self._stopping:
+            return
+        full = self._rescan
+        skip = []
+        wanted = full or self._unknown_news
+        for field, peer in self._peers.items():
+            if self._eligible(peer, now) and (full or peer.news):
+                wanted = True
+            else:
+                skip.append(field)
+        if not wanted:
+            return
+        # Cleared before the pass: an arrival during it is read afterwards and sets them again.
+        scanned = [peer for peer in self._peers.values() if peer.field not in skip]
+        self._rescan = self._unknown_news = False
+        for peer in scanned:
+            peer.news = False
+        limit = self.config.scan_limit + len(self._held)
+        names = scan.scan(self.spool.queue_dir, limit, skip)
+        if len(names) >= limit:
+            self._rescan = full
+            self._unknown_news = True
+            for peer in scanned:
+                peer.news = True
+        self._dispatch(names)
+
+    def _dispatch(self, names: list[str]) -> None:
+        groups: dict[Peer, list[Entry]] = {}
+        max_age = self.config.max_age_minutes * 60
+        cutoff = time.time_ns() - int(max_age * 1e9) if max_age else 0
+        for name in names:
+            if name in self._held:
+                continue
+            try:
+                priority, msg_id, peer_field, channel, size, crc = codec.parse_spool_name(name)
+            except ValueError:
+                self._fail(name, "not a message name")
+                continue
+            if codec.id_time_ns(msg_id) < cutoff:
+                self._fail(name, f"expired: queued for more than {self.config.max_age_minutes:g} minutes")
+                continue
+            peer = self._peers.get(peer_field) or self._add_peer(peer_field)
+            if peer.problem:
+                self._fail(name, peer.problem)
+                continue
+            if channel[0] == "~":
+                try:
+                    self.spool.resolve(channel)
+                except (OSError, ValueError) as exc:
+                    self._fail(name, f"the text of channel {channel} is missing: {exc}")
+                    continue
+            groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc))
+        for peer, entries in groups.items():
+            for batch in batches.cut(entries, self.config.batch_count, self.config.batch_bytes):
+                peer.pending.append(batch)
+                self._held.update(entry.name for entry in batch)
+            self._pump(peer)
+
+    def _add_peer(self, field: str) -> Peer:
+        transport: Transport | None = None
+        problem = ""
+        url = field
+        try:
+            url = _spool.check_peer(self.spool.resolve(field))
+            transport = self._transport(url)
+        except (OSError, ValueError) as exc:
+            problem = f"unusable peer {url}: {exc}"
+        peer = Peer(field, url, transport, problem, Backoff(self.config.backoff_min_seconds, self.config.backoff_max_seconds))
+        self._peers[field] = peer
+        return peer
+
+    def _transport(self, url: str) -> Transport:
+        queue_dir = self.spool.queue_dir
+        if urllib.parse.urlsplit(url).scheme == "file":
+            from .local import LocalTransport
+
+            return LocalTransport(url, self._executor, client=self.client, queue_dir=queue_dir, resolve=self.spool.resolve)
+        if self._multi is None:
+            import pycurl
+
+            self._multi = pycurl.AsyncCurlMulti()
+        from .http import HttpTransport
+
+        return HttpTransport(
+            url,
+            self._multi,
+            self.config.peer(url),
+            client=self.client,
+            queue_dir=queue_dir,
+            resolve=self.spool.resolve,
+            timeout=self.config.timeout_seconds,
+            connect_timeout=self.config.connect_timeout_seconds,
+        )
+
+    # -- requests --------------------------------------------------------------------
+
+    def _pump(self, peer: Peer) -> None:
+        while peer.pending and peer.inflight < self.config.parallel and not self._stopping:
+            peer.inflight += 1
+            self._spawn(self._deliver(peer, peer.pending.popleft()))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, peer: Peer, batch: list[Entry]) -> None:
+        assert peer.transport is not None
+        started = time.monotonic()
+        acks: Acks | None = None
+        try:
+            acks = await peer.transport.send(batch)
+        except PeerFailure as exc:
+            self._peer_failed(peer, str(exc))
+        except BaseException as exc:
+            self._crash = exc
+        try:
+            if acks is not None:
+                self._answer(peer, batch, acks, time.monotonic() - started)
+        except BaseException as exc:
+            self._crash = exc
+        finally:
+            peer.inflight -= 1
+            self._held.difference_update(entry.name for entry in batch)
+            if not peer.pending:
+                peer.news = True
+            self._pump(peer)
+            self._wake.set()
+
+    def _answer(self, peer: Peer, batch: list[Entry], acks: Acks, seconds: float) -> None:
+        counts: collections.Counter[str] = collections.Counter()
+        for entry in batch:
+            status, reason = acks.get(entry.id, _MISSING)
+            counts[status] += 1
+            if status == "stored" or status == "duplicate":
+                self._done(entry.name)
+            elif status == "rejected":
+                self._fail(entry.name, reason or "rejected by the peer")
+        delivered = counts["stored"] + counts["duplicate"]
+        self.delivered += delivered
+        log.debug("%s: %d sent in %.3f s: %s", peer.url, len(batch), seconds, dict(counts))
+        retry = len(batch) - delivered - counts["rejected"]
+        if retry:
+            self._peer_failed(peer, f"{retry} of {len(batch)} messages to be retried")
+        elif peer.backoff.failures:
+            log.info("%s: delivering again after %d failures", peer.url, peer.backoff.failures)
+            peer.backoff.succeed()
+
+    def _done(self, name: str) -> None:
+        path = os.path.join(self.spool.queue_dir, name)
+        try:
+            if self.config.keep_sent_minutes:
+                os.rename(path, os.path.join(self.spool.sent_dir, name))
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def _fail(self, name: str, reason: str) -> None:
+        try:
+            self.spool.fail(name, reason)
+        except FileNotFoundError:
+            return
+        self.failed += 1
+        log.warning("%s moved to failed/: %s", name, reason)
+
+    def _peer_failed(self, peer: Peer, reason: str) -> None:
+        delay = peer.backoff.fail()
+        for batch in peer.pending:
+            self._held.difference_update(entry.name for entry in batch)
+        peer.pending.clear()
+        peer.news = True
+        if self.config.once and peer.backoff.failures >= ONCE_ATTEMPTS:
+            peer.gave_up = True
+            log.error("%s: %s; giving up after %d failures", peer.url, reason, peer.backoff.failures)
+            return
+        log.warning(
+            "%s: %s; backing off %.2f s (failure %d)", peer.url, reason, delay, peer.backoff.failures
+        )
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    def _drained(self, now: float) -> bool:
+        if self._tasks or self._rescan or self._unknown_news:
+            return False
+        return all(
+            peer.gave_up or (not peer.pending and not peer.news and not peer.backoff.waiting(now))
+            for peer in self._peers.values()
+        )
+
+    # -- chores ----------------------------------------------------------------------
+
+    def _chores(self, now: float) -> None:
+        due = self._due
+        if now >= due["rescan"]:
+            self._rescan = True
+            due["rescan"] = now + self.config.rescan_seconds
+        if now >= due["tmp"]:
+            due["tmp"] = now + TMP_CHORE_SECONDS
+            self._chore(housekeeping.clean_tmp, self.spool.tmp_dir)
+        if now >= due["sent"]:
+            due["sent"] = now + CHORE_SECONDS
+            if self.config.keep_sent_minutes:
+                self._chore(self.spool.wipe_sent, self.config.keep_sent_minutes)
+        if now >= due["expire"]:
+            due["expire"] = now + CHORE_SECONDS
+            waiting = {p.field for p in self._peers.values() if p.gave_up or p.backoff.waiting(now)}
+            if waiting and self.config.max_age_minutes:
+                args = (self.spool.queue_dir, waiting, self.config.max_age_minutes * 60, self.config.scan_limit)
+                self._chore(housekeeping.expired, *args, then=self._expire)
+
+    def _chore(self, fn: Any, *args: Any, then: Any = None) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+        def finished(done: asyncio.Future[Any]) -> None:
+            if done.cancelled():
+                return
+            exc = done.exception()
+            if exc is not None:
+                log.warning("%s failed: %s", fn.__name__, exc)
+            elif then is not None:
+                then(done.result())
+
+        future.add_done_callback(finished)
+
+    def _expire(self, names: list[str]) -> None:
+        for name in names:
+            if name not in self._held:
+                self._fail(name, f"expired: queued for more than {self.config.max_age_minutes:g} minutes")
+
+
+def run(config: RelayConfig) -> int:
+    """Run a relay for ``config.spool`` in this process; raises LockHeld if one is running."""
+    spool = _spool.Spool(config.spool, create=True)
+    try:
+        fd = lock.acquire(spool.path)
+    except OSError as exc:
+        raise SpoolError(exc.errno, f"cannot lock {spool.path}: {exc.strerror or exc}") from None
+    try:
+        return _run_loop(Relay(config, spool).run())
+    finally:
+        os.close(fd)
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

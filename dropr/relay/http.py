@@ -1,0 +1,131 @@
+"""The HTTP(S) transport: one multipart POST per batch, driven by libcurl's multi interface.
+
+Every peer's requests share one :class:`pycurl.AsyncCurlMulti`, so several peers are in
+flight at once on the relay's event loop and connections are kept alive between batches
+(the multi handle owns the connection cache). Each peer keeps a small pool of easy handles
+set up once (URL, token, timeouts, TLS). libcurl streams each message straight from its
+spool file (``FORM_FILE``): Python passes names and never reads a payload.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+
+import msgpack
+import pycurl
+
+from .._impl import manifest
+from .batches import Entry
+from .config import PeerConfig
+from .transport import Acks, PeerFailure, parse_acks
+
+USER_AGENT = "dropr-relay"
+_MAX_ANSWER_LINE = 200
+
+
+class HttpTransport:
+    """Sends batches to one ``http://`` or ``https://`` peer."""
+
+    def __init__(
+        self,
+        url: str,
+        multi: pycurl.AsyncCurlMulti,
+        settings: PeerConfig,
+        *,
+        client: str,
+        queue_dir: str,
+        resolve: Callable[[str], str],
+        timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.url = url
+        self._multi = multi
+        self._settings = settings
+        self._client = client
+        self._queue_dir = queue_dir
+        self._resolve = resolve
+        self._timeout_ms = max(1, int(timeout * 1000))
+        self._connect_timeout_ms = max(1, int(connect_timeout * 1000))
+        self._idle: list[pycurl.Curl] = []
+
+    def _handle(self) -> pycurl.Curl:
+        if self._idle:
+            return self._idle.pop()
+        curl = pycurl.Curl()
+        curl.setopt(pycurl.URL, self.url)
+        curl.setopt(pycurl.NOSIGNAL, 1)
+        curl.setopt(pycurl.USERAGENT, USER_AGENT)
+        curl.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, self._connect_timeout_ms)
+        # No "Expect: 100-continue" round trip before large batches.
+        headers = ["Expect:"]
+        if self._settings.token:
+            headers.append(f"Authorization: Bearer {self._settings.token}")
+        curl.setopt(pycurl.HTTPHEADER, headers)
+        if self._settings.ca_file:
+            curl.setopt(pycurl.CAINFO, self._settings.ca_file)
+        return curl
+
+    def _form(self, batch: list[Entry]) -> list[tuple[str, object]]:
+        texts = {e.channel: self._resolve(e.channel) for e in batch if e.channel[0] == "~"}
+        built = manifest.build([entry.name for entry in batch], texts)
+        form: list[tuple[str, object]] = [
+            ("client", self._client),
+            (
+                "manifest",
+                (
+                    pycurl.FORM_BUFFER, "manifest",
+                    pycurl.FORM_BUFFERPTR, built,
+                    pycurl.FORM_CONTENTTYPE, "application/msgpack",
+                ),
+            ),
+        ]  # fmt: skip
+        queue = os.fsencode(self._queue_dir) + b"/"
+        for entry in batch:
+            form.append(
+                (
+                    entry.id,
+                    (
+                        pycurl.FORM_FILE, queue + entry.name.encode("ascii"),
+                        pycurl.FORM_FILENAME, entry.id,
+                        pycurl.FORM_CONTENTTYPE, "application/octet-stream",
+                    ),
+                )
+            )  # fmt: skip
+        return form
+
+    async def send(self, batch: list[Entry]) -> Acks:
+        """POST ``batch``; the peer's answer, or PeerFailure for the whole request."""
+        curl = self._handle()
+        body = io.BytesIO()
+        try:
+            curl.setopt(pycurl.HTTPPOST, self._form(batch))
+            curl.setopt(pycurl.WRITEDATA, body)
+            try:
+                await self._multi.perform(curl)
+            except pycurl.error as exc:
+                code, message = exc.args if len(exc.args) == 2 else (0, str(exc))
+                raise PeerFailure(f"{message or 'transfer failed'} (curl error {code})") from None
+            status = curl.getinfo(pycurl.RESPONSE_CODE)
+        finally:
+            self._idle.append(curl)
+        data = body.getvalue()
+        if status != 200:
+            raise PeerFailure(f"HTTP {status}: {_first_line(data)}")
+        try:
+            answer = msgpack.unpackb(data, raw=False)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            raise PeerFailure("the answer is not msgpack") from None
+        return parse_acks(answer)
+
+    def close(self) -> None:
+        for curl in self._idle:
+            curl.close()
+        self._idle.clear()
+
+
+def _first_line(data: bytes) -> str:
+    line = data.decode("utf-8", "replace").strip().split("\n", 1)[0]
+    return line[:_MAX_ANSWER_LINE] or "(no reason given)"

@@ -1,0 +1,174 @@
+"""The aiohttp application: the POST that receives batches, ``/health`` and ``/metrics``.
+
+A POST is handled in three steps: check the request as a whole (token, type, declared
+length) before reading its body; stream its parts into staged files
+(:mod:`.receive`); then commit — one file-system flush so the staged data is durable,
+one ``Store.ingest`` per verified message, a second flush so the new directory entries
+are, and only then the acknowledgement. Any failure removes every staged file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import hdrs, web
+
+from ..errors import InvalidMessage
+from ..limits import DEFAULT, Limits
+from . import protocol as p
+from .flush import Flusher
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import Metrics
+from .protocol import RequestError
+from .receive import Receiver, Upload, store_failure
+from .staging import StagedFile
+
+log = logging.getLogger("dropr.server")
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+DEFAULT_MAX_REQUEST = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server receives: token (None: open), fsync before acking, size limits."""
+
+    token: str | None = None
+    fsync: bool = True
+    max_request_bytes: int = DEFAULT_MAX_REQUEST
+    limits: Limits = field(default_factory=lambda: DEFAULT)
+
+
+class Handlers:
+    """The request handlers of one store; ``store`` is a :class:`dropr.store.Store`."""
+
+    def __init__(self, store: object, config: ServerConfig) -> None:
+        self.store = store
+        self.config = config
+        self.staging_dir: str = store.staging_dir  # type: ignore[attr-defined]
+        self.metrics = Metrics()
+        self.flusher = Flusher(store.flush)  # type: ignore[attr-defined]
+        self.receiver = Receiver(self.staging_dir, config.limits, config.max_request_bytes)
+        self._token = config.token.encode() if config.token is not None else None
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse before the client sends a body we would refuse."""
+        try:
+            self._precheck(request)
+        except RequestError as err:
+            return self._answer_error(err, time.perf_counter())
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text="unknown Expect header")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        upload = Upload()
+        try:
+            self._precheck(request)
+            await self.receiver.read(request, upload)
+            await self._commit(upload)
+        except RequestError as err:
+            return self._answer_error(err, started)
+        finally:
+            upload.discard()
+        self.metrics.received.inc(len(upload.entries))
+        self.metrics.bytes.inc(upload.payload_bytes)
+        self.metrics.count_acks(status for status, _ in upload.acks.values())
+        self._observe(200, started)
+        as_json = JSON in request.headers.get(hdrs.ACCEPT, "")
+        body = p.encode_acks(upload.acks, as_json)
+        return web.Response(body=body, content_type=JSON if as_json else MSGPACK)
+
+    def _precheck(self, request: web.Request) -> None:
+        if self._token is not None:
+            scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+            if scheme.lower() != "bearer" or not given:
+                raise RequestError(401, "a bearer token is required")
+            if not hmac.compare_digest(given.strip().encode(), self._token):
+                raise RequestError(401, "wrong token")
+        if request.content_type != "multipart/form-data":
+            raise p.bad(f"expected multipart/form-data, not {request.content_type!r}")
+        length = request.content_length
+        if length is not None and length > self.config.max_request_bytes:
+            raise RequestError(
+                413, f"request of {length} bytes over the limit of {self.config.max_request_bytes}"
+            )
+
+    async def _commit(self, upload: Upload) -> None:
+        """Move the verified messages into the store, durably, and record each verdict."""
+        verdicts: p.Acks = {}
+        try:
+            if self.config.fsync and upload.verified:
+                await self.flusher.flush()
+            for msg_id, (entry, staged) in upload.verified.items():
+                verdicts[msg_id] = self._ingest(upload.client, entry, staged)
+            if self.config.fsync and upload.verified:
+                await self.flusher.flush()
+        except OSError as exc:
+            raise store_failure(exc) from None
+        upload.acks = {e.id: verdicts.get(e.id) or upload.acks[e.id] for e in upload.entries}
+
+    def _ingest(self, client: str, entry: p.Entry, staged: StagedFile) -> tuple[str, str]:
+        try:
+            stored = self.store.ingest(  # type: ignore[attr-defined]
+                entry.channel, client, entry.id, entry.priority, staged.path
+            )
+        except InvalidMessage as exc:
+            return p.REJECTED, str(exc)
+        staged.handed_over()
+        return (p.STORED, "") if stored else (p.DUPLICATE, "already held")
+
+    def _answer_error(self, err: RequestError, started: float) -> web.Response:
+        level = logging.ERROR if err.status >= 500 else logging.INFO
+        log.log(level, "refused a request: %d %s", err.status, err.reason)
+        headers = {}
+        if err.status == 401:
+            headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="dropr"'
+        resp = web.Response(status=err.status, text=err.reason + "\n", headers=headers)
+        self._observe(err.status, started)
+        return resp
+
+    def _observe(self, status: int, started: float) -> None:
+        self.metrics.requests.labels(str(status)).inc()
+        self.metrics.latency.observe(time.perf_counter() - started)
+
+    async def health(self, request: web.Request) -> web.Response:
+        """200 "ok" when the store takes files; 503 with the reason otherwise."""
+        problem = self._store_problem()
+        if problem:
+            return web.Response(status=503, text=problem + "\n")
+        return web.Response(text="ok\n")
+
+    def _store_problem(self) -> str:
+        try:
+            if os.statvfs(self.staging_dir).f_bavail == 0:
+                return "store file system is full"
+            StagedFile(self.staging_dir).discard()
+        except OSError as exc:
+            return f"store not writable: {exc.strerror or exc}"
+        return ""
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        resp = web.Response(body=self.metrics.render())
+        resp.headers[hdrs.CONTENT_TYPE] = METRICS_TYPE
+        return resp
+
+
+def make_app(store: object, config: ServerConfig | None = None) -> web.Application:
+    """The application for ``store``: GET /health, GET /metrics, POST on any other path."""
+    handlers = Handlers(store, config or ServerConfig())
+    app = web.Application()
+    app.router.add_get("/health", handlers.health, allow_head=True)
+    app.router.add_get("/metrics", handlers.metrics_page, allow_head=True)
+    app.router.add_route(
+        "POST", "/{path:.*}", handlers.post, expect_handler=handlers.expect
+    )
+    return app

@@ -1,0 +1,70 @@
+"""Upload files in the store's staging directory, written as the request streams in.
+
+Each part goes to a file of its own under an unpredictable, fresh name (``O_EXCL``, no
+symlink followed), so no request can aim a write at an existing path; its size and
+CRC-32 are computed on the way, and the file is removed on any path that does not end
+in the store.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import zlib
+
+PREFIX = "upload-"
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class StagedFile:
+    """A part being received: ``write`` chunks, then ``close``; ``discard`` removes it."""
+
+    __slots__ = ("path", "size", "crc", "_fd")
+
+    def __init__(self, staging_dir: str) -> None:
+        self.path = os.path.join(staging_dir, PREFIX + secrets.token_hex(16))
+        self.size = 0
+        self.crc = 0
+        self._fd = os.open(self.path, _FLAGS, 0o640)
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.crc = zlib.crc32(chunk, self.crc)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def handed_over(self) -> None:
+        """The store took (or removed) the file: ``discard`` leaves its path alone."""
+        self.path = ""
+
+    def discard(self) -> None:
+        """Close and remove the file; safe to call twice or after it was handed over."""
+        try:
+            self.close()
+        finally:
+            if self.path:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                self.path = ""
+
+
+def remove_leftovers(staging_dir: str) -> int:
+    """Remove upload files a previous server process left behind; returns how many."""
+    removed = 0
+    with os.scandir(staging_dir) as entries:
+        for entry in entries:
+            if entry.name.startswith(PREFIX) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed

@@ -1,0 +1,151 @@
+"""How messages move between the state directories of one channel.
+
+Every move is one ``rename`` of a fixed name, so when several consumer processes (and the
+server) work a channel at once, exactly one of them wins each move and the others see
+``ENOENT`` and step aside. A claim is a rename from ``queue/`` to ``claimed/``; the claimed
+file's mtime is the end of its lease, set *before* the rename, so a claimed file never
+shows an expired lease it does not have. Expired claims and delayed retries that are due
+go back to ``queue/`` by the same kind of rename, done by whichever process looks first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from .._impl import scan
+from . import _fs
+from .layout import ATTEMPTS, CLAIMED, DEAD, DELAYED, QUEUE
+
+_MAX_ROUNDS = 16
+_KEPT_REASONS = 20
+_REASON_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing message is retried and how long it waits in between.
+
+    The n-th failure delays the next try by ``delay * 2**(n-1)`` seconds, at most
+    ``max_delay``; the ``max_attempts``-th failure makes it a dead letter.
+    """
+
+    max_attempts: int = 5
+    delay: float = 10.0
+    max_delay: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be 1 or more, not {self.max_attempts}")
+        if not (self.delay >= 0 and self.max_delay >= 0):
+            raise ValueError("retry delays must be zero or more")
+
+    def wait(self, attempts: int) -> float:
+        return float(min(self.delay * 2 ** min(attempts - 1, 64), self.max_delay))
+
+
+def requeue_due(channel_dir: str, now: float) -> float:
+    """Return expired claims and due retries of a channel to its queue.
+
+    Returns the earliest time a file still waiting becomes due (``inf`` when none), so the
+    caller knows when looking again is worth it.
+    """
+    queue = os.path.join(channel_dir, QUEUE)
+    earliest = float("inf")
+    for state in (CLAIMED, DELAYED):
+        try:
+            entries = os.scandir(os.path.join(channel_dir, state))
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    due = entry.stat(follow_symlinks=False).st_mtime
+                    if due <= now:
+                        os.rename(entry.path, os.path.join(queue, entry.name))
+                    else:
+                        earliest = min(earliest, due)
+                except FileNotFoundError:
+                    continue
+    return earliest
+
+
+def claim(channel_dir: str, limit: int, until: float) -> list[str]:
+    """Move up to ``limit`` queued messages into ``claimed/`` (lease ending ``until``).
+
+    Names come in delivery order; one lost to another claimant is skipped, and the queue is
+    looked at again until ``limit`` are held or it has no more.
+    """
+    queue = os.path.join(channel_dir, QUEUE)
+    queue_slash = queue + os.sep
+    claimed_slash = os.path.join(channel_dir, CLAIMED) + os.sep
+    held: list[str] = []
+    times = (until, until)
+    for _ in range(_MAX_ROUNDS):
+        want = limit - len(held)
+        window = 2 * want + 16
+        try:
+            names = scan.scan(queue, window)
+        except FileNotFoundError:
+            break
+        for name in names:
+            source = queue_slash + name
+            try:
+                os.utime(source, times)
+                os.rename(source, claimed_slash + name)
+            except FileNotFoundError:
+                continue
+            held.append(name)
+            if len(held) == limit:
+                return held
+        if len(names) < window:
+            break
+    return held
+
+
+def read_attempts(channel_dir: str, name: str) -> tuple[int, list[str]]:
+    """``(attempts, reasons)`` recorded for message ``name`` (``(0, [])`` when none)."""
+    try:
+        with open(os.path.join(channel_dir, ATTEMPTS, name), "rb") as file:
+            record = json.load(file)
+        return int(record["attempts"]), [str(r) for r in record["reasons"]]
+    except FileNotFoundError:
+        return 0, []
+    except (ValueError, KeyError, TypeError):
+        return 0, ["(unreadable attempts record)"]
+
+
+def fail(channel_dir: str, name: str, path: str, reason: str, now: float, policy: RetryPolicy) -> float | None:
+    """Record a failed attempt of the message at ``path``, then delay it or make it dead.
+
+    The record is written first, so a crash between the two steps keeps the count. Returns
+    the time of the next try, or None when the message went to the dead letters.
+    """
+    attempts, reasons = read_attempts(channel_dir, name)
+    attempts += 1
+    reasons = (reasons + [reason[-_REASON_CHARS:]])[-_KEPT_REASONS:]
+    record = json.dumps({"attempts": attempts, "reasons": reasons}).encode("utf-8")
+    _fs.publish(os.path.join(channel_dir, ATTEMPTS, name), record, replace=True)
+    if attempts >= policy.max_attempts:
+        os.rename(path, os.path.join(channel_dir, DEAD, name))
+        return None
+    not_before = now + policy.wait(attempts)
+    os.utime(path, (not_before, not_before))
+    os.rename(path, os.path.join(channel_dir, DELAYED, name))
+    return not_before
+
+
+def requeue_dead(channel_dir: str, names: list[str]) -> int:
+    """Give dead letters a fresh start in the queue; their failure record is dropped."""
+    moved = 0
+    for name in names:
+        _fs.remove(os.path.join(channel_dir, ATTEMPTS, name))
+        try:
+            os.rename(os.path.join(channel_dir, DEAD, name), os.path.join(channel_dir, QUEUE, name))
+        except FileNotFoundError:
+            continue
+        moved += 1
+    return moved

@@ -1,0 +1,395 @@
+"""The server-side store: what the server ingests and what consumers take, one file each."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+from collections.abc import Iterable
+
+from .. import limits as _limits
+from .._impl import codec, scan
+from ..errors import InvalidMessage, StoreError
+from ..spool import check_channel, check_client_id, check_priority
+from . import _fs, claims
+from .claims import RetryPolicy
+from .layout import (
+    ATTEMPTS,
+    CHANNELS,
+    CLAIMED,
+    DEAD,
+    DELAYED,
+    NAMES,
+    PROCESSED,
+    QUEUE,
+    STATES,
+    TMP,
+    Names,
+)
+from .message import Message
+
+PathLike = str | os.PathLike[str]
+
+_CACHE_LIMIT = 4096
+
+
+class Store:
+    """A store directory (see :mod:`dropr.store.layout`); ``create`` makes a missing one.
+
+    Safe to use from several processes at once: the server ingesting while consumers claim.
+    ``max_attempts``, ``retry_delay`` and ``max_retry_delay`` set how failed messages are
+    retried (see :class:`~dropr.store.claims.RetryPolicy`); ``sweep_interval`` bounds how
+    long this process may take to notice other processes' expired claims.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        create: bool = False,
+        *,
+        limits: _limits.Limits | None = None,
+        max_attempts: int = 5,
+        retry_delay: float = 10.0,
+        max_retry_delay: float = 3600.0,
+        sweep_interval: float = 1.0,
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.limits = limits or _limits.DEFAULT
+        self.retry = RetryPolicy(max_attempts, retry_delay, max_retry_delay)
+        self.sweep_interval = sweep_interval
+        self.staging_dir = os.path.join(self.path, TMP)
+        self.channels_dir = os.path.join(self.path, CHANNELS)
+        self._names = Names(os.path.join(self.path, NAMES))
+        self._channel_dirs: dict[str, str] = {}
+        self._client_fields: dict[str, str] = {}
+        self._clients: dict[str, str] = {}
+        self._next_sweep: dict[str, float] = {}
+        if create:
+            for name in (TMP, NAMES, CHANNELS):
+                os.makedirs(os.path.join(self.path, name), _fs.DIR_MODE, exist_ok=True)
+        elif not os.path.isdir(self.channels_dir):
+            raise StoreError(errno.ENOENT, f"not a store (no channels/ directory): {self.path}")
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r})"
+
+    # -- server side -------------------------------------------------------------------
+
+    def ingest(self, channel: str, client: str, msg_id: str, priority: int, staged: str) -> bool:
+        """Move the complete file ``staged`` into ``channel``'s queue as message ``msg_id``.
+
+        False (and ``staged`` removed) when this client's message is already held in any
+        state. Nothing is synced here: :meth:`flush` does that once per batch.
+        """
+        if not isinstance(msg_id, str) or not codec.is_message_id(msg_id):
+            raise InvalidMessage(f"message id must be 30 lower-case hex digits, not {msg_id!r}")
+        if type(priority) is not int or not 0 <= priority <= 9:
+            check_priority(priority)
+        if channel not in self._channel_dirs:
+            check_channel(channel, self.limits)
+        if client not in self._client_fields:
+            check_client_id(client, self.limits)
+        channel_dir = self._channel_dir(channel)
+        name = codec.store_name(priority, msg_id, self._client_field(client))
+        # Forward moves go queue -> claimed -> delayed/processed/dead, so stat in that order;
+        # the moves back all end in queue/, where the link below refuses to replace.
+        for state in STATES:
+            if os.path.lexists(os.path.join(channel_dir, state, name)):
+                _fs.remove(staged)
+                return False
+        target = os.path.join(channel_dir, QUEUE, name)
+        try:
+            _link(staged, target)
+        except FileExistsError:
+            _fs.remove(staged)
+            return False
+        except FileNotFoundError:
+            if not os.path.exists(staged) or os.path.isdir(os.path.join(channel_dir, QUEUE)):
+                raise
+            self._make_channel(channel_dir)
+            try:
+                _link(staged, target)
+            except FileExistsError:
+                _fs.remove(staged)
+                return False
+        _fs.remove(staged)
+        return True
+
+    def flush(self) -> None:
+        """Make everything written to the store so far durable (one ``syncfs``)."""
+        _fs.sync_file_system(self.path)
+
+    # -- consumers ---------------------------------------------------------------------
+
+    def channels(self) -> list[str]:
+        """The channels that have received messages, sorted."""
+        return sorted(
+            self._names.resolve(entry)
+            for entry in os.listdir(self.channels_dir)
+            if not entry.startswith(".")
+        )
+
+    def has_channel(self, channel: str) -> bool:
+        """Whether ``channel`` has received messages."""
+        return os.path.isdir(os.path.join(self._channel_dir(channel), QUEUE))
+
+    def messages(self, channel: str, limit: int | None = None) -> list[Message]:
+        """The queued messages of ``channel`` in delivery order (not claimed: see :meth:`claim`)."""
+        channel_dir = self._channel_dir(channel)
+        self._sweep(channel_dir)
+        queue = os.path.join(channel_dir, QUEUE)
+        try:
+            names = scan.scan(queue, scan.count(queue) if limit is None else _count(limit))
+        except FileNotFoundError:
+            return []
+        return [self._message(channel, queue, name) for name in names]
+
+    def claim(self, channel: str, limit: int, lease: float) -> list[Message]:
+        """Take up to ``limit`` messages of ``channel`` for ``lease`` seconds, in delivery order.
+
+        Each message goes to one claimant only. One neither processed, failed nor released
+        before its lease ends returns to the queue for another consumer.
+        """
+        if not lease > 0:
+            raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
+        channel_dir = self._channel_dir(channel)
+        now = time.time()
+        self._sweep(channel_dir, now)
+        until = now + lease
+        names = claims.claim(channel_dir, _count(limit), until)
+        if names:
+            self._next_sweep[channel_dir] = min(self._next_sweep[channel_dir], until)
+        claimed = os.path.join(channel_dir, CLAIMED)
+        return [self._message(channel, claimed, name) for name in names]
+
+    def release(self, message: Message) -> None:
+        """Return a claimed message to the queue at once (nothing if it is there already)."""
+        target = self._state_path(message, QUEUE)
+        try:
+            os.rename(message.path, target)
+        except FileNotFoundError:
+            return
+        message.path = target
+
+    def set_processed(self, message: Message) -> None:
+        """Mark ``message`` done: it moves to ``processed/`` until wiped.
+
+        A message whose lease ran out and that went back to the queue is still taken from
+        there; StoreError if it is nowhere to be taken from.
+        """
+        target = self._state_path(message, PROCESSED)
+        for source in (message.path, self._state_path(message, QUEUE)):
+            try:
+                os.rename(source, target)
+            except FileNotFoundError:
+                continue
+            message.path = target
+            return
+        if not os.path.lexists(target):
+            raise StoreError(errno.ENOENT, f"message {message.id} of {message.channel!r} is no longer held")
+        message.path = target
+
+    def set_failed(self, message: Message, reason: str) -> None:
+        """Record a failed attempt: the message is retried later, or becomes a dead letter."""
+        channel_dir = self._channel_dir(message.channel)
+        now = time.time()
+        try:
+            due = claims.fail(channel_dir, message.name, message.path, str(reason), now, self.retry)
+        except FileNotFoundError:
+            raise StoreError(
+                errno.ENOENT, f"message {message.id} of {message.channel!r} is no longer held"
+            ) from None
+        state = DEAD if due is None else DELAYED
+        message.path = self._state_path(message, state)
+        if due is not None and channel_dir in self._next_sweep:
+            self._next_sweep[channel_dir] = min(self._next_sweep[channel_dir], due)
+
+    def dead_letters(self, channel: str) -> list[Message]:
+        """The dead letters of ``channel`` in delivery order, with their attempts and reasons."""
+        channel_dir = self._channel_dir(channel)
+        dead = os.path.join(channel_dir, DEAD)
+        found = []
+        for name in _names(dead):
+            message = self._message(channel, dead, name)
+            attempts, reasons = claims.read_attempts(channel_dir, name)
+            message.attempts, message.reasons = attempts, tuple(reasons)
+            found.append(message)
+        return found
+
+    def requeue_dead(self, channel: str, ids: Iterable[str] | None = None) -> int:
+        """Put dead letters back in the queue (all, or those with these ids); how many moved.
+
+        StoreError, before anything moves, if an id is not among the dead letters.
+        """
+        channel_dir = self._channel_dir(channel)
+        names = _names(os.path.join(channel_dir, DEAD))
+        if ids is not None:
+            wanted = set(ids)
+            by_id = {name[1:31]: name for name in names}
+            unknown = sorted(wanted - by_id.keys())
+            if unknown:
+                raise StoreError(errno.ENOENT, f"not a dead letter of {channel!r}: {', '.join(unknown)}")
+            names = [name for name in names if name[1:31] in wanted]
+        return claims.requeue_dead(channel_dir, names)
+
+    def count_queued(self, channel: str) -> int:
+        """How many messages of ``channel`` wait in its queue (claimed and delayed ones not)."""
+        channel_dir = self._channel_dir(channel)
+        self._sweep(channel_dir)
+        return _count_dir(os.path.join(channel_dir, QUEUE))
+
+    def count_processed(self, channel: str) -> int:
+        """How many processed messages of ``channel`` are kept."""
+        return _count_dir(os.path.join(self._channel_dir(channel), PROCESSED))
+
+    def processed(self, channel: str) -> list[Message]:
+        """The processed messages of ``channel`` still kept, in delivery order."""
+        directory = os.path.join(self._channel_dir(channel), PROCESSED)
+        return [self._message(channel, directory, name) for name in _names(directory)]
+
+    def wipe_processed(self, minutes: float, channel: str | None = None) -> int:
+        """Remove processed messages done ``minutes`` ago or earlier; how many went.
+
+        The time a message was processed is the change time (ctime) its last rename set.
+        """
+        if not minutes >= 0:
+            raise ValueError(f"minutes must be zero or more, not {minutes!r}")
+        cutoff = time.time() - minutes * 60
+        channels = self.channels() if channel is None else [channel]
+        removed = 0
+        for name in channels:
+            removed += _wipe(self._channel_dir(name), cutoff)
+        return removed
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _channel_dir(self, channel: str) -> str:
+        """The directory of a valid channel (the text of a compact one kept in names/)."""
+        path = self._channel_dirs.get(channel)
+        if path is None:
+            check_channel(channel, self.limits)
+            path = os.path.join(self.channels_dir, self._names.register(channel))
+            if len(self._channel_dirs) >= _CACHE_LIMIT:
+                self._channel_dirs.clear()
+            self._channel_dirs[channel] = path
+        return path
+
+    def _client_field(self, client: str) -> str:
+        name = self._client_fields.get(client)
+        if name is None:
+            check_client_id(client, self.limits)
+            name = self._names.register(client)
+            if len(self._client_fields) >= _CACHE_LIMIT:
+                self._client_fields.clear()
+            self._client_fields[client] = name
+        return name
+
+    def _client(self, name: str) -> str:
+        text = self._clients.get(name)
+        if text is None:
+            text = self._names.resolve(name)
+            if len(self._clients) >= _CACHE_LIMIT:
+                self._clients.clear()
+            self._clients[name] = text
+        return text
+
+    def _make_channel(self, channel_dir: str) -> None:
+        """Create a channel's directories all at once: built aside, then renamed into place."""
+        tmp = os.path.join(self.channels_dir, f".new.{os.getpid()}.{os.urandom(4).hex()}")
+        os.mkdir(tmp, _fs.DIR_MODE)
+        try:
+            for state in (*STATES, ATTEMPTS):
+                os.mkdir(os.path.join(tmp, state), _fs.DIR_MODE)
+            try:
+                os.rename(tmp, channel_dir)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _message(self, channel: str, directory: str, name: str) -> Message:
+        priority, msg_id, client = codec.parse_store_name(name)
+        return Message(
+            msg_id,
+            self._client(client),
+            channel,
+            priority,
+            codec.id_time_ns(msg_id) / 1e9,
+            name,
+            f"{directory}{os.sep}{name}",
+        )
+
+    def _state_path(self, message: Message, state: str) -> str:
+        return f"{self._channel_dir(message.channel)}{os.sep}{state}{os.sep}{message.name}"
+
+    def _sweep(self, channel_dir: str, now: float | None = None) -> None:
+        """Requeue what is due in this channel, unless nothing can be due yet."""
+        if now is None:
+            now = time.time()
+        if now < self._next_sweep.get(channel_dir, 0.0):
+            return
+        earliest = claims.requeue_due(channel_dir, now)
+        self._next_sweep[channel_dir] = min(now + self.sweep_interval, earliest)
+
+
+def _link(source: str, target: str) -> None:
+    """Give ``source`` the name ``target`` without replacing one that exists."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # A file system without hard links: the check before this is the guard.
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "file exists", target) from None
+        os.rename(source, target)
+
+
+def _count(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be a whole number, zero or more, not {limit!r}")
+    return limit
+
+
+def _count_dir(path: str) -> int:
+    try:
+        return int(scan.count(path))
+    except FileNotFoundError:
+        return 0
+
+
+def _names(directory: str) -> list[str]:
+    try:
+        return sorted(name for name in os.listdir(directory) if not name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def _wipe(channel_dir: str, cutoff: float) -> int:
+    processed = os.path.join(channel_dir, PROCESSED)
+    attempts = os.path.join(channel_dir, ATTEMPTS)
+    try:
+        failed_before = {name for name in os.listdir(attempts) if not name.startswith(".")}
+    except FileNotFoundError:
+        failed_before = set()
+    removed = 0
+    try:
+        entries = os.scandir(processed)
+    except FileNotFoundError:
+        return 0
+    with entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_ctime > cutoff:
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+            if entry.name in failed_before:
+                _fs.remove(os.path.join(attempts, entry.name))
+    return removed

@@ -1,0 +1,282 @@
+# C-level API of dropr's file-name codec (the format is documented in dropr/_codec_py.py).
+#
+# Everything here but the id generator is stateless and inline: a module that cimports it
+# compiles its own copy, so nothing is looked up at run time. The id generator keeps the
+# per-process nonce and sequence, so it lives once, in dropr._codec, and other modules reach
+# it through a capsule fetched once at import:
+#
+#     from _codec cimport CodecAPI, import_codec, format_spool_name, DROPR_ID_LEN, DROPR_NAME_MAX
+#
+#     cdef const CodecAPI *codec = import_codec()
+#
+#     cdef char msg_id[DROPR_ID_LEN + 1]
+#     cdef char name[DROPR_NAME_MAX + 1]
+#     codec.new_id(msg_id)          # without the GIL too; writes DROPR_ID_LEN chars and a NUL
+#     length = format_spool_name(name, priority, msg_id, peer, peer_len,
+#                                channel, channel_len, size, crc)
+#     if length < 0: ...            # priority not 0-9, or a field that is not escaped
+#
+# Fields passed in are already escaped (ASCII bytes, not NUL-terminated, given by length).
+# A name written here is NUL-terminated and at most DROPR_NAME_MAX bytes, since each text
+# field is checked to be 1 to DROPR_MAX_FIELD escaped bytes.
+
+from cpython.pycapsule cimport PyCapsule_Import
+from libc.string cimport memcpy
+from cpython.unicode cimport PyUnicode_DATA, PyUnicode_KIND, PyUnicode_READ
+
+cdef enum:
+    DROPR_ID_LEN = 30
+    DROPR_MAX_FIELD = 80
+    DROPR_COMPACT_LEN = 33
+    DROPR_NAME_MAX = 255
+
+ctypedef struct CodecAPI:
+    # Writes a fresh message id (DROPR_ID_LEN lower-hex chars) and a NUL into out.
+    void (*new_id)(char *out) noexcept nogil
+
+cdef inline const CodecAPI *import_codec() except NULL:
+    """The id generator of dropr._codec (imports the module)."""
+    return <const CodecAPI *>PyCapsule_Import(b"dropr._codec._C_API", 0)
+
+
+# Byte classes.
+
+cdef inline bint is_safe(unsigned char c) noexcept nogil:
+    """A byte that escaping keeps as it is: [A-Za-z0-9._-]."""
+    return ((c >= b'a' and c <= b'z') or (c >= b'A' and c <= b'Z') or (c >= b'0' and c <= b'9')
+            or c == b'.' or c == b'_' or c == b'-')
+
+cdef inline bint is_lower_hex(unsigned int c) noexcept nogil:
+    return (c >= 48 and c <= 57) or (c >= 97 and c <= 102)
+
+cdef inline int hex_value(unsigned int c) noexcept nogil:
+    """Value of a lower- or upper-case hex digit, -1 for anything else."""
+    if c >= 48 and c <= 57:
+        return c - 48
+    if c >= 97 and c <= 102:
+        return c - 87
+    if c >= 65 and c <= 70:
+        return c - 55
+    return -1
+
+
+# Formatting.
+
+cdef inline void put_hex(char *out, unsigned long long value, int width) noexcept nogil:
+    """``value`` as exactly ``width`` lower-hex digits."""
+    cdef int i
+    for i in range(width - 1, -1, -1):
+        out[i] = b"0123456789abcdef"[value & 15]
+        value >>= 4
+
+cdef inline int put_hex_min(char *out, unsigned long long value) noexcept nogil:
+    """``value`` in lower hex without leading zeros (``0`` for zero); returns the length."""
+    cdef int width = 1
+    cdef unsigned long long rest = value >> 4
+    while rest:
+        width += 1
+        rest >>= 4
+    put_hex(out, value, width)
+    return width
+
+cdef inline bint is_field(const char *field, Py_ssize_t length) noexcept nogil:
+    """Whether bytes are an escaped field: 1-DROPR_MAX_FIELD bytes of [A-Za-z0-9._%-], or
+    ``~`` and 32 lower-hex digits (a compact field)."""
+    cdef Py_ssize_t i
+    if length < 1 or length > DROPR_MAX_FIELD:
+        return False
+    if field[0] == b'~':
+        if length != DROPR_COMPACT_LEN:
+            return False
+        for i in range(1, length):
+            if not is_lower_hex(<unsigned char>field[i]):
+                return False
+        return True
+    for i in range(length):
+        if not (is_safe(<unsigned char>field[i]) or field[i] == b'%'):
+            return False
+    return True
+
+cdef inline bint is_id(const char *msg_id) noexcept nogil:
+    """Whether the DROPR_ID_LEN bytes at msg_id are lower hex (stops at a NUL)."""
+    cdef int i
+    for i in range(DROPR_ID_LEN):
+        if not is_lower_hex(<unsigned char>msg_id[i]):
+            return False
+    return True
+
+cdef inline Py_ssize_t _put_head(char *out, int priority, const char *msg_id) noexcept nogil:
+    if priority < 0 or priority > 9 or not is_id(msg_id):
+        return -1
+    out[0] = <char>(48 + priority)
+    memcpy(out + 1, msg_id, DROPR_ID_LEN)
+    out[DROPR_ID_LEN + 1] = b'+'
+    return DROPR_ID_LEN + 2
+
+cdef inline Py_ssize_t _put_field(char *out, const char *field, Py_ssize_t length) noexcept nogil:
+    memcpy(out, field, length)
+    return length
+
+cdef inline Py_ssize_t format_spool_name(
+        char *out, int priority, const char *msg_id,
+        const char *peer, Py_ssize_t peer_len, const char *channel, Py_ssize_t channel_len,
+        unsigned long long size, unsigned int crc) noexcept nogil:
+    """Writes ``{P}{ID}+{PEER}+{CHANNEL}+{SIZE}+{CRC}`` and a NUL into out (room for
+    DROPR_NAME_MAX + 1 bytes); returns its length, or -1 (nothing usable written) when an
+    argument is out of the format."""
+    cdef Py_ssize_t n = _put_head(out, priority, msg_id)
+    if n < 0 or not is_field(peer, peer_len) or not is_field(channel, channel_len):
+        return -1
+    n += _put_field(out + n, peer, peer_len)
+    out[n] = b'+'
+    n += 1
+    n += _put_field(out + n, channel, channel_len)
+    out[n] = b'+'
+    n += 1
+    n += put_hex_min(out + n, size)
+    out[n] = b'+'
+    put_hex(out + n + 1, crc, 8)
+    n += 9
+    out[n] = 0
+    return n
+
+cdef inline Py_ssize_t format_store_name(
+        char *out, int priority, const char *msg_id,
+        const char *client, Py_ssize_t client_len) noexcept nogil:
+    """Writes ``{P}{ID}+{CLIENT}`` and a NUL into out; returns its length or -1 as above."""
+    cdef Py_ssize_t n = _put_head(out, priority, msg_id)
+    if n < 0 or not is_field(client, client_len):
+        return -1
+    n += _put_field(out + n, client, client_len)
+    out[n] = 0
+    return n
+
+
+# Parsing.
+
+cdef inline bint is_message_head(const char *name) noexcept nogil:
+    """Whether a NUL-terminated name starts as every message name does: a priority digit,
+    the id and ``+``."""
+    return (name[0] >= b'0' and name[0] <= b'9' and is_id(name + 1)
+            and name[DROPR_ID_LEN + 1] == b'+')
+
+cdef inline int _upper_hex(char c) noexcept nogil:
+    if c >= b'0' and c <= b'9':
+        return c - 48
+    if c >= b'A' and c <= b'F':
+        return c - 55
+    return -1
+
+cdef inline Py_ssize_t unescape_into(const char *field, Py_ssize_t length, char *out) noexcept nogil:
+    """Decodes each ``%XX`` (upper-case hex) of ASCII bytes into out (room for length bytes),
+    copying anything else; returns the length written."""
+    cdef Py_ssize_t i = 0, n = 0
+    cdef int high, low
+    while i < length:
+        if field[i] == b'%' and i + 2 < length and _upper_hex(field[i + 1]) >= 0 \
+                and _upper_hex(field[i + 2]) >= 0:
+            out[n] = <char>(_upper_hex(field[i + 1]) * 16 + _upper_hex(field[i + 2]))
+            i += 3
+        else:
+            out[n] = field[i]
+            i += 1
+        n += 1
+    return n
+
+ctypedef struct SpoolParts:
+    int priority
+    Py_ssize_t peer_start, peer_end
+    Py_ssize_t channel_start, channel_end
+    Py_ssize_t size_start, size_end
+    unsigned int crc
+
+cdef enum:
+    PARSE_OK = 0
+    PARSE_NOT_SPOOL = 1
+    PARSE_NOT_MESSAGE = 2
+    PARSE_NOT_STORE = 3
+
+cdef inline bint _is_head(int kind, void *data, Py_ssize_t end) noexcept:
+    cdef Py_ssize_t i
+    cdef unsigned int first
+    if end != DROPR_ID_LEN + 1:
+        return False
+    first = PyUnicode_READ(kind, data, 0)
+    if first < 48 or first > 57:
+        return False
+    for i in range(1, end):
+        if not is_lower_hex(PyUnicode_READ(kind, data, i)):
+            return False
+    return True
+
+cdef inline bint _is_hex_run(int kind, void *data, Py_ssize_t start, Py_ssize_t end) noexcept:
+    cdef Py_ssize_t i
+    if start >= end:
+        return False
+    for i in range(start, end):
+        if not is_lower_hex(PyUnicode_READ(kind, data, i)):
+            return False
+    return True
+
+cdef inline int parse_spool(str name, SpoolParts *parts) noexcept:
+    """Splits a spool name (any str) into zeroed ``parts``: PARSE_OK, or which error applies, in the
+    order the reference checks them. The id is always at [1, 1 + DROPR_ID_LEN)."""
+    cdef int kind = PyUnicode_KIND(name)
+    cdef void *data = PyUnicode_DATA(name)
+    cdef Py_ssize_t length = len(name), i
+    cdef Py_ssize_t plus[4]
+    cdef int found = 0
+    cdef unsigned int crc = 0
+    for i in range(length):
+        if PyUnicode_READ(kind, data, i) == 43:
+            if found == 4:
+                return PARSE_NOT_SPOOL
+            plus[found] = i
+            found += 1
+    if found != 4:
+        return PARSE_NOT_SPOOL
+    if not _is_head(kind, data, plus[0]):
+        return PARSE_NOT_MESSAGE
+    parts.peer_start, parts.peer_end = plus[0] + 1, plus[1]
+    parts.channel_start, parts.channel_end = plus[1] + 1, plus[2]
+    parts.size_start, parts.size_end = plus[2] + 1, plus[3]
+    if (parts.peer_start == parts.peer_end or parts.channel_start == parts.channel_end
+            or not _is_hex_run(kind, data, parts.size_start, parts.size_end)
+            or length - plus[3] - 1 != 8 or not _is_hex_run(kind, data, plus[3] + 1, length)):
+        return PARSE_NOT_SPOOL
+    for i in range(plus[3] + 1, length):
+        crc = crc * 16 + <unsigned int>hex_value(PyUnicode_READ(kind, data, i))
+    parts.crc = crc
+    parts.priority = <int>PyUnicode_READ(kind, data, 0) - 48
+    return PARSE_OK
+
+cdef inline int parse_store(str name, Py_ssize_t *client_start) noexcept:
+    """Checks a store name (any str): PARSE_OK with the client field's start, or the error."""
+    cdef int kind = PyUnicode_KIND(name)
+    cdef void *data = PyUnicode_DATA(name)
+    cdef Py_ssize_t length = len(name), i, sep = -1
+    for i in range(length):
+        if PyUnicode_READ(kind, data, i) == 43:
+            if sep >= 0:
+                return PARSE_NOT_STORE
+            sep = i
+    if sep < 0 or sep == length - 1:
+        return PARSE_NOT_STORE
+    if not _is_head(kind, data, sep):
+        return PARSE_NOT_MESSAGE
+    client_start[0] = sep + 1
+    return PARSE_OK
+
+cdef inline int hex_digits_value(str text, Py_ssize_t start, Py_ssize_t end,
+                                 unsigned long long *value) noexcept:
+    """Value of lower-hex digits text[start:end]; 0 if it needs more than 64 bits, else 1."""
+    cdef int kind = PyUnicode_KIND(text)
+    cdef void *data = PyUnicode_DATA(text)
+    cdef unsigned long long v = 0
+    cdef Py_ssize_t i
+    for i in range(start, end):
+        if v >> 60:
+            return 0
+        v = v * 16 + <unsigned int>hex_value(PyUnicode_READ(kind, data, i))
+    value[0] = v
+    return 1

@@ -1,0 +1,203 @@
+"""File-name codec, compiled twin of ``dropr._codec_py`` (the format is documented there).
+
+Same API and same outputs. Where the reference formats whatever it is given, ``spool_name``
+and ``store_name`` here refuse (ValueError) a priority outside 0-9, a malformed id and a
+field that is not escaped, so no name they return can fail to parse or exceed 255 bytes.
+"""
+
+import hashlib
+import os
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.pycapsule cimport PyCapsule_New
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+from _codec cimport (
+    CodecAPI, DROPR_COMPACT_LEN, DROPR_ID_LEN, DROPR_MAX_FIELD, DROPR_NAME_MAX, PARSE_NOT_SPOOL,
+    PARSE_NOT_STORE, PARSE_OK, SpoolParts, format_spool_name, format_store_name,
+    hex_digits_value, is_lower_hex, is_safe, parse_spool, parse_store, put_hex, unescape_into,
+)
+from _sys cimport CLOCK_REALTIME, clock_gettime, timespec
+
+cdef extern from * nogil:
+    unsigned long long __atomic_fetch_add(unsigned long long *ptr, unsigned long long value,
+                                          int order)
+    void __atomic_store_n(unsigned long long *ptr, unsigned long long value, int order)
+    enum:
+        __ATOMIC_RELAXED
+
+ID_LEN = DROPR_ID_LEN
+MAX_FIELD = DROPR_MAX_FIELD
+SEPARATOR = "+"
+COMPACT = "~"
+
+cdef unsigned long long _nonce = 0
+cdef unsigned long long _sequence = 0
+
+
+def _new_nonce():
+    global _nonce
+    _nonce = int.from_bytes(os.urandom(4), "big")
+    __atomic_store_n(&_sequence, 0, __ATOMIC_RELAXED)
+
+
+_new_nonce()
+os.register_at_fork(after_in_child=_new_nonce)
+
+
+cdef void c_new_id(char *out) noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_REALTIME, &now)
+    put_hex(out, <unsigned long long>now.tv_sec * 1000000000ULL + <unsigned long long>now.tv_nsec,
+            16)
+    put_hex(out + 16, _nonce, 8)
+    put_hex(out + 24, __atomic_fetch_add(&_sequence, 1, __ATOMIC_RELAXED) & 0xFFFFFF, 6)
+    out[DROPR_ID_LEN] = 0
+
+
+cdef CodecAPI _api
+_api.new_id = c_new_id
+_C_API = PyCapsule_New(<void *>&_api, b"dropr._codec._C_API", NULL)
+
+
+def new_id() -> str:
+    """A fresh message id: time-ordered, unique per process without any lookup."""
+    cdef char out[DROPR_ID_LEN + 1]
+    c_new_id(out)
+    return out[:DROPR_ID_LEN].decode("ascii")
+
+
+def id_time_ns(msg_id: str) -> int:
+    """Nanoseconds since the epoch at which the message with this id was put."""
+    return int(msg_id[:16], 16)
+
+
+def escape(str text not None) -> str:
+    """The file-name-safe form of ``text`` (its compact form when too long)."""
+    cdef Py_ssize_t length, i, n = 0
+    cdef const unsigned char *raw = <const unsigned char *>PyUnicode_AsUTF8AndSize(text, &length)
+    cdef char out[DROPR_MAX_FIELD]
+    if length > DROPR_MAX_FIELD:
+        return compact(text)
+    for i in range(length):
+        if is_safe(raw[i]):
+            if n + 1 > DROPR_MAX_FIELD:
+                return compact(text)
+            out[n] = raw[i]
+            n += 1
+        else:
+            if n + 3 > DROPR_MAX_FIELD:
+                return compact(text)
+            out[n] = b'%'
+            out[n + 1] = b"0123456789ABCDEF"[raw[i] >> 4]
+            out[n + 2] = b"0123456789ABCDEF"[raw[i] & 15]
+            n += 3
+    return out[:n].decode("ascii")
+
+
+def compact(str text not None) -> str:
+    """``~`` and the BLAKE2b-128 digest of ``text``: the form of a field too long to escape."""
+    return COMPACT + hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def unescape(str field not None) -> str:
+    """The text of an escaped field; a compact field is returned as it is."""
+    if field.startswith(COMPACT) or "%" not in field:
+        return field
+    cdef bytes raw = field.encode("ascii")
+    cdef Py_ssize_t length = len(raw)
+    cdef char *out = <char *>malloc(length)
+    if out == NULL:
+        raise MemoryError()
+    try:
+        return PyUnicode_DecodeUTF8(out, unescape_into(raw, length, out), NULL)
+    finally:
+        free(out)
+
+
+cdef const char *_ascii(str field, Py_ssize_t *length):
+    """The bytes of an ASCII field, or NULL (no exception) for any other text."""
+    if not field.isascii():
+        return NULL
+    return PyUnicode_AsUTF8AndSize(field, length)
+
+
+cdef const char *_id(str msg_id) except? NULL:
+    cdef Py_ssize_t length
+    cdef const char *raw = _ascii(msg_id, &length)
+    if raw == NULL or length != DROPR_ID_LEN:
+        raise ValueError(f"not a message id: {msg_id!r}")
+    return raw
+
+
+def spool_name(int priority, str msg_id not None, str peer not None, str channel not None,
+               unsigned long long size, unsigned int crc) -> str:
+    """The spool file name of a message; ``peer`` and ``channel`` are already escaped."""
+    cdef Py_ssize_t peer_len = 0, channel_len = 0, n
+    cdef const char *peer_raw = _ascii(peer, &peer_len)
+    cdef const char *channel_raw = _ascii(channel, &channel_len)
+    cdef char out[DROPR_NAME_MAX + 1]
+    n = format_spool_name(out, priority, _id(msg_id), peer_raw, peer_len, channel_raw,
+                          channel_len, size, crc)
+    if n < 0:
+        raise ValueError(f"cannot name a message with priority {priority!r}, "
+                         f"peer field {peer!r}, channel field {channel!r}")
+    return out[:n].decode("ascii")
+
+
+def store_name(int priority, str msg_id not None, str client not None) -> str:
+    """The store file name of a message; ``client`` is already escaped."""
+    cdef Py_ssize_t client_len = 0, n
+    cdef const char *client_raw = _ascii(client, &client_len)
+    cdef char out[DROPR_NAME_MAX + 1]
+    n = format_store_name(out, priority, _id(msg_id), client_raw, client_len)
+    if n < 0:
+        raise ValueError(f"cannot name a message with priority {priority!r}, "
+                         f"client field {client!r}")
+    return out[:n].decode("ascii")
+
+
+def parse_spool_name(str name not None) -> tuple:
+    """``(priority, id, peer, channel, size, crc)`` of a spool name (fields still escaped)."""
+    cdef SpoolParts parts
+    cdef unsigned long long size
+    memset(&parts, 0, sizeof(parts))
+    cdef int result = parse_spool(name, &parts)
+    if result != PARSE_OK:
+        raise _rejection(result, name)
+    if not hex_digits_value(name, parts.size_start, parts.size_end, &size):
+        return (parts.priority, name[1:DROPR_ID_LEN + 1], name[parts.peer_start:parts.peer_end],
+                name[parts.channel_start:parts.channel_end],
+                int(name[parts.size_start:parts.size_end], 16), parts.crc)
+    return (parts.priority, name[1:DROPR_ID_LEN + 1], name[parts.peer_start:parts.peer_end],
+            name[parts.channel_start:parts.channel_end], size, parts.crc)
+
+
+def parse_store_name(str name not None) -> tuple:
+    """``(priority, id, client)`` of a store name (client still escaped)."""
+    cdef Py_ssize_t client_start = 0
+    cdef int result = parse_store(name, &client_start)
+    if result != PARSE_OK:
+        raise _rejection(result, name)
+    return ord(name[0]) - 48, name[1:DROPR_ID_LEN + 1], name[client_start:]
+
+
+def is_message_id(str text not None) -> bool:
+    """Whether ``text`` has the form of a message id (30 lower-case hex digits)."""
+    if len(text) != DROPR_ID_LEN:
+        return False
+    cdef Py_UCS4 c
+    for c in text:
+        if not is_lower_hex(c):
+            return False
+    return True
+
+
+cdef object _rejection(int result, str name):
+    if result == PARSE_NOT_SPOOL:
+        return ValueError(f"not a spool message name: {name!r}")
+    if result == PARSE_NOT_STORE:
+        return ValueError(f"not a store message name: {name!r}")
+    return ValueError(f"not a message name: {name!r}")

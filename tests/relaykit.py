@@ -1,0 +1,152 @@
+"""What the relay and end-to-end tests share: a real ``dropr-relay`` process, a server on a
+chosen port (to bring a peer back where it was), and checks of what a store holds."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from support import ServerProcess
+
+from dropr.store import Store
+
+STOP_TIMEOUT = 30.0
+
+
+def wait_until(check: Callable[[], object], timeout: float = 30.0, interval: float = 0.02) -> None:
+    """Return once ``check()`` is true; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {check}")
+        time.sleep(interval)
+
+
+def relay_command(spool: str | os.PathLike[str], *args: str) -> list[str]:
+    return [sys.executable, "-m", "dropr.cli.relay", "--spool", str(spool), *args]
+
+
+def run_relay(spool: str | os.PathLike[str], *args: str, timeout: float = 120.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``dropr-relay --spool SPOOL ARGS`` to its end (tests use ``--once``)."""
+    return subprocess.run(
+        relay_command(spool, *args), capture_output=True, text=True, timeout=timeout, env=env or _env()
+    )
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "DROPR_TOKEN"}
+
+
+class RelayProcess:
+    """A running ``dropr-relay``; a context manager that kills it on exit."""
+
+    def __init__(self, spool: str | os.PathLike[str], *args: str, env: dict[str, str] | None = None) -> None:
+        self.spool = Path(spool)
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            relay_command(spool, *args),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            env=env or _env(),
+        )
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")
+
+    def worker_pid(self) -> int:
+        """The pid in ``relay.lock`` (the worker's, under a supervisor)."""
+        text = (self.spool / "relay.lock").read_text().strip()
+        return int(text) if text.isdigit() else 0
+
+    def wait_started(self, timeout: float = 30.0) -> None:
+        wait_until(lambda: "relaying" in self.log() or self.proc.poll() is not None, timeout)
+        assert self.proc.poll() is None, self.log()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT)
+
+    def __enter__(self) -> RelayProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            self.kill()
+        finally:
+            self._log.close()
+
+
+def server_on(store_dir: str | os.PathLike[str], port: int, token: str | None = None) -> ServerProcess:
+    """A server on ``port`` exactly: a peer coming back where the relay expects it."""
+    args = ["--listen", f"127.0.0.1:{port}"]  # the last --listen wins
+    server = ServerProcess(store_dir, token=token, extra_args=args)
+    server.port = port
+    server.url = f"http://127.0.0.1:{port}/"
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+def queued(spool: str | os.PathLike[str]) -> list[str]:
+    return sorted(n for n in os.listdir(Path(spool) / "queue") if not n.startswith("."))
+
+
+def stored(store_dir: str | os.PathLike[str]) -> dict[str, list[tuple[str, bytes]]]:
+    """``{channel: [(id, payload), ...]}`` of a store's queues, in delivery order."""
+    if not (Path(store_dir) / "channels").is_dir():
+        return {}
+    store = Store(store_dir)
+    return {ch: [(m.id, m.read()) for m in store.messages(ch)] for ch in store.channels()}
+
+
+def stored_count(store_dir: str | os.PathLike[str]) -> int:
+    """Messages in a store's queues, counted from the directories (cheap enough to poll)."""
+    channels = Path(store_dir) / "channels"
+    if not channels.is_dir():
+        return 0
+    return sum(
+        len([n for n in os.listdir(ch / "queue") if not n.startswith(".")])
+        for ch in channels.iterdir()
+        if (ch / "queue").is_dir()
+    )
+
+
+def check_stored_once(stores: Iterable[str | os.PathLike[str]], sent: dict[str, bytes]) -> None:
+    """Every message of ``sent`` (id -> payload) is held once, whole, in one of ``stores``."""
+    seen: collections.Counter[str] = collections.Counter()
+    for store_dir in stores:
+        for messages in stored(store_dir).values():
+            for msg_id, payload in messages:
+                seen[msg_id] += 1
+                assert payload == sent.get(msg_id), f"{msg_id}: payload differs (crc {zlib.crc32(payload):08x})"
+    twice = [msg_id for msg_id, count in seen.items() if count > 1]
+    assert not twice, f"{len(twice)} messages stored twice"
+    missing = set(sent) - set(seen)
+    assert not missing, f"{len(missing)} of {len(sent)} messages missing"
+    assert set(seen) == set(sent)
+
+
+def in_delivery_order(messages: Sequence[tuple[str, bytes]], priority_of: dict[str, int]) -> bool:
+    keys = [(priority_of[msg_id], msg_id) for msg_id, _ in messages]
+    return keys == sorted(keys)

@@ -1,0 +1,113 @@
+"""End to end: producers put, a real relay forwards over HTTP (real servers) and over the
+local file:// transport, and the stores hold every message once, whole, in delivery order."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+import dropr
+
+sys.path.insert(0, os.path.dirname(__file__))
+from relaykit import (  # noqa: E402
+    RelayProcess,
+    check_stored_once,
+    in_delivery_order,
+    queued,
+    run_relay,
+    stored,
+    stored_count,
+    wait_until,
+)
+from support import start_server  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+CHANNELS = ("orders", "mails", "compact-" + "x" * 100)
+
+
+def put_many(spool: Path, peers: list[str], count: int, seed: int = 7) -> tuple[dict[str, bytes], dict[str, int], dict[str, tuple[str, str]]]:
+    """``count`` messages spread over ``peers`` and CHANNELS with random priorities."""
+    rng = random.Random(seed)
+    sent: dict[str, bytes] = {}
+    priority: dict[str, int] = {}
+    where: dict[str, tuple[str, str]] = {}
+    client = dropr.Client(spool)
+    for i in range(count):
+        peer = peers[i % len(peers)]
+        channel = CHANNELS[rng.randrange(len(CHANNELS))]
+        payload = f"message {i} ".encode() + os.urandom(rng.randrange(0, 300))
+        prio = rng.randrange(10)
+        msg_id = client.put(payload, peer=peer, channel=channel, priority=prio)
+        sent[msg_id] = payload
+        priority[msg_id] = prio
+        where[msg_id] = (peer, channel)
+    client.close()
+    return sent, priority, where
+
+
+def test_ten_thousand_messages_over_three_channels_and_two_servers(tmp_path: Path) -> None:
+    stores = [tmp_path / "store-a", tmp_path / "store-b"]
+    with start_server(stores[0]) as a, start_server(stores[1]) as b:
+        sent, priority, where = put_many(tmp_path / "spool", [a.url, b.url], 10_000)
+        done = run_relay(tmp_path / "spool", "--once", "--no-supervise", "--parallel", "2")
+        assert done.returncode == 0, done.stderr
+        assert queued(tmp_path / "spool") == []
+        check_stored_once(stores, sent)
+        for store_dir, url in zip(stores, (a.url, b.url)):
+            held = stored(store_dir)
+            assert set(held) == set(CHANNELS)
+            for channel, messages in held.items():
+                assert all(where[msg_id] == (url, channel) for msg_id, _ in messages)
+                assert in_delivery_order(messages, priority)
+    assert os.listdir(tmp_path / "spool" / "failed") == []
+
+
+def test_local_transport_end_to_end(tmp_path: Path) -> None:
+    peer = (tmp_path / "local store").as_uri()
+    sent, priority, _ = put_many(tmp_path / "spool", [peer], 2000)
+    done = run_relay(tmp_path / "spool", "--once", "--no-supervise", "--batch-count", "300")
+    assert done.returncode == 0, done.stderr
+    assert queued(tmp_path / "spool") == []
+    check_stored_once([tmp_path / "local store"], sent)
+    for messages in stored(tmp_path / "local store").values():
+        assert in_delivery_order(messages, priority)
+    assert not [n for n in os.listdir(tmp_path / "local store" / "tmp") if n.startswith("relay-")]
+
+
+@pytest.mark.parametrize("transport", ["http", "local"])
+def test_a_message_sent_again_is_acknowledged_and_kept_once(tmp_path: Path, transport: str) -> None:
+    """As after a relay crash between the peer's answer and the removal from the queue."""
+    spool = tmp_path / "spool"
+    store = tmp_path / "store"
+    server = start_server(store) if transport == "http" else None
+    try:
+        peer = server.url if server else store.as_uri()
+        sent, _, _ = put_many(spool, [peer], 20)
+        kept = {name: (spool / "queue" / name).read_bytes() for name in queued(spool)}
+        assert run_relay(spool, "--once", "--no-supervise").returncode == 0
+        for name, payload in kept.items():
+            (spool / "queue" / name).write_bytes(payload)
+        done = run_relay(spool, "--once", "--no-supervise")
+        assert done.returncode == 0, done.stderr
+        assert queued(spool) == []
+        check_stored_once([store], sent)
+    finally:
+        if server:
+            server.close()
+
+
+def test_relay_forwards_while_producers_put(tmp_path: Path) -> None:
+    """A running relay (supervised, as users run it) keeps up with puts and stores them all."""
+    store = tmp_path / "store"
+    with start_server(store) as server, RelayProcess(tmp_path / "spool", "--log-level", "debug") as relay:
+        relay.wait_started()
+        sent, _, _ = put_many(tmp_path / "spool", [server.url, (tmp_path / "local").as_uri()], 3000)
+        wait_until(lambda: stored_count(store) + stored_count(tmp_path / "local") == 3000, timeout=120)
+        wait_until(lambda: queued(tmp_path / "spool") == [], timeout=30)
+        assert relay.stop() == 0, relay.log()
+    check_stored_once([store, tmp_path / "local"], sent)

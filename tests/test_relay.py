@@ -1,0 +1,162 @@
+"""The relay's parts on their own (batches, backoff, configuration, inotify, the lock) and
+its command line: usage errors are one line and change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from dropr.cli import relay as relay_cli
+from dropr.relay import backoff, batches, config, inotify, lock
+from dropr.relay.transport import PeerFailure, parse_acks
+
+sys.path.insert(0, os.path.dirname(__file__))
+from relaykit import run_relay  # noqa: E402
+
+
+def entry(i: int, size: int) -> batches.Entry:
+    return batches.Entry(f"name{i}", f"{i:030x}", 9, "common", size, 0)
+
+
+def test_batches_keep_order_within_count_and_bytes() -> None:
+    entries = [entry(i, 100) for i in range(25)]
+    cut = list(batches.cut(entries, count=10, max_bytes=10_000))
+    assert [len(b) for b in cut] == [10, 10, 5]
+    assert [e for b in cut for e in b] == entries
+    cut = list(batches.cut(entries, count=1000, max_bytes=350))
+    assert [len(b) for b in cut] == [3] * 8 + [1]
+
+
+def test_a_message_larger_than_the_byte_limit_travels_alone() -> None:
+    cut = list(batches.cut([entry(0, 10), entry(1, 5000), entry(2, 10)], count=10, max_bytes=100))
+    assert [[e.size for e in b] for b in cut] == [[10], [5000], [10]]
+    assert list(batches.cut([], 10, 100)) == []
+
+
+def test_backoff_grows_jittered_up_to_its_cap_and_resets() -> None:
+    b = backoff.Backoff(0.1, 2.0)
+    delays = [b.fail(now=100.0) for _ in range(10)]
+    for i, delay in enumerate(delays):
+        nominal = min(2.0, 0.1 * 2**i)
+        assert nominal / 2 <= delay <= nominal
+    assert b.failures == 10 and b.waiting(100.0) and not b.waiting(102.1)
+    b.succeed()
+    assert b.failures == 0 and not b.waiting(0.0)
+    assert len({round(backoff.Backoff(1, 1).fail(), 9) for _ in range(20)}) > 1
+
+
+def test_config_file_toml_and_json(tmp_path: Path) -> None:
+    toml = tmp_path / "relay.toml"
+    toml.write_text(
+        'token = "general"\nbatch_count = 50\nmax_age_minutes = 1.5\n'
+        '[peers."http://a:1/"]\ntoken = "own"\n'
+    )
+    settings = config.read_file(str(toml))
+    built = config.build("/spool", settings, {"batch_count": 7, "token": None})
+    assert built.batch_count == 7 and built.max_age_minutes == 1.5
+    assert built.peer("http://a:1/").token == "own"
+    assert built.peer("http://b:2/").token == "general"
+    js = tmp_path / "relay.json"
+    js.write_text(json.dumps({"parallel": 3, "peers": {"file:///s": {"token": "t"}}}))
+    assert config.build("/spool", config.read_file(str(js)), {}).parallel == 3
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("batch_count = 0", "batch_count must be a whole number"),
+        ("colour = 1", "unknown setting 'colour'"),
+        ('[peers."http://a/"]\nsecret = "x"', "unknown setting 'secret'"),
+        ("token = 3", "token must be a non-empty string"),
+        ("not toml at all [", "not valid"),
+        ('ca_file = "/nonexistent/ca.pem"', "cannot read CA file"),
+    ],
+)
+def test_bad_configuration_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=message):
+        config.build("/spool", config.read_file(str(path)), {})
+
+
+def test_answers_are_checked() -> None:
+    assert parse_acks({"a": ["stored", ""], "b": ["rejected", "bad crc"], "c": ["retry"]}) == {
+        "a": ("stored", ""),
+        "b": ("rejected", "bad crc"),
+        "c": ("retry", ""),
+    }
+    for bad in ([], {"a": ["maybe", ""]}, {"a": []}, {1: ["stored", ""]}):
+        with pytest.raises(PeerFailure):
+            parse_acks(bad)
+
+
+def test_inotify_reports_arrivals_by_name(tmp_path: Path) -> None:
+    watch = inotify.watch(str(tmp_path))
+    if watch is None:
+        pytest.skip("no inotify here")
+    try:
+        assert watch.read() == []
+        (tmp_path / ".tmp").write_bytes(b"x")
+        os.rename(tmp_path / ".tmp", tmp_path / "9abc+peer+ch+1+00000000")
+        names = watch.read()
+        assert names is not None and "9abc+peer+ch+1+00000000" in names
+    finally:
+        watch.close()
+
+
+def test_lock_refuses_a_second_holder_with_the_pid(tmp_path: Path) -> None:
+    fd = lock.acquire(str(tmp_path))
+    try:
+        with pytest.raises(lock.LockHeld, match=rf"another relay is running for {tmp_path} \(pid {os.getpid()}\)"):
+            lock.acquire(str(tmp_path))
+    finally:
+        os.close(fd)
+    os.close(lock.acquire(str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "the following arguments are required: --spool"),
+        (["--spool", "S", "--batch-count", "0"], "must be 1 or more"),
+        (["--spool", "S", "--max-age", "-1"], "minutes must be zero or more"),
+        (["--spool", "S", "--rescan", "0"], "seconds must be more than 0"),
+        (["--spool", "S", "--log-level", "loud"], "invalid choice"),
+    ],
+)
+def test_usage_errors_are_one_line_and_change_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        relay_cli.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("dropr-relay: ")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_bad_config_file_is_one_line_and_creates_no_spool(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text("batch_bytes = -5\n")
+    done = run_relay(tmp_path / "spool", "--config", str(path), "--once")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "batch_bytes" in done.stderr
+    assert not (tmp_path / "spool").exists()
+    done = run_relay(tmp_path / "spool", "--config", str(tmp_path / "missing.toml"))
+    assert done.returncode == 1 and "cannot read configuration" in done.stderr
+    assert not (tmp_path / "spool").exists()
+
+
+def test_an_empty_spool_drains_at_once(tmp_path: Path) -> None:
+    done = run_relay(tmp_path / "spool", "--once")
+    assert done.returncode == 0, done.stderr
+    assert {"queue", "tmp", "sent", "failed", "names"} <= set(os.listdir(tmp_path / "spool"))

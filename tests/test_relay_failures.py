@@ -1,0 +1,304 @@
+"""The relay when things go wrong: a peer down, kill -9 of the relay or the server in the
+middle of the work, wrong tokens, rejected and expired messages, a second relay, signals.
+
+Real processes throughout (servers from ``support``, the relay as ``python -m
+dropr.cli.relay``), real pycurl on 127.0.0.1, real files. Crash loops run a few rounds by
+default; ``-m slow`` runs longer ones, scaled by ``$DROPR_SOAK``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dropr
+
+sys.path.insert(0, os.path.dirname(__file__))
+from relaykit import (  # noqa: E402
+    RelayProcess,
+    check_stored_once,
+    queued,
+    run_relay,
+    server_on,
+    stored_count,
+    wait_until,
+)
+from support import free_port, make_tls_cert, start_server  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+SOAK = max(1, int(os.environ.get("DROPR_SOAK", "1")))
+FAST_BACKOFF = "backoff_min_seconds = 0.05\nbackoff_max_seconds = 0.5\n"
+
+
+def put(spool: Path, peer: str, count: int, channel: str = "common") -> dict[str, bytes]:
+    client = dropr.Client(spool)
+    sent = {}
+    for i in range(count):
+        payload = f"{peer} {i} ".encode() + os.urandom(random.randrange(1, 200))
+        sent[client.put(payload, peer=peer, channel=channel, priority=i % 10)] = payload
+    client.close()
+    return sent
+
+
+def fast_config(tmp_path: Path, extra: str = "") -> str:
+    path = tmp_path / "relay.toml"
+    path.write_text(FAST_BACKOFF + extra)
+    return str(path)
+
+
+def test_a_peer_down_waits_while_the_other_keeps_flowing(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    port = free_port()
+    down_url = f"http://127.0.0.1:{port}/"
+    with start_server(tmp_path / "up") as up:
+        sent = put(spool, up.url, 200)
+        waiting = put(spool, down_url, 200)
+        with RelayProcess(spool, "--no-supervise") as relay:
+            wait_until(lambda: stored_count(tmp_path / "up") == 200)
+            wait_until(lambda: "backing off" in relay.log())
+            assert f"{down_url}: " in relay.log() and "curl error 7" in relay.log()
+            wait_until(lambda: len(queued(spool)) == 200)
+            sent.update(put(spool, up.url, 100))
+            wait_until(lambda: stored_count(tmp_path / "up") == 300)
+            wait_until(lambda: len(queued(spool)) == 200)
+            assert all(down_url.replace(":", "%3A").replace("/", "%2F") in n for n in queued(spool))
+            with server_on(tmp_path / "down", port):
+                wait_until(lambda: stored_count(tmp_path / "down") == 200, timeout=60)
+                wait_until(lambda: queued(spool) == [])
+            assert "delivering again after" in relay.log()
+            assert relay.stop() == 0
+    check_stored_once([tmp_path / "up"], sent)
+    check_stored_once([tmp_path / "down"], waiting)
+
+
+def _kill_relay_rounds(tmp_path: Path, rounds: int, count: int) -> None:
+    spool = tmp_path / "spool"
+    store = tmp_path / "store"
+    with start_server(store) as server:
+        sent = put(spool, server.url, count)
+        for _ in range(rounds):
+            before = stored_count(store)
+            if before == count:
+                break
+            relay = RelayProcess(spool, "--no-supervise", "--batch-count", "100")
+            wait_until(lambda: stored_count(store) > before or relay.proc.poll() is not None, timeout=60)
+            time.sleep(random.uniform(0, 0.05))
+            relay.kill()
+            relay.__exit__()
+        done = run_relay(spool, "--once", "--no-supervise")
+        assert done.returncode == 0, done.stderr
+    assert queued(spool) == []
+    check_stored_once([store], sent)
+
+
+def test_kill_9_of_the_relay_mid_batch_loses_nothing(tmp_path: Path) -> None:
+    _kill_relay_rounds(tmp_path, rounds=3, count=1500)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_relay_soak(tmp_path: Path) -> None:
+    _kill_relay_rounds(tmp_path, rounds=20 * SOAK, count=5000 * SOAK)
+
+
+def _kill_server_rounds(tmp_path: Path, rounds: int, count: int) -> None:
+    spool = tmp_path / "spool"
+    store = tmp_path / "store"
+    port = free_port()
+    sent = put(spool, f"http://127.0.0.1:{port}/", count)
+    server = server_on(store, port)
+    try:
+        with RelayProcess(spool, "--no-supervise", "--config", fast_config(tmp_path), "--batch-count", "100") as relay:
+            for _ in range(rounds):
+                before = stored_count(store)
+                if before == count:
+                    break
+                wait_until(lambda: stored_count(store) > before, timeout=60)
+                time.sleep(random.uniform(0, 0.05))
+                server.kill()
+                server.close()
+                server = server_on(store, port)
+            wait_until(lambda: queued(spool) == [], timeout=120)
+            assert relay.stop() == 0
+    finally:
+        server.close()
+    check_stored_once([store], sent)
+
+
+def test_kill_9_of_the_server_mid_upload_loses_nothing(tmp_path: Path) -> None:
+    _kill_server_rounds(tmp_path, rounds=3, count=1500)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_server_soak(tmp_path: Path) -> None:
+    _kill_server_rounds(tmp_path, rounds=20 * SOAK, count=5000 * SOAK)
+
+
+def test_a_killed_worker_is_restarted_by_the_supervisor(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with start_server(tmp_path / "store") as server, RelayProcess(spool) as relay:
+        relay.wait_started()
+        first = relay.worker_pid()
+        assert first and first != relay.proc.pid
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: relay.worker_pid() not in (0, first), timeout=30)
+        assert "killed by SIGKILL; restarting" in relay.log()
+        sent = put(spool, server.url, 10)
+        wait_until(lambda: stored_count(tmp_path / "store") == 10)
+        assert relay.stop() == 0
+        worker = relay.worker_pid()
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
+    check_stored_once([tmp_path / "store"], sent)
+
+
+def test_a_wrong_token_leaves_messages_queued(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with start_server(tmp_path / "store", token="right") as server:
+        sent = put(spool, server.url, 5)
+        done = run_relay(spool, "--once", "--no-supervise", "--token", "wrong", "--config", fast_config(tmp_path))
+        assert done.returncode == 1
+        assert "HTTP 401" in done.stderr
+        assert len(queued(spool)) == 5 and stored_count(tmp_path / "store") == 0
+        config = fast_config(tmp_path, f'[peers."{server.url}"]\ntoken = "right"\n')
+        done = run_relay(spool, "--once", "--no-supervise", "--token", "wrong", "--config", config)
+        assert done.returncode == 0, done.stderr
+    check_stored_once([tmp_path / "store"], sent)
+
+
+def test_the_token_comes_from_the_environment(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with start_server(tmp_path / "store", token="env-secret") as server:
+        sent = put(spool, server.url, 3)
+        env = dict(os.environ, DROPR_TOKEN="env-secret")
+        done = run_relay(spool, "--once", env=env)
+        assert done.returncode == 0, done.stderr
+    check_stored_once([tmp_path / "store"], sent)
+
+
+@pytest.mark.parametrize("transport", ["http", "local"])
+def test_a_rejected_message_goes_to_failed_with_its_reason(tmp_path: Path, transport: str) -> None:
+    spool = tmp_path / "spool"
+    store = tmp_path / "store"
+    server = start_server(store) if transport == "http" else None
+    try:
+        sent = put(spool, server.url if server else store.as_uri(), 3)
+        bad = queued(spool)[1]
+        path = spool / "queue" / bad
+        path.write_bytes(bytes(b ^ 0xFF for b in path.read_bytes()))
+        done = run_relay(spool, "--once", "--no-supervise")
+        assert done.returncode == 1
+        assert queued(spool) == []
+        assert (spool / "failed" / bad).is_file()
+        reason = (spool / "failed" / f"{bad}.reason").read_text()
+        assert reason.strip() and ("crc" in reason.lower() or "checksum" in reason.lower())
+        del sent[bad[1:31]]
+        check_stored_once([store], sent)
+    finally:
+        if server:
+            server.close()
+
+
+def test_expired_messages_go_to_failed(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    put(spool, f"http://127.0.0.1:{free_port()}/", 3)
+    time.sleep(0.1)
+    done = run_relay(spool, "--once", "--no-supervise", "--max-age", "0.001")
+    assert done.returncode == 1
+    assert queued(spool) == []
+    reasons = [p.read_text() for p in (spool / "failed").glob("*.reason")]
+    assert len(reasons) == 3 and all(r.startswith("expired") for r in reasons)
+
+
+def test_once_exits_non_zero_when_a_peer_is_down(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    put(spool, f"http://127.0.0.1:{free_port()}/", 4)
+    done = run_relay(spool, "--once", "--config", fast_config(tmp_path))
+    assert done.returncode == 1
+    assert "giving up after 3 failures" in done.stderr
+    assert len(queued(spool)) == 4
+
+
+def test_a_second_relay_refuses_to_start(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with RelayProcess(spool, "--no-supervise") as first:
+        first.wait_started()
+        second = run_relay(spool)
+        assert second.returncode != 0
+        assert second.stderr == f"dropr-relay: another relay is running for {spool} (pid {first.proc.pid})\n"
+        assert first.proc.poll() is None
+
+
+def test_sigterm_and_sigint_exit_zero(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with RelayProcess(spool) as relay:
+            relay.wait_started()
+            assert relay.stop(sig) == 0, relay.log()
+        with RelayProcess(spool, "--no-supervise") as relay:
+            relay.wait_started()
+            assert relay.stop(sig) == 0, relay.log()
+
+
+def test_sigterm_finishes_the_batch_in_flight(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with start_server(tmp_path / "store") as server:
+        sent = put(spool, server.url, 2000)
+        with RelayProcess(spool, "--no-supervise", "--batch-count", "500", "--log-level", "debug") as relay:
+            wait_until(lambda: " sent in " in relay.log() or stored_count(tmp_path / "store") > 0, interval=0.005)
+            assert relay.stop() == 0
+        left = queued(spool)
+        held = stored_count(tmp_path / "store")
+        # Whatever the server stored was acknowledged and left the queue: nothing twice.
+        assert held + len(left) == 2000
+    unsent = {name[1:31] for name in left}
+    check_stored_once([tmp_path / "store"], {k: v for k, v in sent.items() if k not in unsent})
+
+
+def test_a_put_wakes_the_idle_relay(tmp_path: Path) -> None:
+    """Functional check of the inotify wake-up: the periodic rescan is set to a minute."""
+    spool = tmp_path / "spool"
+    with start_server(tmp_path / "store") as server:
+        put(spool, server.url, 1)
+        with RelayProcess(spool, "--no-supervise", "--rescan", "60") as relay:
+            wait_until(lambda: stored_count(tmp_path / "store") == 1)
+            time.sleep(0.3)
+            started = time.monotonic()
+            put(spool, server.url, 1)
+            wait_until(lambda: stored_count(tmp_path / "store") == 2, timeout=5)
+            assert time.monotonic() - started < 5
+            assert relay.stop() == 0
+
+
+def test_https_peer_with_a_ca_file(tmp_path: Path) -> None:
+    cert, key = make_tls_cert(tmp_path)
+    spool = tmp_path / "spool"
+    with start_server(tmp_path / "store", tls=(cert, key)) as server:
+        sent = put(spool, server.url, 5)
+        untrusted = run_relay(spool, "--once", "--no-supervise", "--config", fast_config(tmp_path))
+        assert untrusted.returncode == 1 and "curl error 60" in untrusted.stderr
+        done = run_relay(spool, "--once", "--no-supervise", "--ca-file", cert)
+        assert done.returncode == 0, done.stderr
+    check_stored_once([tmp_path / "store"], sent)
+
+
+def test_keep_sent_and_tmp_cleaning(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    put(spool, (tmp_path / "store").as_uri(), 4)
+    names = queued(spool)
+    old = spool / "tmp" / ("0" * 30)
+    fresh = spool / "tmp" / ("1" * 30)
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    done = run_relay(spool, "--once", "--no-supervise", "--keep-sent", "60")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(spool / "sent")) == names
+    assert not old.exists() and fresh.exists()

@@ -1,0 +1,161 @@
+"""Directory scanning: both twins on real directories, and the compiled one against the reference."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+from dropr import _codec_py as codec
+from dropr import _scan_py as reference
+
+try:
+    from dropr import _scan as compiled
+except ImportError:
+    compiled = None
+
+
+def _touch(directory: str | bytes, names: list[str] | list[bytes]) -> None:
+    for name in names:
+        os.close(
+            os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT, 0o600)
+        )
+
+
+def _names(count: int, peers: tuple[str, ...] = ("peer",), seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    return [
+        codec.spool_name(
+            rng.randrange(10),
+            f"{rng.getrandbits(64):016x}00c0ffee{i:06x}",
+            rng.choice(peers),
+            "common",
+            rng.randrange(1000),
+            rng.getrandbits(32),
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def deep() -> Iterator[tuple[str, list[str]]]:
+    """A directory of 100k spool names, made once for both twins."""
+    path = tempfile.mkdtemp(prefix="dropr-scan-")
+    names = _names(100_000)
+    _touch(path, names)
+    yield path, names
+    shutil.rmtree(path)
+
+
+def test_order_and_limit(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    names = _names(500)
+    _touch(tmp_path, names)
+    ordered = sorted(names)
+    for limit in (1, 2, 10, 499, 500, 501, 10_000):
+        assert scan.scan(str(tmp_path), limit) == ordered[:limit]
+    assert scan.scan(str(tmp_path), 0) == []
+    assert scan.scan(tmp_path, 3) == ordered[:3]
+    assert scan.count(str(tmp_path)) == 500
+
+
+def test_skipped_peers(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    names = _names(300, peers=("a", "b", "http%3A%2F%2Fh", "~" + "0" * 32))
+    _touch(tmp_path, names)
+    for skip in (
+        ["a"],
+        {"a", "b"},
+        ("http%3A%2F%2Fh",),
+        ["~" + "0" * 32],
+        ["nobody"],
+        ["a", "b"],
+    ):
+        kept = sorted(name for name in names if name.split("+")[1] not in skip)
+        assert scan.scan(str(tmp_path), 50, skip) == kept[:50]
+        assert scan.scan(str(tmp_path), 1000, skip=skip) == kept
+
+
+def test_store_names_and_their_client_field(
+    scan: ModuleType, tmp_path: pathlib.Path
+) -> None:
+    names = [
+        codec.store_name(p, f"{p:030x}", client) for p, client in enumerate("xyzxy")
+    ]
+    _touch(tmp_path, names)
+    assert scan.scan(str(tmp_path), 10) == sorted(names)
+    assert scan.scan(str(tmp_path), 10, ["x"]) == sorted(
+        n for n in names if not n.endswith("x")
+    )
+
+
+def test_hidden_and_other_names_ignored(
+    scan: ModuleType, tmp_path: pathlib.Path
+) -> None:
+    names = _names(20)
+    others = [
+        "." + names[0],
+        ".tmp",
+        "0" * 31,
+        "0" * 30 + "+p",
+        "README",
+        "5" + "A" * 30 + "+p",
+        "5" + "a" * 29 + "+p",
+        "x" + "a" * 30 + "+p",
+        "1" + "a" * 30 + "-p",
+    ]
+    _touch(tmp_path, names + others)
+    (tmp_path / ("0" * 31 + "+dir")).mkdir()
+    assert scan.scan(str(tmp_path), 100) == sorted(names + ["0" * 31 + "+dir"])
+    assert scan.count(str(tmp_path)) == len(names) + len(others) - 2 + 1
+
+
+def test_missing_directory(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    missing = str(tmp_path / "missing")
+    for call in (
+        lambda: scan.scan(missing, 10),
+        lambda: scan.scan(missing, 0),
+        lambda: scan.count(missing),
+    ):
+        with pytest.raises(FileNotFoundError) as caught:
+            call()
+        assert caught.value.filename == missing
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        scan.scan(str(tmp_path / "file"), 10)
+    with pytest.raises(ValueError):
+        scan.scan(str(tmp_path), -1)
+
+
+def test_deep_directory(scan: ModuleType, deep: tuple[str, list[str]]) -> None:
+    path, names = deep
+    ordered = sorted(names)
+    assert scan.scan(path, 1000) == ordered[:1000]
+    assert scan.scan(path, 1) == ordered[:1]
+    assert scan.scan(path, 1000, {"peer"}) == []
+    assert scan.count(path) == 100_000
+
+
+@pytest.mark.skipif(compiled is None, reason="dropr._scan is not built")
+def test_compiled_matches_reference_on_odd_names(tmp_path: pathlib.Path) -> None:
+    names = _names(200, peers=("a", "b", "é", ""))
+    raw = os.fsencode(tmp_path)
+    odd = [
+        b"5" + b"a" * 30 + b"+\xff+x",
+        b"5" + b"a" * 30 + b"+\xc3\xa9",
+        b"5" + b"b" * 30 + b"+",
+        b"4" + b"c" * 30 + b"+\xef\xbf\xbd",
+        b"4" + b"c" * 30 + b"+\xed\xb2\x80",
+    ]
+    _touch(raw, odd)
+    _touch(tmp_path, names)
+    for limit in (0, 1, 7, 100, 1000):
+        for skip in ((), ["a"], ["é", ""], [os.fsdecode(b"\xff")]):
+            assert compiled.scan(str(tmp_path), limit, skip) == reference.scan(
+                str(tmp_path), limit, skip
+            )
+    assert compiled.count(str(tmp_path)) == reference.count(str(tmp_path))

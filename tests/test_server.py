@@ -1,0 +1,611 @@
+"""dropr-server against real requests: a server process on 127.0.0.1, pycurl and curl."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgpack
+import pycurl
+import pytest
+
+from dropr._codec_py import escape, new_id
+from support import ServerProcess, free_port, make_tls_cert, start_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Part = tuple[str, Any]  # (name, str for a text field | bytes for a file part)
+
+
+class Reply(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def acks(self) -> dict[str, list[str]]:
+        assert self.status == 200, (self.status, self.body)
+        assert self.headers["content-type"].startswith("application/msgpack")
+        return msgpack.unpackb(self.body, raw=False)
+
+
+def _perform(curl: pycurl.Curl, url: str, headers: Sequence[str], cafile: str | None) -> Reply:
+    body = io.BytesIO()
+    got: dict[str, str] = {}
+
+    def header(line: bytes) -> None:
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep:
+            got[name.strip().lower()] = value.strip()
+
+    curl.setopt(pycurl.URL, url)
+    curl.setopt(pycurl.WRITEDATA, body)
+    curl.setopt(pycurl.HEADERFUNCTION, header)
+    curl.setopt(pycurl.HTTPHEADER, list(headers))
+    curl.setopt(pycurl.NOSIGNAL, 1)
+    curl.setopt(pycurl.TIMEOUT, 30)
+    if cafile:
+        curl.setopt(pycurl.CAINFO, cafile)
+    try:
+        curl.perform()
+        return Reply(curl.getinfo(pycurl.RESPONSE_CODE), got, body.getvalue())
+    finally:
+        curl.close()
+
+
+def post(
+    server: ServerProcess,
+    parts: Sequence[Part],
+    *,
+    token: str | None = None,
+    headers: Sequence[str] = (),
+    path: str = "",
+) -> Reply:
+    """A real multipart POST built by libcurl; bytes values become file parts."""
+    curl = pycurl.Curl()
+    mime = pycurl.CurlMime(curl)
+    for name, value in parts:
+        if isinstance(value, bytes):
+            mime.add(name=name, data=value, filename=name, content_type="application/octet-stream")
+        else:
+            mime.add_field(name, value.encode())
+    curl.setopt(pycurl.MIMEPOST, mime)
+    if token is not None:
+        headers = [*headers, f"Authorization: Bearer {token}"]
+    return _perform(curl, server.url + path, headers, server.cafile)
+
+
+def post_raw(
+    server: ServerProcess, body: bytes, content_type: str, *, chunked: bool = False
+) -> Reply:
+    """A POST of hand-made bytes (for malformed bodies), optionally chunked."""
+    curl = pycurl.Curl()
+    headers = [f"Content-Type: {content_type}"]
+    if chunked:
+        curl.setopt(pycurl.POST, 1)
+        curl.setopt(pycurl.READFUNCTION, io.BytesIO(body).read)
+        headers.append("Transfer-Encoding: chunked")
+    else:
+        curl.setopt(pycurl.POSTFIELDS, body)
+    return _perform(curl, server.url, headers, server.cafile)
+
+
+class Msg(NamedTuple):
+    id: str
+    channel: str
+    priority: int
+    payload: bytes
+
+
+def msg(payload: bytes, channel: str = "common", priority: int = 5) -> Msg:
+    return Msg(new_id(), channel, priority, payload)
+
+
+def batch(client: str, msgs: Sequence[Msg], **lies: Any) -> list[Part]:
+    """The parts of a batch; ``lies`` maps an id to a dict overriding its manifest entry."""
+    entries = []
+    for m in msgs:
+        entry = {"size": len(m.payload), "crc": zlib.crc32(m.payload)}
+        entry.update(lies.get(m.id, {}))
+        entries.append([m.id, m.channel, m.priority, m.id, entry["size"], entry["crc"]])
+    manifest = msgpack.packb(entries)
+    return [("client", client), ("manifest", manifest), *[(m.id, m.payload) for m in msgs]]
+
+
+def queue_dir(store: Path, channel: str) -> Path:
+    return store / "channels" / escape(channel) / "queue"
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its content (directories as empty markers)."""
+    found: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            found[os.path.relpath(os.path.join(dirpath, name), root) + "/"] = b""
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            found[os.path.relpath(path, root)] = Path(path).read_bytes()
+    return found
+
+
+def staged_files(store: Path) -> list[str]:
+    return os.listdir(store / "tmp")
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    status, text = server.get("metrics")
+    assert status == 200
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text.decode(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.fixture(scope="module")
+def area(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the shared server's store and nothing else dropr may touch."""
+    return tmp_path_factory.mktemp("area")
+
+
+@pytest.fixture(scope="module")
+def server(area: Path) -> Iterator[ServerProcess]:
+    with start_server(area / "store") as srv:
+        yield srv
+
+
+@pytest.fixture()
+def store(server: ServerProcess) -> Path:
+    return server.store_dir
+
+
+# -- the happy path ---------------------------------------------------------------------
+
+
+def test_batch_is_stored_under_its_names(server: ServerProcess, store: Path) -> None:
+    msgs = [msg(b"first", "orders", 3), msg(b"", "orders", 0), msg(b"\x00\xff" * 500, "logs", 9)]
+    acks = post(server, batch("host-a", msgs)).acks()
+    assert acks == {m.id: ["stored", ""] for m in msgs}
+    assert list(acks) == [m.id for m in msgs]
+    for m in msgs:
+        path = queue_dir(store, m.channel) / f"{m.priority}{m.id}+host-a"
+        assert path.read_bytes() == m.payload
+    assert sorted(os.listdir(queue_dir(store, "orders"))) == sorted(
+        f"{m.priority}{m.id}+host-a" for m in msgs[:2]
+    )
+    assert staged_files(store) == []
+
+
+def test_any_path_takes_a_batch(server: ServerProcess, store: Path) -> None:
+    m = msg(b"via a path")
+    assert post(server, batch("host-p", [m]), path="some/peer/path").acks()[m.id][0] == "stored"
+
+
+def test_resend_is_kept_once_and_acked_duplicate(server: ServerProcess, store: Path) -> None:
+    msgs = [msg(b"once", "dups"), msg(b"twice", "dups")]
+    assert post(server, batch("host-d", msgs[:1])).acks() == {msgs[0].id: ["stored", ""]}
+    acks = post(server, batch("host-d", msgs)).acks()
+    assert acks[msgs[0].id][0] == "duplicate"
+    assert acks[msgs[1].id] == ["stored", ""]
+    assert len(os.listdir(queue_dir(store, "dups"))) == 2
+    # the same id from another client is another message
+    other = post(server, batch("host-e", msgs[:1])).acks()
+    assert other == {msgs[0].id: ["stored", ""]}
+    assert len(os.listdir(queue_dir(store, "dups"))) == 3
+    assert staged_files(store) == []
+
+
+def test_lying_size_or_checksum_rejects_only_that_message(
+    server: ServerProcess, store: Path
+) -> None:
+    good, short, bent = msg(b"good", "liars"), msg(b"short", "liars"), msg(b"bent", "liars")
+    lies = {short.id: {"size": 99}, bent.id: {"crc": zlib.crc32(b"other")}}
+    acks = post(server, batch("host-l", [good, short, bent], **lies)).acks()
+    assert acks[good.id] == ["stored", ""]
+    assert acks[short.id][0] == "rejected" and "size" in acks[short.id][1]
+    assert acks[bent.id][0] == "rejected" and "checksum" in acks[bent.id][1]
+    assert os.listdir(queue_dir(store, "liars")) == [f"5{good.id}+host-l"]
+    assert staged_files(store) == []
+
+
+def test_entry_without_its_part_gets_retry(server: ServerProcess, store: Path) -> None:
+    sent, missing = msg(b"sent", "partial"), msg(b"missing", "partial")
+    parts = batch("host-r", [sent, missing])[:-1]
+    acks = post(server, parts).acks()
+    assert acks == {sent.id: ["stored", ""], missing.id: ["retry", "part not received"]}
+
+
+def test_concurrent_batches_are_all_stored(server: ServerProcess, store: Path) -> None:
+    batches = [[msg(f"{t}-{i}-{j}".encode(), "busy") for j in range(20)] for t in range(4) for i in range(5)]  # fmt: skip
+    results: list[dict[str, list[str]]] = []
+
+    def send(chunk: list[list[Msg]]) -> None:
+        for msgs in chunk:
+            results.append(post(server, batch("host-c", msgs)).acks())
+
+    threads = [threading.Thread(target=send, args=(batches[t::4],)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == len(batches)
+    assert all(ack == ["stored", ""] for acks in results for ack in acks.values())
+    assert len(os.listdir(queue_dir(store, "busy"))) == 20 * len(batches)
+
+
+# -- the manifest-less form -------------------------------------------------------------
+
+
+def test_manifest_less_form_with_and_without_id(server: ServerProcess, store: Path) -> None:
+    msg_id = new_id()
+    fields = [("client", "curl-user"), ("id", msg_id), ("channel", "simple"), ("priority", "2")]
+    reply = post(server, [*fields, ("payload", b"one")])
+    assert reply.acks() == {msg_id: ["stored", ""]}
+    assert post(server, [*fields, ("payload", b"one")]).acks() == {msg_id: ["duplicate", "already held"]}  # fmt: skip
+    assert (queue_dir(store, "simple") / f"2{msg_id}+curl-user").read_bytes() == b"one"
+    acks = post(server, [("client", "curl-user"), ("payload", b"default")]).acks()
+    (assigned,) = acks
+    assert acks[assigned] == ["stored", ""]
+    assert (queue_dir(store, "common") / f"9{assigned}+curl-user").read_bytes() == b"default"
+
+
+def test_json_acks_when_asked(server: ServerProcess) -> None:
+    reply = post(server, [("client", "j"), ("payload", b"x")], headers=["Accept: application/json"])
+    assert reply.status == 200 and reply.headers["content-type"].startswith("application/json")
+    assert list(json.loads(reply.body).values()) == [["stored", ""]]
+
+
+def test_curl_example_of_protocol_md_works_verbatim(server: ServerProcess, tmp_path: Path) -> None:
+    curl = shutil.which("curl")
+    assert curl, "the curl binary is needed for this test"
+    text = (ROOT / "PROTOCOL.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    (example,) = [b for b in blocks if "curl " in b]
+    assert "http://127.0.0.1:8080/" in example
+    script = example.replace("http://127.0.0.1:8080/", server.url)
+    out = subprocess.run(
+        ["bash", "-euc", script], cwd=tmp_path, capture_output=True, timeout=60, check=True
+    )
+    acks = json.loads(out.stdout)
+    ((msg_id, ack),) = acks.items()
+    assert ack == ["stored", ""]
+    (path,) = (server.store_dir / "channels" / "common" / "queue").glob(f"?{msg_id}+me")
+    assert path.read_bytes() == (tmp_path / "hello.txt").read_bytes()
+
+
+# -- whole-request errors ---------------------------------------------------------------
+
+BOUNDARY = "xYzZy"
+
+
+def raw_body(*parts: tuple[str, bytes], end: bool = True) -> bytes:
+    out = b""
+    for name, data in parts:
+        out += (
+            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    return out + (f"--{BOUNDARY}--\r\n".encode() if end else b"")
+
+
+def assert_refused(reply: Reply, status: int, words: str = "") -> None:
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.headers["content-type"].startswith("text/plain")
+    assert words.lower() in reply.body.decode().lower()
+
+
+def test_malformed_requests_get_400_and_change_nothing(server: ServerProcess, area: Path) -> None:
+    m = msg(b"payload", "malformed")
+    manifest = msgpack.packb([[m.id, m.channel, 5, m.id, 7, zlib.crc32(m.payload)]])
+    form = f"multipart/form-data; boundary={BOUNDARY}"
+    before = snapshot(area)
+    cases = [
+        (raw_body(("client", b"c")), "text/plain", "multipart/form-data"),
+        (raw_body(("client", b"c")), "multipart/form-data", "boundary"),
+        (b"no boundary in here at all", form, "malformed"),
+        (raw_body(("client", b"c"), ("manifest", manifest), (m.id, m.payload), end=False), form, "malformed"),  # fmt: skip
+        (raw_body(("client", b"c"), ("manifest", manifest), ("stranger", b"x")), form, "unexpected part"),  # fmt: skip
+        (raw_body(("manifest", manifest), (m.id, m.payload)), form, "client"),
+        (raw_body(("client", b"c"), ("client", b"d"), ("payload", b"x")), form, "twice"),
+        (raw_body(("client", b"c"), ("manifest", manifest), ("channel", b"x")), form, "not allowed"),  # fmt: skip
+        (raw_body(("client", b"c"), ("payload", b"x"), ("payload", b"y")), form, "unexpected part"),  # fmt: skip
+        (raw_body(("client", b"c"), ("id", b"../x"), ("payload", b"x")), form, "id"),
+        (raw_body(("client", b"c"), ("priority", b"10"), ("payload", b"x")), form, "priority"),
+        (raw_body(("client", b"c"), ("channel", b"a\x00b"), ("payload", b"x")), form, "control"),
+        (raw_body(("client", b"c"), ("channel", b""), ("payload", b"x")), form, "empty"),
+        (raw_body(("client", b"c")), form, "payload"),
+    ]
+    for body, ctype, words in cases:
+        assert_refused(post_raw(server, body, ctype), 400, words)
+    assert snapshot(area) == before
+
+
+BAD_CLIENTS = [b"", b"a\x00b", b"tab\there", b"x" * 256, b"\xff\xfe"]
+
+
+@pytest.mark.parametrize("client", BAD_CLIENTS, ids=["empty", "nul", "tab", "long", "not-utf8"])
+def test_bad_client_field_gets_400(server: ServerProcess, area: Path, client: bytes) -> None:
+    before = snapshot(area)
+    body = raw_body(("client", client), ("payload", b"x"))
+    assert_refused(post_raw(server, body, f"multipart/form-data; boundary={BOUNDARY}"), 400, "client")  # fmt: skip
+    assert snapshot(area) == before
+
+
+GOOD_ID = "0" * 30
+
+
+def entry(**change: Any) -> list[Any]:
+    base = {"id": GOOD_ID, "channel": "c", "priority": 5, "part": GOOD_ID, "size": 1, "crc": 0}
+    base.update(change)
+    return list(base.values())
+
+
+BAD_MANIFESTS = {
+    "not-msgpack": b"\xc1",
+    "truncated": msgpack.packb([entry()])[:-3],
+    "trailing-bytes": msgpack.packb([entry()]) + b"\x01",
+    "a-map": msgpack.packb({"id": GOOD_ID}),
+    "entry-not-array": msgpack.packb(["x"]),
+    "short-entry": msgpack.packb([entry()[:5]]),
+    "long-entry": msgpack.packb([[*entry(), 1]]),
+    "id-traversal": msgpack.packb([entry(id="../x", part="p")]),
+    "id-upper": msgpack.packb([entry(id="A" * 30, part="p")]),
+    "id-bytes": msgpack.packb([entry(id=b"0" * 30, part="p")], use_bin_type=True),
+    "id-nul": msgpack.packb([entry(id="0" * 29 + "\x00", part="p")]),
+    "priority-10": msgpack.packb([entry(priority=10)]),
+    "priority-negative": msgpack.packb([entry(priority=-1)]),
+    "priority-bool": msgpack.packb([entry(priority=True)]),
+    "priority-text": msgpack.packb([entry(priority="5")]),
+    "priority-float": msgpack.packb([entry(priority=5.0)]),
+    "channel-empty": msgpack.packb([entry(channel="")]),
+    "channel-long": msgpack.packb([entry(channel="c" * 256)]),
+    "channel-nul": msgpack.packb([entry(channel="a\x00b")]),
+    "channel-int": msgpack.packb([entry(channel=7)]),
+    "size-negative": msgpack.packb([entry(size=-1)]),
+    "crc-too-big": msgpack.packb([entry(crc=2**32)]),
+    "part-reserved": msgpack.packb([entry(part="client")]),
+    "part-empty": msgpack.packb([entry(part="")]),
+    "duplicate-id": msgpack.packb([entry(part="a"), entry(part="b")]),
+    "duplicate-part": msgpack.packb([entry(), entry(id="1" * 30)]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_MANIFESTS))
+def test_bad_manifest_gets_400_and_changes_nothing(
+    server: ServerProcess, area: Path, name: str
+) -> None:
+    before = snapshot(area)
+    parts = [("client", "c"), ("manifest", BAD_MANIFESTS[name]), (GOOD_ID, b"x")]
+    assert_refused(post(server, parts), 400, "manifest")
+    assert snapshot(area) == before
+
+
+TRAVERSAL_CHANNELS = ["../../etc", "..", ".", "a/b", "/abs", ".hidden", "~x", "%2E%2E"]
+
+
+def test_hostile_names_never_write_outside_the_store(server: ServerProcess, area: Path) -> None:
+    store = server.store_dir
+    outside = {k: v for k, v in snapshot(area).items() if not k.startswith("store")}
+    msgs = [msg(f"to {c}".encode(), c) for c in TRAVERSAL_CHANNELS]
+    acks = post(server, batch("a/../b", msgs)).acks()
+    acks.update(post(server, batch("../..", [msg(b"client dots")])).acks())
+    acks.update(post(server, batch(".", [msg(b"client dot")])).acks())
+    assert {status for status, _ in acks.values()} <= {"stored", "rejected"}
+    after = snapshot(area)
+    assert {k: v for k, v in after.items() if not k.startswith("store")} == outside
+    for rel in after:
+        real = os.path.realpath(area / rel)
+        assert real.startswith(str(store) + os.sep) or real == str(store), rel
+    assert staged_files(store) == []
+
+
+# -- token, size, TLS -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with start_server(tmp_path_factory.mktemp("guarded") / "store", token="s3cret") as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("token", [None, "wrong", "s3cre", "s3cret2", ""])
+def test_missing_or_wrong_token_gets_401(guarded: ServerProcess, token: str | None) -> None:
+    before = snapshot(guarded.store_dir)
+    reply = post(guarded, batch("t", [msg(b"x")]), token=token)
+    assert_refused(reply, 401, "token")
+    assert reply.headers["www-authenticate"].startswith("Bearer")
+    assert snapshot(guarded.store_dir) == before
+
+
+def test_right_token_is_accepted(guarded: ServerProcess) -> None:
+    m = msg(b"with token")
+    assert post(guarded, batch("t", [m]), token="s3cret").acks() == {m.id: ["stored", ""]}
+    assert guarded.get("health") == (200, b"ok\n")
+
+
+def test_large_body_with_wrong_token_is_refused_before_it_is_sent(guarded: ServerProcess) -> None:
+    m = msg(os.urandom(2 * 1024 * 1024))
+    reply = post(guarded, batch("t", [m]), token="nope", headers=["Expect: 100-continue"])
+    assert_refused(reply, 401, "token")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    store = tmp_path_factory.mktemp("small") / "store"
+    with start_server(store, extra_args=["--max-request-bytes", "65536"]) as srv:
+        yield srv
+
+
+def test_oversize_request_gets_413(small: ServerProcess) -> None:
+    before = snapshot(small.store_dir)
+    big = msg(os.urandom(70_000))
+    assert_refused(post(small, batch("big", [big])), 413, "limit")
+    body = raw_body(("client", b"big"), ("payload", os.urandom(70_000)))
+    form = f"multipart/form-data; boundary={BOUNDARY}"
+    assert_refused(post_raw(small, body, form, chunked=True), 413, "limit")
+    lying = batch("big", [msg(b"tiny")])
+    entries = msgpack.unpackb(lying[1][1])
+    entries[0][4] = 70_000
+    lying[1] = ("manifest", msgpack.packb(entries))
+    assert_refused(post(small, lying), 413, "limit")
+    assert snapshot(small.store_dir) == before
+    m = msg(b"small enough")
+    assert post(small, batch("big", [m])).acks() == {m.id: ["stored", ""]}
+
+
+def test_tls_with_a_generated_certificate(tmp_path: Path) -> None:
+    tls = make_tls_cert(tmp_path)
+    with start_server(tmp_path / "store", tls=tls) as srv:
+        assert srv.url.startswith("https://")
+        m = msg(b"over tls", "secure")
+        assert post(srv, batch("tls", [m])).acks() == {m.id: ["stored", ""]}
+        assert (queue_dir(srv.store_dir, "secure") / f"5{m.id}+tls").read_bytes() == b"over tls"
+        srv.cafile = None  # libcurl's default trust store does not know this certificate
+        with pytest.raises(pycurl.error):
+            post(srv, batch("tls", [msg(b"untrusted")]))
+
+
+# -- health and metrics -----------------------------------------------------------------
+
+
+def test_health_and_metrics(server: ServerProcess) -> None:
+    assert server.get("health") == (200, b"ok\n")
+    names = ["dropr_messages_received_total", "dropr_messages_stored_total",
+             "dropr_messages_duplicate_total", "dropr_messages_rejected_total",
+             "dropr_messages_retry_total", "dropr_bytes_received_total",
+             'dropr_requests_total{status="200"}', 'dropr_requests_total{status="400"}',
+             "dropr_batch_seconds_count"]  # fmt: skip
+    before = {name: metric(server, name) for name in names}
+    good, bad = msg(b"12345", "metered"), msg(b"678", "metered")
+    post(server, batch("m", [good, bad], **{bad.id: {"crc": 1}})).acks()
+    post(server, batch("m", [good])).acks()
+    post(server, batch("m", [good])).acks()
+    assert post(server, [("client", "")]).status == 400
+    after = {name: metric(server, name) for name in names}
+    delta = {name: after[name] - before[name] for name in names}
+    assert delta == {
+        "dropr_messages_received_total": 4,
+        "dropr_messages_stored_total": 1,
+        "dropr_messages_duplicate_total": 2,
+        "dropr_messages_rejected_total": 1,
+        "dropr_messages_retry_total": 0,
+        "dropr_bytes_received_total": 5 + 3 + 5 + 5,
+        'dropr_requests_total{status="200"}': 3,
+        'dropr_requests_total{status="400"}': 1,
+        "dropr_batch_seconds_count": 4,
+    }
+    status, text = server.get("metrics")
+    assert b"# TYPE dropr_batch_seconds histogram" in text
+
+
+# -- full disk --------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, so the disk really fills up (needs root; skipped otherwise)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 65536)
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_disk_gets_507_and_leaves_nothing_half_written(tiny_disk: Path) -> None:
+    with start_server(tiny_disk / "store") as srv:
+        filler = fill(tiny_disk)
+        msgs = [msg(os.urandom(20_000), "full") for _ in range(3)]
+        reply = post(srv, batch("disk", msgs))
+        assert_refused(reply, 507, "full")
+        assert staged_files(srv.store_dir) == []
+        assert not (srv.store_dir / "channels" / "full").exists() or not any(
+            (srv.store_dir / "channels" / "full").rglob("*+disk")
+        )
+        assert srv.get("health")[0] == 503
+        filler.unlink()
+        assert srv.get("health") == (200, b"ok\n")
+        assert post(srv, batch("disk", msgs)).acks() == {m.id: ["stored", ""] for m in msgs}
+        srv.stop()
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dropr.cli.server", *args],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    store = str(tmp_path / "store")
+    port = f"127.0.0.1:{free_port()}"
+    cases = [
+        (["--store", store, "--listen", "127.0.0.1"], "HOST:PORT"),
+        (["--store", store, "--listen", "127.0.0.1:99999"], "HOST:PORT"),
+        (["--store", store, "--listen", "192.0.2.1:80"], "cannot listen"),
+        (["--store", store, "--listen", port, "--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(a_file)], "not found"),  # fmt: skip
+        (["--store", store, "--listen", port, "--tls-cert", str(a_file)], "together"),
+        (["--store", store, "--listen", port, "--tls-cert", str(a_file), "--tls-key", str(a_file)], "certificate"),  # fmt: skip
+        (["--store", str(a_file), "--listen", port], "not a directory"),
+        (["--store", store, "--listen", port, "--fsync", "sometimes"], "fsync"),
+        (["--store", store, "--listen", port, "--max-request-bytes", "0"], "max-request-bytes"),
+        (["--listen", port], "--store"),
+    ]
+    for args, words in cases:
+        done = run_cli(*args)
+        assert done.returncode != 0, args
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and words in lines[0], (args, done.stderr)
+    assert not os.path.exists(store)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_gracefully_and_start_cleans_leftovers(tmp_path: Path, sig: int) -> None:
+    store = tmp_path / "store"
+    (store / "tmp").mkdir(parents=True)
+    (store / "channels").mkdir()
+    leftover = store / "tmp" / "upload-0123456789abcdef"
+    leftover.write_bytes(b"half an upload")
+    with start_server(store) as srv:
+        assert not leftover.exists()
+        assert "listening on http://127.0.0.1:" in srv.stderr_text()
+        assert srv.stop(sig) == 0
+
+
+def test_token_from_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "DROPR_TOKEN": "from-env"}
+    with start_server(tmp_path / "store", env=env) as srv:
+        assert post(srv, batch("e", [msg(b"x")])).status == 401
+        m = msg(b"y")
+        assert post(srv, batch("e", [m]), token="from-env").acks() == {m.id: ["stored", ""]}

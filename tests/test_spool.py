@@ -1,0 +1,284 @@
+"""The spool: its layout, client id, names/, failed/, and what Client and fastput refuse."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import hashlib
+import os
+import shutil
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from dropr import InvalidMessage, SpoolError, spool
+from dropr.limits import Limits
+
+PEER = "http://127.0.0.1:8080/q"
+SUBDIRS = {"queue", "tmp", "sent", "failed", "names"}
+
+
+def assert_untouched(root: Path) -> None:
+    for sub in ("queue", "tmp", "names"):
+        assert os.listdir(root / sub) == [], sub
+
+
+def test_spool_makes_its_directories(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "spool"
+    box = spool.Spool(root)
+    assert box.path == str(root)
+    assert set(os.listdir(root)) == SUBDIRS
+    mask = os.umask(0)
+    os.umask(mask)
+    for sub in SUBDIRS:
+        assert (root / sub).stat().st_mode & 0o777 == 0o750 & ~mask
+    assert (box.queue_dir, box.tmp_dir, box.names_dir) == (str(root / "queue"), str(root / "tmp"), str(root / "names"))
+
+
+def test_opening_a_missing_spool_without_create_fails_and_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(SpoolError) as info:
+        spool.Spool(tmp_path / "none", create=False)
+    assert info.value.errno == errno.ENOENT
+    assert not (tmp_path / "none").exists()
+
+
+def test_spool_under_a_regular_file_is_a_spool_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SpoolError) as info:
+        spool.Spool(tmp_path / "file" / "spool")
+    assert info.value.errno == errno.ENOTDIR
+    with pytest.raises(SpoolError):
+        spool.fastput(b"x", PEER, spool=str(tmp_path / "file" / "spool"))
+
+
+def test_default_client_id_is_host_and_path_hash_written_once(tmp_path: Path) -> None:
+    box = spool.Spool(tmp_path)
+    digest = hashlib.blake2b(os.path.realpath(tmp_path).encode(), digest_size=4).hexdigest()
+    assert box.client_id == f"{os.uname().nodename}-{digest}"
+    assert (tmp_path / "client-id").read_text() == box.client_id + "\n"
+    assert spool.Spool(tmp_path).client_id == box.client_id
+
+
+def test_client_id_created_concurrently_is_one_id(tmp_path: Path) -> None:
+    ids: list[str] = []
+    threads = [threading.Thread(target=lambda: ids.append(spool.Spool(tmp_path).client_id)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 1 and len(ids) == 8
+    assert sorted(os.listdir(tmp_path)) == sorted(SUBDIRS | {"client-id"})
+
+
+def test_client_id_read_only_spool_does_not_write_it(tmp_path: Path) -> None:
+    spool.Spool(tmp_path)
+    assert spool.Spool(tmp_path, create=False).client_id
+    assert not (tmp_path / "client-id").exists()
+
+
+def test_client_id_can_be_set_and_replaced(tmp_path: Path) -> None:
+    spool.Client(tmp_path, client_id="web-1").close()
+    assert spool.Spool(tmp_path).client_id == "web-1"
+    spool.Client(tmp_path, client_id="web-2").close()
+    assert spool.Spool(tmp_path).client_id == "web-2"
+    assert sorted(os.listdir(tmp_path)) == sorted(SUBDIRS | {"client-id"})
+
+
+@pytest.mark.parametrize("bad", ["", " ", "a b", "a\nb", "x" * 256, 5])
+def test_bad_client_id_is_refused(tmp_path: Path, bad: object) -> None:
+    spool.Client(tmp_path, client_id="good").close()
+    with pytest.raises(InvalidMessage, match="client id"):
+        spool.Client(tmp_path, client_id=bad)  # type: ignore[arg-type]
+    assert (tmp_path / "client-id").read_text() == "good\n"
+
+
+def test_register_keeps_long_texts_in_names(tmp_path: Path) -> None:
+    box = spool.Spool(tmp_path)
+    assert box.register("orders") == "orders"
+    assert box.register("a/b c") == "a%2Fb%20c"
+    long = "ü" * 100
+    field = box.register(long)
+    assert field.startswith("~") and len(field) == 33
+    assert (tmp_path / "names" / field).read_text(encoding="utf-8") == long
+    assert box.register(long) == field
+    assert os.listdir(tmp_path / "names") == [field]
+    fresh = spool.Spool(tmp_path)
+    assert (fresh.resolve(field), fresh.resolve("a%2Fb%20c"), fresh.resolve("orders")) == (long, "a/b c", "orders")
+
+
+def test_resolve_refuses_what_is_not_a_compact_field(tmp_path: Path) -> None:
+    box = spool.Spool(tmp_path)
+    with pytest.raises(ValueError):
+        box.resolve("~../../etc/passwd")
+    with pytest.raises(FileNotFoundError):
+        box.resolve("~" + "0" * 32)
+
+
+def test_decode_describes_a_queued_message(tmp_path: Path) -> None:
+    with spool.Client(tmp_path) as client:
+        before = time.time()
+        msg_id = client.put(b"12345", peer=PEER, channel="c" * 90, priority=2)
+    (name,) = os.listdir(tmp_path / "queue")
+    message = client.spool.decode(name)
+    assert message[:7] == (2, msg_id, PEER, "c" * 90, 5, zlib.crc32(b"12345"), name)
+    assert before - 1 < message.time < time.time() + 1
+    with pytest.raises(ValueError):
+        client.spool.decode("junk")
+
+
+def test_fail_moves_a_message_with_its_reason(tmp_path: Path) -> None:
+    with spool.Client(tmp_path) as client:
+        client.put(b"a", peer=PEER)
+    box = client.spool
+    (name,) = os.listdir(box.queue_dir)
+    box.fail(name, "rejected: bad channel\n")
+    assert os.listdir(box.queue_dir) == []
+    assert sorted(os.listdir(box.failed_dir)) == [name, name + ".reason"]
+    ((message, reason),) = list(box.failed())
+    assert (message.name, reason) == (name, "rejected: bad channel")
+    with pytest.raises(FileNotFoundError):
+        box.fail(name, "again")
+    assert sorted(os.listdir(box.failed_dir)) == [name, name + ".reason"]
+    assert (Path(box.failed_dir) / (name + ".reason")).read_text() == "rejected: bad channel\n"
+
+
+def test_wipe_sent_removes_by_put_time(tmp_path: Path) -> None:
+    with spool.Client(tmp_path) as client:
+        for _ in range(3):
+            client.put(b"a", peer=PEER)
+    box = client.spool
+    for name in os.listdir(box.queue_dir):
+        os.rename(os.path.join(box.queue_dir, name), os.path.join(box.sent_dir, name))
+    assert box.wipe_sent(10) == 0
+    assert box.wipe_sent(0) == 3
+    assert os.listdir(box.sent_dir) == []
+
+
+class Level(enum.IntEnum):
+    HIGH = 0
+
+
+@pytest.mark.parametrize("priority", [0, 5, 9, Level.HIGH])
+def test_every_priority_is_taken(tmp_path: Path, priority: int) -> None:
+    with spool.Client(tmp_path) as client:
+        client.put(b"x", peer=PEER, priority=priority)
+    (name,) = os.listdir(tmp_path / "queue")
+    assert name[0] == str(int(priority))
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        "http://h/",
+        "http://127.0.0.1:1/x",
+        "https://example.org:65535/a/b?c=d",
+        "http://[::1]:8080/",
+        "HTTP://h/",
+        "file:///var/lib/dropr/store",
+    ],
+)
+def test_good_peers_are_taken(tmp_path: Path, peer: str) -> None:
+    with spool.Client(tmp_path) as client:
+        client.put(b"x", peer=peer)
+    (name,) = os.listdir(tmp_path / "queue")
+    assert client.spool.decode(name).peer == peer
+
+
+BAD_INPUTS = [
+    pytest.param({"priority": -1}, "priority", id="priority-negative"),
+    pytest.param({"priority": 10}, "priority", id="priority-10"),
+    pytest.param({"priority": "5"}, "priority", id="priority-str"),
+    pytest.param({"priority": True}, "priority", id="priority-bool"),
+    pytest.param({"priority": 5.0}, "priority", id="priority-float"),
+    pytest.param({"priority": None}, "priority", id="priority-none"),
+    pytest.param({"channel": ""}, "channel", id="channel-empty"),
+    pytest.param({"channel": "c" * 256}, "channel", id="channel-long"),
+    pytest.param({"channel": "é" * 128}, "channel", id="channel-long-utf8"),
+    pytest.param({"channel": "a\nb"}, "channel", id="channel-newline"),
+    pytest.param({"channel": "a\x00b"}, "channel", id="channel-nul"),
+    pytest.param({"channel": "a\x7f"}, "channel", id="channel-del"),
+    pytest.param({"channel": ".."}, "channel", id="channel-dotdot"),
+    pytest.param({"channel": b"common"}, "channel", id="channel-bytes"),
+    pytest.param({"peer": "localhost:8080"}, "peer", id="peer-no-scheme"),
+    pytest.param({"peer": "/var/store"}, "peer", id="peer-path"),
+    pytest.param({"peer": "ftp://h/"}, "peer", id="peer-ftp"),
+    pytest.param({"peer": "http://"}, "peer", id="peer-no-host"),
+    pytest.param({"peer": "http:///x"}, "peer", id="peer-empty-host"),
+    pytest.param({"peer": "http://h:0/"}, "peer", id="peer-port-0"),
+    pytest.param({"peer": "http://h:65536/"}, "peer", id="peer-port-big"),
+    pytest.param({"peer": "http://h:port/"}, "peer", id="peer-port-text"),
+    pytest.param({"peer": "http://h /x"}, "peer", id="peer-space"),
+    pytest.param({"peer": "http://h/\r\nx"}, "peer", id="peer-crlf"),
+    pytest.param({"peer": "http://[::1/"}, "peer", id="peer-bad-ipv6"),
+    pytest.param({"peer": "file://host/x"}, "peer", id="peer-file-host"),
+    pytest.param({"peer": "file:relative"}, "peer", id="peer-file-relative"),
+    pytest.param({"peer": ""}, "peer", id="peer-empty"),
+    pytest.param({"peer": "http://h/" + "x" * 1100}, "peer", id="peer-long"),
+    pytest.param({"peer": None}, "peer", id="peer-none"),
+    pytest.param({"peer": ["http://h/"]}, "peer", id="peer-list"),
+    pytest.param({"payload": None}, "payload", id="payload-none"),
+    pytest.param({"payload": 5}, "payload", id="payload-int"),
+    pytest.param({"payload": "\ud800"}, "payload", id="payload-surrogate"),
+    pytest.param({"payload": b"x" * 101}, "payload", id="payload-over-limit"),
+]
+
+
+@pytest.mark.parametrize(("change", "word"), BAD_INPUTS)
+def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, change: dict, word: str) -> None:
+    args = {"payload": b"x", "peer": PEER, "channel": "common", "priority": 9, **change}
+    with spool.Client(tmp_path, limits=Limits(max_payload=100)) as client:
+        with pytest.raises(InvalidMessage, match=word):
+            client.put(args.pop("payload"), **args)
+    assert_untouched(tmp_path)
+
+
+@pytest.mark.parametrize(("change", "word"), BAD_INPUTS[:-1])
+def test_fastput_refuses_bad_input_and_changes_nothing(tmp_path: Path, change: dict, word: str) -> None:
+    args = {"payload": b"x", "peer": PEER, "channel": "common", "priority": 9, **change}
+    with pytest.raises(InvalidMessage, match=word):
+        spool.fastput(args.pop("payload"), spool=str(tmp_path), **args)
+    assert_untouched(tmp_path)
+
+
+def test_fastput_uses_dropr_spool_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DROPR_SPOOL", str(tmp_path))
+    monkeypatch.setattr(spool, "_clients", {})
+    msg_id = spool.fastput("text", PEER)
+    (name,) = os.listdir(tmp_path / "queue")
+    assert msg_id in name and (tmp_path / "queue" / name).read_bytes() == b"text"
+
+
+def test_fastput_without_a_spool_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DROPR_SPOOL", raising=False)
+    monkeypatch.setattr(spool, "_clients", {})
+    with pytest.raises(SpoolError, match="DROPR_SPOOL"):
+        spool.fastput(b"x", PEER)
+
+
+def test_fastput_keeps_one_client_per_spool(tmp_path: Path) -> None:
+    spool.fastput(b"x", PEER, spool=str(tmp_path))
+    client = spool._clients[str(tmp_path)]
+    spool.fastput(b"x", PEER, spool=str(tmp_path), sync=True)
+    assert spool._clients[str(tmp_path)] is client
+    assert len(os.listdir(tmp_path / "queue")) == 2
+
+
+def test_fastput_follows_a_spool_that_was_removed_and_made_again(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    spool.fastput(b"x", PEER, spool=str(root))
+    shutil.rmtree(root)
+    spool.fastput(b"y", PEER, spool=str(root))
+    (name,) = os.listdir(root / "queue")
+    assert (root / "queue" / name).read_bytes() == b"y"
+
+
+def test_put_after_close_is_a_spool_error(tmp_path: Path) -> None:
+    client = spool.Client(tmp_path)
+    client.close()
+    with pytest.raises(SpoolError) as info:
+        client.put(b"x", peer=PEER)
+    assert info.value.errno == errno.EBADF
+    assert_untouched(tmp_path)
