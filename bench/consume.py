@@ -6,7 +6,8 @@ on ``queue/NAME``, rename it to ``claimed/``, open/read/close it, rename it to `
 (a rename lost to another process is skipped, as in the store). It lists the queue once,
 where dropr rescans it per claim batch. Both run with 1 and with 4 processes on fresh
 stores of the same messages, C and dropr alternating, several rounds; the table shows the
-median of the per-round ratios.
+median of the per-round ratios. Stores are removed only at the end: mass deletes would
+slow the next cells' file creation (on ext4 without a journal, by many times).
 
     python bench/consume.py [--count N] [--rounds R] [--batch B] [--size BYTES]
 """
@@ -170,7 +171,6 @@ def main() -> None:
                         elapsed = run_dropr(store, procs, args.batch)
                     check(store, args.count)
                     rates.setdefault((kind, procs), []).append(args.count / elapsed)
-                    shutil.rmtree(root)
                     os.sync()
                 ratios[procs].append(rates["dropr", procs][-1] / rates["c", procs][-1])
         print(f"consume: {args.count} messages of {args.size} bytes, batch {args.batch}, "

@@ -19,6 +19,7 @@ from . import _fs
 from .layout import ATTEMPTS, CLAIMED, DEAD, DELAYED, QUEUE
 
 _MAX_ROUNDS = 16
+SCAN_WINDOW = 1024
 _KEPT_REASONS = 20
 _REASON_CHARS = 4000
 
@@ -45,13 +46,14 @@ class RetryPolicy:
         return float(min(self.delay * 2 ** min(attempts - 1, 64), self.max_delay))
 
 
-def requeue_due(channel_dir: str, now: float) -> float:
+def requeue_due(channel_dir: str, now: float) -> tuple[int, float]:
     """Return expired claims and due retries of a channel to its queue.
 
-    Returns the earliest time a file still waiting becomes due (``inf`` when none), so the
-    caller knows when looking again is worth it.
+    Returns how many went back, and the earliest time a file still waiting becomes due
+    (``inf`` when none), so the caller knows when looking again is worth it.
     """
     queue = os.path.join(channel_dir, QUEUE)
+    moved = 0
     earliest = float("inf")
     for state in (CLAIMED, DELAYED):
         try:
@@ -66,32 +68,40 @@ def requeue_due(channel_dir: str, now: float) -> float:
                     due = entry.stat(follow_symlinks=False).st_mtime
                     if due <= now:
                         os.rename(entry.path, os.path.join(queue, entry.name))
+                        moved += 1
                     else:
                         earliest = min(earliest, due)
                 except FileNotFoundError:
                     continue
-    return earliest
+    return moved, earliest
 
 
-def claim(channel_dir: str, limit: int, until: float) -> list[str]:
+def claim(channel_dir: str, limit: int, until: float, seen: list[str]) -> tuple[list[str], list[str], bool]:
     """Move up to ``limit`` queued messages into ``claimed/`` (lease ending ``until``).
 
-    Names come in delivery order; one lost to another claimant is skipped, and the queue is
-    looked at again until ``limit`` are held or it has no more.
+    Names are tried in delivery order, first those of ``seen`` (untried names of an earlier
+    scan), then those of fresh scans; one lost to another claimant is skipped. Scanning a
+    deep queue costs far more than claiming a message, so a scan looks further than
+    ``limit`` and the names left untried are returned for the next claim. Returns
+    ``(claimed, untried, scanned)``.
     """
     queue = os.path.join(channel_dir, QUEUE)
     queue_slash = queue + os.sep
     claimed_slash = os.path.join(channel_dir, CLAIMED) + os.sep
     held: list[str] = []
     times = (until, until)
+    names = seen
+    scanned = False
     for _ in range(_MAX_ROUNDS):
-        want = limit - len(held)
-        window = 2 * want + 16
-        try:
-            names = scan.scan(queue, window)
-        except FileNotFoundError:
-            break
-        for name in names:
+        window = 0
+        if not names:
+            window = max(2 * (limit - len(held)) + 16, SCAN_WINDOW)
+            try:
+                names = scan.scan(queue, window)
+            except FileNotFoundError:
+                break
+            scanned = True
+        for index, name in enumerate(names):
             source = queue_slash + name
             try:
                 os.utime(source, times)
@@ -100,10 +110,11 @@ def claim(channel_dir: str, limit: int, until: float) -> list[str]:
                 continue
             held.append(name)
             if len(held) == limit:
-                return held
-        if len(names) < window:
+                return held, names[index + 1 :], scanned
+        if window and len(names) < window:
             break
-    return held
+        names = []
+    return held, [], scanned
 
 
 def read_attempts(channel_dir: str, name: str) -> tuple[int, list[str]]:

@@ -40,7 +40,9 @@ class Store:
     Safe to use from several processes at once: the server ingesting while consumers claim.
     ``max_attempts``, ``retry_delay`` and ``max_retry_delay`` set how failed messages are
     retried (see :class:`~dropr.store.claims.RetryPolicy`); ``sweep_interval`` bounds how
-    long this process may take to notice other processes' expired claims.
+    long this process may take to notice other processes' expired claims. A claim may use
+    the names an earlier claim's scan saw for ``rescan_interval`` seconds: a message that
+    arrives meanwhile is claimed in its order from the next scan on (0: scan every time).
     """
 
     def __init__(
@@ -53,11 +55,13 @@ class Store:
         retry_delay: float = 10.0,
         max_retry_delay: float = 3600.0,
         sweep_interval: float = 1.0,
+        rescan_interval: float = 0.05,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.limits = limits or _limits.DEFAULT
         self.retry = RetryPolicy(max_attempts, retry_delay, max_retry_delay)
         self.sweep_interval = sweep_interval
+        self.rescan_interval = rescan_interval
         self.staging_dir = os.path.join(self.path, TMP)
         self.channels_dir = os.path.join(self.path, CHANNELS)
         self._names = Names(os.path.join(self.path, NAMES))
@@ -65,6 +69,7 @@ class Store:
         self._client_fields: dict[str, str] = {}
         self._clients: dict[str, str] = {}
         self._next_sweep: dict[str, float] = {}
+        self._seen: dict[str, tuple[float, list[str]]] = {}
         if create:
             for name in (TMP, NAMES, CHANNELS):
                 os.makedirs(os.path.join(self.path, name), _fs.DIR_MODE, exist_ok=True)
@@ -94,11 +99,12 @@ class Store:
         name = codec.store_name(priority, msg_id, self._client_field(client))
         # Forward moves go queue -> claimed -> delayed/processed/dead, so stat in that order;
         # the moves back all end in queue/, where the link below refuses to replace.
+        base = channel_dir + os.sep
         for state in STATES:
-            if os.path.lexists(os.path.join(channel_dir, state, name)):
+            if os.path.lexists(f"{base}{state}{os.sep}{name}"):
                 _fs.remove(staged)
                 return False
-        target = os.path.join(channel_dir, QUEUE, name)
+        target = f"{base}{QUEUE}{os.sep}{name}"
         try:
             _link(staged, target)
         except FileExistsError:
@@ -157,7 +163,12 @@ class Store:
         now = time.time()
         self._sweep(channel_dir, now)
         until = now + lease
-        names = claims.claim(channel_dir, _count(limit), until)
+        fresh_until, seen = self._seen.pop(channel_dir, (0.0, []))
+        if now >= fresh_until:
+            seen = []
+        names, untried, scanned = claims.claim(channel_dir, _count(limit), until, seen)
+        if untried:
+            self._seen[channel_dir] = (now + self.rescan_interval if scanned else fresh_until, untried)
         if names:
             self._next_sweep[channel_dir] = min(self._next_sweep[channel_dir], until)
         claimed = os.path.join(channel_dir, CLAIMED)
@@ -171,6 +182,7 @@ class Store:
         except FileNotFoundError:
             return
         message.path = target
+        self._seen.pop(self._channel_dir(message.channel), None)
 
     def set_processed(self, message: Message) -> None:
         """Mark ``message`` done: it moves to ``processed/`` until wiped.
@@ -330,8 +342,10 @@ class Store:
             now = time.time()
         if now < self._next_sweep.get(channel_dir, 0.0):
             return
-        earliest = claims.requeue_due(channel_dir, now)
+        moved, earliest = claims.requeue_due(channel_dir, now)
         self._next_sweep[channel_dir] = min(now + self.sweep_interval, earliest)
+        if moved:
+            self._seen.pop(channel_dir, None)
 
 
 def _link(source: str, target: str) -> None:

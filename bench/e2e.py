@@ -1,0 +1,244 @@
+"""End to end: fastput -> relay -> HTTP on loopback -> server store -> ack, against a C floor.
+
+A dropr cell: a fresh server (``--fsync batch``, its default) and a running relay; a
+producer process fastputs N messages of SIZE bytes; the cell's time runs from the first
+put until the relay has removed the last acknowledged file from the spool's queue. The
+same again over the local transport (``file://`` peer, no server).
+
+The C floor does the same file operations in two processes running at once: the producer
+creates, writes and renames each message into a queue directory; the consumer lists the
+queue, reads each file, creates and writes it in a staging directory, renames it into a
+store directory, unlinks the queued file, and calls ``syncfs`` once per batch (as the
+server flushes once per batch). Its time runs from the first create to the last unlink.
+
+Cells alternate (floor, HTTP, local, floor, ...), each in a fresh random work directory
+with ``sync`` between cells; the figures that count are the medians of the per-round
+ratios (target: HTTP at least 0.5 of the floor). The table at the end sets today's rates
+beside the figures the PHP project published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+from support import start_server  # noqa: E402
+
+from dropr._impl import IMPLEMENTATION, scan  # noqa: E402
+
+C_FLOOR = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void die(const char *what) { perror(what); exit(1); }
+static double now(void) {
+    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int produce(const char *tmp_dir, const char *queue_dir, long count, long size) {
+    int tmp = open(tmp_dir, O_RDONLY | O_DIRECTORY), queue = open(queue_dir, O_RDONLY | O_DIRECTORY);
+    if (tmp < 0 || queue < 0) die("open");
+    char *buf = malloc(size + 1); memset(buf, 'x', size);
+    char tmp_name[64], name[256];
+    struct timespec t;
+    printf("%.9f\n", now());
+    for (long i = 0; i < count; i++) {
+        clock_gettime(CLOCK_REALTIME, &t);
+        snprintf(tmp_name, sizeof tmp_name, "%016llx%08x%06lx",
+                 (long long)t.tv_sec * 1000000000LL + t.tv_nsec, 0x1234abcdU, i & 0xFFFFFF);
+        snprintf(name, sizeof name, "9%s+http%%3A%%2F%%2F127.0.0.1%%3A8080%%2F+common+%lx+%08x",
+                 tmp_name, size, 0U);
+        int fd = openat(tmp, tmp_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+        if (fd < 0) die("openat");
+        if (write(fd, buf, size) != size) die("write");
+        close(fd);
+        if (renameat(tmp, tmp_name, queue, name) != 0) die("renameat");
+    }
+    return 0;
+}
+
+static int consume(const char *queue_dir, const char *stage_dir, const char *store_dir,
+                   long count, long batch) {
+    int queue = open(queue_dir, O_RDONLY | O_DIRECTORY), stage = open(stage_dir, O_RDONLY | O_DIRECTORY);
+    int store = open(store_dir, O_RDONLY | O_DIRECTORY);
+    if (queue < 0 || stage < 0 || store < 0) die("open");
+    char buf[65536];
+    long done = 0, in_batch = 0;
+    while (done < count) {
+        DIR *dir = fdopendir(dup(queue));
+        rewinddir(dir);
+        struct dirent *e;
+        while ((e = readdir(dir)) != NULL) {
+            if (e->d_name[0] == '.') continue;
+            int src = openat(queue, e->d_name, O_RDONLY | O_CLOEXEC);
+            if (src < 0) die("openat src");
+            ssize_t n = read(src, buf, sizeof buf);
+            close(src);
+            int fd = openat(stage, e->d_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+            if (fd < 0) die("openat stage");
+            if (write(fd, buf, n) != n) die("write");
+            close(fd);
+            if (renameat(stage, e->d_name, store, e->d_name) != 0) die("renameat");
+            if (unlinkat(queue, e->d_name, 0) != 0) die("unlinkat");
+            done++;
+            if (++in_batch == batch) { syncfs(store); in_batch = 0; }
+        }
+        closedir(dir);
+    }
+    syncfs(store);
+    printf("%.9f\n", now());
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 6 && !strcmp(argv[1], "produce"))
+        return produce(argv[2], argv[3], atol(argv[4]), atol(argv[5]));
+    if (argc == 7 && !strcmp(argv[1], "consume"))
+        return consume(argv[2], argv[3], argv[4], atol(argv[5]), atol(argv[6]));
+    fprintf(stderr, "usage: floor produce TMP QUEUE COUNT SIZE | consume QUEUE STAGE STORE COUNT BATCH\n");
+    return 2;
+}
+"""
+
+PRODUCER = textwrap.dedent(
+    """
+    import os, sys, time
+    import dropr
+    spool, peer, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    payload, fastput = os.urandom(size), dropr.fastput
+    dropr.Client(spool).close()
+    print(f"{time.monotonic():.9f}", flush=True)
+    for _ in range(count):
+        fastput(payload, peer, spool=spool)
+    """
+)
+
+PHP_FIGURES = [
+    ("end to end over HTTP (PHP, published)", "150; 200-250", "http"),
+    ("local transport (PHP, published)", "3000", "local"),
+]
+
+
+def build_floor(work: str) -> str:
+    source = os.path.join(work, "floor.c")
+    binary = os.path.join(work, "floor")
+    with open(source, "w") as file:
+        file.write(C_FLOOR)
+    subprocess.run(["cc", "-O2", "-o", binary, source], check=True)
+    return binary
+
+
+def fresh(root: str) -> str:
+    subprocess.run(["sync"], check=True)
+    return tempfile.mkdtemp(prefix="cell-", dir=root)
+
+
+def floor_cell(binary: str, root: str, count: int, size: int, batch: int) -> float:
+    cell = fresh(root)
+    dirs = {name: os.path.join(cell, name) for name in ("tmp", "queue", "stage", "store")}
+    for path in dirs.values():
+        os.mkdir(path)
+    consumer = subprocess.Popen(
+        [binary, "consume", dirs["queue"], dirs["stage"], dirs["store"], str(count), str(batch)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    producer = subprocess.run(
+        [binary, "produce", dirs["tmp"], dirs["queue"], str(count), str(size)],
+        stdout=subprocess.PIPE, text=True, check=True,
+    )  # fmt: skip
+    out, _ = consumer.communicate()
+    return count / (float(out) - float(producer.stdout))
+
+
+def dropr_cell(root: str, count: int, size: int, transport: str, relay_args: list[str]) -> float:
+    cell = fresh(root)
+    spool = os.path.join(cell, "spool")
+    store = os.path.join(cell, "store")
+    server = start_server(store) if transport == "http" else None
+    peer = server.url if server else "file://" + store
+    log = open(os.path.join(cell, "relay.log"), "w+")
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "dropr.cli.relay", "--spool", spool, "--no-supervise", *relay_args],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        while "relaying" not in open(log.name).read():
+            if relay.poll() is not None:
+                raise RuntimeError(open(log.name).read())
+            time.sleep(0.01)
+        producer = subprocess.Popen(
+            [sys.executable, "-c", PRODUCER, spool, peer, str(count), str(size)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert producer.stdout is not None
+        started = float(producer.stdout.readline())
+        queue = os.path.join(spool, "queue")
+        while producer.poll() is None or scan.count(queue):
+            time.sleep(0.002)
+        ended = time.monotonic()
+        if producer.returncode:
+            raise RuntimeError("producer failed")
+    finally:
+        relay.terminate()
+        relay.wait(60)
+        if server:
+            server.close()
+        log.close()
+    return count / (ended - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=20000, help="messages per cell (default 20000)")
+    parser.add_argument("--size", type=int, default=200, help="payload bytes (default 200)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-count", type=int, default=1000)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--dir", default=None, help="where work directories go (default: temp dir)")
+    args = parser.parse_args()
+    root = tempfile.mkdtemp(prefix="dropr-e2e-", dir=args.dir)
+    relay_args = ["--batch-count", str(args.batch_count), "--parallel", str(args.parallel), "--log-level", "warning"]
+    rates: dict[str, list[float]] = {"floor": [], "http": [], "local": []}
+    try:
+        binary = build_floor(root)
+        for round_no in range(args.rounds):
+            rates["floor"].append(floor_cell(binary, root, args.count, args.size, args.batch_count))
+            rates["http"].append(dropr_cell(root, args.count, args.size, "http", relay_args))
+            rates["local"].append(dropr_cell(root, args.count, args.size, "local", relay_args))
+            print(f"round {round_no + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(f"settings: {args.count} messages of {args.size} bytes per cell, {args.rounds} rounds, "
+          f"batch {args.batch_count}, {args.parallel} requests in flight per peer, server --fsync batch, "
+          f"hot path {IMPLEMENTATION}, {os.cpu_count()} CPUs")  # fmt: skip
+    for kind in ("http", "local"):
+        ratios = [d / f for d, f in zip(rates[kind], rates["floor"])]
+        print(f"{kind:5s}: median {statistics.median(rates[kind]):,.0f} msg/s; floor median "
+              f"{statistics.median(rates['floor']):,.0f} msg/s; median ratio {statistics.median(ratios):.2f}"
+              + ("  (target >= 0.5)" if kind == "http" else ""))  # fmt: skip
+    print()
+    print("| figure | PHP dropr (published) | dropr today (this run, median) |")
+    print("| --- | --- | --- |")
+    for label, php, kind in PHP_FIGURES:
+        print(f"| {label} | {php} msg/s | {statistics.median(rates[kind]):,.0f} msg/s |")
+
+
+if __name__ == "__main__":
+    main()
