@@ -97,6 +97,10 @@ def unescape(field: str) -> str:
 
 def spool_name(priority: int, msg_id: str, peer: str, channel: str, size: int, crc: int) -> str:
     """The spool file name of a message; ``peer`` and ``channel`` are already escaped."""
+    if not (_is_head(priority, msg_id) and _is_field(peer) and _is_field(channel)):
+        raise ValueError(
+            f"cannot name a message with priority {priority!r}, peer field {peer!r}, channel field {channel!r}"
+        )
     return f"{priority}{msg_id}+{peer}+{channel}+{size:x}+{crc:08x}"
 
 
@@ -114,6 +118,8 @@ def parse_spool_name(name: str) -> tuple[int, str, str, str, int, int]:
 
 def store_name(priority: int, msg_id: str, client: str) -> str:
     """The store file name of a message; ``client`` is already escaped."""
+    if not (_is_head(priority, msg_id) and _is_field(client)):
+        raise ValueError(f"cannot name a message with priority {priority!r}, client field {client!r}")
     return f"{priority}{msg_id}+{client}"
 
 
@@ -129,6 +135,16 @@ def parse_store_name(name: str) -> tuple[int, str, str]:
 def is_message_id(text: str) -> bool:
     """Whether ``text`` has the form of a message id (30 lower-case hex digits)."""
     return len(text) == ID_LEN and _is_hex(text)
+
+
+def _is_head(priority: int, msg_id: str) -> bool:
+    return type(priority) is int and 0 <= priority <= 9 and is_message_id(msg_id)
+
+
+def _is_field(field: str) -> bool:
+    if field.startswith(COMPACT):
+        return len(field) == len(COMPACT) + 32 and _is_hex(field[1:])
+    return 0 < len(field) <= MAX_FIELD and all(c == "%" or ord(c) in _SAFE for c in field)
 
 
 def _parse_head(head: str, name: str) -> tuple[int, str]:

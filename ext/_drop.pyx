@@ -14,6 +14,8 @@ from _codec cimport DROPR_ID_LEN, DROPR_NAME_MAX, CodecAPI, format_spool_name, i
 from _sys cimport (EINTR, ENOSPC, O_CLOEXEC, O_CREAT, O_EXCL, O_WRONLY, close, errno, fdatasync,
                    fsync, openat, renameat, ssize_t, unlinkat, write)
 
+import dropr._codec  # the capsule lookup below walks attributes; the submodule must be loaded
+
 cdef const CodecAPI *_codec = import_codec()
 cdef uint32_t _crc_table[8][256]
 

@@ -21,9 +21,13 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def free_port() -> int:
@@ -56,16 +60,20 @@ class ServerProcess:
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}/"
         args = [
-            sys.executable, "-m", "dropr.cli.server",
-            "--store", str(self.store_dir),
-            "--listen", f"127.0.0.1:{self.port}",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "dropr.cli.server",
+            "--store",
+            str(self.store_dir),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+        ]
         if token is not None:
             args += ["--token", token]
         if tls:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         args += list(extra_args)
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         if env is None:
             env = {k: v for k, v in os.environ.items() if k != "DROPR_TOKEN"}
         self.proc = subprocess.Popen(
@@ -128,7 +136,7 @@ class ServerProcess:
         finally:
             self._stderr.close()
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -103,6 +103,34 @@ def test_processes_and_threads_put_at_once(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "tmp") == []
 
 
+def test_forked_children_put_through_the_inherited_client(
+    tmp_path: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool, "drop", drop)
+    with spool.Client(tmp_path) as client:
+        ids = [client.put(b"parent", peer=PEER)]
+        children = []
+        for _ in range(3):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(read_end)
+                    out = "".join(client.put(b"child", peer=PEER) + "\n" for _ in range(100))
+                    os.write(write_end, out.encode())
+                finally:
+                    os._exit(0)
+            os.close(write_end)
+            children.append((pid, read_end))
+        ids += [client.put(b"parent", peer=PEER) for _ in range(100)]
+        for pid, read_end in children:
+            with os.fdopen(read_end) as pipe:
+                ids += reported(pipe.read())
+            assert os.waitpid(pid, 0)[1] == 0
+    assert len(set(ids)) == len(ids) == 401
+    assert sorted(queued_ids(tmp_path)) == sorted(ids)
+
+
 def kill_rounds(root: Path, rounds: int) -> None:
     rnd = random.Random()
     seen: list[str] = []

@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 import msgpack
 import pycurl
 import pytest
+from support import ServerProcess, free_port, make_tls_cert, start_server
 
 from dropr._codec_py import escape, new_id
-from support import ServerProcess, free_port, make_tls_cert, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,7 +145,7 @@ def staged_files(store: Path) -> list[str]:
 def metric(server: ServerProcess, name: str) -> float:
     status, text = server.get("metrics")
     assert status == 200
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text.decode(), re.M)
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text.decode(), re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
@@ -223,7 +223,11 @@ def test_entry_without_its_part_gets_retry(server: ServerProcess, store: Path) -
 
 
 def test_concurrent_batches_are_all_stored(server: ServerProcess, store: Path) -> None:
-    batches = [[msg(f"{t}-{i}-{j}".encode(), "busy") for j in range(20)] for t in range(4) for i in range(5)]  # fmt: skip
+    batches = [
+        [msg(f"{t}-{i}-{j}".encode(), "busy") for j in range(20)]
+        for t in range(4)
+        for i in range(5)
+    ]
     results: list[dict[str, list[str]]] = []
 
     def send(chunk: list[list[Msg]]) -> None:
@@ -248,7 +252,9 @@ def test_manifest_less_form_with_and_without_id(server: ServerProcess, store: Pa
     fields = [("client", "curl-user"), ("id", msg_id), ("channel", "simple"), ("priority", "2")]
     reply = post(server, [*fields, ("payload", b"one")])
     assert reply.acks() == {msg_id: ["stored", ""]}
-    assert post(server, [*fields, ("payload", b"one")]).acks() == {msg_id: ["duplicate", "already held"]}  # fmt: skip
+    assert post(server, [*fields, ("payload", b"one")]).acks() == {
+        msg_id: ["duplicate", "already held"]
+    }
     assert (queue_dir(store, "simple") / f"2{msg_id}+curl-user").read_bytes() == b"one"
     acks = post(server, [("client", "curl-user"), ("payload", b"default")]).acks()
     (assigned,) = acks
@@ -266,7 +272,7 @@ def test_curl_example_of_protocol_md_works_verbatim(server: ServerProcess, tmp_p
     curl = shutil.which("curl")
     assert curl, "the curl binary is needed for this test"
     text = (ROOT / "PROTOCOL.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
     (example,) = [b for b in blocks if "curl " in b]
     assert "http://127.0.0.1:8080/" in example
     script = example.replace("http://127.0.0.1:8080/", server.url)
@@ -289,7 +295,7 @@ def raw_body(*parts: tuple[str, bytes], end: bool = True) -> bytes:
     out = b""
     for name, data in parts:
         out += (
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n".encode()
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
             + data
             + b"\r\n"
         )
@@ -311,12 +317,28 @@ def test_malformed_requests_get_400_and_change_nothing(server: ServerProcess, ar
         (raw_body(("client", b"c")), "text/plain", "multipart/form-data"),
         (raw_body(("client", b"c")), "multipart/form-data", "boundary"),
         (b"no boundary in here at all", form, "malformed"),
-        (raw_body(("client", b"c"), ("manifest", manifest), (m.id, m.payload), end=False), form, "malformed"),  # fmt: skip
-        (raw_body(("client", b"c"), ("manifest", manifest), ("stranger", b"x")), form, "unexpected part"),  # fmt: skip
+        (
+            raw_body(("client", b"c"), ("manifest", manifest), (m.id, m.payload), end=False),
+            form,
+            "malformed",
+        ),
+        (
+            raw_body(("client", b"c"), ("manifest", manifest), ("stranger", b"x")),
+            form,
+            "unexpected part",
+        ),
         (raw_body(("manifest", manifest), (m.id, m.payload)), form, "client"),
         (raw_body(("client", b"c"), ("client", b"d"), ("payload", b"x")), form, "twice"),
-        (raw_body(("client", b"c"), ("manifest", manifest), ("channel", b"x")), form, "not allowed"),  # fmt: skip
-        (raw_body(("client", b"c"), ("payload", b"x"), ("payload", b"y")), form, "unexpected part"),  # fmt: skip
+        (
+            raw_body(("client", b"c"), ("manifest", manifest), ("channel", b"x")),
+            form,
+            "not allowed",
+        ),
+        (
+            raw_body(("client", b"c"), ("payload", b"x"), ("payload", b"y")),
+            form,
+            "unexpected part",
+        ),
         (raw_body(("client", b"c"), ("id", b"../x"), ("payload", b"x")), form, "id"),
         (raw_body(("client", b"c"), ("priority", b"10"), ("payload", b"x")), form, "priority"),
         (raw_body(("client", b"c"), ("channel", b"a\x00b"), ("payload", b"x")), form, "control"),
@@ -335,7 +357,9 @@ BAD_CLIENTS = [b"", b"a\x00b", b"tab\there", b"x" * 256, b"\xff\xfe"]
 def test_bad_client_field_gets_400(server: ServerProcess, area: Path, client: bytes) -> None:
     before = snapshot(area)
     body = raw_body(("client", client), ("payload", b"x"))
-    assert_refused(post_raw(server, body, f"multipart/form-data; boundary={BOUNDARY}"), 400, "client")  # fmt: skip
+    assert_refused(
+        post_raw(server, body, f"multipart/form-data; boundary={BOUNDARY}"), 400, "client"
+    )
     assert snapshot(area) == before
 
 
@@ -478,11 +502,17 @@ def test_tls_with_a_generated_certificate(tmp_path: Path) -> None:
 
 def test_health_and_metrics(server: ServerProcess) -> None:
     assert server.get("health") == (200, b"ok\n")
-    names = ["dropr_messages_received_total", "dropr_messages_stored_total",
-             "dropr_messages_duplicate_total", "dropr_messages_rejected_total",
-             "dropr_messages_retry_total", "dropr_bytes_received_total",
-             'dropr_requests_total{status="200"}', 'dropr_requests_total{status="400"}',
-             "dropr_batch_seconds_count"]  # fmt: skip
+    names = [
+        "dropr_messages_received_total",
+        "dropr_messages_stored_total",
+        "dropr_messages_duplicate_total",
+        "dropr_messages_rejected_total",
+        "dropr_messages_retry_total",
+        "dropr_bytes_received_total",
+        'dropr_requests_total{status="200"}',
+        'dropr_requests_total{status="400"}',
+        "dropr_batch_seconds_count",
+    ]
     before = {name: metric(server, name) for name in names}
     good, bad = msg(b"12345", "metered"), msg(b"678", "metered")
     post(server, batch("m", [good, bad], **{bad.id: {"crc": 1}})).acks()
@@ -502,7 +532,7 @@ def test_health_and_metrics(server: ServerProcess) -> None:
         'dropr_requests_total{status="400"}': 1,
         "dropr_batch_seconds_count": 4,
     }
-    status, text = server.get("metrics")
+    _, text = server.get("metrics")
     assert b"# TYPE dropr_batch_seconds histogram" in text
 
 
@@ -517,8 +547,10 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         subprocess.run(
             ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)],
-            check=True, capture_output=True, timeout=30,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"cannot mount a tmpfs here: {exc}")
     try:
@@ -558,11 +590,14 @@ def test_full_disk_gets_507_and_leaves_nothing_half_written(tiny_disk: Path) -> 
 # -- the command ------------------------------------------------------------------------
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dropr.cli.server", *args],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
@@ -574,9 +609,33 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
         (["--store", store, "--listen", "127.0.0.1"], "HOST:PORT"),
         (["--store", store, "--listen", "127.0.0.1:99999"], "HOST:PORT"),
         (["--store", store, "--listen", "192.0.2.1:80"], "cannot listen"),
-        (["--store", store, "--listen", port, "--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(a_file)], "not found"),  # fmt: skip
+        (
+            [
+                "--store",
+                store,
+                "--listen",
+                port,
+                "--tls-cert",
+                str(tmp_path / "no.pem"),
+                "--tls-key",
+                str(a_file),
+            ],
+            "not found",
+        ),
         (["--store", store, "--listen", port, "--tls-cert", str(a_file)], "together"),
-        (["--store", store, "--listen", port, "--tls-cert", str(a_file), "--tls-key", str(a_file)], "certificate"),  # fmt: skip
+        (
+            [
+                "--store",
+                store,
+                "--listen",
+                port,
+                "--tls-cert",
+                str(a_file),
+                "--tls-key",
+                str(a_file),
+            ],
+            "certificate",
+        ),
         (["--store", str(a_file), "--listen", port], "not a directory"),
         (["--store", store, "--listen", port, "--fsync", "sometimes"], "fsync"),
         (["--store", store, "--listen", port, "--max-request-bytes", "0"], "max-request-bytes"),

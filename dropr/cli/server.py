@@ -23,22 +23,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--store", required=True, metavar="DIR", help="store directory")
     parser.add_argument(
-        "--listen", required=True, type=listen_address, metavar="HOST:PORT",
+        "--listen",
+        required=True,
+        type=listen_address,
+        metavar="HOST:PORT",
         help="address to listen on (port 0: any free port)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--token", help="require 'Authorization: Bearer TOKEN' (default: $DROPR_TOKEN)"
     )
     parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
     parser.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert")
     parser.add_argument(
-        "--fsync", choices=("batch", "none"), default="batch",
+        "--fsync",
+        choices=("batch", "none"),
+        default="batch",
         help="batch: flush the store before each acknowledgement (default); none: never",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--max-request-bytes", type=positive_int, metavar="N", default=None,
+        "--max-request-bytes",
+        type=positive_int,
+        metavar="N",
+        default=None,
         help="largest request accepted, else 413 (default 64 MiB)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--log-level", type=str.lower, choices=LEVELS, default="info", help="default: info"
     )

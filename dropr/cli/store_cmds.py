@@ -267,10 +267,6 @@ def _runnable(program: str) -> None:
         raise CommandError(f"cannot run {program!r}: not found or not executable")
 
 
-class _Unrunnable(Exception):
-    pass
-
-
 class _Consumer:
     """Claims messages as workers free up and runs the command on each."""
 

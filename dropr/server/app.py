@@ -64,8 +64,9 @@ class Handlers:
             return self._answer_error(err, time.perf_counter())
         if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
             raise web.HTTPExpectationFailed(text="unknown Expect header")
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
         return None
 
     async def post(self, request: web.Request) -> web.StreamResponse:
@@ -168,7 +169,5 @@ def make_app(store: object, config: ServerConfig | None = None) -> web.Applicati
     app = web.Application()
     app.router.add_get("/health", handlers.health, allow_head=True)
     app.router.add_get("/metrics", handlers.metrics_page, allow_head=True)
-    app.router.add_route(
-        "POST", "/{path:.*}", handlers.post, expect_handler=handlers.expect
-    )
+    app.router.add_route("POST", "/{path:.*}", handlers.post, expect_handler=handlers.expect)
     return app

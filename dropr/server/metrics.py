@@ -26,9 +26,7 @@ class Metrics:
             DUPLICATE: Counter(
                 "dropr_messages_duplicate", "Messages already held, acknowledged again.", registry=r
             ),
-            REJECTED: Counter(
-                "dropr_messages_rejected", "Messages refused for good.", registry=r
-            ),
+            REJECTED: Counter("dropr_messages_rejected", "Messages refused for good.", registry=r),
             RETRY: Counter(
                 "dropr_messages_retry", "Messages announced but not sent in full.", registry=r
             ),

@@ -97,7 +97,9 @@ def parse_manifest(data: bytes, limits: Limits, max_total: int) -> list[Entry]:
     if not isinstance(raw, list):
         raise bad("manifest is not a msgpack array")
     if len(raw) > limits.batch_count:
-        raise RequestError(413, f"manifest has {len(raw)} entries, over the limit {limits.batch_count}")
+        raise RequestError(
+            413, f"manifest has {len(raw)} entries, over the limit {limits.batch_count}"
+        )
     entries = [_entry(i, item, limits) for i, item in enumerate(raw)]
     if len({e.id for e in entries}) != len(entries):
         raise bad("manifest repeats a message id")
@@ -154,4 +156,5 @@ def encode_acks(acks: Mapping[str, tuple[str, str]], as_json: bool) -> bytes:
     """The 200 answer's body: msgpack ``{id: [status, reason]}`` (JSON when asked for)."""
     if as_json:
         return json.dumps({k: list(v) for k, v in acks.items()}).encode()
-    return msgpack.packb({k: list(v) for k, v in acks.items()}, use_bin_type=True)
+    packed: bytes = msgpack.packb({k: list(v) for k, v in acks.items()}, use_bin_type=True)
+    return packed

@@ -19,7 +19,7 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 class StagedFile:
     """A part being received: ``write`` chunks, then ``close``; ``discard`` removes it."""
 
-    __slots__ = ("path", "size", "crc", "_fd")
+    __slots__ = ("_fd", "crc", "path", "size")
 
     def __init__(self, staging_dir: str) -> None:
         self.path = os.path.join(staging_dir, PREFIX + secrets.token_hex(16))

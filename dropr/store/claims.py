@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 
 from .._impl import scan
@@ -19,7 +20,7 @@ from . import _fs
 from .layout import ATTEMPTS, CLAIMED, DEAD, DELAYED, QUEUE
 
 _MAX_ROUNDS = 16
-SCAN_WINDOW = 1024
+SCAN_WINDOW = 4096
 _KEPT_REASONS = 20
 _REASON_CHARS = 4000
 
@@ -76,14 +77,14 @@ def requeue_due(channel_dir: str, now: float) -> tuple[int, float]:
     return moved, earliest
 
 
-def claim(channel_dir: str, limit: int, until: float, seen: list[str]) -> tuple[list[str], list[str], bool]:
+def claim(channel_dir: str, limit: int, until: float, seen: list[str]) -> tuple[list[str], list[str], float]:
     """Move up to ``limit`` queued messages into ``claimed/`` (lease ending ``until``).
 
     Names are tried in delivery order, first those of ``seen`` (untried names of an earlier
     scan), then those of fresh scans; one lost to another claimant is skipped. Scanning a
     deep queue costs far more than claiming a message, so a scan looks further than
     ``limit`` and the names left untried are returned for the next claim. Returns
-    ``(claimed, untried, scanned)``.
+    ``(claimed, untried, seconds spent scanning)``.
     """
     queue = os.path.join(channel_dir, QUEUE)
     queue_slash = queue + os.sep
@@ -91,16 +92,18 @@ def claim(channel_dir: str, limit: int, until: float, seen: list[str]) -> tuple[
     held: list[str] = []
     times = (until, until)
     names = seen
-    scanned = False
+    scanning = 0.0
     for _ in range(_MAX_ROUNDS):
         window = 0
         if not names:
             window = max(2 * (limit - len(held)) + 16, SCAN_WINDOW)
+            started = time.monotonic()
             try:
                 names = scan.scan(queue, window)
             except FileNotFoundError:
                 break
-            scanned = True
+            finally:
+                scanning += time.monotonic() - started
         for index, name in enumerate(names):
             source = queue_slash + name
             try:
@@ -110,11 +113,11 @@ def claim(channel_dir: str, limit: int, until: float, seen: list[str]) -> tuple[
                 continue
             held.append(name)
             if len(held) == limit:
-                return held, names[index + 1 :], scanned
+                return held, names[index + 1 :], scanning
         if window and len(names) < window:
             break
         names = []
-    return held, [], scanned
+    return held, [], scanning
 
 
 def read_attempts(channel_dir: str, name: str) -> tuple[int, list[str]]:

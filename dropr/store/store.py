@@ -32,6 +32,7 @@ from .message import Message
 PathLike = str | os.PathLike[str]
 
 _CACHE_LIMIT = 4096
+_SCAN_SHARE = 10  # reuse a scan ten times as long as it took: at most ~1/10 of the time scanning
 
 
 class Store:
@@ -41,8 +42,9 @@ class Store:
     ``max_attempts``, ``retry_delay`` and ``max_retry_delay`` set how failed messages are
     retried (see :class:`~dropr.store.claims.RetryPolicy`); ``sweep_interval`` bounds how
     long this process may take to notice other processes' expired claims. A claim may use
-    the names an earlier claim's scan saw for ``rescan_interval`` seconds: a message that
-    arrives meanwhile is claimed in its order from the next scan on (0: scan every time).
+    the names an earlier claim's scan saw for ``rescan_interval`` seconds (or ten times as
+    long as that scan took, in a deep queue): a message that arrives meanwhile is claimed in
+    its order from the next scan on.
     """
 
     def __init__(
@@ -166,9 +168,11 @@ class Store:
         fresh_until, seen = self._seen.pop(channel_dir, (0.0, []))
         if now >= fresh_until:
             seen = []
-        names, untried, scanned = claims.claim(channel_dir, _count(limit), until, seen)
+        names, untried, scanning = claims.claim(channel_dir, _count(limit), until, seen)
+        if scanning:
+            fresh_until = now + max(self.rescan_interval, _SCAN_SHARE * scanning)
         if untried:
-            self._seen[channel_dir] = (now + self.rescan_interval if scanned else fresh_until, untried)
+            self._seen[channel_dir] = (fresh_until, untried)
         if names:
             self._next_sweep[channel_dir] = min(self._next_sweep[channel_dir], until)
         claimed = os.path.join(channel_dir, CLAIMED)
