@@ -114,7 +114,12 @@ def run_floor(binary: str, store: Store, procs: int) -> float:
     return time.monotonic() - start
 
 
-def _consumer(path: str, batch: int, ready: multiprocessing.synchronize.Barrier, times: multiprocessing.queues.Queue) -> None:  # type: ignore[name-defined]
+def _consumer(
+    path: str,
+    batch: int,
+    ready: multiprocessing.synchronize.Barrier,
+    times: multiprocessing.queues.Queue,
+) -> None:  # type: ignore[name-defined]
     store = Store(path)
     ready.wait()
     start = time.monotonic()
@@ -132,7 +137,9 @@ def run_dropr(store: Store, procs: int, batch: int) -> float:
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Barrier(procs)
     times = ctx.Queue()
-    children = [ctx.Process(target=_consumer, args=(store.path, batch, ready, times)) for _ in range(procs)]
+    children = [
+        ctx.Process(target=_consumer, args=(store.path, batch, ready, times)) for _ in range(procs)
+    ]
     for child in children:
         child.start()
     spans = [times.get() for _ in children]
@@ -175,11 +182,15 @@ def main() -> None:
                 ratios[procs].append(rates["dropr", procs][-1] / rates["c", procs][-1])
         print(f"consume: {args.count} messages of {args.size} bytes, batch {args.batch}, "
               f"{args.rounds} rounds, {IMPLEMENTATION} hot path")  # fmt: skip
-        print(f"{'processes':>9}  {'C floor msg/s':>13}  {'dropr msg/s':>11}  {'ratio (median)':>14}")
+        print(
+            f"{'processes':>9}  {'C floor msg/s':>13}  {'dropr msg/s':>11}  {'ratio (median)':>14}"
+        )
         for procs in (1, 4):
             c_rate = statistics.median(rates["c", procs])
             d_rate = statistics.median(rates["dropr", procs])
-            print(f"{procs:>9}  {c_rate:>13,.0f}  {d_rate:>11,.0f}  {statistics.median(ratios[procs]):>14.2f}")
+            print(
+                f"{procs:>9}  {c_rate:>13,.0f}  {d_rate:>11,.0f}  {statistics.median(ratios[procs]):>14.2f}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

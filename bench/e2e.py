@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where work directories go (default: temp dir)")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="dropr-e2e-", dir=args.dir)
-    relay_args = ["--batch-count", str(args.batch_count), "--parallel", str(args.parallel), "--log-level", "warning"]
+    relay_args = ["--batch-count", str(args.batch_count), "--parallel", str(args.parallel)]
     rates: dict[str, list[float]] = {"floor": [], "http": [], "local": []}
     try:
         binary = build_floor(root)

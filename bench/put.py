@@ -7,7 +7,8 @@ random work directory under the system temp dir, with ``sync`` between cells; th
 that counts is the median of the per-round ratios.
 
 ``--depth N`` instead compares fastput into a spool already holding N queued messages
-with fastput into an empty one (target: at least 0.8).
+with fastput into one that started empty (made at the same time, so both sit alike on
+disk; it holds at most rounds x count messages by the end). Target: at least 0.8.
 
 Work directories are removed at the end, not between cells: on a file system without a
 journal, creates right after mass deletes are several times slower, which would skew the
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from typing import NamedTuple
 
 PEER = "http://127.0.0.1:8080/q"
 
@@ -31,6 +33,7 @@ C_FLOOR = r"""
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -49,6 +52,8 @@ int main(int argc, char **argv) {
     memset(buf, 'x', size);
     char tmp_name[64], queue_name[256];
     struct timespec t0, t1, now;
+    struct rusage r0, r1;
+    getrusage(RUSAGE_SELF, &r0);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (long i = 0; i < count; i++) {
         clock_gettime(CLOCK_REALTIME, &now);
@@ -65,22 +70,25 @@ int main(int argc, char **argv) {
         if (sync && fsync(queue) != 0) die("fsync");
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("%.9f\n", (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+    getrusage(RUSAGE_SELF, &r1);
+    printf("%.9f %.6f c\n", (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
+           (r1.ru_utime.tv_sec - r0.ru_utime.tv_sec) + (r1.ru_utime.tv_usec - r0.ru_utime.tv_usec) / 1e6);
     return 0;
 }
 """
 
 FASTPUT = textwrap.dedent(
     """
-    import os, sys, time
+    import os, resource, sys, time
     import dropr, dropr._impl
     root, count, size, sync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
     payload, peer, fastput = os.urandom(size), sys.argv[5], dropr.fastput
     fastput(payload, peer, spool=root, sync=sync)
-    start = time.perf_counter()
+    user, start = resource.getrusage(resource.RUSAGE_SELF).ru_utime, time.perf_counter()
     for _ in range(count):
         fastput(payload, peer, spool=root, sync=sync)
-    print(time.perf_counter() - start, dropr._impl.IMPLEMENTATION)
+    elapsed = time.perf_counter() - start
+    print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_utime - user, dropr._impl.IMPLEMENTATION)
     """
 )
 
@@ -101,33 +109,36 @@ def fresh_spool(workdir: str) -> str:
     return root
 
 
-def run_floor(binary: str, root: str, count: int, size: int, sync: bool) -> float:
-    out = subprocess.run(
-        [binary, os.path.join(root, "tmp"), os.path.join(root, "queue"), str(count), str(size), str(int(sync))],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return count / float(out)
+class Cell(NamedTuple):
+    """One measured cell: messages per second, user CPU per message, what ran."""
+
+    rate: float
+    user_us: float
+    what: str
 
 
-def run_fastput(root: str, count: int, size: int, sync: bool, env: dict[str, str]) -> tuple[float, str]:
-    out = subprocess.run(
-        [sys.executable, "-c", FASTPUT, root, str(count), str(size), str(int(sync)), PEER],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    ).stdout.split()
-    return count / float(out[0]), out[1]
+def measure(command: list[str], count: int, env: dict[str, str] | None = None) -> Cell:
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.split()
+    return Cell(count / float(out[0]), float(out[1]) / count * 1e6, out[2])
+
+
+def run_floor(binary: str, root: str, count: int, size: int, sync: bool) -> Cell:
+    tmp, queue = os.path.join(root, "tmp"), os.path.join(root, "queue")
+    return measure([binary, tmp, queue, str(count), str(size), str(int(sync))], count)
+
+
+def run_fastput(root: str, count: int, size: int, sync: bool, env: dict[str, str]) -> Cell:
+    command = [sys.executable, "-c", FASTPUT, root, str(count), str(size), str(int(sync)), PEER]
+    return measure(command, count, env)
 
 
 def compare_floor(args: argparse.Namespace, binary: str, workdir: str, env: dict[str, str]) -> None:
-    print(f"{'mode':8} {'round':>5} {'C floor msg/s':>14} {'fastput msg/s':>14} {'ratio':>6}")
+    print(f"{'mode':8} {'round':>5} {'C msg/s':>9} {'fastput msg/s':>13} {'ratio':>6}"
+          f" {'C user us/msg':>13} {'fastput user us/msg':>19}")  # fmt: skip
     for sync in (False, True):
         mode = "sync" if sync else "relaxed"
         count = max(1, args.count // 10) if sync else args.count
-        ratios = []
+        ratios, extra = [], []
         for round_no in range(1, args.rounds + 1):
             cells = {}
             order = ("floor", "fastput") if round_no % 2 else ("fastput", "floor")
@@ -137,15 +148,20 @@ def compare_floor(args: argparse.Namespace, binary: str, workdir: str, env: dict
                 if cell == "floor":
                     cells[cell] = run_floor(binary, root, count, args.size, sync)
                 else:
-                    cells[cell], implementation = run_fastput(root, count, args.size, sync, env)
-            ratios.append(cells["fastput"] / cells["floor"])
-            print(f"{mode:8} {round_no:>5} {cells['floor']:>14.0f} {cells['fastput']:>14.0f} {ratios[-1]:>6.3f}")
-        print(f"{mode:8} median ratio {statistics.median(ratios):.3f} (target >= 0.9; {count} messages "
-              f"of {args.size} bytes per cell, fastput {implementation})")  # fmt: skip
+                    cells[cell] = run_fastput(root, count, args.size, sync, env)
+            floor, put = cells["floor"], cells["fastput"]
+            ratios.append(put.rate / floor.rate)
+            extra.append(put.user_us - floor.user_us)
+            print(f"{mode:8} {round_no:>5} {floor.rate:>9.0f} {put.rate:>13.0f} {ratios[-1]:>6.3f}"
+                  f" {floor.user_us:>13.2f} {put.user_us:>19.2f}")  # fmt: skip
+        print(f"{mode:8} median ratio {statistics.median(ratios):.3f} (target >= 0.9); fastput's extra user CPU "
+              f"{statistics.median(extra):.2f} us/msg; {count} messages of {args.size} bytes per cell, "
+              f"fastput {cells['fastput'].what}")  # fmt: skip
+    print("sync figures depend on the file system: where fsync is cheap (no journal) they are high")
 
 
 def compare_depth(args: argparse.Namespace, binary: str, workdir: str, env: dict[str, str]) -> None:
-    deep = fresh_spool(workdir)
+    empty, deep = fresh_spool(workdir), fresh_spool(workdir)
     print(f"filling a spool with {args.depth} queued messages ...", flush=True)
     run_floor(binary, deep, args.depth, args.size, False)
     print(f"{'round':>5} {'empty msg/s':>12} {'deep msg/s':>12} {'ratio':>6}")
@@ -155,11 +171,11 @@ def compare_depth(args: argparse.Namespace, binary: str, workdir: str, env: dict
         order = ("empty", "deep") if round_no % 2 else ("deep", "empty")
         for cell in order:
             os.sync()
-            root = deep if cell == "deep" else fresh_spool(workdir)
-            cells[cell], implementation = run_fastput(root, args.count, args.size, False, env)
-        ratios.append(cells["deep"] / cells["empty"])
-        print(f"{round_no:>5} {cells['empty']:>12.0f} {cells['deep']:>12.0f} {ratios[-1]:>6.3f}")
-    print(f"depth {args.depth}: median ratio {statistics.median(ratios):.3f} (target >= 0.8; fastput {implementation})")
+            cells[cell] = run_fastput(deep if cell == "deep" else empty, args.count, args.size, False, env)
+        ratios.append(cells["deep"].rate / cells["empty"].rate)
+        print(f"{round_no:>5} {cells['empty'].rate:>12.0f} {cells['deep'].rate:>12.0f} {ratios[-1]:>6.3f}")
+    print(f"depth {args.depth}: median ratio {statistics.median(ratios):.3f} (target >= 0.8; "
+          f"fastput {cells['deep'].what})")  # fmt: skip
 
 
 def main() -> None:
@@ -167,7 +183,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20000, help="messages per cell (a tenth with sync)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
-    parser.add_argument("--depth", type=int, help="compare put into a spool holding this many messages")
+    parser.add_argument("--depth", type=int, nargs="?", const=100_000, metavar="N",
+                        help="compare put into a spool holding N messages (default 100000) with an empty one")
     parser.add_argument("--python", action="store_true", help="measure the plain-Python twins")
     args = parser.parse_args()
     env = dict(os.environ)
@@ -183,7 +200,6 @@ def main() -> None:
             compare_floor(args, binary, workdir, env)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print("note: fsync figures are from a file system without a journal; they are lower on journalled ones")
 
 
 if __name__ == "__main__":

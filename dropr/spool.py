@@ -19,19 +19,23 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import operator
 import os
 import re
 import time
 import urllib.parse
 from collections.abc import Iterator
-from typing import NamedTuple, Union
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import limits as _limits
 from ._impl import codec, drop
 from .errors import InvalidMessage, SpoolError
 
-PathLike = Union[str, "os.PathLike[str]"]
-Payload = Union[bytes, bytearray, memoryview, str]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+PathLike = str | os.PathLike[str]
+Payload = bytes | bytearray | memoryview | str
 
 PRIORITIES = frozenset(range(10))
 DEFAULT_CHANNEL = "common"
@@ -137,7 +141,7 @@ class Spool:
 
     def register(self, text: str) -> str:
         """The file-name field of ``text``; a compact field's text is kept in ``names/``."""
-        field = codec.escape(text)
+        field: str = codec.escape(text)
         if field.startswith("~") and field not in self._registered:
             try:
                 _publish(os.path.join(self.names_dir, field), text.encode("utf-8"), replace=False)
@@ -257,7 +261,7 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({self.spool.path!r})"
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -291,9 +295,10 @@ class Client:
         if fields is None:
             fields = self._register(peer, channel)
         try:
-            return drop.put(self._tmp_fd, self._queue_fd, fields[0], fields[1], priority, payload, sync)
+            msg_id: str = drop.put(self._tmp_fd, self._queue_fd, fields[0], fields[1], priority, payload, sync)
         except OSError as exc:
             raise spool_error(exc, self.spool.path) from exc
+        return msg_id
 
     def _register(self, peer: str, channel: str) -> tuple[str, str]:
         check_peer(peer, self.limits)
@@ -345,8 +350,13 @@ def _client_for(spool: PathLike | None) -> Client:
 
 def check_priority(priority: object) -> int:
     """``priority`` as an int 0-9; InvalidMessage for anything else (bool included)."""
-    if isinstance(priority, int) and not isinstance(priority, bool) and int(priority) in PRIORITIES:
-        return int(priority)
+    if not isinstance(priority, bool):
+        try:
+            value = operator.index(priority)  # type: ignore[arg-type]
+        except TypeError:
+            value = -1
+        if value in PRIORITIES:
+            return value
     raise InvalidMessage(f"priority must be a whole number from 0 to 9, not {priority!r}")
 
 

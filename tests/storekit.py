@@ -78,4 +78,11 @@ def consume(store_dir: str, channel: str, out: str, batch: int, lease: float, ho
 
 
 if __name__ == "__main__":
-    consume(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), len(sys.argv) > 6)
+    consume(
+        sys.argv[1],
+        sys.argv[2],
+        sys.argv[3],
+        int(sys.argv[4]),
+        float(sys.argv[5]),
+        len(sys.argv) > 6,
+    )

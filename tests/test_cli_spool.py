@@ -24,6 +24,7 @@ def dropr(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> 
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
+        check=False,
     )
 
 
@@ -85,7 +86,7 @@ def test_put_usage_errors_exit_2(tmp_path: Path) -> None:
 def test_put_without_any_spool_fails(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DROPR_SPOOL"}
     done = subprocess.run([sys.executable, "-m", "dropr.cli.main", "put", "--peer", PEER], input="x",
-                          capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+                          capture_output=True, text=True, env=env, cwd=tmp_path, check=False)  # fmt: skip
     assert done.returncode == 1 and "DROPR_SPOOL" in done.stderr
     assert os.listdir(tmp_path) == []
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from storekit import CLIENT, put, tree
 
 from dropr.cli.main import main
 from dropr.store import Store
-
-from storekit import CLIENT, put, tree
 
 
 @pytest.fixture
@@ -36,7 +34,9 @@ def run(store: Store, *args: str) -> tuple[int, str, str]:
 
 
 def run_dropr(*args: str) -> tuple[int, str, str]:
-    done = subprocess.run([sys.executable, "-m", "dropr.cli.main", *args], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dropr.cli.main", *args], capture_output=True, text=True, check=False
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -71,7 +71,9 @@ def test_sums(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
 def test_list_queued(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     lines = [line.split("\t") for line in call(capsys, store, "list-queued").splitlines()]
     expected = [(m, len(m.read())) for ch in ("common", "orders") for m in store.messages(ch)]
-    assert [row[:4] for row in lines] == [[m.channel, m.id, str(m.priority), CLIENT] for m, _ in expected]
+    assert [row[:4] for row in lines] == [
+        [m.channel, m.id, str(m.priority), CLIENT] for m, _ in expected
+    ]
     assert [int(row[5]) for row in lines] == [5, 2, 2, 5]
     for row, (message, _) in zip(lines, expected):
         stamp = datetime.datetime.fromisoformat(row[4].replace("Z", "+00:00"))
@@ -84,7 +86,10 @@ def test_list_queued(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
 def test_list_processed(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [line.split("\t") for line in call(capsys, store, "list-processed").splitlines()]
     assert [(r[0], r[5]) for r in rows] == [("common", "4"), ("common", "3")]
-    assert [r["size"] for r in json.loads(call(capsys, store, "list-processed", "--json"))] == [4, 3]
+    assert [r["size"] for r in json.loads(call(capsys, store, "list-processed", "--json"))] == [
+        4,
+        3,
+    ]
 
 
 def test_wipes(store: Store, capsys: pytest.CaptureFixture[str]) -> None:

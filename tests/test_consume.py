@@ -14,11 +14,11 @@ from pathlib import Path
 import msgpack
 import pycurl
 import pytest
+from storekit import put, tree
+from support import start_server
 
 from dropr._impl import codec
 from dropr.store import Store
-from storekit import put, tree
-from support import start_server
 
 WAIT = 60.0
 APPEND = ["sh", "-c", 'cat >> "$0"; echo >> "$0"']
@@ -32,7 +32,17 @@ def store(tmp_path: Path) -> Store:
 
 def consume(store: Store | str, *args: str, channel: str = "common") -> subprocess.Popen[str]:
     path = store if isinstance(store, str) else store.path
-    argv = [sys.executable, "-m", "dropr.cli.main", "consume", "--store", path, "--channel", channel, *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "dropr.cli.main",
+        "consume",
+        "--store",
+        path,
+        "--channel",
+        channel,
+        *args,
+    ]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -59,7 +69,9 @@ def test_each_message_goes_through_the_command_in_order(store: Store, tmp_path: 
 def test_limit_and_json(store: Store, tmp_path: Path) -> None:
     for i in range(5):
         put(store, b"%d" % i)
-    status, out, _ = finish(consume(store, "--limit", "2", "--json", "--", *APPEND, str(tmp_path / "out")))
+    status, out, _ = finish(
+        consume(store, "--limit", "2", "--json", "--", *APPEND, str(tmp_path / "out"))
+    )
     assert status == 0 and out == '{"processed":2,"failed":0,"released":0}\n'
     assert (tmp_path / "out").read_text().split() == ["0", "1"]
     assert store.count_queued("common") == 3
@@ -70,7 +82,9 @@ def test_concurrent_commands_each_get_one_message(store: Store, tmp_path: Path) 
         put(store, b"%d" % i)
     outdir = tmp_path / "outs"
     outdir.mkdir()
-    status, out, _ = finish(consume(store, "--concurrency", "3", "--", *EACH_TO_A_FILE, str(outdir)))
+    status, out, _ = finish(
+        consume(store, "--concurrency", "3", "--", *EACH_TO_A_FILE, str(outdir))
+    )
     assert status == 0 and counts(out)["processed"] == 12
     assert sorted(int(p.read_text()) for p in outdir.iterdir()) == list(range(12))
 
@@ -87,7 +101,17 @@ def test_a_failing_command_becomes_a_dead_letter_with_its_reason(store: Store) -
 
 def test_failures_are_retried_then_dead_lettered(store: Store) -> None:
     put(store, b"x")
-    args = ["--follow", "--limit", "3", "--max-attempts", "3", "--retry-delay", "0.1", "--", "false"]
+    args = [
+        "--follow",
+        "--limit",
+        "3",
+        "--max-attempts",
+        "3",
+        "--retry-delay",
+        "0.1",
+        "--",
+        "false",
+    ]
     status, out, _ = finish(consume(store, *args))
     assert status == 0 and counts(out)["failed"] == 3
     [dead] = store.dead_letters("common")
@@ -173,7 +197,12 @@ def post_batch(url: str, client: str, messages: list[tuple[str, bytes]]) -> dict
     curl = pycurl.Curl()
     mime = pycurl.CurlMime(curl)
     mime.add_field("client", client.encode())
-    mime.add(name="manifest", data=msgpack.packb(manifest), filename="manifest", content_type="application/msgpack")
+    mime.add(
+        name="manifest",
+        data=msgpack.packb(manifest),
+        filename="manifest",
+        content_type="application/msgpack",
+    )
     for mid, data in messages:
         mime.add(name=mid, data=data, filename=mid, content_type="application/octet-stream")
     body = io.BytesIO()
@@ -199,13 +228,26 @@ def test_consuming_while_the_server_receives(tmp_path: Path) -> None:
         first = [(codec.new_id(), b"early %d" % i) for i in range(20)]
         assert set(post_batch(server.url, "host-a", first)) == {mid for mid, _ in first}
         sent += first
-        proc = consume(str(store_dir), "--follow", "--limit", "100", "--concurrency", "2", "--", *EACH_TO_A_FILE, str(outdir))
+        proc = consume(
+            str(store_dir),
+            "--follow",
+            "--limit",
+            "100",
+            "--concurrency",
+            "2",
+            "--",
+            *EACH_TO_A_FILE,
+            str(outdir),
+        )
         for round_ in range(4):
             batch = [(codec.new_id(), b"round %d message %d" % (round_, i)) for i in range(20)]
             acks = post_batch(server.url, "host-a", batch)
             assert all(status == "stored" for status, _ in acks.values())
             sent += batch
-        assert all(status == "duplicate" for status, _ in post_batch(server.url, "host-a", first[:5]).values())
+        assert all(
+            status == "duplicate"
+            for status, _ in post_batch(server.url, "host-a", first[:5]).values()
+        )
         status, out, _ = finish(proc)
     assert status == 0 and counts(out)["processed"] == 100
     assert sorted(p.read_bytes() for p in outdir.iterdir()) == sorted(data for _, data in sent)

@@ -167,7 +167,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs, or a skip where mounting is not permitted."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)], capture_output=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
@@ -225,7 +225,11 @@ def test_file_size_limit_raises_and_shows_nothing(tmp_path: Path, extensions: st
         env["DROPR_NO_EXTENSIONS"] = "1"
         env.pop("DROPR_REQUIRE_EXTENSIONS", None)
     done = subprocess.run(
-        [sys.executable, "-c", FILE_SIZE_LIMIT_CHILD, str(tmp_path)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", FILE_SIZE_LIMIT_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("EFBIG "), done.stdout

@@ -28,24 +28,23 @@ PRODUCER = textwrap.dedent(
     """
     import os, random, sys
     import dropr
-    root, count, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "sync"
+    root, count, sync, peer = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "sync", sys.argv[4]
     rnd = random.Random(os.getpid())
     i = 0
     while count < 0 or i < count:
         payload = os.urandom(rnd.choice((0, 1, 200, 4096, 65536, 300_000)))
-        msg_id = dropr.fastput(payload, "%s", channel="ch%%d" %% (i %% 3), priority=i %% 10,
+        msg_id = dropr.fastput(payload, peer, channel=f"ch{i % 3}", priority=i % 10,
                                spool=root, sync=sync)
         sys.stdout.write(msg_id + "\\n")
         sys.stdout.flush()
         i += 1
     """
-    % PEER
 )
 
 
 def producer(root: Path, count: int, sync: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", PRODUCER, str(root), str(count), "sync" if sync else "relaxed"],
+        [sys.executable, "-c", PRODUCER, str(root), str(count), "sync" if sync else "relaxed", PEER],
         stdout=subprocess.PIPE,
         text=True,
     )

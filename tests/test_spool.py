@@ -229,9 +229,8 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("change", "word"), BAD_INPUTS)
 def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, change: dict, word: str) -> None:
     args = {"payload": b"x", "peer": PEER, "channel": "common", "priority": 9, **change}
-    with spool.Client(tmp_path, limits=Limits(max_payload=100)) as client:
-        with pytest.raises(InvalidMessage, match=word):
-            client.put(args.pop("payload"), **args)
+    with spool.Client(tmp_path, limits=Limits(max_payload=100)) as client, pytest.raises(InvalidMessage, match=word):
+        client.put(args.pop("payload"), **args)
     assert_untouched(tmp_path)
 
 

@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from storekit import CLIENT, put, tree
 
 from dropr import InvalidMessage, StoreError
 from dropr._impl import codec
 from dropr.store import Message, Store
-
-from storekit import CLIENT, put, tree
 
 STATES = ("queue", "claimed", "delayed", "processed", "dead")
 
@@ -50,9 +49,16 @@ def test_ingest_queues_the_message(store: Store) -> None:
     assert store.channels() == ["orders"]
     [message] = store.messages("orders")
     assert isinstance(message, Message)
-    assert (message.id, message.client, message.channel, message.priority) == (msg_id, CLIENT, "orders", 3)
+    assert (message.id, message.client, message.channel, message.priority) == (
+        msg_id,
+        CLIENT,
+        "orders",
+        3,
+    )
     assert before - 1 < message.time < time.time() + 1
-    assert message.path == os.path.join(store.path, "channels", "orders", "queue", f"3{msg_id}+{CLIENT}")
+    assert message.path == os.path.join(
+        store.path, "channels", "orders", "queue", f"3{msg_id}+{CLIENT}"
+    )
     assert message.read() == b"hello"
     assert store.count_queued("orders") == 1
 
@@ -119,14 +125,29 @@ def test_bad_input_is_refused_and_changes_nothing(store: Store, what: str, value
     put(store, b"already here")
     staged = stage(store, b"new")
     before = tree(store.path)
-    args: dict[str, object] = {"channel": "common", "client": CLIENT, "msg_id": codec.new_id(), "priority": 5}
+    args: dict[str, object] = {
+        "channel": "common",
+        "client": CLIENT,
+        "msg_id": codec.new_id(),
+        "priority": 5,
+    }
     args["msg_id" if what == "id" else what] = value
     with pytest.raises(InvalidMessage):
         store.ingest(staged=staged, **args)  # type: ignore[arg-type]
     assert tree(store.path) == before
 
 
-TRICKY_CHANNELS = ["../../escape", "/etc", "a/b/../../..", ".hidden", "...", "~name", "%2E%2E", "ü/ñ", "c" * 255]
+TRICKY_CHANNELS = [
+    "../../escape",
+    "/etc",
+    "a/b/../../..",
+    ".hidden",
+    "...",
+    "~name",
+    "%2E%2E",
+    "ü/ñ",
+    "c" * 255,
+]
 
 
 def test_channels_stay_inside_the_store(tmp_path: Path) -> None:
@@ -157,7 +178,9 @@ def test_a_missing_staged_file_is_an_error(store: Store) -> None:
     with pytest.raises(FileNotFoundError):
         store.ingest("common", CLIENT, codec.new_id(), 9, os.path.join(store.staging_dir, "gone"))
     with pytest.raises(FileNotFoundError):
-        store.ingest("new-channel", CLIENT, codec.new_id(), 9, os.path.join(store.staging_dir, "gone"))
+        store.ingest(
+            "new-channel", CLIENT, codec.new_id(), 9, os.path.join(store.staging_dir, "gone")
+        )
 
 
 def test_unknown_channels_are_empty(store: Store) -> None:
@@ -217,5 +240,7 @@ def test_importing_dropr_does_not_load_the_store() -> None:
     import subprocess
 
     code = "import sys, dropr; print('dropr.store' in sys.modules); dropr.Store; print('dropr.store' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["False", "True"]

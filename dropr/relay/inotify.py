@@ -18,13 +18,15 @@ import struct
 
 IN_CREATE = 0x100
 IN_CLOSE_WRITE = 0x8
+IN_MOVED_FROM = 0x40
 IN_MOVED_TO = 0x80
+IN_DELETE = 0x200
 IN_Q_OVERFLOW = 0x4000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
 _EVENT = struct.Struct("iIII")
-_MASK = IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE
+ARRIVALS = IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE
 
 log = logging.getLogger("dropr.relay")
 
@@ -68,8 +70,8 @@ class Watch:
             self.fd = -1
 
 
-def watch(path: str) -> Watch | None:
-    """A non-blocking Watch of ``path``; None where inotify is not available."""
+def watch(path: str, mask: int = ARRIVALS) -> Watch | None:
+    """A non-blocking Watch of ``path`` for ``mask`` events; None where inotify is missing."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         init1 = libc.inotify_init1
@@ -83,7 +85,7 @@ def watch(path: str) -> Watch | None:
         err = ctypes.get_errno()
         log.warning("inotify_init1 failed (%s): rescanning periodically", os.strerror(err))
         return None
-    if add_watch(fd, os.fsencode(path), _MASK) < 0:
+    if add_watch(fd, os.fsencode(path), mask) < 0:
         err = ctypes.get_errno()
         os.close(fd)
         if err in (errno.ENOSPC, errno.ENOMEM, errno.EACCES):

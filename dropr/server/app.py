@@ -25,7 +25,7 @@ from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .protocol import RequestError
 from .receive import Receiver, Upload, store_failure
-from .staging import StagedFile
+from .staging import StagedFile, Staging
 
 log = logging.getLogger("dropr.server")
 
@@ -152,7 +152,7 @@ class Handlers:
         try:
             if os.statvfs(self.staging_dir).f_bavail == 0:
                 return "store file system is full"
-            StagedFile(self.staging_dir).discard()
+            Staging(self.staging_dir).open().discard()
         except OSError as exc:
             return f"store not writable: {exc.strerror or exc}"
         return ""

@@ -100,7 +100,8 @@ def parse_manifest(data: bytes, limits: Limits, max_total: int) -> list[Entry]:
         raise RequestError(
             413, f"manifest has {len(raw)} entries, over the limit {limits.batch_count}"
         )
-    entries = [_entry(i, item, limits) for i, item in enumerate(raw)]
+    channels: set[str] = set()  # checked already: a batch mostly repeats a few
+    entries = [_entry(i, item, limits, channels) for i, item in enumerate(raw)]
     if len({e.id for e in entries}) != len(entries):
         raise bad("manifest repeats a message id")
     if len({e.part for e in entries}) != len(entries):
@@ -111,28 +112,38 @@ def parse_manifest(data: bytes, limits: Limits, max_total: int) -> list[Entry]:
     return entries
 
 
-def _entry(index: int, item: Any, limits: Limits) -> Entry:
-    where = f"manifest entry {index}"
+def _entry(index: int, item: Any, limits: Limits, channels: set[str]) -> Entry:
+    """One manifest entry, checked; ``channels`` holds the channels found valid so far.
+
+    A part named by its message id (as dropr's relay names them) is valid once the id is.
+    """
     if not isinstance(item, list) or len(item) != 6:
-        raise bad(f"{where} is not [id, channel, priority, part, size, crc32]")
+        raise bad(f"manifest entry {index} is not [id, channel, priority, part, size, crc32]")
     msg_id, channel, priority, part, size, crc = item
     if not (isinstance(msg_id, str) and codec.is_message_id(msg_id)):
-        raise bad(f"{where}: id is not 30 lower-case hex digits")
+        raise bad(f"manifest entry {index}: id is not 30 lower-case hex digits")
     if not isinstance(channel, str):
-        raise bad(f"{where}: channel is not text")
-    check_text(f"{where}: channel", channel, limits.max_channel)
+        raise bad(f"manifest entry {index}: channel is not text")
+    if channel not in channels:
+        check_text(f"manifest entry {index}: channel", channel, limits.max_channel)
+        channels.add(channel)
     if not _is_int(priority) or not 0 <= priority <= 9:
-        raise bad(f"{where}: priority is not a whole number from 0 to 9")
-    if not isinstance(part, str):
-        raise bad(f"{where}: part name is not text")
-    check_text(f"{where}: part name", part, MAX_PART_NAME)
-    if part in TEXT_FIELDS or part == PAYLOAD:
-        raise bad(f"{where}: part name {part!r} is reserved")
+        raise bad(f"manifest entry {index}: priority is not a whole number from 0 to 9")
+    if part != msg_id:
+        _check_part(index, part)
     if not _is_int(size) or size < 0:
-        raise bad(f"{where}: size is not a whole number of bytes")
+        raise bad(f"manifest entry {index}: size is not a whole number of bytes")
     if not _is_int(crc) or not 0 <= crc <= 0xFFFFFFFF:
-        raise bad(f"{where}: crc32 is not a 32-bit unsigned number")
+        raise bad(f"manifest entry {index}: crc32 is not a 32-bit unsigned number")
     return Entry(msg_id, channel, priority, part, size, crc)
+
+
+def _check_part(index: int, part: Any) -> None:
+    if not isinstance(part, str):
+        raise bad(f"manifest entry {index}: part name is not text")
+    check_text(f"manifest entry {index}: part name", part, MAX_PART_NAME)
+    if part in TEXT_FIELDS or part == PAYLOAD:
+        raise bad(f"manifest entry {index}: part name {part!r} is reserved")
 
 
 def _is_int(value: Any) -> bool:

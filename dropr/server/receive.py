@@ -1,28 +1,33 @@
 """Reading one POST's multipart body into staged files, checked against what it declared.
 
-The body is streamed part by part with aiohttp's multipart reader: the text fields come
-first (``client`` and ``manifest``, or the manifest-less ``id``/``channel``/``priority``),
-then one file part per message, each written to its own staged file while its size and
-CRC-32 are computed. Nothing reaches the store here: a whole-request problem raises
+The body is streamed from the connection into ``multipart``'s push parser (bytes in,
+parts out, no I/O of its own). Its parts come in order: the text fields first
+(``client`` and ``manifest``, or the manifest-less ``id``/``channel``/``priority``), then
+one file part per message, each written to its own staged file while its size and CRC-32
+are computed. Nothing reaches the store here: a whole-request problem raises
 :class:`~.protocol.RequestError` and the caller removes every staged file.
+
+That parser, not aiohttp's multipart reader, because a batch is mostly small parts: it
+reads a part's headers in a few microseconds, where aiohttp's reader spends hundreds
+parsing each ``Content-Disposition`` (twice), which capped the server far below the rate
+of a relay.
 """
 
 from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
-from typing import Any
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage
+from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
 from .._impl import codec
 from ..limits import Limits
 from . import protocol as p
 from .protocol import Entry, RequestError, bad
-from .staging import StagedFile
+from .staging import StagedFile, Staging
 
-CHUNK = 64 * 1024
 _SMALL_FIELD = 64  # id and priority of the manifest-less form
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -61,37 +66,29 @@ class Receiver:
 
     async def read(self, request: web.Request, upload: Upload) -> None:
         """Fill ``upload`` from the request's body; the caller discards it on any error."""
+        body = _Body(self, upload)
+        left = self.max_request_bytes
         try:
-            reader = await request.multipart()
-            await self._read(reader, upload)
-        except (ValueError, BadHttpMessage) as exc:
+            parser = PushMultipartParser(_boundary(request.headers.get(hdrs.CONTENT_TYPE, "")))
+            async for chunk in request.content.iter_any():
+                left -= len(chunk)
+                if left < 0:
+                    raise RequestError(
+                        413, f"request larger than the limit of {self.max_request_bytes} bytes"
+                    )
+                for event in parser.parse(chunk):
+                    if event is None:
+                        body.end()
+                    elif isinstance(event, MultipartSegment):
+                        body.begin(event.name or "")
+                    else:
+                        body.data(event)
+            parser.close()
+        except (MultipartError, BadHttpMessage) as exc:
             raise bad(f"malformed multipart body: {exc}") from None
+        body.finish()
 
-    async def _read(self, reader: MultipartReader, upload: Upload) -> None:
-        budget = _Budget(self.max_request_bytes)
-        fields: dict[str, bytes] = {}
-        part = await _next_part(reader)
-        while part is not None and part.name in p.TEXT_FIELDS:
-            name = part.name
-            if name in fields:
-                raise bad(f"field {name!r} is sent twice")
-            fields[name] = await _read_field(part, self._field_limit(name), budget)
-            part = await _next_part(reader)
-        upload.client = self._client(fields)
-        expected = self._entries(fields)
-        upload.entries = list(expected.values())
-        while part is not None:
-            entry = expected.pop(part.name or "", None)
-            if entry is None:
-                raise bad(f"unexpected part {part.name!r}")
-            await self._receive(part, entry, upload, budget)
-            part = await _next_part(reader)
-        if p.MANIFEST not in fields and expected:
-            raise bad("field 'payload' is missing")
-        for entry in expected.values():
-            upload.acks[entry.id] = (p.RETRY, "part not received")
-
-    def _field_limit(self, name: str) -> int:
+    def field_limit(self, name: str) -> int:
         if name == p.MANIFEST:
             return p.manifest_limit(self.limits)
         if name == p.CLIENT:
@@ -100,11 +97,16 @@ class Receiver:
             return self.limits.max_channel
         return _SMALL_FIELD
 
-    def _client(self, fields: dict[str, bytes]) -> str:
+    def expected(self, fields: dict[str, bytes], upload: Upload) -> dict[str, Entry]:
+        """Check the text fields, fill in ``upload``'s client and entries, and return the
+        entries by the name of the file part that should carry each."""
         if p.CLIENT not in fields:
             raise bad("field 'client' is missing")
         client = p.decode_text("client", fields[p.CLIENT])
-        return p.check_text("client", client, self.limits.max_client)
+        upload.client = p.check_text("client", client, self.limits.max_client)
+        entries = self._entries(fields)
+        upload.entries = list(entries.values())
+        return entries
 
     def _entries(self, fields: dict[str, bytes]) -> dict[str, Entry]:
         """The expected file parts by part name, from the manifest or the simple form."""
@@ -124,42 +126,135 @@ class Receiver:
         )
         return {p.PAYLOAD: Entry(msg_id, channel, priority, p.PAYLOAD, -1, -1)}
 
-    async def _receive(
-        self, part: BodyPartReader, entry: Entry, upload: Upload, budget: _Budget
-    ) -> None:
-        """Stream one file part to a staged file, then keep it or record why not."""
-        limit = self.limits.max_payload
-        if entry.size > limit:
-            upload.acks[entry.id] = (p.REJECTED, f"payload larger than the limit of {limit} bytes")
-            upload.payload_bytes += await _drain(part, budget)
+
+class _Body:
+    """One request's parts as the parser hands them over: ``begin``, ``data``..., ``end``.
+
+    A part is a text field (``field`` collects it), a file part being staged (``staged``),
+    or a file part already refused whose bytes are only counted (neither).
+    """
+
+    __slots__ = (
+        "drained",
+        "entry",
+        "expected",
+        "field",
+        "field_limit",
+        "fields",
+        "max_payload",
+        "name",
+        "receiver",
+        "staged",
+        "staging",
+        "upload",
+    )
+
+    def __init__(self, receiver: Receiver, upload: Upload) -> None:
+        self.receiver = receiver
+        self.upload = upload
+        self.staging = Staging(receiver.staging_dir)
+        self.max_payload = receiver.limits.max_payload
+        self.fields: dict[str, bytes] = {}
+        self.expected: dict[str, Entry] | None = None  # known once the first file part begins
+        self.name = ""
+        self.field: bytearray | None = None
+        self.field_limit = 0
+        self.entry: Entry | None = None
+        self.staged: StagedFile | None = None
+        self.drained = 0
+
+    def begin(self, name: str) -> None:
+        if self.expected is None:
+            if name in p.TEXT_FIELDS:
+                if name in self.fields:
+                    raise bad(f"field {name!r} is sent twice")
+                self.name = name
+                self.field = bytearray()
+                self.field_limit = self.receiver.field_limit(name)
+                return
+            self.expected = self.receiver.expected(self.fields, self.upload)
+        entry = self.expected.pop(name, None)
+        if entry is None:
+            raise bad(f"unexpected part {name!r}")
+        self.entry = entry
+        if entry.size > self.max_payload:
+            self.upload.acks[entry.id] = (
+                p.REJECTED,
+                f"payload larger than the limit of {self.max_payload} bytes",
+            )
             return
         try:
-            staged = StagedFile(self.staging_dir)
+            self.staged = self.staging.open()
         except OSError as exc:
             raise store_failure(exc) from None
-        upload.files.append(staged)
-        while chunk := await part.read_chunk(CHUNK):
-            budget.spend(len(chunk))
-            if staged.size + len(chunk) > limit:
-                upload.payload_bytes += staged.size + await _drain(part, budget) + len(chunk)
-                upload.acks[entry.id] = (p.REJECTED, f"payload larger than {limit} bytes")
-                staged.discard()
+        self.upload.files.append(self.staged)
+
+    def data(self, chunk: bytes) -> None:
+        staged = self.staged
+        if staged is not None:
+            if staged.size + len(chunk) > self.max_payload:
+                self._refuse_oversize(staged, len(chunk))
                 return
             try:
                 staged.write(chunk)
             except OSError as exc:
                 raise store_failure(exc) from None
+        elif self.field is not None:
+            self.field += chunk
+            if len(self.field) > self.field_limit:
+                raise bad(f"field {self.name!r} is longer than {self.field_limit} bytes")
+        else:
+            self.drained += len(chunk)
+
+    def _refuse_oversize(self, staged: StagedFile, more: int) -> None:
+        assert self.entry is not None
+        self.upload.acks[self.entry.id] = (
+            p.REJECTED,
+            f"payload larger than {self.max_payload} bytes",
+        )
+        self.drained = staged.size + more
+        self.staged = None
+        staged.discard()
+
+    def end(self) -> None:
+        if self.field is not None:
+            self.fields[self.name] = bytes(self.field)
+            self.field = None
+            return
+        entry, staged = self.entry, self.staged
+        assert entry is not None
+        self.entry = self.staged = None
+        if staged is None:
+            self.upload.payload_bytes += self.drained
+            self.drained = 0
+            return
         try:
             staged.close()
         except OSError as exc:
             raise store_failure(exc) from None
-        upload.payload_bytes += staged.size
+        self.upload.payload_bytes += staged.size
         problem = _mismatch(entry, staged)
         if problem:
-            upload.acks[entry.id] = (p.REJECTED, problem)
+            self.upload.acks[entry.id] = (p.REJECTED, problem)
             staged.discard()
         else:
-            upload.verified[entry.id] = (entry, staged)
+            self.upload.verified[entry.id] = (entry, staged)
+
+    def finish(self) -> None:
+        """After the last part: what was announced but not sent gets "retry"."""
+        if self.expected is None:
+            self.expected = self.receiver.expected(self.fields, self.upload)
+        if p.MANIFEST not in self.fields and self.expected:
+            raise bad("field 'payload' is missing")
+        for entry in self.expected.values():
+            self.upload.acks[entry.id] = (p.RETRY, "part not received")
+
+
+def _boundary(content_type: str) -> str:
+    boundary = parse_options_header(content_type)[1].get("boundary")
+    if not boundary:
+        raise bad("malformed multipart body: no boundary in its Content-Type")
+    return str(boundary)
 
 
 def _mismatch(entry: Entry, staged: StagedFile) -> str:
@@ -170,46 +265,6 @@ def _mismatch(entry: Entry, staged: StagedFile) -> str:
     if staged.crc != entry.crc:
         return f"checksum mismatch: declared crc32 {entry.crc:08x}, received {staged.crc:08x}"
     return ""
-
-
-class _Budget:
-    """Bytes a request may still send (413 once spent)."""
-
-    __slots__ = ("left", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.left = limit
-
-    def spend(self, n: int) -> None:
-        self.left -= n
-        if self.left < 0:
-            raise RequestError(413, f"request larger than the limit of {self.limit} bytes")
-
-
-async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
-    part: Any = await reader.next()
-    if part is not None and not isinstance(part, BodyPartReader):
-        raise bad("nested multipart parts are not accepted")
-    return part
-
-
-async def _read_field(part: BodyPartReader, limit: int, budget: _Budget) -> bytes:
-    data = bytearray()
-    while chunk := await part.read_chunk(CHUNK):
-        budget.spend(len(chunk))
-        data += chunk
-        if len(data) > limit:
-            raise bad(f"field {part.name!r} is longer than {limit} bytes")
-    return bytes(data)
-
-
-async def _drain(part: BodyPartReader, budget: _Budget) -> int:
-    drained = 0
-    while chunk := await part.read_chunk(CHUNK):
-        budget.spend(len(chunk))
-        drained += len(chunk)
-    return drained
 
 
 def _text(fields: dict[str, bytes], name: str) -> str:

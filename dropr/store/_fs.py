@@ -51,7 +51,7 @@ def _load_syncfs() -> Callable[[int], int] | None:
         return None
     func.argtypes = [ctypes.c_int]
     func.restype = ctypes.c_int
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 _syncfs = _load_syncfs()

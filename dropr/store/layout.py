@@ -43,7 +43,7 @@ def field(text: str) -> str:
 
     A leading dot is escaped too, so a channel directory is never ``.``, ``..`` or hidden.
     """
-    escaped = codec.escape(text)
+    escaped: str = codec.escape(text)
     if escaped.startswith("."):
         escaped = "%2E" + escaped[1:]
         if len(escaped) > MAX_FIELD:
@@ -69,7 +69,8 @@ class Names:
     def resolve(self, name: str) -> str:
         """The text of a field; a compact field whose text is missing stays as it is."""
         if not name.startswith(COMPACT):
-            return codec.unescape(name)
+            plain: str = codec.unescape(name)
+            return plain
         text = self._texts.get(name)
         if text is None:
             try:

@@ -14,7 +14,17 @@ class Message:
     ``attempts`` and ``reasons`` are filled for dead letters.
     """
 
-    __slots__ = ("id", "client", "channel", "priority", "time", "name", "path", "attempts", "reasons")
+    __slots__ = (
+        "attempts",
+        "channel",
+        "client",
+        "id",
+        "name",
+        "path",
+        "priority",
+        "reasons",
+        "time",
+    )
 
     def __init__(
         self,

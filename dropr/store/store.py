@@ -203,7 +203,9 @@ class Store:
             message.path = target
             return
         if not os.path.lexists(target):
-            raise StoreError(errno.ENOENT, f"message {message.id} of {message.channel!r} is no longer held")
+            raise StoreError(
+                errno.ENOENT, f"message {message.id} of {message.channel!r} is no longer held"
+            )
         message.path = target
 
     def set_failed(self, message: Message, reason: str) -> None:
@@ -245,7 +247,9 @@ class Store:
             by_id = {name[1:31]: name for name in names}
             unknown = sorted(wanted - by_id.keys())
             if unknown:
-                raise StoreError(errno.ENOENT, f"not a dead letter of {channel!r}: {', '.join(unknown)}")
+                raise StoreError(
+                    errno.ENOENT, f"not a dead letter of {channel!r}: {', '.join(unknown)}"
+                )
             names = [name for name in names if name[1:31] in wanted]
         return claims.requeue_dead(channel_dir, names)
 
