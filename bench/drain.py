@@ -70,14 +70,18 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     def rate(low: float, high: float) -> float:
-        part = [(t, left) for t, left, _ in samples if low * args.count <= args.count - left <= high * args.count]
-        return (part[0][1] - part[-1][1]) / (part[-1][0] - part[0][0]) if len(part) > 1 and part[-1][0] > part[0][0] else float("nan")
+        """Messages/s between the samples where the drain first reached ``low`` and ``high``."""
+        def at(fraction: float) -> tuple[float, int]:
+            return next((t, left) for t, left, _ in samples if args.count - left >= fraction * args.count)
+
+        (t0, left0), (t1, left1) = at(low), at(high)
+        return (left0 - left1) / (t1 - t0) if t1 > t0 else float("nan")
 
     rss = [kib for _, _, kib in samples[1:]] or [0]
     print(f"drained {args.count} messages over {'HTTP' if args.http else 'the local transport'} "
           f"in {samples[-1][0]:.1f} s (hot path {IMPLEMENTATION})")  # fmt: skip
     print(f"relay RSS: first {rss[0] / 1024:.1f} MiB, max {max(rss) / 1024:.1f} MiB, last {rss[-1] / 1024:.1f} MiB")
-    print(f"rate: first tenth {rate(0, 0.1):,.0f} msg/s, last tenth {rate(0.9, 1.0):,.0f} msg/s")
+    print(f"rate: first quarter {rate(0, 0.25):,.0f} msg/s, last quarter {rate(0.75, 1.0):,.0f} msg/s")
 
 
 if __name__ == "__main__":

@@ -178,9 +178,9 @@ def dropr_cell(root: str, count: int, size: int, transport: str, relay_args: lis
         stdout=log, stderr=log,
     )  # fmt: skip
     try:
-        while "relaying" not in open(log.name).read():
+        while "relaying" not in _read(log.name):
             if relay.poll() is not None:
-                raise RuntimeError(open(log.name).read())
+                raise RuntimeError(_read(log.name))
             time.sleep(0.01)
         producer = subprocess.Popen(
             [sys.executable, "-c", PRODUCER, spool, peer, str(count), str(size)],
@@ -201,6 +201,11 @@ def dropr_cell(root: str, count: int, size: int, transport: str, relay_args: lis
             server.close()
         log.close()
     return count / (ended - started)
+
+
+def _read(path: str) -> str:
+    with open(path) as file:
+        return file.read()
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ directory; this process posts batches (default 1000 messages of 200 bytes) one a
 other on one keep-alive connection with pycurl, each part a buffer libcurl already holds,
 so the client's share of the time is small. Every batch has fresh ids and must be acked
 ``stored`` in full. Per round it prints the wall-clock rate and the server's CPU time per
-message (user + system, from ``/proc``), which is the figure the server's per-part code
-decides; the last line gives the medians.
+message (user + system, from ``/proc``), of which user time is the figure the server's
+per-part code decides (system time is mostly the file system's); the last line gives the
+medians.
 
     python bench/server.py [--rounds 3] [--batches 20] [--count 1000] [--size 200]
                            [--fsync batch|none] [--dir DIR]
@@ -72,11 +73,11 @@ def make_batch(count: int, size: int) -> tuple[list[str], Form]:
     return ids, form
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of process ``pid`` so far."""
     with open(f"/proc/{pid}/stat") as file:
         fields = file.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def post_all(server: ServerProcess, batches: list[tuple[list[str], Form]]) -> None:
@@ -117,28 +118,31 @@ def main() -> None:
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="dropr-bench-server-", dir=args.dir)
-    rates, cpus = [], []
+    rates, cpus, users = [], [], []
     try:
         with start_server(os.path.join(work, "store"), extra_args=["--fsync", args.fsync]) as srv:
             post_all(srv, [make_batch(args.count, args.size)])  # warm up
             for round_no in range(1, args.rounds + 1):
                 batches = [make_batch(args.count, args.size) for _ in range(args.batches)]
                 messages = args.batches * args.count
-                cpu0, t0 = cpu_seconds(srv.proc.pid), time.perf_counter()
+                (user0, sys0), t0 = cpu_seconds(srv.proc.pid), time.perf_counter()
                 post_all(srv, batches)
-                wall, cpu = time.perf_counter() - t0, cpu_seconds(srv.proc.pid) - cpu0
+                wall = time.perf_counter() - t0
+                user1, sys1 = cpu_seconds(srv.proc.pid)
                 rates.append(messages / wall)
-                cpus.append(cpu / messages * 1e6)
+                users.append((user1 - user0) / messages * 1e6)
+                cpus.append(users[-1] + (sys1 - sys0) / messages * 1e6)
                 print(
                     f"round {round_no}: {messages} messages in {wall:.2f} s = "
-                    f"{rates[-1]:,.0f} msg/s; server CPU {cpus[-1]:.1f} us/message"
+                    f"{rates[-1]:,.0f} msg/s; server CPU {cpus[-1]:.0f} us/message "
+                    f"({users[-1]:.0f} user)"
                 )
             srv.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"median: {statistics.median(rates):,.0f} msg/s, server CPU "
-        f"{statistics.median(cpus):.1f} us/message "
+        f"{statistics.median(cpus):.0f} us/message ({statistics.median(users):.0f} user) "
         f"({args.count} x {args.size} B per batch, fsync {args.fsync})"
     )
 

@@ -58,6 +58,7 @@ def test_claims_hand_out_the_queue_in_order_once(store: Store) -> None:
     assert all(m.path.endswith(os.path.join("claimed", m.name)) for m in first)
     assert names(store.messages("common")) == expected[8:]
     assert store.count_queued("common") == 2
+    assert store.claim("common", 0, 60) == []
     assert names(other.claim("common", 10, 60)) == expected[8:]
     assert store.claim("common", 10, 60) == []
     assert store.claim("nothing", 10, 60) == []
@@ -73,7 +74,7 @@ def test_claim_checks_its_arguments(store: Store) -> None:
 
 def test_an_expired_claim_goes_to_another_consumer(store: Store) -> None:
     put(store, b"x")
-    [held] = store.claim("common", 1, 0.3)
+    [held] = store.claim("common", 1, 2.0)
     other = Store(store.path)
     assert other.claim("common", 1, 60) == []
     [again] = eventually(lambda: other.claim("common", 1, 60))
@@ -108,15 +109,15 @@ def test_retry_delays_grow() -> None:
 
 def test_a_failed_message_waits_then_comes_back_then_dies(store: Store) -> None:
     put(store, b"x")
+    store = Store(store.path, retry_delay=1.0, max_attempts=3)
     failed_at = []
     for attempt in range(1, 4):
         [message] = eventually(lambda: store.claim("common", 1, 60))
-        now = time.time()
         if failed_at:
-            # It never comes back before its delay: 0.2 s after the first failure, 0.4 after the second.
-            assert now - failed_at[-1] >= 0.2 * 2 ** (attempt - 2) - 0.01
-        store.set_failed(message, f"failure {attempt}\nwith detail")
+            # Never back before its delay: 1 s after the first failure, 2 s after the second.
+            assert time.time() - failed_at[-1] >= 2 ** (attempt - 2) - 0.001
         failed_at.append(time.time())
+        store.set_failed(message, f"failure {attempt}\nwith detail")
         if attempt < 3:
             assert message.path.endswith(os.path.join("delayed", message.name))
             assert store.claim("common", 1, 60) == []
@@ -180,7 +181,7 @@ def test_a_killed_consumer_s_claims_go_to_another(store: Store, tmp_path: Path) 
     for i in range(30):
         put(store, b"%d" % i)
     out = tmp_path / "held"
-    proc = start_consumer(store, out, 10, 1.5, hold=True)
+    proc = start_consumer(store, out, 10, 3.0, hold=True)
     try:
         deadline = time.monotonic() + WAIT
         while (

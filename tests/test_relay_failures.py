@@ -88,7 +88,7 @@ def _kill_relay_rounds(tmp_path: Path, rounds: int, count: int) -> None:
             if before == count:
                 break
             relay = RelayProcess(spool, "--no-supervise", "--batch-count", "100")
-            wait_until(lambda: stored_count(store) > before or relay.proc.poll() is not None, timeout=60)
+            wait_until(lambda b=before, r=relay: stored_count(store) > b or r.proc.poll() is not None, timeout=60)
             time.sleep(random.uniform(0, 0.05))
             relay.kill()
             relay.__exit__()
@@ -119,7 +119,7 @@ def _kill_server_rounds(tmp_path: Path, rounds: int, count: int) -> None:
                 before = stored_count(store)
                 if before == count:
                     break
-                wait_until(lambda: stored_count(store) > before, timeout=60)
+                wait_until(lambda b=before: stored_count(store) > b, timeout=60)
                 time.sleep(random.uniform(0, 0.05))
                 server.kill()
                 server.close()

@@ -13,9 +13,12 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._common import CommandError, emit_json, minutes
+
+if TYPE_CHECKING:
+    from ..store import Message, Store
 
 _STDERR_TAIL = 1000
 _POLL = 0.5
@@ -94,7 +97,7 @@ def _register_store(commands: Any) -> None:
     requeue.add_argument("ids", metavar="ID", nargs="*")
 
 
-def _open(args: argparse.Namespace, channels: Iterable[str] = ()) -> Any:
+def _open(args: argparse.Namespace, channels: Iterable[str] = ()) -> Store:
     """The store of ``args.dir``; CommandError if it is missing or lacks one of ``channels``."""
     from ..store import Store
 
@@ -115,7 +118,7 @@ def _channels(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count_of(store: Any, state: str, channel: str) -> int:
+def _count_of(store: Store, state: str, channel: str) -> int:
     if state == "queued":
         return int(store.count_queued(channel))
     return int(store.count_processed(channel))
@@ -192,7 +195,7 @@ def _wipe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rows(messages: Iterable[Any]) -> list[dict[str, Any]]:
+def _rows(messages: Iterable[Message]) -> list[dict[str, Any]]:
     """One row per message still there (a message may move while it is listed)."""
     rows = []
     for message in messages:
@@ -305,7 +308,7 @@ def _runnable(program: str) -> None:
 class _Consumer:
     """Claims messages as workers free up and runs the command on each."""
 
-    def __init__(self, store: Any, args: argparse.Namespace) -> None:
+    def __init__(self, store: Store, args: argparse.Namespace) -> None:
         self.store = store
         self.args = args
         self.stop = threading.Event()
@@ -338,7 +341,7 @@ class _Consumer:
                 for future in done:
                     future.result()
 
-    def _handle(self, message: Any) -> None:
+    def _handle(self, message: Message) -> None:
         try:
             payload = os.open(message.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -150,7 +150,7 @@ def _check_peers(value: Any, path: str) -> dict[str, PeerConfig]:
             raise ConfigError(f"{path}: peers.{url!r} must be a table")
         unknown = set(entry) - set(_TEXTS)
         if unknown:
-            raise ConfigError(f"{path}: peers.{url!r}: unknown setting {sorted(unknown)[0]!r}")
+            raise ConfigError(f"{path}: peers.{url!r}: unknown setting {min(unknown)!r}")
         for key, text in entry.items():
             if not isinstance(text, str) or not text:
                 raise ConfigError(f"{path}: peers.{url!r}.{key} must be a non-empty string")

@@ -52,7 +52,7 @@ _MISSING = ("retry", "missing from the answer")
 class Peer:
     """One destination: its transport and where the relay stands with it."""
 
-    __slots__ = ("field", "url", "transport", "problem", "backoff", "pending", "inflight", "news", "gave_up")
+    __slots__ = ("backoff", "field", "gave_up", "inflight", "news", "pending", "problem", "transport", "url")
 
     def __init__(self, field: str, url: str, transport: Transport | None, problem: str, backoff: Backoff):
         self.field = field
@@ -290,12 +290,12 @@ class Relay:
             acks = await peer.transport.send(batch)
         except PeerFailure as exc:
             self._peer_failed(peer, str(exc))
-        except BaseException as exc:
+        except Exception as exc:
             self._crash = exc
         try:
             if acks is not None:
                 self._answer(peer, batch, acks, time.monotonic() - started)
-        except BaseException as exc:
+        except Exception as exc:
             self._crash = exc
         finally:
             peer.inflight -= 1

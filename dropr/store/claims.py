@@ -88,6 +88,8 @@ def claim(
     ``limit`` and the names left untried are returned for the next claim. Returns
     ``(claimed, untried, seconds spent scanning)``.
     """
+    if limit == 0:
+        return [], seen, 0.0
     queue = os.path.join(channel_dir, QUEUE)
     queue_slash = queue + os.sep
     claimed_slash = os.path.join(channel_dir, CLAIMED) + os.sep
