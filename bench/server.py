@@ -32,9 +32,9 @@ import pycurl
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from support import ServerProcess, start_server  # noqa: E402
+from support import ServerProcess, start_server
 
-from dropr._impl import codec  # noqa: E402
+from dropr._impl import codec
 
 # HTTPPOST still works and keeps the client cheap: libcurl takes each part's buffer as is.
 warnings.filterwarnings("ignore", "HTTPPOST is deprecated", DeprecationWarning)

@@ -183,6 +183,22 @@ def test_batch_is_stored_under_its_names(server: ServerProcess, store: Path) -> 
     assert staged_files(store) == []
 
 
+def test_payloads_split_across_reads_are_stored_byte_for_byte(
+    server: ServerProcess, store: Path
+) -> None:
+    boundary_like = b"\r\n--" + b"-" * 40 + b"\r\n\r\n--\r" * 1000
+    msgs = [
+        msg(os.urandom(3 * 1024 * 1024 + 7), "bytes"),
+        msg(boundary_like, "bytes"),
+        msg(b"\r", "bytes"),
+        msg(b"\r\n--", "bytes"),
+    ]
+    assert post(server, batch("host-b", msgs)).acks() == {m.id: ["stored", ""] for m in msgs}
+    for m in msgs:
+        assert (queue_dir(store, "bytes") / f"5{m.id}+host-b").read_bytes() == m.payload
+    assert staged_files(store) == []
+
+
 def test_any_path_takes_a_batch(server: ServerProcess, store: Path) -> None:
     m = msg(b"via a path")
     assert post(server, batch("host-p", [m]), path="some/peer/path").acks()[m.id][0] == "stored"

@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage
-from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
+from multipart import (
+    MultipartError,
+    MultipartSegment,
+    PushMultipartParser,
+    parse_options_header,
+)
 
 from .._impl import codec
 from ..limits import Limits
