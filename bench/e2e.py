@@ -32,9 +32,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from support import start_server  # noqa: E402
+from support import start_server
 
-from dropr._impl import IMPLEMENTATION, scan  # noqa: E402
+from dropr._impl import IMPLEMENTATION, scan
 
 C_FLOOR = r"""
 #define _GNU_SOURCE

@@ -23,11 +23,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from support import start_server  # noqa: E402
+from support import start_server
 
-import dropr  # noqa: E402
-from dropr._impl import IMPLEMENTATION  # noqa: E402
-from dropr.relay import inotify  # noqa: E402
+import dropr
+from dropr._impl import IMPLEMENTATION
+from dropr.relay import inotify
 
 CHANNEL = "latency"
 

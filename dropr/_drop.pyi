@@ -1,6 +1,5 @@
 """The put system-call path (compiled); ``dropr._drop_py`` is its plain-Python twin."""
 
-from __future__ import annotations
 
 def put(
     tmp_fd: int,

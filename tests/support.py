@@ -30,6 +30,13 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
+def soak(full: int) -> int:
+    """The size of a ``slow`` soak: ``full`` times ``$DROPR_SOAK`` when that is set, else a
+    tenth of ``full``, so that the default run (and CI) still goes through every soak."""
+    factor = os.environ.get("DROPR_SOAK")
+    return max(1, int(full * float(factor))) if factor else max(1, full // 10)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from storekit import put
+from support import soak
 
 from dropr import StoreError
 from dropr.store import Message, Store
@@ -20,11 +21,6 @@ from dropr.store.claims import RetryPolicy
 
 KIT = os.path.join(os.path.dirname(__file__), "storekit.py")
 WAIT = 60.0
-
-
-def soak(default: int) -> int:
-    """``default`` scaled by ``$DROPR_SOAK`` (a factor, 1 when unset)."""
-    return max(1, int(default * float(os.environ.get("DROPR_SOAK", "1"))))
 
 
 def eventually(get: Callable[[], list[Message]], timeout: float = WAIT) -> list[Message]:
@@ -235,7 +231,7 @@ def four_consumers(store: Store, tmp_path: Path, count: int) -> None:
 
 
 def test_four_consumers_share_a_channel(store: Store, tmp_path: Path) -> None:
-    four_consumers(store, tmp_path, soak(50_000))
+    four_consumers(store, tmp_path, 50_000)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 import dropr
 
 sys.path.insert(0, os.path.dirname(__file__))
-from relaykit import (  # noqa: E402
+from relaykit import (
     RelayProcess,
     check_stored_once,
     in_delivery_order,
@@ -23,7 +23,7 @@ from relaykit import (  # noqa: E402
     stored_count,
     wait_until,
 )
-from support import start_server  # noqa: E402
+from support import start_server
 
 pytestmark = pytest.mark.timeout(600)
 

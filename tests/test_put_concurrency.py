@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support import soak
 
 from dropr import _codec_py, spool
 
@@ -161,4 +162,4 @@ def test_kill_9_mid_put_shows_nothing_half_written(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill_9_mid_put_soak(tmp_path: Path) -> None:
-    kill_rounds(tmp_path, 50 * max(1, int(os.environ.get("DROPR_SOAK", "1"))))
+    kill_rounds(tmp_path, soak(200))

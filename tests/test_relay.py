@@ -15,7 +15,7 @@ from dropr.relay import backoff, batches, config, inotify, lock
 from dropr.relay.transport import PeerFailure, parse_acks
 
 sys.path.insert(0, os.path.dirname(__file__))
-from relaykit import run_relay  # noqa: E402
+from relaykit import run_relay
 
 
 def entry(i: int, size: int) -> batches.Entry:

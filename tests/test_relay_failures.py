@@ -3,7 +3,8 @@ middle of the work, wrong tokens, rejected and expired messages, a second relay,
 
 Real processes throughout (servers from ``support``, the relay as ``python -m
 dropr.cli.relay``), real pycurl on 127.0.0.1, real files. Crash loops run a few rounds by
-default; ``-m slow`` runs longer ones, scaled by ``$DROPR_SOAK``.
+default; the ``slow`` soaks run a tenth of their full size, or the full size times
+``$DROPR_SOAK`` when that is set.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import dropr
 
 sys.path.insert(0, os.path.dirname(__file__))
-from relaykit import (  # noqa: E402
+from relaykit import (
     RelayProcess,
     check_stored_once,
     queued,
@@ -29,11 +30,10 @@ from relaykit import (  # noqa: E402
     stored_count,
     wait_until,
 )
-from support import free_port, make_tls_cert, start_server  # noqa: E402
+from support import free_port, make_tls_cert, soak, start_server
 
 pytestmark = pytest.mark.timeout(600)
 
-SOAK = max(1, int(os.environ.get("DROPR_SOAK", "1")))
 FAST_BACKOFF = "backoff_min_seconds = 0.05\nbackoff_max_seconds = 0.5\n"
 
 
@@ -104,7 +104,7 @@ def test_kill_9_of_the_relay_mid_batch_loses_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill_9_of_the_relay_soak(tmp_path: Path) -> None:
-    _kill_relay_rounds(tmp_path, rounds=20 * SOAK, count=5000 * SOAK)
+    _kill_relay_rounds(tmp_path, rounds=soak(50), count=soak(20_000))
 
 
 def _kill_server_rounds(tmp_path: Path, rounds: int, count: int) -> None:
@@ -137,7 +137,7 @@ def test_kill_9_of_the_server_mid_upload_loses_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill_9_of_the_server_soak(tmp_path: Path) -> None:
-    _kill_server_rounds(tmp_path, rounds=20 * SOAK, count=5000 * SOAK)
+    _kill_server_rounds(tmp_path, rounds=soak(50), count=soak(20_000))
 
 
 def test_a_killed_worker_is_restarted_by_the_supervisor(tmp_path: Path) -> None:
