@@ -7,7 +7,8 @@ so the client's share of the time is small. Every batch has fresh ids and must b
 ``stored`` in full. Per round it prints the wall-clock rate and the server's CPU time per
 message (user + system, from ``/proc``), of which user time is the figure the server's
 per-part code decides (system time is mostly the file system's); the last line gives the
-medians.
+medians, with each request's latency (post to ack, seen by the client) at p50/p99 over
+every round: with ``--count 1`` that is the put-to-stored latency of a lone message.
 
     python bench/server.py [--rounds 3] [--batches 20] [--count 1000] [--size 200]
                            [--fsync batch|none] [--dir DIR]
@@ -80,7 +81,9 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
-def post_all(server: ServerProcess, batches: list[tuple[list[str], Form]]) -> None:
+def post_all(server: ServerProcess, batches: list[tuple[list[str], Form]]) -> list[float]:
+    """Post the batches one after the other; each request's seconds from send to ack."""
+    latencies = []
     curl = pycurl.Curl()
     curl.setopt(pycurl.URL, server.url)
     curl.setopt(pycurl.HTTPHEADER, ["Expect:"])
@@ -91,7 +94,9 @@ def post_all(server: ServerProcess, batches: list[tuple[list[str], Form]]) -> No
             body = BytesIO()
             curl.setopt(pycurl.WRITEDATA, body)
             curl.setopt(pycurl.HTTPPOST, form)
+            started = time.perf_counter()
             curl.perform()
+            latencies.append(time.perf_counter() - started)
             status = curl.getinfo(pycurl.RESPONSE_CODE)
             if status != 200:
                 raise SystemExit(f"server answered {status}: {body.getvalue()!r}")
@@ -100,6 +105,7 @@ def post_all(server: ServerProcess, batches: list[tuple[list[str], Form]]) -> No
                 raise SystemExit(f"not all stored: {list(acks.items())[:3]}")
     finally:
         curl.close()
+    return latencies
 
 
 def main() -> None:
@@ -118,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="dropr-bench-server-", dir=args.dir)
-    rates, cpus, users = [], [], []
+    rates, cpus, users, latencies = [], [], [], []
     try:
         with start_server(os.path.join(work, "store"), extra_args=["--fsync", args.fsync]) as srv:
             post_all(srv, [make_batch(args.count, args.size)])  # warm up
@@ -126,7 +132,7 @@ def main() -> None:
                 batches = [make_batch(args.count, args.size) for _ in range(args.batches)]
                 messages = args.batches * args.count
                 (user0, sys0), t0 = cpu_seconds(srv.proc.pid), time.perf_counter()
-                post_all(srv, batches)
+                latencies += post_all(srv, batches)
                 wall = time.perf_counter() - t0
                 user1, sys1 = cpu_seconds(srv.proc.pid)
                 rates.append(messages / wall)
@@ -142,9 +148,17 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"median: {statistics.median(rates):,.0f} msg/s, server CPU "
-        f"{statistics.median(cpus):.0f} us/message ({statistics.median(users):.0f} user) "
+        f"{statistics.median(cpus):.0f} us/message ({statistics.median(users):.0f} user); "
+        f"request latency p50 {_percentile(latencies, 50):.2f} ms, "
+        f"p99 {_percentile(latencies, 99):.2f} ms "
         f"({args.count} x {args.size} B per batch, fsync {args.fsync})"
     )
+
+
+def _percentile(seconds: list[float], percent: int) -> float:
+    """The ``percent``-th percentile of ``seconds``, in milliseconds."""
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, len(ordered) * percent // 100)] * 1e3
 
 
 if __name__ == "__main__":
