@@ -7,7 +7,7 @@ passing a :class:`Limits` where an API takes one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 def _env_int(name: str, default: int) -> int:
@@ -20,8 +20,9 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, not {value!r}") from None
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
+    """Sizes dropr enforces; a NamedTuple rather than a dataclass keeps ``import dropr`` cheap."""
+
     max_payload: int = 16 * 1024 * 1024
     max_channel: int = 255
     max_peer: int = 1024
@@ -31,14 +32,8 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> Limits:
-        return cls(
-            max_payload=_env_int("DROPR_MAX_PAYLOAD", cls.max_payload),
-            max_channel=_env_int("DROPR_MAX_CHANNEL", cls.max_channel),
-            max_peer=_env_int("DROPR_MAX_PEER", cls.max_peer),
-            max_client=_env_int("DROPR_MAX_CLIENT", cls.max_client),
-            batch_count=_env_int("DROPR_BATCH_COUNT", cls.batch_count),
-            batch_bytes=_env_int("DROPR_BATCH_BYTES", cls.batch_bytes),
-        )
+        """The defaults, each overridden by ``DROPR_<FIELD>`` (``DROPR_MAX_PAYLOAD``…) when set."""
+        return cls(**{name: _env_int(f"DROPR_{name.upper()}", value) for name, value in cls._field_defaults.items()})
 
 
 DEFAULT = Limits.from_env()
