@@ -10,8 +10,13 @@ fi
 stamp="$venv/.dropr-$extras"
 if [ ! -f "$stamp" ] || [ -n "$(find "$root/pyproject.toml" "$root/setup.py" "$root/ext" -newer "$stamp" 2>/dev/null | head -n 1)" ]; then
   echo "dropr: installing dropr[$extras] and building its extensions" >&2
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet --editable "$root[$extras]"
+  log="$venv/install.log"
+  if ! { "$venv/bin/python" -m pip install --upgrade pip &&
+         "$venv/bin/python" -m pip install --editable "$root[$extras]"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "dropr: installing failed; the whole log is in $log" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
