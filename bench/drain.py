@@ -96,6 +96,7 @@ class Cell:
 
     def rate(self, low: float, high: float) -> float:
         """Messages/s between the first acknowledgement at or past each fraction of the queue."""
+
         def at(fraction: float) -> tuple[float, int]:
             goal = max(1, fraction * self.count)
             return next((t, n) for t, n in self.acks if n >= goal)

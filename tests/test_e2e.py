@@ -30,7 +30,9 @@ pytestmark = pytest.mark.timeout(600)
 CHANNELS = ("orders", "mails", "compact-" + "x" * 100)
 
 
-def put_many(spool: Path, peers: list[str], count: int, seed: int = 7) -> tuple[dict[str, bytes], dict[str, int], dict[str, tuple[str, str]]]:
+def put_many(
+    spool: Path, peers: list[str], count: int, seed: int = 7
+) -> tuple[dict[str, bytes], dict[str, int], dict[str, tuple[str, str]]]:
     """``count`` messages spread over ``peers`` and CHANNELS with random priorities."""
     rng = random.Random(seed)
     sent: dict[str, bytes] = {}
@@ -58,7 +60,7 @@ def test_ten_thousand_messages_over_three_channels_and_two_servers(tmp_path: Pat
         assert done.returncode == 0, done.stderr
         assert queued(tmp_path / "spool") == []
         check_stored_once(stores, sent)
-        for store_dir, url in zip(stores, (a.url, b.url)):
+        for store_dir, url in zip(stores, (a.url, b.url), strict=True):
             held = stored(store_dir)
             assert set(held) == set(CHANNELS)
             for channel, messages in held.items():
@@ -99,6 +101,23 @@ def test_a_message_sent_again_is_acknowledged_and_kept_once(tmp_path: Path, tran
     finally:
         if server:
             server.close()
+
+
+def test_a_queue_deeper_than_the_scan_window_is_sent_once(tmp_path: Path) -> None:
+    """The window grows and shrinks while draining; no name comes back from a scan to be resent."""
+    config = tmp_path / "relay.toml"
+    config.write_text("scan_limit = 40\nscan_limit_max = 300\nbatch_count = 50\n")
+    with start_server(tmp_path / "store") as server:
+        sent, priority, _ = put_many(tmp_path / "spool", [server.url], 3000)
+        done = run_relay(
+            tmp_path / "spool", "--once", "--no-supervise", "--config", str(config), "--log-level", "debug"
+        )
+        assert done.returncode == 0, done.stderr
+    assert queued(tmp_path / "spool") == []
+    assert " sent in " in done.stderr and "'duplicate'" not in done.stderr
+    check_stored_once([tmp_path / "store"], sent)
+    for messages in stored(tmp_path / "store").values():
+        assert in_delivery_order(messages, priority)
 
 
 def test_relay_forwards_while_producers_put(tmp_path: Path) -> None:

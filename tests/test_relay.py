@@ -52,8 +52,7 @@ def test_backoff_grows_jittered_up_to_its_cap_and_resets() -> None:
 def test_config_file_toml_and_json(tmp_path: Path) -> None:
     toml = tmp_path / "relay.toml"
     toml.write_text(
-        'token = "general"\nbatch_count = 50\nmax_age_minutes = 1.5\n'
-        '[peers."http://a:1/"]\ntoken = "own"\n'
+        'token = "general"\nbatch_count = 50\nmax_age_minutes = 1.5\n[peers."http://a:1/"]\ntoken = "own"\n'
     )
     settings = config.read_file(str(toml))
     built = config.build("/spool", settings, {"batch_count": 7, "token": None})
@@ -69,6 +68,7 @@ def test_config_file_toml_and_json(tmp_path: Path) -> None:
     "text, message",
     [
         ("batch_count = 0", "batch_count must be a whole number"),
+        ("scan_limit_max = 0", "scan_limit_max must be a whole number"),
         ("colour = 1", "unknown setting 'colour'"),
         ('[peers."http://a/"]\nsecret = "x"', "unknown setting 'secret'"),
         ("token = 3", "token must be a non-empty string"),

@@ -260,6 +260,37 @@ def test_concurrent_batches_are_all_stored(server: ServerProcess, store: Path) -
     assert len(os.listdir(queue_dir(store, "busy"))) == 20 * len(batches)
 
 
+def test_small_and_large_batches_at_once_each_message_stored_once(
+    server: ServerProcess, store: Path
+) -> None:
+    """Batches small enough to sync file by file, and larger ones that sync the file system,
+    sent at once over several channels, each sent twice: all stored once, then duplicates."""
+    batches = [
+        [msg(f"{t}-{size}-{j}".encode(), f"mixed-{j % 2}") for j in range(size)]
+        for t in range(3)
+        for size in (1, 3, 40)
+    ]
+    results: list[tuple[list[Msg], dict[str, list[str]]]] = []
+
+    def send(chunk: list[list[Msg]]) -> None:
+        for msgs in chunk:
+            results.append((msgs, post(server, batch("host-m", msgs)).acks()))
+
+    for round_no in range(2):
+        results.clear()
+        threads = [threading.Thread(target=send, args=(batches[t::3],)) for t in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(results) == len(batches)
+        expected = "stored" if round_no == 0 else "duplicate"
+        assert all(ack[0] == expected for _, acks in results for ack in acks.values())
+    held = os.listdir(queue_dir(store, "mixed-0")) + os.listdir(queue_dir(store, "mixed-1"))
+    assert sorted(held) == sorted(f"5{m.id}+host-m" for msgs in batches for m in msgs)
+    assert staged_files(store) == []
+
+
 # -- the manifest-less form -------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ delivery order, processed messages and their wiping."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -135,6 +136,85 @@ def test_bad_input_is_refused_and_changes_nothing(store: Store, what: str, value
     with pytest.raises(InvalidMessage):
         store.ingest(staged=staged, **args)  # type: ignore[arg-type]
     assert tree(store.path) == before
+
+
+def test_ingest_many_answers_each_message(store: Store) -> None:
+    held = put(store, b"held")
+    [message] = store.messages("common")
+    store.set_processed(message)
+    batch = [
+        ("common", codec.new_id(), 5, stage(store, b"new")),
+        ("common", held, 9, stage(store, b"again")),
+        ("other", codec.new_id(), 0, stage(store, b"elsewhere")),
+        ("common", "not-an-id", 5, stage(store, b"bad id")),
+        ("..", codec.new_id(), 5, stage(store, b"bad channel")),
+        ("common", codec.new_id(), 10, stage(store, b"bad priority")),
+    ]
+    ingested = store.ingest_many(CLIENT, batch)
+    stored, duplicate, elsewhere, *refused = ingested.results
+    assert (stored, duplicate, elsewhere) == (True, False, True)
+    assert all(isinstance(reason, str) and reason for reason in refused)
+    left = sorted(os.path.basename(staged) for *_, staged in batch[3:])
+    assert sorted(os.listdir(store.staging_dir)) == left
+    channels = Path(store.path, "channels")
+    assert set(ingested.directories) == {
+        store.staging_dir,
+        str(channels / "common" / "queue"),
+        str(channels / "other" / "queue"),
+    }
+    assert ingested.created  # "other" is new
+    assert store.channels() == ["common", "other"]
+    assert [m.read() for m in store.messages("common")] == [b"new"]
+    again = store.ingest_many(CLIENT, [("other", codec.new_id(), 1, stage(store))])
+    assert again.results == [True] and not again.created
+    for directory in again.directories:
+        store.sync_directory(directory)
+
+
+def test_ingest_many_with_a_bad_client_changes_nothing(store: Store) -> None:
+    put(store, b"already here")
+    batch = [("common", codec.new_id(), 5, stage(store)), ("new", codec.new_id(), 5, stage(store))]
+    before = tree(store.path)
+    ingested = store.ingest_many("two words", batch)
+    assert len(ingested.results) == 2 and all(isinstance(r, str) for r in ingested.results)
+    assert (ingested.directories, ingested.created) == ((), False)
+    assert tree(store.path) == before
+
+
+def test_ingest_many_finds_duplicates_in_large_batches(store: Store) -> None:
+    """Large batches list small state directories instead of probing each name: duplicates
+    in every state are still found, and so is a message sent twice in one batch."""
+    ids = [put(store, b"%d" % i) for i in range(50)]
+    channel_dir = Path(store.path, "channels", "common")
+    for index, message in enumerate(store.messages("common")):
+        state = STATES[index % len(STATES)]
+        if state != "queue":
+            os.rename(message.path, channel_dir / state / message.name)
+    fresh = [codec.new_id() for _ in range(30)]
+    batch = [("common", msg_id, 9, stage(store, b"again")) for msg_id in ids + fresh + fresh[:1]]
+    results = store.ingest_many(CLIENT, batch).results
+    assert results == [False] * 50 + [True] * 30 + [False]
+    assert os.listdir(store.staging_dir) == []
+    held = [p for s in STATES for p in (channel_dir / s).iterdir()]
+    assert len(held) == 80
+    assert b"again" not in {p.read_bytes() for p in held if p.name[1:31] in ids}
+
+
+def test_ingest_after_the_channel_was_removed_under_the_store(store: Store) -> None:
+    put(store, b"first", channel="gone")
+    shutil.rmtree(Path(store.path, "channels", "gone"))
+    msg_id = put(store, b"second", channel="gone")
+    assert [m.id for m in store.messages("gone")] == [msg_id]
+    store.close()
+    assert put(store, b"third", channel="gone")
+    assert store.count_queued("gone") == 2
+
+
+def test_sync_data(store: Store) -> None:
+    path = stage(store)
+    store.sync_data(path)
+    with pytest.raises(FileNotFoundError):
+        store.sync_data(os.path.join(store.staging_dir, "gone"))
 
 
 TRICKY_CHANNELS = [

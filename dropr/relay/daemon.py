@@ -6,28 +6,45 @@ timeouts (``pycurl.AsyncCurlMulti`` drives the multi socket API: no polling), ba
 expiries and signals — so a single thread sleeps until one of them fires and wakes within
 microseconds of a put. No lock guards the relay's state: only the loop thread touches it.
 
-Why scans stay on the loop thread: a scan (one readdir pass in C) and the handling of an
-answer (unlink or rename per message) must not interleave, or a scan could return a name
-that was just acknowledged and removed. Blocking file work that need not be ordered with
-scans — the local transport's ingest and the periodic chores — runs on one worker thread.
+Why scans may run on a thread of their own: a scan is one readdir pass in C over the whole
+queue directory (about a second at a million names), and the event loop must keep libcurl's
+transfers going meanwhile. A scan that took under ``INLINE_SCAN_SECONDS`` last time (a short
+queue, the usual idle case) runs inline, saving a thread hand-off on the way from a put to
+its request; a longer one runs on the dedicated scan thread, which the compiled scan leaves
+the GIL to. Only one scan runs at a time. A name acknowledged (unlinked) or failed while a
+threaded scan was reading could still come back from it: such names are remembered until
+that scan ends and dropped from its result, so they are not sent twice. Acknowledged files are
+removed by a few remover threads (an unlink may wait for the disk); their names stay held
+until removed, so a scan started meanwhile skips them. Blocking file work that need not be
+ordered with scans — the local transport's ingest and the periodic chores — runs on one
+worker thread.
 
-Each cycle scans at most ``scan_limit`` names (plus those already held in flight), so
-memory stays flat however deep the queue. A peer is left out of a scan while it is backing
-off, has batches waiting, or has every request slot busy; inotify tells which peers have
-news, so an idle peer is not rescanned for other peers' traffic. A periodic rescan covers
-lost events and systems without inotify.
+Each scan takes at most a window of new names (plus those already held in flight), so
+memory stays bounded however deep the queue. The window starts at ``scan_limit``; a scan
+that comes back full doubles it, up to ``scan_limit_max``, so at depth each pass over the
+directory yields many messages and its cost per message stays small; a scan that finds
+much less than the window sets it back to ``scan_limit``. A peer is left out of a scan while
+it is backing off, has batches waiting, or has every request slot busy — except that while
+the queue is deep, a peer whose waiting batches fall to half a window is scanned for ahead
+of time, so its requests keep flowing while the next pass reads the directory. inotify tells
+which peers have news, so an idle peer is not rescanned for other peers' traffic. A periodic
+rescan covers lost events and systems without inotify; scans that serve no peer ready to
+send (the periodic rescan, looking for peers not seen yet) take at most ``IDLE_SCAN_SHARE``
+of the time, so that a deep queue is not read over and over for nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
+import math
 import os
 import signal
 import time
 import urllib.parse
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,6 +62,12 @@ log = logging.getLogger("dropr.relay")
 ONCE_ATTEMPTS = 3
 """With ``--once``, a peer failing this many times in a row is given up for the run."""
 CHORE_SECONDS = 60.0
+INLINE_SCAN_SECONDS = 0.002
+"""A scan that took less than this runs on the loop thread next time; a longer one, on the scan thread."""
+IDLE_SCAN_SHARE = 0.05
+"""At most this share of time goes to scans that serve no peer ready to send."""
+REMOVERS = 4
+"""Threads removing acknowledged files from the queue."""
 TMP_CHORE_SECONDS = 600.0
 _MISSING = ("retry", "missing from the answer")
 
@@ -85,9 +108,18 @@ class Relay:
         self._crash: BaseException | None = None
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay")
+        self._scanner = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-scan")
+        self._remover = ThreadPoolExecutor(REMOVERS, thread_name_prefix="dropr-relay-remove")
+        self._window = config.scan_limit
+        self._window_max = max(config.scan_limit, config.scan_limit_max)
+        self._deep = False
+        self._inline = True
+        self._scan: asyncio.Future[tuple[list[str], float]] | None = None
+        self._finished: set[str] = set()
+        self._quiet_until = 0.0
         self._multi: Any = None
         self._watch: inotify.Watch | None = None
-        self._due = {"rescan": 0.0, "tmp": 0.0, "sent": 0.0, "expire": 0.0}
+        self._due = {"rescan": 0.0, "tmp": 0.0, "sent": 0.0, "expire": 0.0, "scan": math.inf}
 
     def stop(self) -> None:
         """Finish the requests in flight, send nothing new, and return from :meth:`run`."""
@@ -117,6 +149,8 @@ class Relay:
                 await self._sleep(min(self._due.values()) - now)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._scan is not None:
+                await asyncio.wait([self._scan])
             if self._crash is not None:
                 raise self._crash
         finally:
@@ -145,6 +179,8 @@ class Relay:
         if self._multi is not None:
             await self._multi.aclose()
         self._executor.shutdown(wait=True)
+        self._scanner.shutdown(wait=True)
+        self._remover.shutdown(wait=True)
 
     # -- news ------------------------------------------------------------------------
 
@@ -166,49 +202,91 @@ class Relay:
         self._wake.set()
 
     def _eligible(self, peer: Peer, now: float) -> bool:
-        return (
-            not peer.gave_up
-            and not peer.pending
-            and peer.inflight < self.config.parallel
-            and not peer.backoff.waiting(now)
-        )
+        if peer.gave_up or peer.backoff.waiting(now):
+            return False
+        if self._deep:
+            return sum(map(len, peer.pending)) <= self._window // 2
+        return not peer.pending and peer.inflight < self.config.parallel
 
     # -- the cycle -------------------------------------------------------------------
 
     def _cycle(self, now: float) -> None:
-        if self._stopping:
+        self._due["scan"] = math.inf
+        if self._stopping or self._scan is not None:
             return
         full = self._rescan
         skip = []
-        wanted = full or self._unknown_news
+        ready = False
         for field, peer in self._peers.items():
             if self._eligible(peer, now) and (full or peer.news):
-                wanted = True
+                ready = True
             else:
                 skip.append(field)
-        if not wanted:
-            return
+        if not ready:
+            if not (full or self._unknown_news):
+                return
+            if now < self._quiet_until:
+                self._due["scan"] = self._quiet_until
+                return
         # Cleared before the pass: an arrival during it is read afterwards and sets them again.
         scanned = [peer for peer in self._peers.values() if peer.field not in skip]
         self._rescan = self._unknown_news = False
         for peer in scanned:
             peer.news = False
-        limit = self.config.scan_limit + len(self._held)
+        limit = self._window + len(self._held)
+        if self._inline:
+            self._scanned(scanned, full, limit, self._timed_scan(limit, skip))
+        else:
+            self._scan = asyncio.get_running_loop().run_in_executor(self._scanner, self._timed_scan, limit, skip)
+            self._scan.add_done_callback(functools.partial(self._scan_done, scanned, full, limit))
+
+    def _timed_scan(self, limit: int, skip: list[str]) -> tuple[list[str], float]:
+        started = time.monotonic()
         names = scan.scan(self.spool.queue_dir, limit, skip)
-        if len(names) >= limit:
+        return names, time.monotonic() - started
+
+    def _scan_done(
+        self, scanned: list[Peer], full: bool, limit: int, done: asyncio.Future[tuple[list[str], float]]
+    ) -> None:
+        self._scan = None
+        finished, self._finished = self._finished, set()
+        self._wake.set()
+        if done.cancelled() or self._stopping:
+            return
+        try:
+            names, seconds = done.result()
+            self._scanned(scanned, full, limit, (names, seconds), finished)
+        except Exception as exc:
+            self._crash = exc
+
+    def _scanned(
+        self,
+        scanned: list[Peer],
+        full: bool,
+        limit: int,
+        result: tuple[list[str], float],
+        finished: Collection[str] = (),
+    ) -> None:
+        names, seconds = result
+        self._inline = seconds < INLINE_SCAN_SECONDS
+        self._quiet_until = time.monotonic() + seconds / IDLE_SCAN_SHARE
+        fresh = [name for name in names if name not in self._held and name not in finished]
+        self._deep = len(names) >= limit
+        if self._deep:
+            self._window = min(2 * self._window, self._window_max)
             self._rescan = full
             self._unknown_news = True
             for peer in scanned:
                 peer.news = True
-        self._dispatch(names)
+        elif len(fresh) < self._window // 4:
+            self._window = self.config.scan_limit
+        self._dispatch(fresh)
 
     def _dispatch(self, names: list[str]) -> None:
         groups: dict[Peer, list[Entry]] = {}
         max_age = self.config.max_age_minutes * 60
         cutoff = time.time_ns() - int(max_age * 1e9) if max_age else 0
         for name in names:
-            if name in self._held:
-                continue
             try:
                 priority, msg_id, peer_field, channel, size, crc = codec.parse_spool_name(name)
             except ValueError:
@@ -243,7 +321,9 @@ class Relay:
             transport = self._transport(url)
         except (OSError, ValueError) as exc:
             problem = f"unusable peer {url}: {exc}"
-        peer = Peer(field, url, transport, problem, Backoff(self.config.backoff_min_seconds, self.config.backoff_max_seconds))
+        peer = Peer(
+            field, url, transport, problem, Backoff(self.config.backoff_min_seconds, self.config.backoff_max_seconds)
+        )
         self._peers[field] = peer
         return peer
 
@@ -252,7 +332,9 @@ class Relay:
         if urllib.parse.urlsplit(url).scheme == "file":
             from .local import LocalTransport
 
-            return LocalTransport(url, self._executor, client=self.client, queue_dir=queue_dir, resolve=self.spool.resolve)
+            return LocalTransport(
+                url, self._executor, client=self.client, queue_dir=queue_dir, resolve=self.spool.resolve
+            )
         if self._multi is None:
             import pycurl
 
@@ -292,53 +374,76 @@ class Relay:
             self._peer_failed(peer, str(exc))
         except Exception as exc:
             self._crash = exc
+        acknowledged: list[str] = []
         try:
             if acks is not None:
-                self._answer(peer, batch, acks, time.monotonic() - started)
+                acknowledged = self._answer(peer, batch, acks, time.monotonic() - started)
+                await self._remove(acknowledged)
         except Exception as exc:
             self._crash = exc
         finally:
             peer.inflight -= 1
             self._held.difference_update(entry.name for entry in batch)
+            if self._scan is not None:
+                self._finished.update(acknowledged)
             if not peer.pending:
                 peer.news = True
             self._pump(peer)
             self._wake.set()
 
-    def _answer(self, peer: Peer, batch: list[Entry], acks: Acks, seconds: float) -> None:
+    def _answer(self, peer: Peer, batch: list[Entry], acks: Acks, seconds: float) -> list[str]:
+        """Counts the peer's answer and fails the rejected; returns the acknowledged names."""
         counts: collections.Counter[str] = collections.Counter()
+        acknowledged = []
         for entry in batch:
             status, reason = acks.get(entry.id, _MISSING)
             counts[status] += 1
             if status == "stored" or status == "duplicate":
-                self._done(entry.name)
+                acknowledged.append(entry.name)
             elif status == "rejected":
                 self._fail(entry.name, reason or "rejected by the peer")
-        delivered = counts["stored"] + counts["duplicate"]
-        self.delivered += delivered
+        self.delivered += len(acknowledged)
         log.debug("%s: %d sent in %.3f s: %s", peer.url, len(batch), seconds, dict(counts))
-        retry = len(batch) - delivered - counts["rejected"]
+        retry = len(batch) - len(acknowledged) - counts["rejected"]
         if retry:
             self._peer_failed(peer, f"{retry} of {len(batch)} messages to be retried")
         elif peer.backoff.failures:
             log.info("%s: delivering again after %d failures", peer.url, peer.backoff.failures)
             peer.backoff.succeed()
+        return acknowledged
 
-    def _done(self, name: str) -> None:
-        path = os.path.join(self.spool.queue_dir, name)
-        try:
-            if self.config.keep_sent_minutes:
-                os.rename(path, os.path.join(self.spool.sent_dir, name))
-            else:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
+    async def _remove(self, names: list[str]) -> None:
+        """Take acknowledged ``names`` out of the queue, on the remover threads.
+
+        Each unlink can wait for the disk (on a file system that discards freed blocks at
+        once, one takes a fifth of a millisecond), so several run at a time, off the loop.
+        """
+        if not names:
+            return
+        loop = asyncio.get_running_loop()
+        shares = [names[i::REMOVERS] for i in range(min(REMOVERS, len(names)))]
+        await asyncio.gather(*(loop.run_in_executor(self._remover, self._remove_files, share) for share in shares))
+
+    def _remove_files(self, names: list[str]) -> None:
+        queue_dir = self.spool.queue_dir
+        sent_dir = self.spool.sent_dir if self.config.keep_sent_minutes else None
+        for name in names:
+            path = os.path.join(queue_dir, name)
+            try:
+                if sent_dir:
+                    os.rename(path, os.path.join(sent_dir, name))
+                else:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def _fail(self, name: str, reason: str) -> None:
         try:
             self.spool.fail(name, reason)
         except FileNotFoundError:
             return
+        if self._scan is not None:
+            self._finished.add(name)
         self.failed += 1
         log.warning("%s moved to failed/: %s", name, reason)
 
@@ -352,13 +457,11 @@ class Relay:
             peer.gave_up = True
             log.error("%s: %s; giving up after %d failures", peer.url, reason, peer.backoff.failures)
             return
-        log.warning(
-            "%s: %s; backing off %.2f s (failure %d)", peer.url, reason, delay, peer.backoff.failures
-        )
+        log.warning("%s: %s; backing off %.2f s (failure %d)", peer.url, reason, delay, peer.backoff.failures)
         asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     def _drained(self, now: float) -> bool:
-        if self._tasks or self._rescan or self._unknown_news:
+        if self._tasks or self._scan is not None or self._rescan or self._unknown_news:
             return False
         return all(
             peer.gave_up or (not peer.pending and not peer.news and not peer.backoff.waiting(now))

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .message import Message
-from .store import Store
+from .store import Ingested, Store
 
-__all__ = ["Message", "Store"]
+__all__ = ["Ingested", "Message", "Store"]

@@ -1,4 +1,5 @@
-"""File-system steps the store is built from: whole-or-nothing writes and file-system sync."""
+"""File-system steps the store is built from: whole-or-nothing writes and the syncs that make
+them durable (one file, one directory's entries, or the whole file system)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ FILE_MODE = 0o640
 DIR_MODE = 0o750
 
 
-def publish(path: str, data: bytes, *, replace: bool) -> None:
-    """Write ``path`` whole or not at all; without ``replace`` an existing file is kept."""
+def publish(path: str, data: bytes, *, replace: bool, sync: bool = False) -> None:
+    """Write ``path`` whole or not at all; without ``replace`` an existing file is kept.
+
+    With ``sync`` the data is on disk before the name appears, so a crash never leaves the
+    name with empty content (the name itself is made durable by whoever syncs its directory).
+    """
     head, tail = os.path.split(path)
     tmp = os.path.join(head, f".{tail}.{os.getpid()}.{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -21,6 +26,8 @@ def publish(path: str, data: bytes, *, replace: bool) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            if sync:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         if replace:
@@ -41,6 +48,24 @@ def remove(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def sync_data(path: str) -> None:
+    """Make the content of the file ``path`` durable (``fdatasync``; a symlink is refused)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_directory(path: str) -> None:
+    """Make the entries of the directory ``path`` durable (``fsync`` of the directory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:

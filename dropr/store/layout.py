@@ -56,13 +56,20 @@ class Names:
 
     def __init__(self, names_dir: str) -> None:
         self.dir = names_dir
+        self.written = 0
         self._texts: dict[str, str] = {}
 
     def register(self, text: str) -> str:
-        """The field for ``text``; for a compact one its text is stored first."""
+        """The field for ``text``; for a compact one its text is stored (and synced) first.
+
+        ``written`` counts the texts this process wrote, so a caller can tell that
+        ``names/`` changed and needs syncing too.
+        """
         name = field(text)
         if name.startswith(COMPACT) and name not in self._texts:
-            _fs.publish(os.path.join(self.dir, name), text.encode("utf-8"), replace=False)
+            path = os.path.join(self.dir, name)
+            _fs.publish(path, text.encode("utf-8"), replace=False, sync=True)
+            self.written += 1
             self._texts[name] = text
         return name
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from .. import limits as _limits
 from .._impl import codec, scan
@@ -33,6 +35,28 @@ PathLike = str | os.PathLike[str]
 
 _CACHE_LIMIT = 4096
 _SCAN_SHARE = 10  # reuse a scan ten times as long as it took: at most ~1/10 of the time scanning
+_OPEN_CHANNELS = 64  # channels whose state directories stay open, five descriptors each
+# A batch lists a state directory instead of probing each of its N names when the directory
+# is at most _LIST_BYTES * N bytes: an entry takes 20 bytes (tmpfs) to ~40 (ext4), and
+# reading one costs a small fraction of a probe. Up to _PROBE_MAX names are always probed.
+_LIST_BYTES = 64
+_PROBE_MAX = 16
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class Ingested(NamedTuple):
+    """What :meth:`Store.ingest_many` did, and what to sync before acknowledging it.
+
+    The staged files' data must have been made durable before the call (for example
+    :meth:`Store.sync_data` on each, or :meth:`Store.flush`). After it, syncing the
+    ``directories`` (:meth:`Store.sync_directory`) makes the new entries durable — or
+    :meth:`Store.flush` when ``created`` says that new directories or ``names/`` texts
+    came into being, whose entries lie elsewhere.
+    """
+
+    results: list[bool | str]
+    directories: tuple[str, ...]
+    created: bool
 
 
 class Store:
@@ -72,6 +96,8 @@ class Store:
         self._clients: dict[str, str] = {}
         self._next_sweep: dict[str, float] = {}
         self._seen: dict[str, tuple[float, list[str]]] = {}
+        self._state_fds: dict[str, tuple[int, ...]] = {}
+        self._lock = threading.Lock()
         if create:
             for name in (TMP, NAMES, CHANNELS):
                 os.makedirs(os.path.join(self.path, name), _fs.DIR_MODE, exist_ok=True)
@@ -87,45 +113,80 @@ class Store:
         """Move the complete file ``staged`` into ``channel``'s queue as message ``msg_id``.
 
         False (and ``staged`` removed) when this client's message is already held in any
-        state. Nothing is synced here: :meth:`flush` does that once per batch.
+        state; InvalidMessage (and nothing changed) for a bad argument. One message of
+        :meth:`ingest_many`, which a caller with a batch should use instead.
         """
-        if not isinstance(msg_id, str) or not codec.is_message_id(msg_id):
-            raise InvalidMessage(f"message id must be 30 lower-case hex digits, not {msg_id!r}")
-        if type(priority) is not int or not 0 <= priority <= 9:
-            check_priority(priority)
-        if channel not in self._channel_dirs:
-            check_channel(channel, self.limits)
+        [result] = self.ingest_many(client, [(channel, msg_id, priority, staged)]).results
+        if isinstance(result, str):
+            raise InvalidMessage(result)
+        return result
+
+    def ingest_many(self, client: str, messages: Iterable[tuple[str, str, int, str]]) -> Ingested:
+        """Move complete staged files into their channels' queues, one batch of ``client``.
+
+        Each message is ``(channel, msg_id, priority, staged)``. Its result is True when
+        stored, False when already held in any state (``staged`` removed), or the reason it
+        was refused (``staged`` left alone, nothing changed for it). The client and each
+        distinct channel are checked once, and the state directories are probed through
+        open descriptors. Nothing is synced here: see :class:`Ingested`.
+        """
+        batch = list(messages)
         if client not in self._client_fields:
-            check_client_id(client, self.limits)
-        channel_dir = self._channel_dir(channel)
-        name = codec.store_name(priority, msg_id, self._client_field(client))
-        # Forward moves go queue -> claimed -> delayed/processed/dead, so stat in that order;
-        # the moves back all end in queue/, where the link below refuses to replace.
-        base = channel_dir + os.sep
-        for state in STATES:
-            if os.path.lexists(f"{base}{state}{os.sep}{name}"):
-                _fs.remove(staged)
-                return False
-        target = f"{base}{QUEUE}{os.sep}{name}"
-        try:
-            _link(staged, target)
-        except FileExistsError:
-            _fs.remove(staged)
-            return False
-        except FileNotFoundError:
-            if not os.path.exists(staged) or os.path.isdir(os.path.join(channel_dir, QUEUE)):
-                raise
-            self._make_channel(channel_dir)
             try:
-                _link(staged, target)
-            except FileExistsError:
-                _fs.remove(staged)
-                return False
-        _fs.remove(staged)
-        return True
+                check_client_id(client, self.limits)
+            except InvalidMessage as exc:
+                return Ingested([str(exc)] * len(batch), (), False)
+        results: list[bool | str] = [False] * len(batch)
+        by_channel: dict[str, list[tuple[int, int, str, str]]] = {}
+        refused: dict[str, str] = {}
+        for index, (channel, msg_id, priority, staged) in enumerate(batch):
+            problem = _message_problem(msg_id, priority)
+            if not problem and channel not in by_channel:
+                problem = refused.get(channel) or self._channel_problem(channel)
+                if problem:
+                    refused[channel] = problem
+                else:
+                    by_channel[channel] = []
+            if problem:
+                results[index] = problem
+            else:
+                by_channel[channel].append((index, priority, msg_id, staged))
+        if not by_channel:
+            return Ingested(results, (), False)
+        written = self._names.written
+        client_field = self._client_field(client)
+        directories = [self.staging_dir]
+        created = False
+        with self._lock:
+            for channel, items in by_channel.items():
+                channel_dir = self._channel_dir(channel)
+                created |= self._move_in(channel_dir, client_field, items, results)
+                directories.append(os.path.join(channel_dir, QUEUE))
+        return Ingested(results, tuple(directories), created or self._names.written != written)
+
+    def close(self) -> None:
+        """Close the directories :meth:`ingest_many` keeps open (reopened when needed)."""
+        with self._lock:
+            fds = [fd for dir_fds in self._state_fds.values() for fd in dir_fds]
+            self._state_fds.clear()
+        for fd in fds:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        if getattr(self, "_state_fds", None):
+            self.close()
+
+    def sync_data(self, path: str) -> None:
+        """Make the content of one file (a staged upload) durable."""
+        _fs.sync_data(path)
+
+    def sync_directory(self, path: str) -> None:
+        """Make the entries of one directory (see :attr:`Ingested.directories`) durable."""
+        _fs.sync_directory(path)
 
     def flush(self) -> None:
-        """Make everything written to the store so far durable (one ``syncfs``)."""
+        """Make everything written to the store so far durable (one ``syncfs``: the whole
+        file system, other processes' writes included)."""
         _fs.sync_file_system(self.path)
 
     # -- consumers ---------------------------------------------------------------------
@@ -295,6 +356,65 @@ class Store:
             self._channel_dirs[channel] = path
         return path
 
+    def _channel_problem(self, channel: str) -> str:
+        if channel in self._channel_dirs:
+            return ""
+        try:
+            check_channel(channel, self.limits)
+        except InvalidMessage as exc:
+            return str(exc)
+        return ""
+
+    def _move_in(
+        self,
+        channel_dir: str,
+        client_field: str,
+        items: list[tuple[int, int, str, str]],
+        results: list[bool | str],
+    ) -> bool:
+        """Ingest one channel's share of a batch (under the lock); True if the channel's
+        directories had to be created."""
+        fds, created = self._open_states(channel_dir)
+        names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _ in items]
+        fresh = set(_unheld(fds, names))
+        for position, (index, _, _, staged) in enumerate(items):
+            if position not in fresh:
+                _fs.remove(staged)
+                continue
+            try:
+                results[index] = _move(staged, fds[0], names[position])
+            except FileNotFoundError:
+                if not os.path.lexists(staged):
+                    raise
+                # The channel's directories were removed under us: open (or make) them anew.
+                self._close_states(channel_dir)
+                fds, made = self._open_states(channel_dir)
+                created |= made
+                results[index] = _move(staged, fds[0], names[position])
+        return created
+
+    def _open_states(self, channel_dir: str) -> tuple[tuple[int, ...], bool]:
+        """Descriptors of a channel's state directories (queue first), made if missing."""
+        fds = self._state_fds.get(channel_dir)
+        if fds is not None:
+            return fds, False
+        created = False
+        try:
+            fds = _open_dirs(channel_dir, STATES)
+        except FileNotFoundError:
+            self._make_channel(channel_dir)
+            created = True
+            fds = _open_dirs(channel_dir, STATES)
+        if len(self._state_fds) >= _OPEN_CHANNELS:
+            for old in self._state_fds.values():
+                _close_all(old)
+            self._state_fds.clear()
+        self._state_fds[channel_dir] = fds
+        return fds, created
+
+    def _close_states(self, channel_dir: str) -> None:
+        _close_all(self._state_fds.pop(channel_dir, ()))
+
     def _client_field(self, client: str) -> str:
         name = self._client_fields.get(client)
         if name is None:
@@ -356,17 +476,79 @@ class Store:
             self._seen.pop(channel_dir, None)
 
 
-def _link(source: str, target: str) -> None:
-    """Give ``source`` the name ``target`` without replacing one that exists."""
+def _message_problem(msg_id: str, priority: int) -> str:
+    """Why ``(msg_id, priority)`` cannot name a message, or "" when it can."""
+    if not isinstance(msg_id, str) or not codec.is_message_id(msg_id):
+        return f"message id must be 30 lower-case hex digits, not {msg_id!r}"
+    if type(priority) is not int or not 0 <= priority <= 9:
+        try:
+            check_priority(priority)
+        except InvalidMessage as exc:
+            return str(exc)
+    return ""
+
+
+def _open_dirs(parent: str, names: tuple[str, ...]) -> tuple[int, ...]:
+    fds: list[int] = []
     try:
-        os.link(source, target)
+        for name in names:
+            fds.append(os.open(os.path.join(parent, name), _DIR_FLAGS))
+    except BaseException:
+        _close_all(fds)
+        raise
+    return tuple(fds)
+
+
+def _close_all(fds: Iterable[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _unheld(state_fds: tuple[int, ...], names: list[str]) -> list[int]:
+    """The positions of ``names`` held in none of the state directories.
+
+    The states are looked at in the order messages flow forward (queue, claimed, then
+    delayed, processed, dead), each after the one before, so a message a consumer moves
+    forward meanwhile is seen in its next state; every move back ends in the queue, where
+    :func:`_move` refuses to replace. A directory small next to the names looked for is
+    listed once; otherwise each name is probed (``faccessat``: no exception when missing).
+    """
+    left = list(range(len(names)))
+    for fd in state_fds:
+        if not left:
+            break
+        if len(left) > _PROBE_MAX and os.fstat(fd).st_size <= _LIST_BYTES * len(left):
+            present = set(os.listdir(fd))
+            left = [i for i in left if names[i] not in present]
+        else:
+            left = [i for i in left if not _held_in(fd, names[i])]
+    return left
+
+
+def _held_in(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` exists in the directory ``dir_fd`` (a symlink is not followed)."""
+    return os.access(name, os.F_OK, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _move(staged: str, queue_fd: int, name: str) -> bool:
+    """Give the file ``staged`` the name ``name`` in the queue without replacing one that
+    exists there; the staged name goes either way. False if ``name`` was taken."""
+    try:
+        os.link(staged, name, dst_dir_fd=queue_fd, follow_symlinks=False)
+    except FileExistsError:
+        os.unlink(staged)
+        return False
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
-        # A file system without hard links: the check before this is the guard.
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "file exists", target) from None
-        os.rename(source, target)
+        # A file system without hard links: the check just before is the guard.
+        if _held_in(queue_fd, name):
+            os.unlink(staged)
+            return False
+        os.rename(staged, name, dst_dir_fd=queue_fd)
+        return True
+    os.unlink(staged)
+    return True
 
 
 def _count(limit: int) -> int:
