@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import limits as _limits
+from ._files import DIR_MODE, publish, remove
 from ._impl import codec, drop
 from .errors import InvalidMessage, SpoolError
 
@@ -41,8 +42,6 @@ PRIORITIES = frozenset(range(10))
 DEFAULT_CHANNEL = "common"
 DEFAULT_PRIORITY = 9
 
-_DIR_MODE = 0o750
-_FILE_MODE = 0o640
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _PEER_SCHEMES = ("http", "https", "file")
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
@@ -98,10 +97,10 @@ class Spool:
 
     def _make_dirs(self) -> None:
         try:
-            os.makedirs(self.path, _DIR_MODE, exist_ok=True)
+            os.makedirs(self.path, DIR_MODE, exist_ok=True)
             for sub in (self.queue_dir, self.tmp_dir, self.sent_dir, self.failed_dir, self.names_dir):
                 if not os.path.isdir(sub):
-                    os.makedirs(sub, _DIR_MODE, exist_ok=True)
+                    os.makedirs(sub, DIR_MODE, exist_ok=True)
         except OSError as exc:
             raise spool_error(exc, self.path) from exc
 
@@ -133,7 +132,7 @@ class Spool:
 
     def _write_client_id(self, client_id: str, replace: bool) -> str:
         try:
-            _publish(self.client_id_file, (client_id + "\n").encode("utf-8"), replace)
+            publish(self.client_id_file, (client_id + "\n").encode("utf-8"), replace=replace)
             with open(self.client_id_file, encoding="utf-8") as file:
                 return file.read().strip()
         except OSError as exc:
@@ -144,7 +143,7 @@ class Spool:
         field: str = codec.escape(text)
         if field.startswith("~") and field not in self._registered:
             try:
-                _publish(os.path.join(self.names_dir, field), text.encode("utf-8"), replace=False)
+                publish(os.path.join(self.names_dir, field), text.encode("utf-8"), replace=False)
             except OSError as exc:
                 raise spool_error(exc, self.path) from exc
             self._registered.add(field)
@@ -188,11 +187,11 @@ class Spool:
         source = os.path.join(self.queue_dir, name)
         os.stat(source)
         reason_file = os.path.join(self.failed_dir, name + ".reason")
-        _publish(reason_file, (reason.rstrip("\n") + "\n").encode("utf-8"), replace=True)
+        publish(reason_file, (reason.rstrip("\n") + "\n").encode("utf-8"), replace=True)
         try:
             os.rename(source, os.path.join(self.failed_dir, name))
         except OSError:
-            _remove(reason_file)
+            remove(reason_file)
             raise
 
     def failed(self) -> Iterator[tuple[SpoolMessage, str]]:
@@ -223,7 +222,7 @@ class Spool:
                     put_ns = codec.id_time_ns(codec.parse_spool_name(entry.name)[1])
                 except ValueError:
                     put_ns = entry.stat().st_mtime_ns
-                if put_ns <= cutoff and _remove(entry.path):
+                if put_ns <= cutoff and remove(entry.path):
                     removed += 1
         return removed
 
@@ -433,34 +432,3 @@ def _as_buffer(payload: object) -> bytes | memoryview:
         view = memoryview(payload)
         return view.cast("B") if view.c_contiguous else view.tobytes()
     raise InvalidMessage(f"payload must be bytes or str, not {type(payload).__name__}")
-
-
-def _publish(path: str, data: bytes, replace: bool) -> None:
-    """Write ``path`` whole or not at all; without ``replace`` an existing file is kept."""
-    head, tail = os.path.split(path)
-    tmp = os.path.join(head, f".{tail}.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        if replace:
-            os.rename(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-    finally:
-        _remove(tmp)
-
-
-def _remove(path: str) -> bool:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    return True

@@ -124,7 +124,7 @@ def test_lock_refuses_a_second_holder_with_the_pid(tmp_path: Path) -> None:
         ([], "the following arguments are required: --spool"),
         (["--spool", "S", "--batch-count", "0"], "must be 1 or more"),
         (["--spool", "S", "--max-age", "-1"], "minutes must be zero or more"),
-        (["--spool", "S", "--rescan", "0"], "seconds must be more than 0"),
+        (["--spool", "S", "--rescan", "0"], "must be more than zero"),
         (["--spool", "S", "--log-level", "loud"], "invalid choice"),
     ],
 )

@@ -18,30 +18,10 @@ from collections.abc import Sequence
 from ..errors import DroprError
 from ..relay import config as _config
 from ..relay import supervisor
-from ._common import Parser, minutes
+from ._common import Parser, minutes, positive_int, positive_number
 
 PROG = "dropr-relay"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seconds must be a number, not {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"seconds must be more than 0, not {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,10 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="queued longer than this goes to failed/ (default 10080 = 7 days; 0: never)")
     parser.add_argument("--keep-sent", type=minutes, metavar="MINUTES",
                         help="keep acknowledged messages in sent/ this long (default 0: remove at once)")
-    parser.add_argument("--batch-count", type=_positive_int, metavar="N", help="messages per request")
-    parser.add_argument("--batch-bytes", type=_positive_int, metavar="N", help="payload bytes per request")
-    parser.add_argument("--parallel", type=_positive_int, metavar="N", help="requests in flight per peer")
-    parser.add_argument("--rescan", type=_seconds, metavar="SECONDS",
+    parser.add_argument("--batch-count", type=positive_int, metavar="N", help="messages per request")
+    parser.add_argument("--batch-bytes", type=positive_int, metavar="N", help="payload bytes per request")
+    parser.add_argument("--parallel", type=positive_int, metavar="N", help="requests in flight per peer")
+    parser.add_argument("--rescan", type=positive_number, metavar="SECONDS",
                         help="fallback rescan of the queue (default 1)")
     parser.add_argument("--no-supervise", action="store_true",
                         help="run the worker in this process, without restarts")

@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ._common import CommandError, emit_json, minutes
+from ._common import CommandError, emit_json, minutes, positive_int, positive_number
 
 if TYPE_CHECKING:
     from ..store import Message, Store
@@ -237,26 +237,6 @@ def _one_line(text: str) -> str:
 # -- dropr consume ---------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than zero, not {text!r}")
-    return value
-
-
 def _register_consume(commands: Any) -> None:
     parser = commands.add_parser(
         "consume",
@@ -270,25 +250,25 @@ def _register_consume(commands: Any) -> None:
     parser.add_argument("--store", required=True, metavar="DIR", help="the store directory")
     parser.add_argument("--channel", required=True, metavar="C", help="the channel to consume")
     parser.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="handle at most N messages"
+        "--limit", type=positive_int, metavar="N", help="handle at most N messages"
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="run up to K commands at once (1)",
     )
     parser.add_argument(
-        "--lease", type=_positive_float, default=300.0, metavar="S",
+        "--lease", type=positive_number, default=300.0, metavar="S",
         help="seconds a message is held before another consumer may take it (300)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-attempts", type=_positive_int, default=5, metavar="N",
+        "--max-attempts", type=positive_int, default=5, metavar="N",
         help="failures after which a message becomes a dead letter (5)",
     )  # fmt: skip
     parser.add_argument(
-        "--retry-delay", type=_positive_float, default=10.0, metavar="S",
+        "--retry-delay", type=positive_number, default=10.0, metavar="S",
         help="seconds before the first retry; doubled at each failure, at most an hour (10)",
     )  # fmt: skip
     parser.add_argument("--follow", action="store_true", help="keep waiting for new messages")

@@ -8,47 +8,9 @@ import ctypes.util
 import os
 from collections.abc import Callable
 
-FILE_MODE = 0o640
-DIR_MODE = 0o750
+from .._files import DIR_MODE, FILE_MODE, publish, remove
 
-
-def publish(path: str, data: bytes, *, replace: bool, sync: bool = False) -> None:
-    """Write ``path`` whole or not at all; without ``replace`` an existing file is kept.
-
-    With ``sync`` the data is on disk before the name appears, so a crash never leaves the
-    name with empty content (the name itself is made durable by whoever syncs its directory).
-    """
-    head, tail = os.path.split(path)
-    tmp = os.path.join(head, f".{tail}.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if sync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.rename(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-    finally:
-        remove(tmp)
-
-
-def remove(path: str) -> bool:
-    """Unlink ``path``; False if it was already gone."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    return True
-
+__all__ = ["DIR_MODE", "FILE_MODE", "publish", "remove", "sync_data", "sync_directory", "sync_file_system"]
 
 def sync_data(path: str) -> None:
     """Make the content of the file ``path`` durable (``fdatasync``; a symlink is refused)."""
