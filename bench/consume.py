@@ -137,9 +137,7 @@ def run_dropr(store: Store, procs: int, batch: int) -> float:
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Barrier(procs)
     times = ctx.Queue()
-    children = [
-        ctx.Process(target=_consumer, args=(store.path, batch, ready, times)) for _ in range(procs)
-    ]
+    children = [ctx.Process(target=_consumer, args=(store.path, batch, ready, times)) for _ in range(procs)]
     for child in children:
         child.start()
     spans = [times.get() for _ in children]
@@ -182,10 +180,7 @@ def main() -> None:
                 ratios[procs].append(rates["dropr", procs][-1] / rates["c", procs][-1])
         print(f"consume: {args.count} messages of {args.size} bytes, batch {args.batch}, "
               f"{args.rounds} rounds, {IMPLEMENTATION} hot path")  # fmt: skip
-        print(
-            f"{'processes':>9}  {'C floor msg/s':>13}  {'dropr msg/s':>11}  {'ratio (median)':>14}"
-            "  per round"
-        )
+        print(f"{'processes':>9}  {'C floor msg/s':>13}  {'dropr msg/s':>11}  {'ratio (median)':>14}  per round")
         for procs in (1, 4):
             c_rate = statistics.median(rates["c", procs])
             d_rate = statistics.median(rates["dropr", procs])

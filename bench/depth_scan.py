@@ -38,11 +38,7 @@ def fill(path: str, count: int) -> float:
             rng.randrange(1 << 16),
             rng.getrandbits(32),
         )
-        os.close(
-            os.open(
-                os.path.join(path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640
-            )
-        )
+        os.close(os.open(os.path.join(path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
     return time.perf_counter() - started
 
 
@@ -51,14 +47,10 @@ def compiled_batch(path: str, limit: int) -> Batch:
 
 
 def python_batch(path: str, limit: int) -> Batch:
-    return [
-        _codec_py.parse_spool_name(name) for name in sorted(os.listdir(path))[:limit]
-    ]
+    return [_codec_py.parse_spool_name(name) for name in sorted(os.listdir(path))[:limit]]
 
 
-def timed(
-    function: Callable[[str, int], Batch], path: str, limit: int
-) -> tuple[float, Batch]:
+def timed(function: Callable[[str, int], Batch], path: str, limit: int) -> tuple[float, Batch]:
     started = time.perf_counter()
     batch = function(path, limit)
     return time.perf_counter() - started, batch
@@ -66,9 +58,7 @@ def timed(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--count", type=int, default=200_000, help="queued messages (200000)"
-    )
+    parser.add_argument("--count", type=int, default=200_000, help="queued messages (200000)")
     parser.add_argument("--limit", type=int, default=1000, help="batch size (1000)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
     args = parser.parse_args(argv)
@@ -76,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     path = tempfile.mkdtemp(prefix="dropr-depth-")
     try:
         seconds = fill(path, args.count)
-        print(
-            f"filled {args.count} names in {seconds:.1f} s ({args.count / seconds:,.0f}/s)"
-        )
+        print(f"filled {args.count} names in {seconds:.1f} s ({args.count / seconds:,.0f}/s)")
         print(f"{'round':>5} {'compiled ms':>12} {'python ms':>10} {'ratio':>6}")
         ratios = []
         for round_ in range(1, args.rounds + 1):
@@ -88,13 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("the two ways disagree", file=sys.stderr)
                 return 1
             ratios.append(slow / fast)
-            print(
-                f"{round_:>5} {fast * 1e3:>12.1f} {slow * 1e3:>10.1f} {slow / fast:>6.2f}"
-            )
-        print(
-            f"median ratio (python / compiled) at depth {args.count}: "
-            f"{statistics.median(ratios):.2f}"
-        )
+            print(f"{round_:>5} {fast * 1e3:>12.1f} {slow * 1e3:>10.1f} {slow / fast:>6.2f}")
+        print(f"median ratio (python / compiled) at depth {args.count}: {statistics.median(ratios):.2f}")
     finally:
         shutil.rmtree(path)
     return 0

@@ -234,7 +234,7 @@ def main() -> None:
           f"batch {args.batch_count}, {args.parallel} requests in flight per peer, server --fsync batch, "
           f"hot path {IMPLEMENTATION}, {os.cpu_count()} CPUs")  # fmt: skip
     for kind in ("http", "local"):
-        ratios = [d / f for d, f in zip(rates[kind], rates["floor"])]
+        ratios = [d / f for d, f in zip(rates[kind], rates["floor"], strict=True)]
         print(f"{kind:5s}: median {statistics.median(rates[kind]):,.0f} msg/s; floor median "
               f"{statistics.median(rates['floor']):,.0f} msg/s; median ratio {statistics.median(ratios):.2f}"
               + ("  (target >= 0.5)" if kind == "http" else ""))  # fmt: skip

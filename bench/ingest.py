@@ -115,10 +115,7 @@ async def sync(store: Store, rounds: int, sizes: list[int]) -> None:
                 times[name].append((time.perf_counter() - started) * 1e3)
         print(
             f"{size:5} files: "
-            + "; ".join(
-                f"{name} {statistics.median(got):7.2f} ms (max {max(got):7.2f})"
-                for name, got in times.items()
-            )
+            + "; ".join(f"{name} {statistics.median(got):7.2f} ms (max {max(got):7.2f})" for name, got in times.items())
         )
 
 

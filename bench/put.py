@@ -199,8 +199,14 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20000, help="messages per cell (a tenth with sync)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
-    parser.add_argument("--depth", type=int, nargs="?", const=100_000, metavar="N",
-                        help="compare put into a spool holding N messages (default 100000) with an empty one")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        nargs="?",
+        const=100_000,
+        metavar="N",
+        help="compare put into a spool holding N messages (default 100000) with an empty one",
+    )
     parser.add_argument("--python", action="store_true", help="measure the plain-Python twins")
     args = parser.parse_args()
     env = dict(os.environ)

@@ -51,7 +51,7 @@ def make_batch(count: int, size: int) -> tuple[list[str], Form]:
     ids = [codec.new_id() for _ in range(count)]
     payloads = [os.urandom(size) for _ in range(count)]
     manifest = msgpack.packb(
-        [[i, "bench", 5, i, size, zlib.crc32(data)] for i, data in zip(ids, payloads)]
+        [[i, "bench", 5, i, size, zlib.crc32(data)] for i, data in zip(ids, payloads, strict=True)]
     )
     form: Form = [
         ("client", CLIENT),
@@ -67,10 +67,7 @@ def make_batch(count: int, size: int) -> tuple[list[str], Form]:
             ),
         ),
     ]
-    form += [
-        (i, (pycurl.FORM_BUFFER, i, pycurl.FORM_BUFFERPTR, data))
-        for i, data in zip(ids, payloads)
-    ]
+    form += [(i, (pycurl.FORM_BUFFER, i, pycurl.FORM_BUFFERPTR, data)) for i, data in zip(ids, payloads, strict=True)]
     return ids, form
 
 

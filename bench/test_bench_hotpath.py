@@ -23,9 +23,7 @@ SCAN_DEPTH = 20_000
 
 
 def _twin(name: str, kind: str) -> ModuleType:
-    return importlib.import_module(
-        f"dropr._{name}" if kind == "compiled" else f"dropr._{name}_py"
-    )
+    return importlib.import_module(f"dropr._{name}" if kind == "compiled" else f"dropr._{name}_py")
 
 
 def _names(count: int) -> list[str]:
@@ -64,9 +62,7 @@ def test_spool_name(benchmark: BenchmarkFixture, kind: str) -> None:
     codec = _twin("codec", kind)
     benchmark.group = "spool_name"
     msg_id = codec.new_id()
-    benchmark(
-        codec.spool_name, 5, msg_id, "http%3A%2F%2Fhost%2Fq", "common", 4096, 0xDEADBEEF
-    )
+    benchmark(codec.spool_name, 5, msg_id, "http%3A%2F%2Fhost%2Fq", "common", 4096, 0xDEADBEEF)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -77,9 +73,7 @@ def test_parse_spool_name(benchmark: BenchmarkFixture, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_scan_first_1000_of_20k(
-    benchmark: BenchmarkFixture, kind: str, queue_dir: str
-) -> None:
+def test_scan_first_1000_of_20k(benchmark: BenchmarkFixture, kind: str, queue_dir: str) -> None:
     scan = _twin("scan", kind)
     benchmark.group = "scan 1000 of 20k"
     assert len(benchmark(scan.scan, queue_dir, 1000)) == 1000

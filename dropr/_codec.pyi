@@ -22,9 +22,7 @@ def compact(text: str) -> str:
 def unescape(field: str) -> str:
     """The text of an escaped field; a compact field is returned as it is."""
 
-def spool_name(
-    priority: int, msg_id: str, peer: str, channel: str, size: int, crc: int
-) -> str:
+def spool_name(priority: int, msg_id: str, peer: str, channel: str, size: int, crc: int) -> str:
     """The spool file name of a message; ``peer`` and ``channel`` are already escaped.
 
     ValueError for a priority outside 0-9, a malformed id or a field that is not escaped.

@@ -1,6 +1,5 @@
 """The put system-call path (compiled); ``dropr._drop_py`` is its plain-Python twin."""
 
-
 def put(
     tmp_fd: int,
     queue_fd: int,

@@ -3,9 +3,7 @@
 from collections.abc import Collection
 from os import PathLike
 
-def scan(
-    path: str | PathLike[str], limit: int, skip: Collection[str] = ()
-) -> list[str]:
+def scan(path: str | PathLike[str], limit: int, skip: Collection[str] = ()) -> list[str]:
     """The first ``limit`` message names of directory ``path`` in delivery order, leaving out
     names whose field after the first ``+`` (a spool name's peer) is in ``skip``.
 

@@ -27,8 +27,7 @@ def scan(path: str, limit: int, skip: Collection[str] = ()) -> list[str]:
     names = (
         name
         for name in _listdir(path)
-        if _HEAD.match(name)
-        and (not skipped or name[32:].split(b"+", 1)[0] not in skipped)
+        if _HEAD.match(name) and (not skipped or name[32:].split(b"+", 1)[0] not in skipped)
     )
     return [os.fsdecode(name) for name in heapq.nsmallest(limit, names)]
 

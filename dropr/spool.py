@@ -276,7 +276,9 @@ class Client:
                 os.close(fd)
         self._tmp_fd = self._queue_fd = -1
 
-    def put(self, payload: Payload, *, peer: str, channel: str = DEFAULT_CHANNEL, priority: int = DEFAULT_PRIORITY) -> str:
+    def put(
+        self, payload: Payload, *, peer: str, channel: str = DEFAULT_CHANNEL, priority: int = DEFAULT_PRIORITY
+    ) -> str:
         """Queue ``payload`` for ``peer`` and return the message id once it is in the spool."""
         return self._put(payload, peer, channel, priority, self.sync)
 

@@ -83,16 +83,28 @@ def main() -> int:
     port = free_port()
     peer = f"http://127.0.0.1:{port}/"
     python = sys.executable
-    print(f"dropr demo ({IMPLEMENTATION} hot path): {args.producers} producers, "
-          f"{args.size}-byte messages, sync={'on' if args.sync else 'off'}, {args.seconds:g} s")
+    print(
+        f"dropr demo ({IMPLEMENTATION} hot path): {args.producers} producers, "
+        f"{args.size}-byte messages, sync={'on' if args.sync else 'off'}, {args.seconds:g} s"
+    )
     print(f"  spool {spool}\n  store {store_dir}\n  peer  {peer}")
-    server = subprocess.Popen([python, "-m", "dropr.cli.server", "--store", str(store_dir),
-                               "--listen", f"127.0.0.1:{port}", "--log-level", "warning"])
+    server = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "dropr.cli.server",
+            "--store",
+            str(store_dir),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ]
+    )
     relay = None
     try:
         wait_healthy(peer, server)
-        relay = subprocess.Popen([python, "-m", "dropr.cli.relay", "--spool", str(spool),
-                                  "--log-level", "warning"])
+        relay = subprocess.Popen([python, "-m", "dropr.cli.relay", "--spool", str(spool), "--log-level", "warning"])
         store = dropr.Store(str(store_dir))
         counter = multiprocessing.Value("q", 0)
         start = time.monotonic()
@@ -108,8 +120,10 @@ def main() -> int:
             time.sleep(1.0)
             now_stored = stored(store)
             elapsed = time.monotonic() - start
-            print(f"  {elapsed:5.1f} s  spooled {spooled(spool):>8,}  stored {now_stored:>9,}"
-                  f"  ({now_stored - last:,}/s)", flush=True)
+            print(
+                f"  {elapsed:5.1f} s  spooled {spooled(spool):>8,}  stored {now_stored:>9,}  ({now_stored - last:,}/s)",
+                flush=True,
+            )
             last = now_stored
         for proc in producers:
             proc.join()
@@ -123,8 +137,7 @@ def main() -> int:
         flow_seconds = time.monotonic() - start
         held = stored(store)
         print(f"put {total:,} messages in {put_seconds:.1f} s: {total / put_seconds:,.0f} msg/s")
-        print(f"stored {held:,} on the server after {flow_seconds:.1f} s: "
-              f"{held / flow_seconds:,.0f} msg/s end to end")
+        print(f"stored {held:,} on the server after {flow_seconds:.1f} s: {held / flow_seconds:,.0f} msg/s end to end")
         if held != total:
             print(f"demo: {total - held:,} messages did not arrive", file=sys.stderr)
             return 1

@@ -34,7 +34,9 @@ def relay_command(spool: str | os.PathLike[str], *args: str) -> list[str]:
     return [sys.executable, "-m", "dropr.cli.relay", "--spool", str(spool), *args]
 
 
-def run_relay(spool: str | os.PathLike[str], *args: str, timeout: float = 120.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_relay(
+    spool: str | os.PathLike[str], *args: str, timeout: float = 120.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``dropr-relay --spool SPOOL ARGS`` to its end (tests use ``--once``)."""
     return subprocess.run(
         relay_command(spool, *args), capture_output=True, text=True, timeout=timeout, env=env or _env(), check=False

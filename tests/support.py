@@ -83,9 +83,7 @@ class ServerProcess:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         if env is None:
             env = {k: v for k, v in os.environ.items() if k != "DROPR_TOKEN"}
-        self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr, env=env
-        )
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr, env=env)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A client context trusting the server's certificate (None over plain HTTP)."""
@@ -94,9 +92,7 @@ class ServerProcess:
     def get(self, path: str) -> tuple[int, bytes]:
         """``(status, body)`` of a GET on this server (4xx/5xx answers included)."""
         try:
-            with urllib.request.urlopen(
-                self.url + path.lstrip("/"), timeout=10, context=self.ssl_context()
-            ) as resp:
+            with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10, context=self.ssl_context()) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as err:
             return err.code, err.read()
@@ -106,9 +102,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"dropr-server exited with {self.proc.returncode}:\n{self.stderr_text()}"
-                )
+                raise RuntimeError(f"dropr-server exited with {self.proc.returncode}:\n{self.stderr_text()}")
             try:
                 self.get("health")
                 return
@@ -200,9 +194,7 @@ def make_tls_cert(directory: str | os.PathLike[str]) -> tuple[str, str]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

@@ -166,9 +166,7 @@ def test_set_failed_on_a_message_no_longer_held(store: Store) -> None:
         store.set_failed(message, "late")
 
 
-def start_consumer(
-    store: Store, out: Path, batch: int, lease: float, hold: bool = False
-) -> subprocess.Popen[bytes]:
+def start_consumer(store: Store, out: Path, batch: int, lease: float, hold: bool = False) -> subprocess.Popen[bytes]:
     args = [sys.executable, KIT, store.path, "common", str(out), str(batch), str(lease)]
     return subprocess.Popen(args + (["hold"] if hold else []))
 
@@ -180,10 +178,7 @@ def test_a_killed_consumer_s_claims_go_to_another(store: Store, tmp_path: Path) 
     proc = start_consumer(store, out, 10, 3.0, hold=True)
     try:
         deadline = time.monotonic() + WAIT
-        while (
-            not (out.exists() and len(out.read_text().split()) == 10)
-            and time.monotonic() < deadline
-        ):
+        while not (out.exists() and len(out.read_text().split()) == 10) and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         proc.send_signal(signal.SIGKILL)

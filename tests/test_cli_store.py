@@ -34,9 +34,7 @@ def run(store: Store, *args: str) -> tuple[int, str, str]:
 
 
 def run_dropr(*args: str) -> tuple[int, str, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "dropr.cli.main", *args], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run([sys.executable, "-m", "dropr.cli.main", *args], capture_output=True, text=True, check=False)
     return done.returncode, done.stdout, done.stderr
 
 
@@ -71,11 +69,9 @@ def test_sums(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
 def test_list_queued(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     lines = [line.split("\t") for line in call(capsys, store, "list-queued").splitlines()]
     expected = [(m, len(m.read())) for ch in ("common", "orders") for m in store.messages(ch)]
-    assert [row[:4] for row in lines] == [
-        [m.channel, m.id, str(m.priority), CLIENT] for m, _ in expected
-    ]
+    assert [row[:4] for row in lines] == [[m.channel, m.id, str(m.priority), CLIENT] for m, _ in expected]
     assert [int(row[5]) for row in lines] == [5, 2, 2, 5]
-    for row, (message, _) in zip(lines, expected):
+    for row, (message, _) in zip(lines, expected, strict=True):
         stamp = datetime.datetime.fromisoformat(row[4].replace("Z", "+00:00"))
         assert abs(stamp.timestamp() - message.time) < 1e-5
     only = json.loads(call(capsys, store, "list-queued", "--json", "orders"))

@@ -18,9 +18,7 @@ try:
 except ImportError:
     compiled = None
 
-needs_compiled = pytest.mark.skipif(
-    compiled is None, reason="dropr._codec is not built"
-)
+needs_compiled = pytest.mark.skipif(compiled is None, reason="dropr._codec is not built")
 with_fixture = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 ids = st.builds(
@@ -33,10 +31,7 @@ priorities = st.integers(0, 9)
 sizes = st.integers(0, 2**64 - 1)
 crcs = st.integers(0, 2**32 - 1)
 # Texts rich in the characters the codec treats specially.
-tricky = (
-    st.text(st.sampled_from("%+~./\x00aZ09-_AFaf é€\U0001f600"), max_size=40)
-    | st.text()
-)
+tricky = st.text(st.sampled_from("%+~./\x00aZ09-_AFaf é€\U0001f600"), max_size=40) | st.text()
 
 
 def test_constants(codec: ModuleType) -> None:
@@ -90,12 +85,7 @@ def test_escape_examples(codec: ModuleType) -> None:
 def test_escape_round_trip(codec: ModuleType, text: str) -> None:
     field = codec.escape(text)
     assert 0 < len(field) <= codec.MAX_FIELD or text == ""
-    assert (
-        field.isascii()
-        and "+" not in field
-        and "/" not in field
-        and "\x00" not in field
-    )
+    assert field.isascii() and "+" not in field and "/" not in field and "\x00" not in field
     if field.startswith("~"):
         assert field == codec.compact(text)
         assert codec.unescape(field) == field
@@ -104,9 +94,7 @@ def test_escape_round_trip(codec: ModuleType, text: str) -> None:
 
 
 @with_fixture
-@given(
-    priority=priorities, msg_id=ids, peer=tricky, channel=tricky, size=sizes, crc=crcs
-)
+@given(priority=priorities, msg_id=ids, peer=tricky, channel=tricky, size=sizes, crc=crcs)
 def test_spool_name_round_trip_and_safety(
     codec: ModuleType,
     priority: int,
@@ -135,9 +123,7 @@ def test_spool_name_round_trip_and_safety(
 
 @with_fixture
 @given(priority=priorities, msg_id=ids, client=tricky)
-def test_store_name_round_trip(
-    codec: ModuleType, priority: int, msg_id: str, client: str
-) -> None:
+def test_store_name_round_trip(codec: ModuleType, priority: int, msg_id: str, client: str) -> None:
     field = codec.escape(client or "c")
     name = codec.store_name(priority, msg_id, field)
     assert len(name.encode()) <= 255 and "/" not in name
@@ -152,13 +138,8 @@ def test_store_name_round_trip(
         unique_by=lambda put: put[1:],
     )
 )
-def test_name_order_is_delivery_order(
-    codec: ModuleType, puts: list[tuple[int, int, int]]
-) -> None:
-    names = [
-        codec.spool_name(priority, f"{t:016x}0000abcd{seq:06x}", "peer", "ch", 1, 2)
-        for priority, t, seq in puts
-    ]
+def test_name_order_is_delivery_order(codec: ModuleType, puts: list[tuple[int, int, int]]) -> None:
+    names = [codec.spool_name(priority, f"{t:016x}0000abcd{seq:06x}", "peer", "ch", 1, 2) for priority, t, seq in puts]
     delivered = [codec.parse_spool_name(name) for name in sorted(names)]
     assert [(p, codec.id_time_ns(msg_id)) for p, msg_id, *_ in delivered] == sorted(
         (priority, t) for priority, t, _ in puts
@@ -223,18 +204,13 @@ def test_compiled_escape_matches_reference(text: str) -> None:
 
 
 @needs_compiled
-@given(
-    field=st.text(st.sampled_from("%0123456789ABCDEFabcdefé~+"), max_size=30)
-    | st.text()
-)
+@given(field=st.text(st.sampled_from("%0123456789ABCDEFabcdefé~+"), max_size=30) | st.text())
 def test_compiled_unescape_matches_reference(field: str) -> None:
     assert _outcome(compiled.unescape, field) == _outcome(reference.unescape, field)
 
 
 @needs_compiled
-@given(
-    priority=priorities, msg_id=ids, peer=tricky, channel=tricky, size=sizes, crc=crcs
-)
+@given(priority=priorities, msg_id=ids, peer=tricky, channel=tricky, size=sizes, crc=crcs)
 def test_compiled_names_match_reference(
     priority: int, msg_id: str, peer: str, channel: str, size: int, crc: int
 ) -> None:
@@ -243,19 +219,14 @@ def test_compiled_names_match_reference(
         reference.escape(channel or "c"),
     )
     name = reference.spool_name(priority, msg_id, peer_field, channel_field, size, crc)
-    assert (
-        compiled.spool_name(priority, msg_id, peer_field, channel_field, size, crc)
-        == name
-    )
+    assert compiled.spool_name(priority, msg_id, peer_field, channel_field, size, crc) == name
     assert compiled.parse_spool_name(name) == reference.parse_spool_name(name)
     store = reference.store_name(priority, msg_id, peer_field)
     assert compiled.store_name(priority, msg_id, peer_field) == store
     assert compiled.parse_store_name(store) == reference.parse_store_name(store)
 
 
-name_parts = st.lists(
-    st.text(st.sampled_from("0123456789abcdefA+é%~"), max_size=40) | tricky, max_size=7
-)
+name_parts = st.lists(st.text(st.sampled_from("0123456789abcdefA+é%~"), max_size=40) | tricky, max_size=7)
 
 
 @needs_compiled
@@ -266,9 +237,7 @@ name_parts = st.lists(
 def test_compiled_parsing_matches_reference(parts: list[str], head: str) -> None:
     name = "+".join([head, *parts]) if head else "+".join(parts)
     for parse in ("parse_spool_name", "parse_store_name"):
-        assert _outcome(getattr(compiled, parse), name) == _outcome(
-            getattr(reference, parse), name
-        )
+        assert _outcome(getattr(compiled, parse), name) == _outcome(getattr(reference, parse), name)
 
 
 @needs_compiled

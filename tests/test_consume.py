@@ -69,9 +69,7 @@ def test_each_message_goes_through_the_command_in_order(store: Store, tmp_path: 
 def test_limit_and_json(store: Store, tmp_path: Path) -> None:
     for i in range(5):
         put(store, b"%d" % i)
-    status, out, _ = finish(
-        consume(store, "--limit", "2", "--json", "--", *APPEND, str(tmp_path / "out"))
-    )
+    status, out, _ = finish(consume(store, "--limit", "2", "--json", "--", *APPEND, str(tmp_path / "out")))
     assert status == 0 and out == '{"processed":2,"failed":0,"released":0}\n'
     assert (tmp_path / "out").read_text().split() == ["0", "1"]
     assert store.count_queued("common") == 3
@@ -82,9 +80,7 @@ def test_concurrent_commands_each_get_one_message(store: Store, tmp_path: Path) 
         put(store, b"%d" % i)
     outdir = tmp_path / "outs"
     outdir.mkdir()
-    status, out, _ = finish(
-        consume(store, "--concurrency", "3", "--", *EACH_TO_A_FILE, str(outdir))
-    )
+    status, out, _ = finish(consume(store, "--concurrency", "3", "--", *EACH_TO_A_FILE, str(outdir)))
     assert status == 0 and counts(out)["processed"] == 12
     assert sorted(int(p.read_text()) for p in outdir.iterdir()) == list(range(12))
 
@@ -244,10 +240,7 @@ def test_consuming_while_the_server_receives(tmp_path: Path) -> None:
             acks = post_batch(server.url, "host-a", batch)
             assert all(status == "stored" for status, _ in acks.values())
             sent += batch
-        assert all(
-            status == "duplicate"
-            for status, _ in post_batch(server.url, "host-a", first[:5]).values()
-        )
+        assert all(status == "duplicate" for status, _ in post_batch(server.url, "host-a", first[:5]).values())
         status, out, _ = finish(proc)
     assert status == 0 and counts(out)["processed"] == 100
     assert sorted(p.read_bytes() for p in outdir.iterdir()) == sorted(data for _, data in sent)

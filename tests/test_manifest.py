@@ -28,8 +28,7 @@ messages = st.lists(
             st.integers(0, 2**24 - 1),
         ),
         st.text(max_size=120) | st.text(st.sampled_from("%+/é~ a"), max_size=30),
-        st.integers(0, 2**64 - 1)
-        | st.sampled_from([0, 127, 128, 255, 256, 65535, 65536]),
+        st.integers(0, 2**64 - 1) | st.sampled_from([0, 127, 128, 255, 256, 65535, 65536]),
         st.integers(0, 2**32 - 1),
     ),
     max_size=40,
@@ -54,8 +53,7 @@ def test_decodes_to_the_entries(manifest: ModuleType, entries: list) -> None:
     names, texts = _batch(entries)
     decoded = msgpack.unpackb(manifest.build(names, texts))
     assert decoded == [
-        [msg_id, channel or "common", priority, msg_id, size, crc]
-        for priority, msg_id, channel, size, crc in entries
+        [msg_id, channel or "common", priority, msg_id, size, crc] for priority, msg_id, channel, size, crc in entries
     ]
 
 
@@ -68,13 +66,9 @@ def test_compiled_is_byte_identical(entries: list) -> None:
 
 @pytest.mark.skipif(compiled is None, reason="dropr._manifest is not built")
 def test_compiled_is_byte_identical_on_large_batches_and_texts() -> None:
-    names = [
-        codec.spool_name(i % 10, f"{i:030x}", "p", "c", i, i) for i in range(70_000)
-    ]
+    names = [codec.spool_name(i % 10, f"{i:030x}", "p", "c", i, i) for i in range(70_000)]
     assert compiled.build(names, {}) == reference.build(names, {})
-    long_texts = {
-        codec.compact(str(n)): "é" * n for n in (15, 16, 31, 32, 127, 128, 40_000)
-    }
+    long_texts = {codec.compact(str(n)): "é" * n for n in (15, 16, 31, 32, 127, 128, 40_000)}
     names = [codec.spool_name(1, MSG_ID, "p", field, 1, 1) for field in long_texts]
     assert compiled.build(names, long_texts) == reference.build(names, long_texts)
 
@@ -83,9 +77,7 @@ def test_compact_channel_comes_from_texts(manifest: ModuleType) -> None:
     channel = "a channel with a very long name / " * 5
     field = codec.escape(channel)
     name = codec.spool_name(3, MSG_ID, "peer", field, 10, 99)
-    assert msgpack.unpackb(manifest.build([name], {field: channel})) == [
-        [MSG_ID, channel, 3, MSG_ID, 10, 99]
-    ]
+    assert msgpack.unpackb(manifest.build([name], {field: channel})) == [[MSG_ID, channel, 3, MSG_ID, 10, 99]]
     with pytest.raises(KeyError):
         manifest.build([name], {})
 

@@ -20,7 +20,15 @@ def test_import_dropr_loads_no_server_or_relay_stack() -> None:
 
 
 def test_public_names_are_few_and_present() -> None:
-    assert sorted(dropr.__all__) == ["Client", "DroprError", "InvalidMessage", "SpoolError", "Store", "StoreError", "fastput"]
+    assert sorted(dropr.__all__) == [
+        "Client",
+        "DroprError",
+        "InvalidMessage",
+        "SpoolError",
+        "Store",
+        "StoreError",
+        "fastput",
+    ]
     for name in dropr.__all__:
         assert getattr(dropr, name) is not None
 

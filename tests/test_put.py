@@ -106,7 +106,15 @@ def test_put_with_bad_directory_handle_raises_oserror(drop: ModuleType, dirs: tu
 
 @pytest.mark.parametrize(
     ("peer", "channel", "priority"),
-    [("p" * 81, "c", 5), ("p", "", 5), ("a/b", "c", 5), ("..%2F", "c+d", 5), ("p", "c", 10), ("p", "c", -1), ("é", "c", 0)],
+    [
+        ("p" * 81, "c", 5),
+        ("p", "", 5),
+        ("a/b", "c", 5),
+        ("..%2F", "c+d", 5),
+        ("p", "c", 10),
+        ("p", "c", -1),
+        ("é", "c", 0),
+    ],
 )
 def test_put_outside_the_name_format_writes_nothing(
     drop: ModuleType, dirs: tuple, peer: str, channel: str, priority: int
@@ -167,7 +175,9 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs, or a skip where mounting is not permitted."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)], capture_output=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)], capture_output=True, check=False
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
@@ -178,14 +188,15 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 def test_full_disk_raises_and_shows_nothing(tiny_fs: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spool, "drop", drop)
-    put = 0
+    stored = 0
     with spool.Client(tiny_fs / "spool") as client, pytest.raises(SpoolError) as info:
-        for put in range(100):
+        for _ in range(100):
             client.put(os.urandom(10_000), peer=PEER)
+            stored += 1
     assert info.value.errno == errno.ENOSPC
     assert "disk full" in str(info.value)
     queue = tiny_fs / "spool" / "queue"
-    assert 0 < len(os.listdir(queue)) == put
+    assert 0 < len(os.listdir(queue)) == stored
     for path in queue.iterdir():
         _, _, _, _, size, crc = _codec_py.parse_spool_name(path.name)
         data = path.read_bytes()
@@ -193,7 +204,9 @@ def test_full_disk_raises_and_shows_nothing(tiny_fs: Path, drop: ModuleType, mon
     assert os.listdir(tiny_fs / "spool" / "tmp") == []
 
 
-def test_read_only_spool_raises_and_shows_nothing(tiny_fs: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_spool_raises_and_shows_nothing(
+    tiny_fs: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(spool, "drop", drop)
     with spool.Client(tiny_fs / "spool") as client:
         subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)

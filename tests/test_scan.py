@@ -23,9 +23,7 @@ except ImportError:
 
 def _touch(directory: str | bytes, names: list[str] | list[bytes]) -> None:
     for name in names:
-        os.close(
-            os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT, 0o600)
-        )
+        os.close(os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _names(count: int, peers: tuple[str, ...] = ("peer",), seed: int = 7) -> list[str]:
@@ -75,22 +73,14 @@ def test_skipped_peers(scan: ModuleType, tmp_path: pathlib.Path) -> None:
         assert scan.scan(str(tmp_path), 1000, skip=skip) == kept
 
 
-def test_store_names_and_their_client_field(
-    scan: ModuleType, tmp_path: pathlib.Path
-) -> None:
-    names = [
-        codec.store_name(p, f"{p:030x}", client) for p, client in enumerate("xyzxy")
-    ]
+def test_store_names_and_their_client_field(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    names = [codec.store_name(p, f"{p:030x}", client) for p, client in enumerate("xyzxy")]
     _touch(tmp_path, names)
     assert scan.scan(str(tmp_path), 10) == sorted(names)
-    assert scan.scan(str(tmp_path), 10, ["x"]) == sorted(
-        n for n in names if not n.endswith("x")
-    )
+    assert scan.scan(str(tmp_path), 10, ["x"]) == sorted(n for n in names if not n.endswith("x"))
 
 
-def test_hidden_and_other_names_ignored(
-    scan: ModuleType, tmp_path: pathlib.Path
-) -> None:
+def test_hidden_and_other_names_ignored(scan: ModuleType, tmp_path: pathlib.Path) -> None:
     names = _names(20)
     others = [
         "." + names[0],
@@ -150,7 +140,5 @@ def test_compiled_matches_reference_on_odd_names(tmp_path: pathlib.Path) -> None
     _touch(tmp_path, names)
     for limit in (0, 1, 7, 100, 1000):
         for skip in ((), ["a"], ["é", ""], [os.fsdecode(b"\xff")]):
-            assert compiled.scan(str(tmp_path), limit, skip) == reference.scan(
-                str(tmp_path), limit, skip
-            )
+            assert compiled.scan(str(tmp_path), limit, skip) == reference.scan(str(tmp_path), limit, skip)
     assert compiled.count(str(tmp_path)) == reference.count(str(tmp_path))

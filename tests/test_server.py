@@ -85,9 +85,7 @@ def post(
     return _perform(curl, server.url + path, headers, server.cafile)
 
 
-def post_raw(
-    server: ServerProcess, body: bytes, content_type: str, *, chunked: bool = False
-) -> Reply:
+def post_raw(server: ServerProcess, body: bytes, content_type: str, *, chunked: bool = False) -> Reply:
     """A POST of hand-made bytes (for malformed bodies), optionally chunked."""
     curl = pycurl.Curl()
     headers = [f"Content-Type: {content_type}"]
@@ -177,15 +175,11 @@ def test_batch_is_stored_under_its_names(server: ServerProcess, store: Path) -> 
     for m in msgs:
         path = queue_dir(store, m.channel) / f"{m.priority}{m.id}+host-a"
         assert path.read_bytes() == m.payload
-    assert sorted(os.listdir(queue_dir(store, "orders"))) == sorted(
-        f"{m.priority}{m.id}+host-a" for m in msgs[:2]
-    )
+    assert sorted(os.listdir(queue_dir(store, "orders"))) == sorted(f"{m.priority}{m.id}+host-a" for m in msgs[:2])
     assert staged_files(store) == []
 
 
-def test_payloads_split_across_reads_are_stored_byte_for_byte(
-    server: ServerProcess, store: Path
-) -> None:
+def test_payloads_split_across_reads_are_stored_byte_for_byte(server: ServerProcess, store: Path) -> None:
     boundary_like = b"\r\n--" + b"-" * 40 + b"\r\n\r\n--\r" * 1000
     msgs = [
         msg(os.urandom(3 * 1024 * 1024 + 7), "bytes"),
@@ -218,9 +212,7 @@ def test_resend_is_kept_once_and_acked_duplicate(server: ServerProcess, store: P
     assert staged_files(store) == []
 
 
-def test_lying_size_or_checksum_rejects_only_that_message(
-    server: ServerProcess, store: Path
-) -> None:
+def test_lying_size_or_checksum_rejects_only_that_message(server: ServerProcess, store: Path) -> None:
     good, short, bent = msg(b"good", "liars"), msg(b"short", "liars"), msg(b"bent", "liars")
     lies = {short.id: {"size": 99}, bent.id: {"crc": zlib.crc32(b"other")}}
     acks = post(server, batch("host-l", [good, short, bent], **lies)).acks()
@@ -239,11 +231,7 @@ def test_entry_without_its_part_gets_retry(server: ServerProcess, store: Path) -
 
 
 def test_concurrent_batches_are_all_stored(server: ServerProcess, store: Path) -> None:
-    batches = [
-        [msg(f"{t}-{i}-{j}".encode(), "busy") for j in range(20)]
-        for t in range(4)
-        for i in range(5)
-    ]
+    batches = [[msg(f"{t}-{i}-{j}".encode(), "busy") for j in range(20)] for t in range(4) for i in range(5)]
     results: list[dict[str, list[str]]] = []
 
     def send(chunk: list[list[Msg]]) -> None:
@@ -260,9 +248,7 @@ def test_concurrent_batches_are_all_stored(server: ServerProcess, store: Path) -
     assert len(os.listdir(queue_dir(store, "busy"))) == 20 * len(batches)
 
 
-def test_small_and_large_batches_at_once_each_message_stored_once(
-    server: ServerProcess, store: Path
-) -> None:
+def test_small_and_large_batches_at_once_each_message_stored_once(server: ServerProcess, store: Path) -> None:
     """Batches small enough to sync file by file, and larger ones that sync the file system,
     sent at once over several channels, each sent twice: all stored once, then duplicates."""
     batches = [
@@ -299,9 +285,7 @@ def test_manifest_less_form_with_and_without_id(server: ServerProcess, store: Pa
     fields = [("client", "curl-user"), ("id", msg_id), ("channel", "simple"), ("priority", "2")]
     reply = post(server, [*fields, ("payload", b"one")])
     assert reply.acks() == {msg_id: ["stored", ""]}
-    assert post(server, [*fields, ("payload", b"one")]).acks() == {
-        msg_id: ["duplicate", "already held"]
-    }
+    assert post(server, [*fields, ("payload", b"one")]).acks() == {msg_id: ["duplicate", "already held"]}
     assert (queue_dir(store, "simple") / f"2{msg_id}+curl-user").read_bytes() == b"one"
     acks = post(server, [("client", "curl-user"), ("payload", b"default")]).acks()
     (assigned,) = acks
@@ -323,9 +307,7 @@ def test_curl_example_of_protocol_md_works_verbatim(server: ServerProcess, tmp_p
     (example,) = [b for b in blocks if "curl " in b]
     assert "http://127.0.0.1:8080/" in example
     script = example.replace("http://127.0.0.1:8080/", server.url)
-    out = subprocess.run(
-        ["bash", "-euc", script], cwd=tmp_path, capture_output=True, timeout=60, check=True
-    )
+    out = subprocess.run(["bash", "-euc", script], cwd=tmp_path, capture_output=True, timeout=60, check=True)
     acks = json.loads(out.stdout)
     ((msg_id, ack),) = acks.items()
     assert ack == ["stored", ""]
@@ -341,11 +323,7 @@ BOUNDARY = "xYzZy"
 def raw_body(*parts: tuple[str, bytes], end: bool = True) -> bytes:
     out = b""
     for name, data in parts:
-        out += (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-            + data
-            + b"\r\n"
-        )
+        out += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + data + b"\r\n"
     return out + (f"--{BOUNDARY}--\r\n".encode() if end else b"")
 
 
@@ -404,9 +382,7 @@ BAD_CLIENTS = [b"", b"a\x00b", b"tab\there", b"x" * 256, b"\xff\xfe"]
 def test_bad_client_field_gets_400(server: ServerProcess, area: Path, client: bytes) -> None:
     before = snapshot(area)
     body = raw_body(("client", client), ("payload", b"x"))
-    assert_refused(
-        post_raw(server, body, f"multipart/form-data; boundary={BOUNDARY}"), 400, "client"
-    )
+    assert_refused(post_raw(server, body, f"multipart/form-data; boundary={BOUNDARY}"), 400, "client")
     assert snapshot(area) == before
 
 
@@ -450,9 +426,7 @@ BAD_MANIFESTS = {
 
 
 @pytest.mark.parametrize("name", list(BAD_MANIFESTS))
-def test_bad_manifest_gets_400_and_changes_nothing(
-    server: ServerProcess, area: Path, name: str
-) -> None:
+def test_bad_manifest_gets_400_and_changes_nothing(server: ServerProcess, area: Path, name: str) -> None:
     before = snapshot(area)
     parts = [("client", "c"), ("manifest", BAD_MANIFESTS[name]), (GOOD_ID, b"x")]
     assert_refused(post(server, parts), 400, "manifest")

@@ -57,9 +57,7 @@ def test_ingest_queues_the_message(store: Store) -> None:
         3,
     )
     assert before - 1 < message.time < time.time() + 1
-    assert message.path == os.path.join(
-        store.path, "channels", "orders", "queue", f"3{msg_id}+{CLIENT}"
-    )
+    assert message.path == os.path.join(store.path, "channels", "orders", "queue", f"3{msg_id}+{CLIENT}")
     assert message.read() == b"hello"
     assert store.count_queued("orders") == 1
 
@@ -258,9 +256,7 @@ def test_a_missing_staged_file_is_an_error(store: Store) -> None:
     with pytest.raises(FileNotFoundError):
         store.ingest("common", CLIENT, codec.new_id(), 9, os.path.join(store.staging_dir, "gone"))
     with pytest.raises(FileNotFoundError):
-        store.ingest(
-            "new-channel", CLIENT, codec.new_id(), 9, os.path.join(store.staging_dir, "gone")
-        )
+        store.ingest("new-channel", CLIENT, codec.new_id(), 9, os.path.join(store.staging_dir, "gone"))
 
 
 def test_unknown_channels_are_empty(store: Store) -> None:
@@ -320,7 +316,5 @@ def test_importing_dropr_does_not_load_the_store() -> None:
     import subprocess
 
     code = "import sys, dropr; print('dropr.store' in sys.modules); dropr.Store; print('dropr.store' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]

@@ -31,17 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON settings (per-peer tokens)")
     parser.add_argument("--token", help="bearer token for the peers (default: $DROPR_TOKEN)")
     parser.add_argument("--ca-file", metavar="FILE", help="CA certificates for https peers")
-    parser.add_argument("--max-age", type=minutes, metavar="MINUTES",
-                        help="queued longer than this goes to failed/ (default 10080 = 7 days; 0: never)")
-    parser.add_argument("--keep-sent", type=minutes, metavar="MINUTES",
-                        help="keep acknowledged messages in sent/ this long (default 0: remove at once)")
+    parser.add_argument(
+        "--max-age",
+        type=minutes,
+        metavar="MINUTES",
+        help="queued longer than this goes to failed/ (default 10080 = 7 days; 0: never)",
+    )
+    parser.add_argument(
+        "--keep-sent",
+        type=minutes,
+        metavar="MINUTES",
+        help="keep acknowledged messages in sent/ this long (default 0: remove at once)",
+    )
     parser.add_argument("--batch-count", type=positive_int, metavar="N", help="messages per request")
     parser.add_argument("--batch-bytes", type=positive_int, metavar="N", help="payload bytes per request")
     parser.add_argument("--parallel", type=positive_int, metavar="N", help="requests in flight per peer")
-    parser.add_argument("--rescan", type=positive_number, metavar="SECONDS",
-                        help="fallback rescan of the queue (default 1)")
-    parser.add_argument("--no-supervise", action="store_true",
-                        help="run the worker in this process, without restarts")
+    parser.add_argument(
+        "--rescan", type=positive_number, metavar="SECONDS", help="fallback rescan of the queue (default 1)"
+    )
+    parser.add_argument("--no-supervise", action="store_true", help="run the worker in this process, without restarts")
     parser.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return parser  # fmt: skip

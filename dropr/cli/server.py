@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on (port 0: any free port)",
     )
-    parser.add_argument(
-        "--token", help="require 'Authorization: Bearer TOKEN' (default: $DROPR_TOKEN)"
-    )
+    parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: $DROPR_TOKEN)")
     parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
     parser.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert")
     parser.add_argument(
@@ -47,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="largest request accepted, else 413 (default 64 MiB)",
     )
-    parser.add_argument(
-        "--log-level", type=str.lower, choices=LEVELS, default="info", help="default: info"
-    )
+    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, default="info", help="default: info")
     return parser
 
 

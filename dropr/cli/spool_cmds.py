@@ -130,9 +130,7 @@ def _record(message: SpoolMessage, reason: str | None) -> dict[str, Any]:
         "channel": message.channel,
         "peer": message.peer,
         "size": message.size,
-        "time": datetime.datetime.fromtimestamp(message.time, datetime.timezone.utc).isoformat(
-            timespec="microseconds"
-        ),
+        "time": datetime.datetime.fromtimestamp(message.time, datetime.timezone.utc).isoformat(timespec="microseconds"),
     }
     if reason is not None:
         record["reason"] = reason

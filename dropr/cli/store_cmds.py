@@ -43,9 +43,7 @@ def _register_store(commands: Any) -> None:
     parser.add_argument("dir", metavar="DIR", help="the store directory")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def action(
-        name: str, run: Callable[[argparse.Namespace], int], help: str, json: bool = False
-    ) -> Any:
+    def action(name: str, run: Callable[[argparse.Namespace], int], help: str, json: bool = False) -> Any:
         sub = actions.add_parser(name, help=help, description=help)
         if json:
             sub.add_argument("--json", action="store_true", help="print JSON")
@@ -54,9 +52,9 @@ def _register_store(commands: Any) -> None:
 
     action("channels", _channels, "the channels that have received messages", json=True)
     for state in ("queued", "processed"):
-        action(
-            f"count-{state}", _counter(state), f"how many {state} messages a channel has"
-        ).add_argument("channel", metavar="CH")
+        action(f"count-{state}", _counter(state), f"how many {state} messages a channel has").add_argument(
+            "channel", metavar="CH"
+        )
         action(
             f"list-{state}",
             _lister(state),
@@ -69,9 +67,7 @@ def _register_store(commands: Any) -> None:
             f"{state} messages per channel, then the total",
             json=True,
         )
-    wipe = action(
-        "wipe-processed", _wipe, "remove a channel's messages processed MINUTES ago or earlier"
-    )
+    wipe = action("wipe-processed", _wipe, "remove a channel's messages processed MINUTES ago or earlier")
     wipe.add_argument("channel", metavar="CH")
     wipe.add_argument("minutes", metavar="MINUTES", type=minutes)
     wipe_all = action(
@@ -169,9 +165,7 @@ def _list_dead(args: argparse.Namespace) -> int:
         for row in _rows([message]):
             row["attempts"] = message.attempts
             row["reasons" if args.json else "reason"] = (
-                list(message.reasons)
-                if args.json
-                else _one_line(message.reasons[-1] if message.reasons else "")
+                list(message.reasons) if args.json else _one_line(message.reasons[-1] if message.reasons else "")
             )
             rows.append(row)
     _print_rows(rows, args.json)
@@ -249,9 +243,7 @@ def _register_consume(commands: Any) -> None:
     )
     parser.add_argument("--store", required=True, metavar="DIR", help="the store directory")
     parser.add_argument("--channel", required=True, metavar="C", help="the channel to consume")
-    parser.add_argument(
-        "--limit", type=positive_int, metavar="N", help="handle at most N messages"
-    )
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="handle at most N messages")
     parser.add_argument(
         "--concurrency",
         type=positive_int,
@@ -273,9 +265,7 @@ def _register_consume(commands: Any) -> None:
     )  # fmt: skip
     parser.add_argument("--follow", action="store_true", help="keep waiting for new messages")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
-    parser.add_argument(
-        "command", nargs="+", metavar="CMD", help="the command and its arguments (after --)"
-    )
+    parser.add_argument("command", nargs="+", metavar="CMD", help="the command and its arguments (after --)")
     parser.set_defaults(run=_consume)
 
 
@@ -315,9 +305,7 @@ class _Consumer:
                         return
                     self.stop.wait(_POLL)
                     continue
-                done, pending = wait(
-                    pending, timeout=_POLL if args.follow else None, return_when=FIRST_COMPLETED
-                )
+                done, pending = wait(pending, timeout=_POLL if args.follow else None, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()
 
@@ -327,9 +315,7 @@ class _Consumer:
         except FileNotFoundError:
             return
         try:
-            done = subprocess.run(
-                self.args.command, stdin=payload, stderr=subprocess.PIPE, check=False
-            )
+            done = subprocess.run(self.args.command, stdin=payload, stderr=subprocess.PIPE, check=False)
         except OSError as exc:
             self.store.release(message)
             self.error = f"cannot run {self.args.command[0]!r}: {exc.strerror or exc}"
@@ -349,11 +335,7 @@ class _Consumer:
             self.store.release(message)
             outcome = "released"
         else:
-            status = (
-                f"exit status {done.returncode}"
-                if done.returncode > 0
-                else f"killed by signal {-done.returncode}"
-            )
+            status = f"exit status {done.returncode}" if done.returncode > 0 else f"killed by signal {-done.returncode}"
             tail = done.stderr[-_STDERR_TAIL:].decode("utf-8", "replace").strip()
             self.store.set_failed(message, f"{status}: {tail}" if tail else status)
             outcome = "failed"

@@ -19,11 +19,16 @@ import urllib.parse
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
+from .._files import remove
 from .._impl import codec
 from ..errors import DroprError, InvalidMessage
 from .batches import Entry
 from .transport import Acks, PeerFailure
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 _CHUNK = 1 << 20
 _COPY_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
@@ -48,13 +53,13 @@ class LocalTransport:
         self._queue_dir = queue_dir
         self._resolve = resolve
         self._prefix = f"relay-{codec.escape(client)}-"
-        self._store = None
+        self._store: Store | None = None
 
     async def send(self, batch: list[Entry]) -> Acks:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._deliver, batch)
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> Store:
         if self._store is None:
             from ..store import Store
 
@@ -62,7 +67,7 @@ class LocalTransport:
             # What this spool's relay staged before a crash (no other process uses these names).
             for name in os.listdir(store.staging_dir):
                 if name.startswith(self._prefix):
-                    _remove(os.path.join(store.staging_dir, name))
+                    remove(os.path.join(store.staging_dir, name))
             self._store = store
         return self._store
 
@@ -81,26 +86,26 @@ class LocalTransport:
             store.flush()
             for entry, path in staged:
                 if entry.id in acks:
-                    _remove(path)
+                    remove(path)
                     continue
                 try:
                     channel = self._resolve(entry.channel)
                     stored = store.ingest(channel, self._client, entry.id, entry.priority, path)
                 except (InvalidMessage, ValueError) as exc:
-                    _remove(path)
+                    remove(path)
                     acks[entry.id] = ("rejected", str(exc))
                     continue
                 acks[entry.id] = ("stored", "") if stored else ("duplicate", "")
             store.flush()
         except (OSError, DroprError) as exc:
             for _, path in staged:
-                _remove(path)
+                remove(path)
             raise PeerFailure(f"store {self.path}: {exc}") from None
         return acks
 
     @staticmethod
     def _stage(source: str, target: str) -> None:
-        _remove(target)
+        remove(target)
         try:
             os.link(source, target)
         except OSError as exc:
@@ -125,10 +130,3 @@ def _check(path: str, entry: Entry) -> str:
     if crc != entry.crc:
         return f"checksum mismatch: crc32 {crc:08x}, the name says {entry.crc:08x}"
     return ""
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -35,12 +35,7 @@ def parse_acks(answer: Any) -> Acks:
         raise PeerFailure("the answer is not a map of message ids")
     acks: Acks = {}
     for msg_id, value in answer.items():
-        if (
-            not isinstance(msg_id, str)
-            or not isinstance(value, (list, tuple))
-            or not value
-            or value[0] not in STATUSES
-        ):
+        if not isinstance(msg_id, str) or not isinstance(value, (list, tuple)) or not value or value[0] not in STATUSES:
             raise PeerFailure(f"the answer holds a bad entry for {msg_id!r}")
         reason = value[1] if len(value) > 1 and isinstance(value[1], str) else ""
         acks[msg_id] = (value[0], reason)

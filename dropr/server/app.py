@@ -101,9 +101,7 @@ class Handlers:
             raise p.bad(f"expected multipart/form-data, not {media_type or 'nothing'!r}")
         length = request.content_length
         if length is not None and length > self.config.max_request_bytes:
-            raise RequestError(
-                413, f"request of {length} bytes over the limit of {self.config.max_request_bytes}"
-            )
+            raise RequestError(413, f"request of {length} bytes over the limit of {self.config.max_request_bytes}")
 
     async def _commit(self, upload: Upload) -> None:
         """Move the verified messages into the store, durably, and record each verdict."""

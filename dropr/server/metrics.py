@@ -18,25 +18,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.received = Counter(
-            "dropr_messages_received", "Messages announced in requests.", registry=r
-        )
+        self.received = Counter("dropr_messages_received", "Messages announced in requests.", registry=r)
         self.by_status = {
             STORED: Counter("dropr_messages_stored", "Messages newly stored.", registry=r),
-            DUPLICATE: Counter(
-                "dropr_messages_duplicate", "Messages already held, acknowledged again.", registry=r
-            ),
+            DUPLICATE: Counter("dropr_messages_duplicate", "Messages already held, acknowledged again.", registry=r),
             REJECTED: Counter("dropr_messages_rejected", "Messages refused for good.", registry=r),
-            RETRY: Counter(
-                "dropr_messages_retry", "Messages announced but not sent in full.", registry=r
-            ),
+            RETRY: Counter("dropr_messages_retry", "Messages announced but not sent in full.", registry=r),
         }
-        self.bytes = Counter(
-            "dropr_bytes_received", "Payload bytes received in file parts.", registry=r
-        )
-        self.requests = Counter(
-            "dropr_requests", "POST requests by HTTP status.", ["status"], registry=r
-        )
+        self.bytes = Counter("dropr_bytes_received", "Payload bytes received in file parts.", registry=r)
+        self.requests = Counter("dropr_requests", "POST requests by HTTP status.", ["status"], registry=r)
         self.latency = Histogram(
             "dropr_batch_seconds",
             "Time from the start of a POST to its answer.",

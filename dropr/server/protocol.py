@@ -97,9 +97,7 @@ def parse_manifest(data: bytes, limits: Limits, max_total: int) -> list[Entry]:
     if not isinstance(raw, list):
         raise bad("manifest is not a msgpack array")
     if len(raw) > limits.batch_count:
-        raise RequestError(
-            413, f"manifest has {len(raw)} entries, over the limit {limits.batch_count}"
-        )
+        raise RequestError(413, f"manifest has {len(raw)} entries, over the limit {limits.batch_count}")
     channels: set[str] = set()  # checked already: a batch mostly repeats a few
     entries = [_entry(i, item, limits, channels) for i, item in enumerate(raw)]
     if len({e.id for e in entries}) != len(entries):

@@ -78,9 +78,7 @@ class Receiver:
             async for chunk in request.content.iter_any():
                 left -= len(chunk)
                 if left < 0:
-                    raise RequestError(
-                        413, f"request larger than the limit of {self.max_request_bytes} bytes"
-                    )
+                    raise RequestError(413, f"request larger than the limit of {self.max_request_bytes} bytes")
                 for event in parser.parse(chunk):
                     if event is None:
                         body.end()
@@ -124,11 +122,7 @@ class Receiver:
         msg_id = p.parse_id(_text(fields, p.ID)) if p.ID in fields else codec.new_id()
         channel = _text(fields, p.CHANNEL) if p.CHANNEL in fields else p.DEFAULT_CHANNEL
         p.check_text("channel", channel, self.limits.max_channel)
-        priority = (
-            p.parse_priority(_text(fields, p.PRIORITY))
-            if p.PRIORITY in fields
-            else p.DEFAULT_PRIORITY
-        )
+        priority = p.parse_priority(_text(fields, p.PRIORITY)) if p.PRIORITY in fields else p.DEFAULT_PRIORITY
         return {p.PAYLOAD: Entry(msg_id, channel, priority, p.PAYLOAD, -1, -1)}
 
 

@@ -37,9 +37,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     access_log = log if log.isEnabledFor(logging.DEBUG) else None
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=access_log, shutdown_timeout=SHUTDOWN_TIMEOUT
-    )
+    runner = web.AppRunner(app, handle_signals=False, access_log=access_log, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         site = web.SockSite(runner, sock, ssl_context=ssl_context)

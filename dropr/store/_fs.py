@@ -12,6 +12,7 @@ from .._files import DIR_MODE, FILE_MODE, publish, remove
 
 __all__ = ["DIR_MODE", "FILE_MODE", "publish", "remove", "sync_data", "sync_directory", "sync_file_system"]
 
+
 def sync_data(path: str) -> None:
     """Make the content of the file ``path`` durable (``fdatasync``; a symlink is refused)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)

@@ -77,9 +77,7 @@ def requeue_due(channel_dir: str, now: float) -> tuple[int, float]:
     return moved, earliest
 
 
-def claim(
-    channel_dir: str, limit: int, until: float, seen: list[str]
-) -> tuple[list[str], list[str], float]:
+def claim(channel_dir: str, limit: int, until: float, seen: list[str]) -> tuple[list[str], list[str], float]:
     """Move up to ``limit`` queued messages into ``claimed/`` (lease ending ``until``).
 
     Names are tried in delivery order, first those of ``seen`` (untried names of an earlier
@@ -136,9 +134,7 @@ def read_attempts(channel_dir: str, name: str) -> tuple[int, list[str]]:
         return 0, ["(unreadable attempts record)"]
 
 
-def fail(
-    channel_dir: str, name: str, path: str, reason: str, now: float, policy: RetryPolicy
-) -> float | None:
+def fail(channel_dir: str, name: str, path: str, reason: str, now: float, policy: RetryPolicy) -> float | None:
     """Record a failed attempt of the message at ``path``, then delay it or make it dead.
 
     The record is written first, so a crash between the two steps keeps the count. Returns

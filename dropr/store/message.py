@@ -60,7 +60,4 @@ class Message:
             os.close(fd)
 
     def __repr__(self) -> str:
-        return (
-            f"Message(id={self.id!r}, client={self.client!r}, channel={self.channel!r}, "
-            f"priority={self.priority})"
-        )
+        return f"Message(id={self.id!r}, client={self.client!r}, channel={self.channel!r}, priority={self.priority})"

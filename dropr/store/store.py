@@ -194,9 +194,7 @@ class Store:
     def channels(self) -> list[str]:
         """The channels that have received messages, sorted."""
         return sorted(
-            self._names.resolve(entry)
-            for entry in os.listdir(self.channels_dir)
-            if not entry.startswith(".")
+            self._names.resolve(entry) for entry in os.listdir(self.channels_dir) if not entry.startswith(".")
         )
 
     def has_channel(self, channel: str) -> bool:
@@ -264,9 +262,7 @@ class Store:
             message.path = target
             return
         if not os.path.lexists(target):
-            raise StoreError(
-                errno.ENOENT, f"message {message.id} of {message.channel!r} is no longer held"
-            )
+            raise StoreError(errno.ENOENT, f"message {message.id} of {message.channel!r} is no longer held")
         message.path = target
 
     def set_failed(self, message: Message, reason: str) -> None:
@@ -276,9 +272,7 @@ class Store:
         try:
             due = claims.fail(channel_dir, message.name, message.path, str(reason), now, self.retry)
         except FileNotFoundError:
-            raise StoreError(
-                errno.ENOENT, f"message {message.id} of {message.channel!r} is no longer held"
-            ) from None
+            raise StoreError(errno.ENOENT, f"message {message.id} of {message.channel!r} is no longer held") from None
         state = DEAD if due is None else DELAYED
         message.path = self._state_path(message, state)
         if due is not None and channel_dir in self._next_sweep:
@@ -308,9 +302,7 @@ class Store:
             by_id = {name[1:31]: name for name in names}
             unknown = sorted(wanted - by_id.keys())
             if unknown:
-                raise StoreError(
-                    errno.ENOENT, f"not a dead letter of {channel!r}: {', '.join(unknown)}"
-                )
+                raise StoreError(errno.ENOENT, f"not a dead letter of {channel!r}: {', '.join(unknown)}")
             names = [name for name in names if name[1:31] in wanted]
         return claims.requeue_dead(channel_dir, names)
 
