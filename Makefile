@@ -15,14 +15,18 @@ test-python:
 bench:
 	$(PYTHON) -m pytest bench -q --benchmark-only
 	$(PYTHON) bench/put.py
+	$(PYTHON) bench/depth_scan.py
 	$(PYTHON) bench/e2e.py
+	$(PYTHON) bench/latency.py
+	$(PYTHON) bench/drain.py
 	$(PYTHON) bench/consume.py
 
 lint:
 	$(PYTHON) -m ruff check dropr tests bench scripts
+	$(PYTHON) -m ruff format --check dropr tests bench scripts
 
 typecheck:
-	$(PYTHON) -m mypy --strict dropr
+	$(PYTHON) -m mypy
 
 clean:
 	rm -rf build dist *.egg-info ext/*.c ext/*.html dropr/*.so
