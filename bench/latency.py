@@ -65,13 +65,12 @@ def main() -> None:
     client = dropr.Client(spool)
     try:
         client.put(b"warm-up", peer=peer, channel=CHANNEL)
-        channels = os.path.join(store, "channels")
+        store_queue = os.path.join(store, "channels", CHANNEL, "queue")
         deadline = time.monotonic() + 30
-        while not (os.path.isdir(channels) and os.listdir(channels)):
+        while not os.path.isdir(store_queue):
             if time.monotonic() > deadline:
                 raise RuntimeError("the relay delivers nothing")
             time.sleep(0.01)
-        store_queue = os.path.join(channels, os.listdir(channels)[0], "queue")
         arrivals = inotify.watch(store_queue)
         removals = inotify.watch(client.spool.queue_dir, inotify.IN_DELETE | inotify.IN_MOVED_FROM)
         assert arrivals is not None and removals is not None
