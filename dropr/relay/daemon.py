@@ -14,10 +14,12 @@ its request; a longer one runs on the dedicated scan thread, which the compiled 
 the GIL to. Only one scan runs at a time. A name acknowledged (unlinked) or failed while a
 threaded scan was reading could still come back from it: such names are remembered until
 that scan ends and dropped from its result, so they are not sent twice. Acknowledged files are
-removed by a few remover threads (an unlink may wait for the disk); their names stay held
-until removed, so a scan started meanwhile skips them. Blocking file work that need not be
-ordered with scans — the local transport's ingest and the periodic chores — runs on one
-worker thread.
+renamed into ``sent/`` by a few remover threads; their names stay held until moved, so a
+scan started meanwhile skips them. Without a retention, a sweeper thread unlinks what is in
+``sent/``: an unlink can wait a fifth of a millisecond for the disk (a file system that
+discards freed blocks at once), a rename does not, so deleting stays off the relay's path.
+Blocking file work that need not be ordered with scans — the local transport's ingest and
+the periodic chores — runs on one worker thread.
 
 Each scan takes at most a window of new names (plus those already held in flight), so
 memory stays bounded however deep the queue. The window starts at ``scan_limit``; a scan
@@ -110,6 +112,8 @@ class Relay:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay")
         self._scanner = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-scan")
         self._remover = ThreadPoolExecutor(REMOVERS, thread_name_prefix="dropr-relay-remove")
+        self._sweeper = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-sweep")
+        self._sweeping = False
         self._window = config.scan_limit
         self._window_max = max(config.scan_limit, config.scan_limit_max)
         self._deep = False
@@ -181,6 +185,9 @@ class Relay:
         self._executor.shutdown(wait=True)
         self._scanner.shutdown(wait=True)
         self._remover.shutdown(wait=True)
+        if not self.config.keep_sent_minutes:
+            self._sweeper.submit(housekeeping.clear_sent, self.spool.sent_dir)
+        self._sweeper.shutdown(wait=True)
 
     # -- news ------------------------------------------------------------------------
 
@@ -413,29 +420,32 @@ class Relay:
         return acknowledged
 
     async def _remove(self, names: list[str]) -> None:
-        """Take acknowledged ``names`` out of the queue, on the remover threads.
-
-        Each unlink can wait for the disk (on a file system that discards freed blocks at
-        once, one takes a fifth of a millisecond), so several run at a time, off the loop.
-        """
+        """Move acknowledged ``names`` out of the queue into ``sent/``, on the remover threads."""
         if not names:
             return
         loop = asyncio.get_running_loop()
         shares = [names[i::REMOVERS] for i in range(min(REMOVERS, len(names)))]
-        await asyncio.gather(*(loop.run_in_executor(self._remover, self._remove_files, share) for share in shares))
+        await asyncio.gather(*(loop.run_in_executor(self._remover, self._move_files, share) for share in shares))
+        if not self.config.keep_sent_minutes and not self._sweeping:
+            self._sweeping = True
+            loop.run_in_executor(self._sweeper, self._sweep).add_done_callback(self._swept)
 
-    def _remove_files(self, names: list[str]) -> None:
+    def _move_files(self, names: list[str]) -> None:
         queue_dir = self.spool.queue_dir
-        sent_dir = self.spool.sent_dir if self.config.keep_sent_minutes else None
+        sent_dir = self.spool.sent_dir
         for name in names:
-            path = os.path.join(queue_dir, name)
             try:
-                if sent_dir:
-                    os.rename(path, os.path.join(sent_dir, name))
-                else:
-                    os.unlink(path)
+                os.rename(os.path.join(queue_dir, name), os.path.join(sent_dir, name))
             except FileNotFoundError:
                 pass
+
+    def _sweep(self) -> int:
+        return housekeeping.clear_sent(self.spool.sent_dir)
+
+    def _swept(self, done: asyncio.Future[int]) -> None:
+        self._sweeping = False
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("clearing sent/ failed: %s", done.exception())
 
     def _fail(self, name: str, reason: str) -> None:
         try:

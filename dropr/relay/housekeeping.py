@@ -50,3 +50,22 @@ def expired(queue_dir: str, peers: Collection[str], max_age: float, limit: int) 
                 if len(found) >= limit:
                     break
     return found
+
+
+def clear_sent(sent_dir: str) -> int:
+    """Unlink every message in ``sent/`` until a pass finds none; returns how many."""
+    removed = 0
+    while True:
+        found = 0
+        with os.scandir(sent_dir) as entries:
+            for entry in entries:
+                if entry.name[0] == ".":
+                    continue
+                found += 1
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                removed += 1
+        if not found:
+            return removed
