@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-sent",
         type=minutes,
         metavar="MINUTES",
-        help="keep acknowledged messages in sent/ this long (default 0: remove at once)",
+        help="keep acknowledged messages in sent/ this long (default 0: delete in the background)",
     )
     parser.add_argument("--batch-count", type=positive_int, metavar="N", help="messages per request")
     parser.add_argument("--batch-bytes", type=positive_int, metavar="N", help="payload bytes per request")
