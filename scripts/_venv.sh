@@ -7,6 +7,8 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "dropr: creating $venv" >&2
   "${PYTHON:-python3}" -m venv "$venv"
 fi
+# The test extras hold all the others: a .venv set up for the tests serves the demo as it is.
+if [ -f "$venv/.dropr-test" ]; then extras=test; fi
 stamp="$venv/.dropr-$extras"
 if [ ! -f "$stamp" ] || [ -n "$(find "$root/pyproject.toml" "$root/setup.py" "$root/ext" -newer "$stamp" 2>/dev/null | head -n 1)" ]; then
   echo "dropr: installing dropr[$extras] and building its extensions" >&2
