@@ -107,11 +107,7 @@ class Spool:
     @property
     def client_id(self) -> str:
         """The spool's client id, created (host name and a hash of the path) on first use."""
-        try:
-            with open(self.client_id_file, encoding="utf-8") as file:
-                text = file.read().strip()
-        except FileNotFoundError:
-            text = ""
+        text = self._read_client_id()
         if text:
             return text
         default = default_client_id(self.path)
@@ -122,13 +118,17 @@ class Spool:
     def set_client_id(self, client_id: str) -> str:
         """Make ``client_id`` the spool's client id (atomically replacing another one)."""
         check_client_id(client_id, self.limits)
+        if self._read_client_id() == client_id:
+            return client_id
+        return self._write_client_id(client_id, replace=True)
+
+    def _read_client_id(self) -> str:
+        """The text of ``client-id``, "" when there is none."""
         try:
             with open(self.client_id_file, encoding="utf-8") as file:
-                if file.read().strip() == client_id:
-                    return client_id
+                return file.read().strip()
         except FileNotFoundError:
-            pass
-        return self._write_client_id(client_id, replace=True)
+            return ""
 
     def _write_client_id(self, client_id: str, replace: bool) -> str:
         try:

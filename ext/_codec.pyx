@@ -1,21 +1,20 @@
 """File-name codec, compiled twin of ``dropr._codec_py`` (the format is documented there).
 
-Same API and same outputs. Where the reference formats whatever it is given, ``spool_name``
-and ``store_name`` here refuse (ValueError) a priority outside 0-9, a malformed id and a
-field that is not escaped, so no name they return can fail to parse or exceed 255 bytes.
+Same API and same outputs. Like the reference, ``spool_name`` and ``store_name`` refuse
+(ValueError) a priority outside 0-9, a malformed id and a field that is not escaped, so no
+name they return can fail to parse or exceed 255 bytes.
 """
 
 import hashlib
 import os
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from _codec cimport (
-    CodecAPI, DROPR_COMPACT_LEN, DROPR_ID_LEN, DROPR_MAX_FIELD, DROPR_NAME_MAX, PARSE_NOT_SPOOL,
+    CodecAPI, DROPR_ID_LEN, DROPR_MAX_FIELD, DROPR_NAME_MAX, PARSE_NOT_SPOOL,
     PARSE_NOT_STORE, PARSE_OK, SpoolParts, format_spool_name, format_store_name,
     hex_digits_value, is_lower_hex, is_safe, parse_spool, parse_store, put_hex, unescape_into,
 )
@@ -167,12 +166,12 @@ def parse_spool_name(str name not None) -> tuple:
     cdef int result = parse_spool(name, &parts)
     if result != PARSE_OK:
         raise _rejection(result, name)
-    if not hex_digits_value(name, parts.size_start, parts.size_end, &size):
-        return (parts.priority, name[1:DROPR_ID_LEN + 1], name[parts.peer_start:parts.peer_end],
-                name[parts.channel_start:parts.channel_end],
-                int(name[parts.size_start:parts.size_end], 16), parts.crc)
+    if hex_digits_value(name, parts.size_start, parts.size_end, &size):
+        size_value = size
+    else:
+        size_value = int(name[parts.size_start:parts.size_end], 16)
     return (parts.priority, name[1:DROPR_ID_LEN + 1], name[parts.peer_start:parts.peer_end],
-            name[parts.channel_start:parts.channel_end], size, parts.crc)
+            name[parts.channel_start:parts.channel_end], size_value, parts.crc)
 
 
 def parse_store_name(str name not None) -> tuple:
