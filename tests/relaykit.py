@@ -4,6 +4,7 @@ chosen port (to bring a peer back where it was), and checks of what a store hold
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,10 +12,10 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from support import ServerProcess
+from support import ServerProcess, start_server
 
 from dropr.store import Store
 
@@ -108,6 +109,16 @@ def server_on(store_dir: str | os.PathLike[str], port: int, token: str | None = 
         server.close()
         raise
     return server
+
+
+@contextlib.contextmanager
+def peer_for(transport: str, store: Path) -> Iterator[str]:
+    """A peer URL storing into ``store``: a running server's for ``"http"``, else ``file://``."""
+    if transport != "http":
+        yield store.as_uri()
+        return
+    with start_server(store) as server:
+        yield server.url
 
 
 def queued(spool: str | os.PathLike[str]) -> list[str]:

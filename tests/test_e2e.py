@@ -17,6 +17,7 @@ from relaykit import (
     RelayProcess,
     check_stored_once,
     in_delivery_order,
+    peer_for,
     queued,
     run_relay,
     stored,
@@ -79,6 +80,7 @@ def test_local_transport_end_to_end(tmp_path: Path) -> None:
     for messages in stored(tmp_path / "local store").values():
         assert in_delivery_order(messages, priority)
     assert not [n for n in os.listdir(tmp_path / "local store" / "tmp") if n.startswith("relay-")]
+    assert os.listdir(tmp_path / "spool" / "sent") == []
 
 
 @pytest.mark.parametrize("transport", ["http", "local"])
@@ -86,9 +88,7 @@ def test_a_message_sent_again_is_acknowledged_and_kept_once(tmp_path: Path, tran
     """As after a relay crash between the peer's answer and the removal from the queue."""
     spool = tmp_path / "spool"
     store = tmp_path / "store"
-    server = start_server(store) if transport == "http" else None
-    try:
-        peer = server.url if server else store.as_uri()
+    with peer_for(transport, store) as peer:
         sent, _, _ = put_many(spool, [peer], 20)
         kept = {name: (spool / "queue" / name).read_bytes() for name in queued(spool)}
         assert run_relay(spool, "--once", "--no-supervise").returncode == 0
@@ -98,9 +98,6 @@ def test_a_message_sent_again_is_acknowledged_and_kept_once(tmp_path: Path, tran
         assert done.returncode == 0, done.stderr
         assert queued(spool) == []
         check_stored_once([store], sent)
-    finally:
-        if server:
-            server.close()
 
 
 def test_a_queue_deeper_than_the_scan_window_is_sent_once(tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ def test_config_file_toml_and_json(tmp_path: Path) -> None:
     assert built.peer("http://b:2/").token == "general"
     js = tmp_path / "relay.json"
     js.write_text(json.dumps({"parallel": 3, "peers": {"file:///s": {"token": "t"}}}))
-    assert config.build("/spool", config.read_file(str(js)), {}).parallel == 3
+    built = config.build("/spool", config.read_file(str(js)), {})
+    assert built.parallel == 3 and built.peer("file:///s").token == "t"
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 
 import dropr
+from dropr.relay.supervisor import EXIT_LOCKED
 
 sys.path.insert(0, os.path.dirname(__file__))
 from relaykit import (
     RelayProcess,
     check_stored_once,
+    peer_for,
     queued,
     run_relay,
     server_on,
@@ -186,9 +188,8 @@ def test_the_token_comes_from_the_environment(tmp_path: Path) -> None:
 def test_a_rejected_message_goes_to_failed_with_its_reason(tmp_path: Path, transport: str) -> None:
     spool = tmp_path / "spool"
     store = tmp_path / "store"
-    server = start_server(store) if transport == "http" else None
-    try:
-        sent = put(spool, server.url if server else store.as_uri(), 3)
+    with peer_for(transport, store) as peer:
+        sent = put(spool, peer, 3)
         bad = queued(spool)[1]
         path = spool / "queue" / bad
         path.write_bytes(bytes(b ^ 0xFF for b in path.read_bytes()))
@@ -200,9 +201,6 @@ def test_a_rejected_message_goes_to_failed_with_its_reason(tmp_path: Path, trans
         assert reason.strip() and ("crc" in reason.lower() or "checksum" in reason.lower())
         del sent[bad[1:31]]
         check_stored_once([store], sent)
-    finally:
-        if server:
-            server.close()
 
 
 def test_expired_messages_go_to_failed(tmp_path: Path) -> None:
@@ -230,7 +228,7 @@ def test_a_second_relay_refuses_to_start(tmp_path: Path) -> None:
     with RelayProcess(spool, "--no-supervise") as first:
         first.wait_started()
         second = run_relay(spool)
-        assert second.returncode != 0
+        assert second.returncode == EXIT_LOCKED
         assert second.stderr == f"dropr-relay: another relay is running for {spool} (pid {first.proc.pid})\n"
         assert first.proc.poll() is None
 

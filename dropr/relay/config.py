@@ -10,7 +10,7 @@ The configuration file is TOML (or JSON when its name ends in ``.json``)::
     scan_limit_max = 100000          # the most per scan of a deep queue: bounds the relay's memory
     parallel = 1                     # requests in flight per peer
     max_age_minutes = 10080          # older queued messages go to failed/ as "expired"
-    keep_sent_minutes = 0            # 0: acknowledged messages are deleted at once, in the background
+    keep_sent_minutes = 0            # 0: acknowledged messages are deleted in the background
     rescan_seconds = 1.0             # fallback rescan of the queue, besides inotify
     timeout_seconds = 60.0           # a request slower than this fails (peer backs off)
     connect_timeout_seconds = 5.0

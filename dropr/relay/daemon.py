@@ -11,7 +11,7 @@ queue directory (about a second at a million names), and the event loop must kee
 transfers going meanwhile. A scan that took under ``INLINE_SCAN_SECONDS`` last time (a short
 queue, the usual idle case) runs inline, saving a thread hand-off on the way from a put to
 its request; a longer one runs on the dedicated scan thread, which the compiled scan leaves
-the GIL to. Only one scan runs at a time. A name acknowledged (unlinked) or failed while a
+the GIL to. Only one scan runs at a time. A name acknowledged (moved to ``sent/``) or failed while a
 threaded scan was reading could still come back from it: such names are remembered until
 that scan ends and dropped from its result, so they are not sent twice. Acknowledged files are
 renamed into ``sent/`` by a few remover threads; their names stay held until moved, so a
@@ -222,21 +222,20 @@ class Relay:
         if self._stopping or self._scan is not None:
             return
         full = self._rescan
-        skip = []
-        ready = False
+        scanned: list[Peer] = []
+        skip: list[str] = []
         for field, peer in self._peers.items():
             if self._eligible(peer, now) and (full or peer.news):
-                ready = True
+                scanned.append(peer)
             else:
                 skip.append(field)
-        if not ready:
+        if not scanned:
             if not (full or self._unknown_news):
                 return
             if now < self._quiet_until:
                 self._due["scan"] = self._quiet_until
                 return
         # Cleared before the pass: an arrival during it is read afterwards and sets them again.
-        scanned = [peer for peer in self._peers.values() if peer.field not in skip]
         self._rescan = self._unknown_news = False
         for peer in scanned:
             peer.news = False
@@ -428,7 +427,8 @@ class Relay:
         await asyncio.gather(*(loop.run_in_executor(self._remover, self._move_files, share) for share in shares))
         if not self.config.keep_sent_minutes and not self._sweeping:
             self._sweeping = True
-            loop.run_in_executor(self._sweeper, self._sweep).add_done_callback(self._swept)
+            sweep = loop.run_in_executor(self._sweeper, housekeeping.clear_sent, self.spool.sent_dir)
+            sweep.add_done_callback(self._swept)
 
     def _move_files(self, names: list[str]) -> None:
         queue_dir = self.spool.queue_dir
@@ -438,9 +438,6 @@ class Relay:
                 os.rename(os.path.join(queue_dir, name), os.path.join(sent_dir, name))
             except FileNotFoundError:
                 pass
-
-    def _sweep(self) -> int:
-        return housekeeping.clear_sent(self.spool.sent_dir)
 
     def _swept(self, done: asyncio.Future[int]) -> None:
         self._sweeping = False

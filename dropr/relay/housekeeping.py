@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Collection
 
+from .._files import remove
 from .._impl import codec
 
 TMP_MAX_AGE = 3600.0
@@ -23,8 +24,7 @@ def clean_tmp(tmp_dir: str, max_age: float = TMP_MAX_AGE) -> int:
     with os.scandir(tmp_dir) as entries:
         for entry in entries:
             try:
-                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry.path)
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff and remove(entry.path):
                     removed += 1
             except FileNotFoundError:
                 continue
@@ -62,10 +62,7 @@ def clear_sent(sent_dir: str) -> int:
                 if entry.name[0] == ".":
                     continue
                 found += 1
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                removed += 1
+                if remove(entry.path):
+                    removed += 1
         if not found:
             return removed

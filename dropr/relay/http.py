@@ -44,7 +44,7 @@ class HttpTransport:
         self._multi = multi
         self._settings = settings
         self._client = client
-        self._queue_dir = queue_dir
+        self._queue = os.fsencode(queue_dir) + b"/"
         self._resolve = resolve
         self._timeout_ms = max(1, int(timeout * 1000))
         self._connect_timeout_ms = max(1, int(connect_timeout * 1000))
@@ -82,7 +82,7 @@ class HttpTransport:
                 ),
             ),
         ]  # fmt: skip
-        queue = os.fsencode(self._queue_dir) + b"/"
+        queue = self._queue
         for entry in batch:
             form.append(
                 (
