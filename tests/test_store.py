@@ -208,11 +208,18 @@ def test_ingest_after_the_channel_was_removed_under_the_store(store: Store) -> N
     assert store.count_queued("gone") == 2
 
 
-def test_sync_data(store: Store) -> None:
+def test_sync_data_and_sync_directory(store: Store) -> None:
     path = stage(store)
     store.sync_data(path)
+    store.sync_directory(store.staging_dir)
     with pytest.raises(FileNotFoundError):
         store.sync_data(os.path.join(store.staging_dir, "gone"))
+    link = path + ".link"
+    os.symlink(path, link)
+    with pytest.raises(OSError):  # a symlink is refused
+        store.sync_data(link)
+    with pytest.raises(NotADirectoryError):
+        store.sync_directory(path)
 
 
 TRICKY_CHANNELS = [
@@ -310,6 +317,7 @@ def test_set_processed_twice_is_harmless_and_a_vanished_message_is_an_error(stor
 def test_flush(store: Store) -> None:
     put(store, b"x")
     store.flush()
+    assert [m.read() for m in store.messages("common")] == [b"x"]
 
 
 def test_importing_dropr_does_not_load_the_store() -> None:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DroprError
-from ._common import CommandError, Parser
+from ._common import CommandError, Parser, positive_int
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -57,16 +57,6 @@ def listen_address(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
     return host, int(port)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number above zero, not {text!r}")
-    return value
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:

@@ -14,6 +14,8 @@ import os
 import secrets
 import zlib
 
+from .._files import remove
+
 PREFIX = "upload-"
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -66,10 +68,7 @@ class StagedFile:
             self.close()
         finally:
             if self.path:
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+                remove(self.path)
                 self.path = ""
 
 
@@ -79,9 +78,5 @@ def remove_leftovers(staging_dir: str) -> int:
     with os.scandir(staging_dir) as entries:
         for entry in entries:
             if entry.name.startswith(PREFIX) and entry.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(entry.path)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+                removed += remove(entry.path)
     return removed

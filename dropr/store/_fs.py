@@ -15,18 +15,19 @@ __all__ = ["DIR_MODE", "FILE_MODE", "publish", "remove", "sync_data", "sync_dire
 
 def sync_data(path: str) -> None:
     """Make the content of the file ``path`` durable (``fdatasync``; a symlink is refused)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    _on_fd(path, os.O_NOFOLLOW, os.fdatasync)
 
 
 def sync_directory(path: str) -> None:
     """Make the entries of the directory ``path`` durable (``fsync`` of the directory)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _on_fd(path, os.O_DIRECTORY, os.fsync)
+
+
+def _on_fd(path: str, flags: int, sync: Callable[[int], object]) -> None:
+    """Open ``path`` read-only with ``flags``, apply ``sync`` to the descriptor, close it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
 

@@ -343,9 +343,7 @@ class Store:
         if path is None:
             check_channel(channel, self.limits)
             path = os.path.join(self.channels_dir, self._names.register(channel))
-            if len(self._channel_dirs) >= _CACHE_LIMIT:
-                self._channel_dirs.clear()
-            self._channel_dirs[channel] = path
+            _remember(self._channel_dirs, channel, path)
         return path
 
     def _channel_problem(self, channel: str) -> str:
@@ -411,19 +409,13 @@ class Store:
         name = self._client_fields.get(client)
         if name is None:
             check_client_id(client, self.limits)
-            name = self._names.register(client)
-            if len(self._client_fields) >= _CACHE_LIMIT:
-                self._client_fields.clear()
-            self._client_fields[client] = name
+            name = _remember(self._client_fields, client, self._names.register(client))
         return name
 
     def _client(self, name: str) -> str:
         text = self._clients.get(name)
         if text is None:
-            text = self._names.resolve(name)
-            if len(self._clients) >= _CACHE_LIMIT:
-                self._clients.clear()
-            self._clients[name] = text
+            text = _remember(self._clients, name, self._names.resolve(name))
         return text
 
     def _make_channel(self, channel_dir: str) -> None:
@@ -466,6 +458,14 @@ class Store:
         self._next_sweep[channel_dir] = min(now + self.sweep_interval, earliest)
         if moved:
             self._seen.pop(channel_dir, None)
+
+
+def _remember(cache: dict[str, str], key: str, value: str) -> str:
+    """Keep ``value`` for ``key`` in a cache of at most _CACHE_LIMIT entries; ``value``."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _message_problem(msg_id: str, priority: int) -> str:
