@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from _floor import build_floor
+
 from dropr._impl import IMPLEMENTATION, codec
 from dropr.store import Store
 
@@ -79,15 +81,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def build_floor(workdir: str) -> str:
-    source = os.path.join(workdir, "floor.c")
-    binary = os.path.join(workdir, "floor")
-    with open(source, "w") as file:
-        file.write(C_FLOOR)
-    subprocess.run(["cc", "-O2", "-o", binary, source], check=True)
-    return binary
 
 
 def fill(root: str, count: int, size: int) -> Store:
@@ -162,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="dropr-bench-consume-")
     try:
-        binary = build_floor(work)
+        binary = build_floor(C_FLOOR, work)
         ratios: dict[int, list[float]] = {1: [], 4: []}
         rates: dict[tuple[str, int], list[float]] = {}
         for round_ in range(args.rounds):

@@ -32,6 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
+from _floor import build_floor
 from support import start_server
 
 from dropr._impl import IMPLEMENTATION, scan
@@ -135,15 +136,6 @@ PHP_FIGURES = [
 ]
 
 
-def build_floor(work: str) -> str:
-    source = os.path.join(work, "floor.c")
-    binary = os.path.join(work, "floor")
-    with open(source, "w") as file:
-        file.write(C_FLOOR)
-    subprocess.run(["cc", "-O2", "-o", binary, source], check=True)
-    return binary
-
-
 def fresh(root: str) -> str:
     subprocess.run(["sync"], check=True)
     return tempfile.mkdtemp(prefix="cell-", dir=root)
@@ -221,7 +213,7 @@ def main() -> None:
     relay_args = ["--batch-count", str(args.batch_count), "--parallel", str(args.parallel)]
     rates: dict[str, list[float]] = {"floor": [], "http": [], "local": []}
     try:
-        binary = build_floor(root)
+        binary = build_floor(C_FLOOR, root)
         for round_no in range(args.rounds):
             rates["floor"].append(floor_cell(binary, root, args.count, args.size, args.batch_count))
             rates["http"].append(dropr_cell(root, args.count, args.size, "http", relay_args))

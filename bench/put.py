@@ -31,6 +31,8 @@ import tempfile
 import textwrap
 from typing import NamedTuple
 
+from _floor import build_floor
+
 PEER = "http://127.0.0.1:8080/q"
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
 
@@ -90,15 +92,6 @@ FASTPUT = textwrap.dedent(
     print(time.perf_counter() - start, dropr._impl.IMPLEMENTATION)
     """
 )
-
-
-def build_floor(workdir: str) -> str:
-    source = os.path.join(workdir, "floor.c")
-    binary = os.path.join(workdir, "floor")
-    with open(source, "w") as file:
-        file.write(C_FLOOR)
-    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", binary, source], check=True)
-    return binary
 
 
 def spread_out(path: str) -> None:
@@ -216,7 +209,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix=f"dropr-bench-{os.urandom(4).hex()}-")
     spread_out(workdir)
     try:
-        binary = build_floor(workdir)
+        binary = build_floor(C_FLOOR, workdir)
         if args.depth:
             compare_depth(args, binary, workdir, env)
         else:
