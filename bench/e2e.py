@@ -181,7 +181,7 @@ def dropr_cell(root: str, count: int, size: int, transport: str, relay_args: lis
         assert producer.stdout is not None
         started = float(producer.stdout.readline())
         queue = os.path.join(spool, "queue")
-        while producer.poll() is None or scan.count(queue):
+        while producer.poll() is None or scan.count_queue(queue):
             time.sleep(0.002)
         ended = time.monotonic()
         if producer.returncode:

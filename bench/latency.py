@@ -2,7 +2,7 @@
 
 A server and a relay run; the benchmark puts single messages, a few milliseconds apart so
 the relay is idle each time, and times with inotify (no polling) when the message appears
-in the store's channel queue ("stored") and when the relay removed it from the spool after
+in the store's channel queue ("stored") and when the relay moved it to the spool's sent/ after
 the server's acknowledgement ("acked"). Target: stored p99 <= 20 ms. ``--local`` measures
 the file:// transport instead of HTTP.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from support import start_server
 
 import dropr
-from dropr._impl import IMPLEMENTATION
+from dropr._impl import IMPLEMENTATION, scan
 from dropr.relay import inotify
 
 CHANNEL = "latency"
@@ -72,9 +72,9 @@ def main() -> None:
                 raise RuntimeError("the relay delivers nothing")
             time.sleep(0.01)
         arrivals = inotify.watch(store_queue)
-        removals = inotify.watch(client.spool.queue_dir, inotify.IN_DELETE | inotify.IN_MOVED_FROM)
+        removals = inotify.watch(client.spool.sent_dir, inotify.IN_MOVED_TO)  # acknowledged files move there
         assert arrivals is not None and removals is not None
-        while os.listdir(client.spool.queue_dir):
+        while scan.count_queue(client.spool.queue_dir):
             time.sleep(0.01)
         removals.read()
         stored: list[float] = []

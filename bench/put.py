@@ -1,8 +1,9 @@
 """fastput against a C program doing the same file system calls per message.
 
 Per message the C floor does openat(tmp, O_CREAT|O_EXCL), write, [fdatasync], close,
-renameat into queue, [fsync queue]: the calls fastput makes, without computing a checksum
-or an id. Both run in fresh processes, alternately (A B A B ...), each cell in a fresh
+renameat into the queue's bucket (mkdirat first when the bucket is new), [fsync bucket, and
+fsync queue once per new bucket]: the calls fastput makes, without computing a checksum or
+an id. Both run in fresh processes, alternately (A B A B ...), each cell in a fresh
 random work directory under the system temp dir, with ``sync`` between cells; the figure
 that counts is the median of the per-round ratios.
 
@@ -38,10 +39,12 @@ FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020
 
 C_FLOOR = r"""
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,7 +59,8 @@ int main(int argc, char **argv) {
     if (tmp < 0 || queue < 0) die("open");
     char *buf = malloc(size ? size : 1);
     memset(buf, 'x', size);
-    char tmp_name[64], queue_name[256];
+    char tmp_name[64], queue_name[256], bucket[16] = "";
+    int bucket_fd = -1;
     struct timespec t0, t1, now;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (long i = 0; i < count; i++) {
@@ -64,14 +68,24 @@ int main(int argc, char **argv) {
         long long ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
         snprintf(tmp_name, sizeof tmp_name, "%016llx%08x%06lx", ns, 0x1234abcdU, i & 0xFFFFFF);
         snprintf(queue_name, sizeof queue_name,
-                 "9%s+http%%3A%%2F%%2F127.0.0.1%%3A8080%%2Fq+common+%lx+%08x", tmp_name, size, 0U);
+                 "9%.8s/9%s+http%%3A%%2F%%2F127.0.0.1%%3A8080%%2Fq+common+%lx+%08x", tmp_name, tmp_name,
+                 size, 0U);
+        int new_bucket = memcmp(bucket, queue_name, 9) != 0;
+        if (new_bucket) {
+            memcpy(bucket, queue_name, 9);
+            if (mkdirat(queue, bucket, 0750) != 0 && errno != EEXIST) die("mkdirat");
+            if (bucket_fd >= 0) close(bucket_fd);
+            bucket_fd = openat(queue, bucket, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (bucket_fd < 0) die("openat bucket");
+        }
         int fd = openat(tmp, tmp_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
         if (fd < 0) die("openat");
         if (write(fd, buf, size) != size) die("write");
         if (sync && fdatasync(fd) != 0) die("fdatasync");
         if (close(fd) != 0) die("close");
         if (renameat(tmp, tmp_name, queue, queue_name) != 0) die("renameat");
-        if (sync && fsync(queue) != 0) die("fsync");
+        if (sync && fsync(bucket_fd) != 0) die("fsync");
+        if (sync && new_bucket && fsync(queue) != 0) die("fsync");
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     printf("%.9f c\n", (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);

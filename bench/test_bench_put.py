@@ -54,4 +54,5 @@ def test_fastput(benchmark: BenchmarkFixture, drop_twin: ModuleType, where: str,
     benchmark.group = f"put-{where}{'-sync' if sync else ''}"
     with fresh_dir(where) as spool_dir:
         msg_id = benchmark(spool.fastput, PAYLOAD, PEER, spool=spool_dir, sync=sync)
-        assert any(name[1:31] == msg_id for name in os.listdir(os.path.join(spool_dir, "queue")))
+        queue = os.path.join(spool_dir, "queue")
+        assert any(name[1:31] == msg_id for b in os.listdir(queue) for name in os.listdir(os.path.join(queue, b)))

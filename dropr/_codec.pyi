@@ -3,6 +3,7 @@
 from typing import Final
 
 ID_LEN: Final[int]
+BUCKET_LEN: Final[int]
 MAX_FIELD: Final[int]
 SEPARATOR: Final[str]
 COMPACT: Final[str]

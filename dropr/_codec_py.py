@@ -22,6 +22,11 @@ field longer than :data:`MAX_FIELD` is replaced by its compact form, ``~`` and t
 BLAKE2b-128 hex digest of the text; the caller keeps the text under that key (the spool's
 and the store's ``names/`` directory). ``~`` is never produced by escaping, so the two
 forms cannot collide. Names therefore stay well under 255 bytes.
+
+A spool's queue is split into buckets, subdirectories named by the first :data:`BUCKET_LEN`
+bytes of their messages' names: the priority digit and the id's first 8 digits, which count
+time in units of 2**32 ns (about 4.3 s). Bucket names sort as their messages do, so the first
+messages of a deep queue are in its first buckets and are found without reading the rest.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import re
 import time
 
 ID_LEN = 30
+BUCKET_LEN = 9
 MAX_FIELD = 80
 SEPARATOR = "+"
 COMPACT = "~"

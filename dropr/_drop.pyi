@@ -1,5 +1,10 @@
 """The put system-call path (compiled); ``dropr._drop_py`` is its plain-Python twin."""
 
+from typing import Final
+
+STALE_PUT_NS: Final[int]
+BUCKET_ATTEMPTS: Final[int]
+
 def put(
     tmp_fd: int,
     queue_fd: int,
@@ -12,8 +17,9 @@ def put(
     """Write ``payload`` as a new queued message in the spool whose ``tmp/`` and ``queue/``
     directories are open as ``tmp_fd`` and ``queue_fd``; return its id.
 
-    ``peer_field`` and ``channel_field`` are already escaped. With ``sync`` the file data and
-    then the queue directory are flushed to disk before returning. On failure nothing is left
-    in ``tmp/`` or ``queue/`` and ``OSError`` is raised with its errno; a field or priority
-    outside the name format raises ValueError before anything is written.
+    ``peer_field`` and ``channel_field`` are already escaped; the message goes into its
+    bucket, ``queue/BUCKET/NAME``, made when missing. With ``sync`` the file data, its bucket
+    and the bucket's entry in ``queue/`` are flushed to disk before returning. On failure
+    nothing is left in ``tmp/`` or ``queue/`` and ``OSError`` is raised with its errno; a
+    field or priority outside the name format raises ValueError before anything is written.
     """

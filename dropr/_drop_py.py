@@ -1,17 +1,32 @@
 """The put system-call path, plain-Python twin of ``dropr._drop``.
 
-A message is written under its id in the spool's ``tmp/`` and renamed into ``queue/``
-under its full spool name only once complete, so the queue never shows a partial file.
+A message is written under its id in the spool's ``tmp/`` and renamed into its queue bucket,
+``queue/BUCKET/NAME``, under its full spool name only once complete, so the queue never shows
+a partial file. A missing bucket is made on the way (it is new, or the relay removed it as
+empty meanwhile) and the rename tried again.
+
+With ``sync``, the file's data, then its bucket, then the bucket's entry in ``queue/`` are
+flushed before the put returns. The last flush is skipped when this process already flushed
+``queue/`` for this bucket, as long as the put is not stale: the relay removes only buckets
+empty for at least twice :data:`STALE_PUT_NS`, so a bucket known durable cannot have been
+removed and made anew under a put younger than that.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+from time import time_ns
 from zlib import crc32
 
-from ._codec_py import new_id, spool_name
+from ._codec_py import BUCKET_LEN, new_id, spool_name
+
+STALE_PUT_NS = 30_000_000_000
+BUCKET_ATTEMPTS = 8
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_synced_slot = [0] * 10
 
 
 def put(
@@ -25,10 +40,11 @@ def put(
 ) -> str:
     """Write ``payload`` as a new queued message and return its id.
 
-    ``peer_field`` and ``channel_field`` are already escaped. With ``sync`` the file data
-    and then the queue directory are flushed to disk before returning. On failure nothing
-    is left in ``tmp/`` or ``queue/`` and the ``OSError`` is raised with its errno; a field
-    or priority outside the name format raises ValueError before anything is written.
+    ``peer_field`` and ``channel_field`` are already escaped. With ``sync`` the file data,
+    its bucket and the bucket's entry in ``queue/`` are flushed to disk before returning. On
+    failure nothing is left in ``tmp/`` or ``queue/`` and the ``OSError`` is raised with its
+    errno; a field or priority outside the name format raises ValueError before anything is
+    written.
     """
     msg_id = new_id()
     data = memoryview(payload).cast("B")
@@ -36,6 +52,8 @@ def put(
         name = spool_name(priority, msg_id, peer_field, channel_field, len(data), crc32(data))
     except ValueError:
         raise ValueError(f"not a spool name: priority {priority!r}, fields {peer_field!r}, {channel_field!r}") from None
+    bucket = name[:BUCKET_LEN]
+    path = f"{bucket}/{name}"
     fd = os.open(msg_id, _CREATE, 0o640, dir_fd=tmp_fd)
     try:
         try:
@@ -45,17 +63,47 @@ def put(
                 os.fdatasync(fd)
         finally:
             os.close(fd)
-        os.rename(msg_id, name, src_dir_fd=tmp_fd, dst_dir_fd=queue_fd)
+        made = _enter(tmp_fd, queue_fd, msg_id, bucket, path)
     except BaseException:
         _unlink(msg_id, tmp_fd)
         raise
     if sync:
         try:
-            os.fsync(queue_fd)
+            _sync_entry(queue_fd, bucket, msg_id, priority, made)
         except BaseException:
-            _unlink(name, queue_fd)
+            _unlink(path, queue_fd)
             raise
     return msg_id
+
+
+def _enter(tmp_fd: int, queue_fd: int, msg_id: str, bucket: str, path: str) -> bool:
+    """Renames ``tmp/ID`` to ``queue/BUCKET/NAME``; returns whether it made the bucket."""
+    made = False
+    for _ in range(BUCKET_ATTEMPTS):
+        try:
+            os.rename(msg_id, path, src_dir_fd=tmp_fd, dst_dir_fd=queue_fd)
+            return made
+        except FileNotFoundError:
+            pass
+        try:
+            os.mkdir(bucket, 0o750, dir_fd=queue_fd)
+            made = True
+        except FileExistsError:
+            pass
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
+def _sync_entry(queue_fd: int, bucket: str, msg_id: str, priority: int, made: bool) -> None:
+    fd = os.open(bucket, _DIR_FLAGS, dir_fd=queue_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    slot = int(msg_id[:8], 16)
+    stale = time_ns() - int(msg_id[:16], 16) > STALE_PUT_NS
+    if made or stale or _synced_slot[priority] != slot:
+        os.fsync(queue_fd)
+        _synced_slot[priority] = slot
 
 
 def _unlink(name: str, dir_fd: int) -> None:

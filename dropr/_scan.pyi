@@ -14,3 +14,14 @@ def scan(path: str | PathLike[str], limit: int, skip: Collection[str] = ()) -> l
 
 def count(path: str | PathLike[str]) -> int:
     """The number of entries of directory ``path`` whose name does not start with ``.``."""
+
+def scan_queue(path: str | PathLike[str], limit: int, skip: Collection[str] = ()) -> list[str]:
+    """As :func:`scan` for a spool's bucketed ``queue/``: buckets are read in order until
+    ``limit`` names are found, so a deep queue costs what its first buckets hold. A bucket
+    removed while being read is passed over; a name in a bucket not its own is ignored."""
+
+def buckets(path: str | PathLike[str]) -> list[str]:
+    """The bucket names of a spool's ``queue/`` directory ``path``, in order."""
+
+def count_queue(path: str | PathLike[str]) -> int:
+    """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""

@@ -6,6 +6,12 @@ does — a priority digit, the 30-hex-digit id and ``+`` — so hidden files, te
 anything else a person drops there are ignored rather than delivered. Names are compared as
 the bytes the file system holds (``os.fsencode``), so the order never depends on how a name
 decodes.
+
+A spool's ``queue/`` holds buckets (see ``dropr._codec_py``) rather than messages: the
+``*_queue`` functions read its buckets in order and stop at the first bucket after which
+``limit`` names are found, since every later bucket's names sort after them. A bucket that
+vanishes while being read (the relay removes empty ones) is passed over; a name in a bucket
+that is not its own is ignored.
 """
 
 from __future__ import annotations
@@ -13,28 +19,70 @@ from __future__ import annotations
 import heapq
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+
+from ._codec_py import BUCKET_LEN
 
 _HEAD = re.compile(rb"[0-9][0-9a-f]{30}\+")
+_BUCKET = re.compile(rf"[0-9][0-9a-f]{{{BUCKET_LEN - 1}}}")
 
 
 def scan(path: str, limit: int, skip: Collection[str] = ()) -> list[str]:
     """The first ``limit`` message names of directory ``path`` in delivery order, leaving out
     names whose field after the first ``+`` (a spool name's peer) is in ``skip``."""
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, not {limit}")
-    skipped = {os.fsencode(field) for field in skip}
-    names = (
-        name
-        for name in _listdir(path)
-        if _HEAD.match(name) and (not skipped or name[32:].split(b"+", 1)[0] not in skipped)
-    )
-    return [os.fsdecode(name) for name in heapq.nsmallest(limit, names)]
+    return _select(_listdir(path), limit, skip)
+
+
+def scan_queue(path: str, limit: int, skip: Collection[str] = ()) -> list[str]:
+    """As :func:`scan` for a spool's bucketed ``queue/``: buckets are read in order until
+    ``limit`` names are found, so a deep queue costs what its first buckets hold."""
+    _check(limit)
+    selected: list[str] = []
+    for bucket in buckets(path):
+        if len(selected) >= limit:
+            break
+        prefix = bucket.encode("ascii")
+        try:
+            names = [name for name in _listdir(os.path.join(path, bucket)) if name.startswith(prefix)]
+        except FileNotFoundError:
+            continue
+        selected += _select(names, limit - len(selected), skip)
+    return selected
+
+
+def buckets(path: str) -> list[str]:
+    """The bucket names of a spool's ``queue/`` directory ``path``, in order."""
+    return sorted(name for name in map(os.fsdecode, _listdir(path)) if _BUCKET.fullmatch(name))
 
 
 def count(path: str) -> int:
     """The number of entries of directory ``path`` whose name does not start with ``.``."""
     return sum(1 for name in _listdir(path) if not name.startswith(b"."))
+
+
+def count_queue(path: str) -> int:
+    """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
+    total = 0
+    for bucket in buckets(path):
+        try:
+            total += count(os.path.join(path, bucket))
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def _check(limit: int) -> None:
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, not {limit}")
+
+
+def _select(names: Iterable[bytes], limit: int, skip: Collection[str]) -> list[str]:
+    _check(limit)
+    skipped = {os.fsencode(field) for field in skip}
+    messages = (
+        name for name in names if _HEAD.match(name) and (not skipped or name[32:].split(b"+", 1)[0] not in skipped)
+    )
+    return [os.fsdecode(name) for name in heapq.nsmallest(limit, messages)]
 
 
 def _listdir(path: str) -> list[bytes]:

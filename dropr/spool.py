@@ -3,7 +3,8 @@
 A spool holds one file per message; the file name carries the message's metadata (see
 ``dropr._codec_py``), so the directory listing is the queue::
 
-    SPOOL/queue/      ready messages, in delivery order by name
+    SPOOL/queue/BUCKET/  ready messages, in delivery order by name; BUCKET is the name's
+                      priority digit and first 8 id digits (a 4.3 s slice of time)
     SPOOL/tmp/        puts in progress, named by message id
     SPOOL/sent/       acknowledged messages kept for a while
     SPOOL/failed/     messages rejected for good: NAME and NAME.reason
@@ -11,8 +12,9 @@ A spool holds one file per message; the file name carries the message's metadata
     SPOOL/client-id   the name this spool goes by towards servers
     SPOOL/relay.lock  held by the running relay
 
-A put is one file created in ``tmp/`` and renamed into ``queue/``: the relay and any reader
-see a message complete or not at all.
+A put is one file created in ``tmp/`` and renamed into its bucket in ``queue/`` (made on
+demand): the relay and any reader see a message complete or not at all. Buckets keep the
+first messages of a deep queue in a few small directories; the relay removes the empty ones.
 """
 
 from __future__ import annotations
@@ -180,11 +182,15 @@ class Spool:
             codec.id_time_ns(msg_id) / 1e9,
         )
 
+    def queued_path(self, name: str) -> str:
+        """The path of the queued message ``name``: ``queue/BUCKET/NAME``."""
+        return f"{self.queue_dir}/{name[: codec.BUCKET_LEN]}/{name}"
+
     def fail(self, name: str, reason: str) -> None:
-        """Move ``queue/NAME`` to ``failed/`` with its reason, written first as NAME.reason."""
-        if "/" in name or name.startswith(".") or not name:
+        """Move a queued message to ``failed/`` with its reason, written first as NAME.reason."""
+        if "/" in name or name.startswith(".") or len(name) <= codec.BUCKET_LEN:
             raise ValueError(f"not a queued message name: {name!r}")
-        source = os.path.join(self.queue_dir, name)
+        source = self.queued_path(name)
         os.stat(source)
         reason_file = os.path.join(self.failed_dir, name + ".reason")
         publish(reason_file, (reason.rstrip("\n") + "\n").encode("utf-8"), replace=True)

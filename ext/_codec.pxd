@@ -29,6 +29,7 @@ cdef enum:
     DROPR_MAX_FIELD = 80
     DROPR_COMPACT_LEN = 33
     DROPR_NAME_MAX = 255
+    DROPR_BUCKET_LEN = 9    # a spool name's queue bucket: its priority digit and 8 id digits
 
 ctypedef struct CodecAPI:
     # Writes a fresh message id (DROPR_ID_LEN lower-hex chars) and a NUL into out.
@@ -159,6 +160,17 @@ cdef inline bint is_message_head(const char *name) noexcept nogil:
     the id and ``+``."""
     return (name[0] >= b'0' and name[0] <= b'9' and is_id(name + 1)
             and name[DROPR_ID_LEN + 1] == b'+')
+
+cdef inline bint is_bucket_name(const char *name) noexcept nogil:
+    """Whether a NUL-terminated name is a queue bucket's: a priority digit and 8 lower-hex
+    digits (the id's first 8: its time in units of 2**32 ns)."""
+    cdef int i
+    if name[0] < b'0' or name[0] > b'9':
+        return False
+    for i in range(1, DROPR_BUCKET_LEN):
+        if not is_lower_hex(<unsigned char>name[i]):
+            return False
+    return name[DROPR_BUCKET_LEN] == 0
 
 cdef inline int _upper_hex(char c) noexcept nogil:
     if c >= b'0' and c <= b'9':

@@ -14,7 +14,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from _codec cimport (
-    CodecAPI, DROPR_ID_LEN, DROPR_MAX_FIELD, DROPR_NAME_MAX, PARSE_NOT_SPOOL,
+    CodecAPI, DROPR_BUCKET_LEN, DROPR_ID_LEN, DROPR_MAX_FIELD, DROPR_NAME_MAX, PARSE_NOT_SPOOL,
     PARSE_NOT_STORE, PARSE_OK, SpoolParts, format_spool_name, format_store_name,
     hex_digits_value, is_lower_hex, is_safe, parse_spool, parse_store, put_hex, unescape_into,
 )
@@ -28,6 +28,7 @@ cdef extern from * nogil:
         __ATOMIC_RELAXED
 
 ID_LEN = DROPR_ID_LEN
+BUCKET_LEN = DROPR_BUCKET_LEN
 MAX_FIELD = DROPR_MAX_FIELD
 SEPARATOR = "+"
 COMPACT = "~"

@@ -1,23 +1,38 @@
-"""The put system-call path, compiled twin of ``dropr._drop_py``.
+"""The put system-call path, compiled twin of ``dropr._drop_py`` (the rules are documented there).
 
 One call makes the id, the CRC-32 and the spool name in C and does openat, write,
-[fdatasync], close, renameat, [fsync] with the GIL released, so a put costs what the file
-system charges and threads putting at once run in parallel.
+[fdatasync], close, renameat into the queue bucket (mkdirat first if the bucket is new),
+[fsync of the bucket and, when needed, of queue/] with the GIL released, so a put costs what
+the file system charges and threads putting at once run in parallel.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport uint8_t, uint32_t
-from libc.string cimport strerror
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, strerror
 
-from _codec cimport DROPR_ID_LEN, DROPR_NAME_MAX, CodecAPI, format_spool_name, import_codec
-from _sys cimport (EINTR, ENOSPC, O_CLOEXEC, O_CREAT, O_EXCL, O_WRONLY, close, errno, fdatasync,
-                   fsync, openat, renameat, ssize_t, unlinkat, write)
+from _codec cimport (DROPR_BUCKET_LEN, DROPR_ID_LEN, DROPR_NAME_MAX, CodecAPI, format_spool_name,
+                     hex_value, import_codec)
+from _sys cimport (CLOCK_REALTIME, EEXIST, EINTR, ENOENT, ENOSPC, O_CLOEXEC, O_CREAT, O_DIRECTORY,
+                   O_EXCL, O_RDONLY, O_WRONLY, clock_gettime, close, errno, fdatasync, fsync,
+                   mkdirat, openat, renameat, ssize_t, timespec, unlinkat, write)
+
+cdef extern from * nogil:
+    uint32_t __atomic_load_n(uint32_t *ptr, int order)
+    void __atomic_store_n(uint32_t *ptr, uint32_t value, int order)
+    enum:
+        __ATOMIC_RELAXED
 
 import dropr._codec  # the capsule lookup below walks attributes; the submodule must be loaded
 
 cdef const CodecAPI *_codec = import_codec()
 cdef uint32_t _crc_table[8][256]
+
+STALE_PUT_NS = 30_000_000_000
+BUCKET_ATTEMPTS = 8
+cdef int64_t _stale_put_ns = STALE_PUT_NS
+cdef int _bucket_attempts = BUCKET_ATTEMPTS
+cdef uint32_t _synced_slot[10]  # per priority: the last bucket whose entry in queue/ this process synced
 
 
 cdef void _init_crc_table() noexcept:
@@ -69,11 +84,63 @@ cdef int _undo(int err, int fd, int tmp_fd, const char *msg_id) noexcept nogil:
     return err
 
 
-cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, const char *name,
+cdef uint64_t _hex(const char *digits, int count) noexcept nogil:
+    cdef uint64_t value = 0
+    cdef int i
+    for i in range(count):
+        value = value * 16 + <uint64_t>hex_value(<unsigned char>digits[i])
+    return value
+
+
+cdef int _enter(int tmp_fd, int queue_fd, const char *msg_id, char *path, bint *made) noexcept nogil:
+    """Renames tmp/ID to queue/BUCKET/NAME (``path``), making the bucket when it is missing
+    (it may be new, or removed by the relay as empty meanwhile); 0 or the errno."""
+    cdef int attempt
+    for attempt in range(_bucket_attempts):
+        if renameat(tmp_fd, msg_id, queue_fd, path) == 0:
+            return 0
+        if errno != ENOENT:
+            return errno
+        path[DROPR_BUCKET_LEN] = 0
+        if mkdirat(queue_fd, path, 0o750) == 0:
+            made[0] = True
+        elif errno != EEXIST:
+            path[DROPR_BUCKET_LEN] = b'/'
+            return errno
+        path[DROPR_BUCKET_LEN] = b'/'
+    return ENOENT
+
+
+cdef int _sync_entry(int queue_fd, char *path, const char *msg_id, int priority, bint made) noexcept nogil:
+    """Flushes the bucket and, unless known durable already, the bucket's entry in queue/."""
+    cdef timespec now
+    cdef int fd
+    cdef uint32_t slot = <uint32_t>_hex(msg_id, 8)
+    path[DROPR_BUCKET_LEN] = 0
+    fd = openat(queue_fd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    path[DROPR_BUCKET_LEN] = b'/'
+    if fd < 0:
+        return errno
+    if fsync(fd) != 0:
+        close(fd)
+        return errno
+    close(fd)
+    clock_gettime(CLOCK_REALTIME, &now)
+    if (made or __atomic_load_n(&_synced_slot[priority], __ATOMIC_RELAXED) != slot
+            or <int64_t>now.tv_sec * 1000000000 + now.tv_nsec
+               - <int64_t>_hex(msg_id, 16) > _stale_put_ns):
+        if fsync(queue_fd) != 0:
+            return errno
+        __atomic_store_n(&_synced_slot[priority], slot, __ATOMIC_RELAXED)
+    return 0
+
+
+cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, char *path, int priority,
                const char *data, size_t left, bint sync) noexcept nogil:
     """Writes the message; returns 0, or the errno of the failed step with nothing left."""
     cdef ssize_t n
     cdef int err
+    cdef bint made = False
     cdef int fd = openat(tmp_fd, msg_id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
     if fd < 0:
         return errno
@@ -91,12 +158,14 @@ cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, const char *name,
         return _undo(errno, fd, tmp_fd, msg_id)
     if close(fd) != 0:
         return _undo(errno, -1, tmp_fd, msg_id)
-    if renameat(tmp_fd, msg_id, queue_fd, name) != 0:
-        return _undo(errno, -1, tmp_fd, msg_id)
-    if sync and fsync(queue_fd) != 0:
-        err = errno
-        unlinkat(queue_fd, name, 0)
-        return err
+    err = _enter(tmp_fd, queue_fd, msg_id, path, &made)
+    if err:
+        return _undo(err, -1, tmp_fd, msg_id)
+    if sync:
+        err = _sync_entry(queue_fd, path, msg_id, priority, made)
+        if err:
+            unlinkat(queue_fd, path, 0)
+            return err
     return 0
 
 
@@ -104,16 +173,18 @@ def put(int tmp_fd, int queue_fd, str peer_field not None, str channel_field not
         int priority, payload, bint sync):
     """Write ``payload`` as a new queued message and return its id.
 
-    ``peer_field`` and ``channel_field`` are already escaped. With ``sync`` the file data
-    and then the queue directory are flushed to disk before returning. On failure nothing
-    is left in ``tmp/`` or ``queue/`` and the ``OSError`` is raised with its errno; a field
-    or priority outside the name format raises ValueError before anything is written.
+    ``peer_field`` and ``channel_field`` are already escaped. With ``sync`` the file data,
+    its bucket and the bucket's entry in ``queue/`` are flushed to disk before returning. On
+    failure nothing is left in ``tmp/`` or ``queue/`` and the ``OSError`` is raised with its
+    errno; a field or priority outside the name format raises ValueError before anything is
+    written.
     """
     cdef Py_ssize_t peer_len, channel_len, name_len = -1
     cdef const char *peer = PyUnicode_AsUTF8AndSize(peer_field, &peer_len)
     cdef const char *channel = PyUnicode_AsUTF8AndSize(channel_field, &channel_len)
     cdef char msg_id[DROPR_ID_LEN + 1]
-    cdef char name[DROPR_NAME_MAX + 1]
+    cdef char path[DROPR_BUCKET_LEN + 1 + DROPR_NAME_MAX + 1]  # BUCKET/NAME
+    cdef char *name = path + DROPR_BUCKET_LEN + 1
     cdef Py_buffer view
     cdef int err = 0
     PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
@@ -124,7 +195,10 @@ def put(int tmp_fd, int queue_fd, str peer_field not None, str channel_field not
                 name, priority, msg_id, peer, peer_len, channel, channel_len, <unsigned long long>view.len,
                 crc32(<const uint8_t *>view.buf, <size_t>view.len))
             if name_len >= 0:
-                err = _drop(tmp_fd, queue_fd, msg_id, name, <const char *>view.buf, <size_t>view.len, sync)
+                memcpy(path, name, DROPR_BUCKET_LEN)
+                path[DROPR_BUCKET_LEN] = b'/'
+                err = _drop(tmp_fd, queue_fd, msg_id, path, priority, <const char *>view.buf,
+                            <size_t>view.len, sync)
     finally:
         PyBuffer_Release(&view)
     if name_len < 0:

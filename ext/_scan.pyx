@@ -1,6 +1,6 @@
 """Directory scanning, compiled twin of ``dropr._scan_py`` (the rules are documented there).
 
-The whole directory is read with ``readdir`` without the GIL. The smallest ``limit`` names
+A directory is read with ``readdir`` without the GIL. The smallest ``limit`` names
 seen so far are kept as C strings in a max-heap, so a name that is not selected — skipped,
 not a message, or after the first ``limit`` — costs a byte comparison and no Python object,
 and memory stays bounded by ``limit`` however deep the queue is.
@@ -12,8 +12,8 @@ from cpython.exc cimport PyErr_SetFromErrnoWithFilenameObject
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, strcmp, strcspn, strlen
 
-from _codec cimport DROPR_ID_LEN, is_message_head
-from _sys cimport DIR, closedir, dirent, errno, opendir, readdir
+from _codec cimport DROPR_BUCKET_LEN, DROPR_ID_LEN, is_bucket_name, is_message_head
+from _sys cimport DIR, ENOENT, closedir, dirent, errno, opendir, readdir
 
 cdef extern from "Python.h":
     str PyUnicode_DecodeFSDefaultAndSize(const char *name, Py_ssize_t size)
@@ -112,59 +112,135 @@ cdef DIR *_open(bytes raw, object path) except NULL:
     return directory
 
 
-def scan(path, Py_ssize_t limit, skip=()) -> list:
-    """The first ``limit`` message names of directory ``path`` in delivery order, leaving out
-    names whose field after the first ``+`` (a spool name's peer) is in ``skip``."""
+cdef int _read_into(DIR *directory, Heap *heap, const Field *skip, Py_ssize_t skip_count,
+                    const char *bucket) noexcept nogil:
+    """Offers every message name of ``directory`` (only those starting with ``bucket`` when
+    given) to the heap; returns 0, the errno of a failed read, or -1 when out of memory."""
     global errno
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, not {limit}")
-    skip_raw = [os.fsencode(field) for field in skip]
-    cdef Py_ssize_t skip_count = len(skip_raw), i
-    cdef Field *fields = <Field *>malloc(max(1, skip_count) * sizeof(Field))
-    if fields == NULL:
-        raise MemoryError()
-    cdef Heap heap
-    heap.names = NULL
-    heap.size = heap.capacity = 0
-    heap.limit = limit
-    cdef DIR *directory = NULL
     cdef dirent *entry
-    cdef int error = 0
-    cdef bint out_of_memory = False
-    try:
-        for i in range(skip_count):
-            fields[i].data = <bytes>skip_raw[i]
-            fields[i].length = len(<bytes>skip_raw[i])
-        directory = _open(os.fsencode(path), path)
+    while True:
+        errno = 0
+        entry = readdir(directory)
+        if entry == NULL:
+            return errno
+        if not is_message_head(entry.d_name):
+            continue
+        if bucket != NULL and memcmp(entry.d_name, bucket, DROPR_BUCKET_LEN) != 0:
+            continue
+        if skip_count and _skipped(entry.d_name, skip, skip_count):
+            continue
+        if not _offer(heap, entry.d_name):
+            return -1
+
+
+cdef class _Selection:
+    """The smallest names offered so far, and the peers to leave out, held in C."""
+    cdef Heap heap
+    cdef Field *skip
+    cdef Py_ssize_t skip_count
+    cdef list skip_raw
+
+    def __cinit__(self, Py_ssize_t limit, skip):
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        self.heap.limit = limit
+        self.skip_raw = [os.fsencode(field) for field in skip]
+        self.skip_count = len(self.skip_raw)
+        self.skip = <Field *>malloc(max(1, self.skip_count) * sizeof(Field))
+        if self.skip == NULL:
+            raise MemoryError()
+        cdef Py_ssize_t i
+        for i in range(self.skip_count):
+            self.skip[i].data = <bytes>self.skip_raw[i]
+            self.skip[i].length = len(<bytes>self.skip_raw[i])
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.heap.size):
+            free(self.heap.names[i])
+        free(self.heap.names)
+        free(self.skip)
+
+    cdef int read(self, path, const char *bucket) except -1:
+        """Reads directory ``path``; returns 0, or 1 when it is gone (with ``bucket`` only)."""
+        global errno
+        cdef DIR *directory
+        cdef const char *c_path
+        cdef bytes raw
+        cdef int error = 0
+        raw = os.fsencode(path)
+        c_path = raw
         with nogil:
-            while limit:
-                errno = 0
-                entry = readdir(directory)
-                if entry == NULL:
-                    error = errno
-                    break
-                if not is_message_head(entry.d_name):
-                    continue
-                if skip_count and _skipped(entry.d_name, fields, skip_count):
-                    continue
-                if not _offer(&heap, entry.d_name):
-                    out_of_memory = True
-                    break
-            qsort(heap.names, heap.size, sizeof(char *), _compare)
-        if out_of_memory:
+            directory = opendir(c_path)
+        if directory == NULL:
+            if bucket != NULL and errno == ENOENT:
+                return 1
+            PyErr_SetFromErrnoWithFilenameObject(OSError, path)
+            return -1
+        with nogil:
+            if self.heap.size < self.heap.limit:
+                error = _read_into(directory, &self.heap, self.skip, self.skip_count, bucket)
+            closedir(directory)
+        if error < 0:
             raise MemoryError()
         if error:
             errno = error
             PyErr_SetFromErrnoWithFilenameObject(OSError, path)
-        return [PyUnicode_DecodeFSDefaultAndSize(heap.names[i], strlen(heap.names[i]))
-                for i in range(heap.size)]
+            return -1
+        return 0
+
+    cdef list names(self):
+        cdef Py_ssize_t i
+        with nogil:
+            qsort(self.heap.names, self.heap.size, sizeof(char *), _compare)
+        return [PyUnicode_DecodeFSDefaultAndSize(self.heap.names[i], strlen(self.heap.names[i]))
+                for i in range(self.heap.size)]
+
+
+def scan(path, Py_ssize_t limit, skip=()) -> list:
+    """The first ``limit`` message names of directory ``path`` in delivery order, leaving out
+    names whose field after the first ``+`` (a spool name's peer) is in ``skip``."""
+    cdef _Selection selection = _Selection(limit, skip)
+    selection.read(path, NULL)
+    return selection.names()
+
+
+def scan_queue(path, Py_ssize_t limit, skip=()) -> list:
+    """As :func:`scan` for a spool's bucketed ``queue/``: buckets are read in order until
+    ``limit`` names are found, so a deep queue costs what its first buckets hold."""
+    cdef _Selection selection = _Selection(limit, skip)
+    cdef bytes raw
+    for bucket in buckets(path):
+        if selection.heap.size >= limit:
+            break
+        raw = bucket.encode("ascii")
+        selection.read(os.path.join(path, bucket), raw)
+    return selection.names()
+
+
+def buckets(path) -> list:
+    """The bucket names of a spool's ``queue/`` directory ``path``, in order."""
+    global errno
+    cdef DIR *directory = _open(os.fsencode(path), path)
+    cdef dirent *entry
+    cdef int error = 0
+    found = []
+    try:
+        while True:
+            errno = 0
+            entry = readdir(directory)
+            if entry == NULL:
+                error = errno
+                break
+            if is_bucket_name(entry.d_name):
+                found.append(entry.d_name[:DROPR_BUCKET_LEN].decode("ascii"))
     finally:
-        if directory != NULL:
-            closedir(directory)
-        for i in range(heap.size):
-            free(heap.names[i])
-        free(heap.names)
-        free(fields)
+        closedir(directory)
+    if error:
+        errno = error
+        PyErr_SetFromErrnoWithFilenameObject(OSError, path)
+    found.sort()
+    return found
 
 
 def count(path) -> int:
@@ -187,4 +263,15 @@ def count(path) -> int:
     if error:
         errno = error
         PyErr_SetFromErrnoWithFilenameObject(OSError, path)
+    return total
+
+
+def count_queue(path) -> int:
+    """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
+    total = 0
+    for bucket in buckets(path):
+        try:
+            total += count(os.path.join(path, bucket))
+        except FileNotFoundError:
+            pass
     return total

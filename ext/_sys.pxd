@@ -46,6 +46,9 @@ cdef extern from "<fcntl.h>" nogil:
 
     int openat(int dirfd, const char *pathname, int flags, ...)
 
+cdef extern from "<sys/stat.h>" nogil:
+    int mkdirat(int dirfd, const char *pathname, mode_t mode)
+
 cdef extern from "<unistd.h>" nogil:
     ssize_t write(int fd, const void *buf, size_t count)
     int close(int fd)

@@ -15,8 +15,9 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from support import ServerProcess, start_server
+from support import ServerProcess, queued_files, start_server
 
+from dropr._codec_py import BUCKET_LEN
 from dropr.store import Store
 
 STOP_TIMEOUT = 30.0
@@ -122,7 +123,12 @@ def peer_for(transport: str, store: Path) -> Iterator[str]:
 
 
 def queued(spool: str | os.PathLike[str]) -> list[str]:
-    return sorted(n for n in os.listdir(Path(spool) / "queue") if not n.startswith("."))
+    return [path.name for path in queued_files(Path(spool) / "queue") if not path.name.startswith(".")]
+
+
+def queued_path(spool: str | os.PathLike[str], name: str) -> Path:
+    """Where the queued message ``name`` lives: ``queue/BUCKET/NAME``."""
+    return Path(spool) / "queue" / name[:BUCKET_LEN] / name
 
 
 def stored(store_dir: str | os.PathLike[str]) -> dict[str, list[tuple[str, bytes]]]:

@@ -37,6 +37,14 @@ def soak(full: int) -> int:
     return max(1, int(full * float(factor))) if factor else max(1, full // 10)
 
 
+def queued_files(queue_dir: str | os.PathLike[str]) -> list[Path]:
+    """The message files in a spool's bucketed ``queue/``, by name (read without dropr's scan)."""
+    return sorted(
+        (path for bucket in Path(queue_dir).iterdir() if bucket.is_dir() for path in bucket.iterdir()),
+        key=lambda path: path.name,
+    )
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

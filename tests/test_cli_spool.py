@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from relaykit import queued, queued_path
 
 from dropr import spool
 from dropr._codec_py import is_message_id
@@ -39,7 +40,7 @@ def test_put_from_stdin_and_file_prints_the_ids(tmp_path: Path) -> None:
     ids = [first.stdout.strip(), second.stdout.strip()]
     assert all(is_message_id(i) for i in ids)
     box = spool.Spool(root, create=False)
-    messages = {box.decode(n).id: (box.decode(n), (root / "queue" / n).read_bytes()) for n in os.listdir(box.queue_dir)}
+    messages = {box.decode(n).id: (box.decode(n), queued_path(root, n).read_bytes()) for n in queued(root)}
     assert messages[ids[0]][1] == b"from stdin" and messages[ids[0]][0].channel == "common"
     assert messages[ids[1]][1] == b"from file"
     assert (messages[ids[1]][0].channel, messages[ids[1]][0].priority) == ("jobs", 1)
@@ -48,7 +49,7 @@ def test_put_from_stdin_and_file_prints_the_ids(tmp_path: Path) -> None:
 def test_put_takes_the_spool_from_the_environment(tmp_path: Path) -> None:
     done = dropr("put", "--peer", PEER, stdin=b"x", env={"DROPR_SPOOL": str(tmp_path)})
     assert done.returncode == 0, done.stderr
-    assert len(os.listdir(tmp_path / "queue")) == 1
+    assert len(queued(tmp_path)) == 1
 
 
 @pytest.mark.parametrize(
@@ -102,8 +103,8 @@ def filled(tmp_path: Path) -> tuple[Path, list[str]]:
             client.put(b"sent", peer=PEER),
             client.put(b"failed", peer=PEER, channel="bad"),
         ]
-    names = {client.spool.decode(n).id: n for n in os.listdir(tmp_path / "queue")}
-    os.rename(tmp_path / "queue" / names[ids[3]], tmp_path / "sent" / names[ids[3]])
+    names = {client.spool.decode(n).id: n for n in queued(tmp_path)}
+    os.rename(queued_path(tmp_path, names[ids[3]]), tmp_path / "sent" / names[ids[3]])
     client.spool.fail(names[ids[4]], "rejected: no such channel\nsecond line")
     return tmp_path, [ids[1], ids[2], ids[0]]
 
@@ -148,7 +149,7 @@ def test_spool_wipe_sent(filled: tuple[Path, list[str]], capsys: pytest.CaptureF
     assert main(["spool", str(root), "wipe-sent", "0"]) == 0
     assert capsys.readouterr().out.split() == ["0", "1"]
     assert os.listdir(root / "sent") == []
-    assert len(os.listdir(root / "queue")) == 3
+    assert len(queued(root)) == 3
 
 
 @pytest.mark.parametrize("action", [["count-queued"], ["count-sent"], ["list"], ["list-failed"], ["wipe-sent", "1"]])

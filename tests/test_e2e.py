@@ -19,6 +19,7 @@ from relaykit import (
     in_delivery_order,
     peer_for,
     queued,
+    queued_path,
     run_relay,
     stored,
     stored_count,
@@ -90,10 +91,11 @@ def test_a_message_sent_again_is_acknowledged_and_kept_once(tmp_path: Path, tran
     store = tmp_path / "store"
     with peer_for(transport, store) as peer:
         sent, _, _ = put_many(spool, [peer], 20)
-        kept = {name: (spool / "queue" / name).read_bytes() for name in queued(spool)}
+        kept = {name: queued_path(spool, name).read_bytes() for name in queued(spool)}
         assert run_relay(spool, "--once", "--no-supervise").returncode == 0
         for name, payload in kept.items():
-            (spool / "queue" / name).write_bytes(payload)
+            queued_path(spool, name).parent.mkdir(exist_ok=True)
+            queued_path(spool, name).write_bytes(payload)
         done = run_relay(spool, "--once", "--no-supervise")
         assert done.returncode == 0, done.stderr
         assert queued(spool) == []

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support import queued_files
 
 from dropr import _codec_py, spool
 from dropr.errors import InvalidMessage, SpoolError
@@ -42,8 +43,8 @@ def client(tmp_path: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) ->
         yield client
 
 
-def only_file(directory: Path) -> Path:
-    files = list(directory.iterdir())
+def only_file(queue: Path) -> Path:
+    files = queued_files(queue)
     assert len(files) == 1, files
     return files[0]
 
@@ -57,6 +58,22 @@ def test_put_writes_one_complete_named_file(drop: ModuleType, dirs: tuple, paylo
     assert path.name == _codec_py.spool_name(3, msg_id, "http%3A%2F%2Fh", "ch", len(payload), zlib.crc32(payload))
     assert path.read_bytes() == payload
     assert path.stat().st_mode & 0o777 == 0o640 & ~_umask()
+    assert path.parent.parent == queue and path.parent.name == path.name[: _codec_py.BUCKET_LEN]
+    assert path.parent.stat().st_mode & 0o777 == 0o750 & ~_umask()
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_put_makes_again_a_bucket_removed_meanwhile(drop: ModuleType, dirs: tuple, sync: bool) -> None:
+    """As when the relay removes a bucket it found empty just before a late put."""
+    tmp, queue, tmp_fd, queue_fd = dirs
+    drop.put(tmp_fd, queue_fd, "p", "c", 4, b"first", sync)
+    first = only_file(queue)
+    first.unlink()
+    first.parent.rmdir()
+    msg_id = drop.put(tmp_fd, queue_fd, "p", "c", 4, b"second", sync)
+    second = only_file(queue)
+    assert second.name[1:31] == msg_id and second.read_bytes() == b"second"
     assert list(tmp.iterdir()) == []
     assert _codec_py.is_message_id(msg_id)
 
@@ -75,7 +92,7 @@ def test_put_crc_matches_zlib_on_every_length(drop: ModuleType, dirs: tuple) -> 
     data = os.urandom(64)
     for size in range(len(data) + 1):
         drop.put(tmp_fd, queue_fd, "p", "c", 9, data[:size], False)
-    for path in queue.iterdir():
+    for path in queued_files(queue):
         _, _, _, _, size, crc = _codec_py.parse_spool_name(path.name)
         assert crc == zlib.crc32(data[:size]) and path.read_bytes() == data[:size]
 
@@ -84,7 +101,7 @@ def test_ids_are_unique_and_in_put_order(drop: ModuleType, dirs: tuple) -> None:
     _, queue, tmp_fd, queue_fd = dirs
     ids = [drop.put(tmp_fd, queue_fd, "p", "c", 5, b"x", False) for _ in range(2000)]
     assert ids == sorted(set(ids))
-    assert sorted(_codec_py.parse_spool_name(p.name)[1] for p in queue.iterdir()) == ids
+    assert sorted(_codec_py.parse_spool_name(p.name)[1] for p in queued_files(queue)) == ids
 
 
 def test_put_into_removed_queue_leaves_nothing(drop: ModuleType, dirs: tuple) -> None:
@@ -132,7 +149,7 @@ def test_twins_name_the_same_message_alike(drop: ModuleType, dirs: tuple) -> Non
     fields = ("p%2F", "~" + "0" * 32)
     ids = [twin.put(tmp_fd, queue_fd, *fields, 7, b"same", True) for twin in (drop, _drop_py)]
     expected = sorted(_codec_py.spool_name(7, i, *fields, 4, zlib.crc32(b"same")) for i in ids)
-    assert sorted(p.name for p in queue.iterdir()) == expected
+    assert sorted(p.name for p in queued_files(queue)) == expected
 
 
 def test_client_put_round_trips_text_and_fields(client: spool.Client) -> None:
@@ -141,7 +158,7 @@ def test_client_put_round_trips_text_and_fields(client: spool.Client) -> None:
     name = only_file(Path(client.spool.queue_dir)).name
     message = client.spool.decode(name)
     assert (message.id, message.peer, message.channel, message.priority) == (msg_id, PEER, channel, 0)
-    assert (Path(client.spool.queue_dir) / name).read_bytes() == "héllo".encode()
+    assert Path(client.spool.queued_path(name)).read_bytes() == "héllo".encode()
     assert message.size == len("héllo".encode())
 
 
@@ -155,7 +172,7 @@ def test_client_with_sync_puts_durably(tmp_path: Path, drop: ModuleType, monkeyp
     with spool.Client(tmp_path, sync=True) as client:
         client.put(b"x", peer=PEER)
         client.put(b"y", peer=PEER)
-    assert len(os.listdir(tmp_path / "queue")) == 2
+    assert len(queued_files(tmp_path / "queue")) == 2
 
 
 def test_oversized_payload_is_refused(tmp_path: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +183,7 @@ def test_oversized_payload_is_refused(tmp_path: Path, drop: ModuleType, monkeypa
             client.put(b"x" * 11, peer=PEER)
         with pytest.raises(InvalidMessage, match="over the limit"):
             client.put("é" * 6, peer=PEER)
-    assert len(os.listdir(tmp_path / "queue")) == 1
+    assert len(queued_files(tmp_path / "queue")) == 1
     assert os.listdir(tmp_path / "tmp") == []
 
 
@@ -196,8 +213,8 @@ def test_full_disk_raises_and_shows_nothing(tiny_fs: Path, drop: ModuleType, mon
     assert info.value.errno == errno.ENOSPC
     assert "disk full" in str(info.value)
     queue = tiny_fs / "spool" / "queue"
-    assert 0 < len(os.listdir(queue)) == stored
-    for path in queue.iterdir():
+    assert 0 < len(queued_files(queue)) == stored
+    for path in queued_files(queue):
         _, _, _, _, size, crc = _codec_py.parse_spool_name(path.name)
         data = path.read_bytes()
         assert (len(data), zlib.crc32(data)) == (size, crc)
@@ -214,7 +231,7 @@ def test_read_only_spool_raises_and_shows_nothing(
             client.put(b"x", peer=PEER)
     assert info.value.errno == errno.EROFS
     assert "read-only" in str(info.value)
-    assert os.listdir(tiny_fs / "spool" / "queue") == os.listdir(tiny_fs / "spool" / "tmp") == []
+    assert queued_files(tiny_fs / "spool" / "queue") == os.listdir(tiny_fs / "spool" / "tmp") == []
 
 
 FILE_SIZE_LIMIT_CHILD = textwrap.dedent(
@@ -247,7 +264,7 @@ def test_file_size_limit_raises_and_shows_nothing(tmp_path: Path, extensions: st
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("EFBIG "), done.stdout
     assert "file size limit exceeded: cannot put into spool" in done.stdout
-    assert os.listdir(tmp_path / "queue") == os.listdir(tmp_path / "tmp") == []
+    assert queued_files(tmp_path / "queue") == os.listdir(tmp_path / "tmp") == []
 
 
 def _umask() -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from support import soak
+from support import queued_files, soak
 
 from dropr import _codec_py, spool
 
@@ -54,7 +54,7 @@ def producer(root: Path, count: int, sync: bool = False) -> subprocess.Popen[str
 def queued_ids(root: Path) -> list[str]:
     """Ids of the queued messages, after checking each file is whole."""
     ids = []
-    for path in (root / "queue").iterdir():
+    for path in queued_files(root / "queue"):
         _, msg_id, _, _, size, crc = _codec_py.parse_spool_name(path.name)
         data = path.read_bytes()
         assert (len(data), zlib.crc32(data)) == (size, crc), path.name

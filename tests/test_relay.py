@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from dropr import _codec_py, _drop_py
 from dropr.cli import relay as relay_cli
-from dropr.relay import backoff, batches, config, inotify, lock
+from dropr.relay import backoff, batches, config, housekeeping, inotify, lock
 from dropr.relay.transport import PeerFailure, parse_acks
+from dropr.spool import Client
 
 sys.path.insert(0, os.path.dirname(__file__))
 from relaykit import run_relay
@@ -107,6 +110,64 @@ def test_inotify_reports_arrivals_by_name(tmp_path: Path) -> None:
         assert names is not None and "9abc+peer+ch+1+00000000" in names
     finally:
         watch.close()
+
+
+def test_inotify_reports_puts_into_new_and_existing_buckets(tmp_path: Path) -> None:
+    with Client(tmp_path / "spool") as client:
+        queue = client.spool.queue_dir
+        watch = inotify.watch_queue(queue)
+        if watch is None:
+            pytest.skip("no inotify here")
+        try:
+            assert watch.read() == []
+            ids = [client.put(b"x", peer="http://h/", priority=p) for p in (3, 3, 5)]
+            names = watch.read()
+            assert names is not None
+            assert sorted({name[1:31] for name in names}) == sorted(ids)
+        finally:
+            watch.close()
+        later = inotify.watch_queue(queue)  # buckets that exist already are watched too
+        assert later is not None
+        try:
+            msg_id = client.put(b"y", peer="http://h/", priority=3)
+            names = later.read()
+            assert names is not None and [name[1:31] for name in names] == [msg_id]
+        finally:
+            later.close()
+
+
+def _bucket(queue: Path, priority: int, seconds_ago: float) -> Path:
+    slot = int((time.time() - seconds_ago) * 1e9) >> 32
+    path = queue / f"{priority}{slot:08x}"
+    path.mkdir()
+    return path
+
+
+def test_prune_removes_only_old_empty_buckets(tmp_path: Path) -> None:
+    old_empty = _bucket(tmp_path, 9, 600)
+    old_full = _bucket(tmp_path, 1, 600)
+    (old_full / "message").write_bytes(b"")
+    recent_empty = _bucket(tmp_path, 0, 0)
+    (tmp_path / "not-a-bucket").mkdir()
+    assert housekeeping.prune_buckets(str(tmp_path)) == 1
+    assert not old_empty.exists()
+    assert old_full.is_dir() and recent_empty.is_dir() and (tmp_path / "not-a-bucket").is_dir()
+    assert housekeeping.BUCKET_KEEP_SECONDS * 1e9 >= 2 * _drop_py.STALE_PUT_NS
+
+
+def test_expired_reads_only_buckets_older_than_the_cut_off(tmp_path: Path) -> None:
+    stale_ns, fresh_ns = time.time_ns() - 3600 * 10**9, time.time_ns()
+    names = {
+        "old_a": f"5{stale_ns:016x}{0:014x}+a+c+1+00000000",
+        "old_b": f"5{stale_ns:016x}{1:014x}+b+c+1+00000000",
+        "new_a": f"5{fresh_ns:016x}{2:014x}+a+c+1+00000000",
+    }
+    for name in names.values():
+        (tmp_path / name[: _codec_py.BUCKET_LEN]).mkdir(exist_ok=True)
+        (tmp_path / name[: _codec_py.BUCKET_LEN] / name).write_bytes(b"")
+    assert housekeeping.expired(str(tmp_path), {"a"}, 60, 100) == [names["old_a"]]
+    assert sorted(housekeeping.expired(str(tmp_path), {"a", "b"}, 60, 100)) == sorted([names["old_a"], names["old_b"]])
+    assert len(housekeeping.expired(str(tmp_path), {"a", "b"}, 60, 1)) == 1
 
 
 def test_lock_refuses_a_second_holder_with_the_pid(tmp_path: Path) -> None:

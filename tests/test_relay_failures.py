@@ -27,6 +27,7 @@ from relaykit import (
     check_stored_once,
     peer_for,
     queued,
+    queued_path,
     run_relay,
     server_on,
     stored_count,
@@ -191,7 +192,7 @@ def test_a_rejected_message_goes_to_failed_with_its_reason(tmp_path: Path, trans
     with peer_for(transport, store) as peer:
         sent = put(spool, peer, 3)
         bad = queued(spool)[1]
-        path = spool / "queue" / bad
+        path = queued_path(spool, bad)
         path.write_bytes(bytes(b ^ 0xFF for b in path.read_bytes()))
         done = run_relay(spool, "--once", "--no-supervise")
         assert done.returncode == 1

@@ -142,3 +142,82 @@ def test_compiled_matches_reference_on_odd_names(tmp_path: pathlib.Path) -> None
         for skip in ((), ["a"], ["é", ""], [os.fsdecode(b"\xff")]):
             assert compiled.scan(str(tmp_path), limit, skip) == reference.scan(str(tmp_path), limit, skip)
     assert compiled.count(str(tmp_path)) == reference.count(str(tmp_path))
+
+
+def _queue_names(count: int, seed: int = 11) -> list[str]:
+    """Spool names over a few priorities and time slices, so they share a few buckets."""
+    rng = random.Random(seed)
+    slots = [f"{0x18E00000 + i * 7:08x}" for i in range(4)]
+    return [
+        f"{rng.choice('059')}{rng.choice(slots)}{rng.getrandbits(32):08x}00c0ffee{i:06x}+{rng.choice('ab')}+c+1+00000000"
+        for i in range(count)
+    ]
+
+
+def _fill_queue(queue: pathlib.Path, names: list[str]) -> None:
+    for name in names:
+        (queue / name[: codec.BUCKET_LEN]).mkdir(exist_ok=True)
+        _touch(str(queue / name[: codec.BUCKET_LEN]), [name])
+
+
+def test_queue_order_limit_and_skip(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    names = _queue_names(600)
+    _fill_queue(tmp_path, names)
+    ordered = sorted(names)
+    for limit in (0, 1, 10, 150, 599, 600, 601):
+        assert scan.scan_queue(str(tmp_path), limit) == ordered[:limit]
+        assert scan.scan_queue(tmp_path, limit, ["a"]) == [n for n in ordered if "+a+" not in n][:limit]
+    assert scan.scan_queue(str(tmp_path), 600, ["a", "b"]) == []
+    assert scan.buckets(str(tmp_path)) == sorted({n[: codec.BUCKET_LEN] for n in names})
+    assert len(scan.buckets(str(tmp_path))) == 12
+    assert scan.count_queue(str(tmp_path)) == 600
+
+
+def test_queue_ignores_what_is_not_a_bucketed_message(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    names = _queue_names(20)
+    _fill_queue(tmp_path, names)
+    bucket = names[0][: codec.BUCKET_LEN]
+    stray = "9ffffffff" + names[0][codec.BUCKET_LEN :]  # in a bucket that is not its own
+    _touch(str(tmp_path / bucket), [stray, ".hidden", "tmp-file"])
+    _touch(str(tmp_path), [names[1]])  # a message name at the top: not in any bucket
+    for odd in ("tmp", "0123", "0123456789", "X18e00000", "018E00000"):
+        (tmp_path / odd).mkdir()
+        _touch(str(tmp_path / odd), [names[2]])
+    assert scan.scan_queue(str(tmp_path), 100) == sorted(names)
+    assert scan.buckets(str(tmp_path)) == sorted({n[: codec.BUCKET_LEN] for n in names})
+    assert scan.count_queue(str(tmp_path)) == 20 + 2
+
+
+def test_queue_reads_only_the_buckets_it_needs(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    first = [f"0{0x18E00000:08x}{i:022x}+p+c+1+00000000" for i in range(10)]
+    _fill_queue(tmp_path, first)
+    (tmp_path / f"0{0x18E00001:08x}").write_bytes(b"")  # a later bucket that cannot be read
+    assert scan.scan_queue(str(tmp_path), 10) == first
+    with pytest.raises(NotADirectoryError):
+        scan.scan_queue(str(tmp_path), 11)
+
+
+def test_queue_missing(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    missing = str(tmp_path / "missing")
+    for call in (
+        lambda: scan.scan_queue(missing, 10),
+        lambda: scan.count_queue(missing),
+        lambda: scan.buckets(missing),
+    ):
+        with pytest.raises(FileNotFoundError):
+            call()
+    with pytest.raises(ValueError):
+        scan.scan_queue(str(tmp_path), -1)
+
+
+@pytest.mark.skipif(compiled is None, reason="dropr._scan is not built")
+def test_compiled_matches_reference_on_queues(tmp_path: pathlib.Path) -> None:
+    for seed in range(5):
+        queue = tmp_path / str(seed)
+        queue.mkdir()
+        _fill_queue(queue, _queue_names(random.Random(seed).randrange(1, 400), seed))
+        for limit in (0, 1, 50, 1000):
+            for skip in ((), ["a"], ["b", "x"]):
+                assert compiled.scan_queue(str(queue), limit, skip) == reference.scan_queue(str(queue), limit, skip)
+        assert compiled.count_queue(str(queue)) == reference.count_queue(str(queue))
+        assert compiled.buckets(str(queue)) == reference.buckets(str(queue))

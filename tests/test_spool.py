@@ -13,6 +13,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from relaykit import queued as queued_names
+from relaykit import queued_path
 
 from dropr import InvalidMessage, SpoolError, spool
 from dropr.limits import Limits
@@ -121,7 +123,7 @@ def test_decode_describes_a_queued_message(tmp_path: Path) -> None:
     with spool.Client(tmp_path) as client:
         before = time.time()
         msg_id = client.put(b"12345", peer=PEER, channel="c" * 90, priority=2)
-    (name,) = os.listdir(tmp_path / "queue")
+    (name,) = queued_names(tmp_path)
     message = client.spool.decode(name)
     assert message[:7] == (2, msg_id, PEER, "c" * 90, 5, zlib.crc32(b"12345"), name)
     assert before - 1 < message.time < time.time() + 1
@@ -133,9 +135,9 @@ def test_fail_moves_a_message_with_its_reason(tmp_path: Path) -> None:
     with spool.Client(tmp_path) as client:
         client.put(b"a", peer=PEER)
     box = client.spool
-    (name,) = os.listdir(box.queue_dir)
+    (name,) = queued_names(box.path)
     box.fail(name, "rejected: bad channel\n")
-    assert os.listdir(box.queue_dir) == []
+    assert queued_names(box.path) == []
     assert sorted(os.listdir(box.failed_dir)) == [name, name + ".reason"]
     ((message, reason),) = list(box.failed())
     assert (message.name, reason) == (name, "rejected: bad channel")
@@ -150,8 +152,8 @@ def test_wipe_sent_removes_by_put_time(tmp_path: Path) -> None:
         for _ in range(3):
             client.put(b"a", peer=PEER)
     box = client.spool
-    for name in os.listdir(box.queue_dir):
-        os.rename(os.path.join(box.queue_dir, name), os.path.join(box.sent_dir, name))
+    for name in queued_names(box.path):
+        os.rename(box.queued_path(name), os.path.join(box.sent_dir, name))
     assert box.wipe_sent(10) == 0
     assert box.wipe_sent(0) == 3
     assert os.listdir(box.sent_dir) == []
@@ -165,7 +167,7 @@ class Level(enum.IntEnum):
 def test_every_priority_is_taken(tmp_path: Path, priority: int) -> None:
     with spool.Client(tmp_path) as client:
         client.put(b"x", peer=PEER, priority=priority)
-    (name,) = os.listdir(tmp_path / "queue")
+    (name,) = queued_names(tmp_path)
     assert name[0] == str(int(priority))
 
 
@@ -183,7 +185,7 @@ def test_every_priority_is_taken(tmp_path: Path, priority: int) -> None:
 def test_good_peers_are_taken(tmp_path: Path, peer: str) -> None:
     with spool.Client(tmp_path) as client:
         client.put(b"x", peer=peer)
-    (name,) = os.listdir(tmp_path / "queue")
+    (name,) = queued_names(tmp_path)
     assert client.spool.decode(name).peer == peer
 
 
@@ -246,8 +248,8 @@ def test_fastput_uses_dropr_spool_from_the_environment(tmp_path: Path, monkeypat
     monkeypatch.setenv("DROPR_SPOOL", str(tmp_path))
     monkeypatch.setattr(spool, "_clients", {})
     msg_id = spool.fastput("text", PEER)
-    (name,) = os.listdir(tmp_path / "queue")
-    assert msg_id in name and (tmp_path / "queue" / name).read_bytes() == b"text"
+    (name,) = queued_names(tmp_path)
+    assert msg_id in name and queued_path(tmp_path, name).read_bytes() == b"text"
 
 
 def test_fastput_without_a_spool_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,7 +264,7 @@ def test_fastput_keeps_one_client_per_spool(tmp_path: Path) -> None:
     client = spool._clients[str(tmp_path)]
     spool.fastput(b"x", PEER, spool=str(tmp_path), sync=True)
     assert spool._clients[str(tmp_path)] is client
-    assert len(os.listdir(tmp_path / "queue")) == 2
+    assert len(queued_names(tmp_path)) == 2
 
 
 def test_fastput_follows_a_spool_that_was_removed_and_made_again(tmp_path: Path) -> None:
@@ -270,8 +272,8 @@ def test_fastput_follows_a_spool_that_was_removed_and_made_again(tmp_path: Path)
     spool.fastput(b"x", PEER, spool=str(root))
     shutil.rmtree(root)
     spool.fastput(b"y", PEER, spool=str(root))
-    (name,) = os.listdir(root / "queue")
-    assert (root / "queue" / name).read_bytes() == b"y"
+    (name,) = queued_names(root)
+    assert queued_path(root, name).read_bytes() == b"y"
 
 
 def test_put_after_close_is_a_spool_error(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def run_put(args: argparse.Namespace) -> int:
 
 def run_count(args: argparse.Namespace) -> int:
     spool = _open(args)
-    print(scan.count(spool.queue_dir if args.sub == "queue" else spool.sent_dir))
+    print(scan.count_queue(spool.queue_dir) if args.sub == "queue" else scan.count(spool.sent_dir))
     return 0
 
 
@@ -79,7 +79,7 @@ def run_wipe_sent(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     spool = _open(args)
-    names = scan.scan(spool.queue_dir, scan.count(spool.queue_dir))
+    names = scan.scan_queue(spool.queue_dir, scan.count_queue(spool.queue_dir))
     _emit(args, ((message, None) for message in _decoded(spool, names)))
     return 0
 

@@ -1,34 +1,36 @@
 """The relay worker: forwards a spool's queue to its peers until stopped.
 
 Why one asyncio loop (uvloop when installed): everything the relay waits on is a file
-descriptor or a timer — the inotify descriptor of ``queue/``, libcurl's sockets and
-timeouts (``pycurl.AsyncCurlMulti`` drives the multi socket API: no polling), backoff
-expiries and signals — so a single thread sleeps until one of them fires and wakes within
-microseconds of a put. No lock guards the relay's state: only the loop thread touches it.
+descriptor or a timer — the inotify descriptor of ``queue/`` and its buckets, libcurl's
+sockets and timeouts (``pycurl.AsyncCurlMulti`` drives the multi socket API: no polling),
+backoff expiries and signals — so a single thread sleeps until one of them fires and wakes
+within microseconds of a put. No lock guards the relay's state: only the loop thread touches
+it.
 
-Why scans may run on a thread of their own: a scan is one readdir pass in C over the whole
-queue directory (about a second at a million names), and the event loop must keep libcurl's
-transfers going meanwhile. A scan that took under ``INLINE_SCAN_SECONDS`` last time (a short
-queue, the usual idle case) runs inline, saving a thread hand-off on the way from a put to
-its request; a longer one runs on the dedicated scan thread, which the compiled scan leaves
-the GIL to. Only one scan runs at a time. A name acknowledged (moved to ``sent/``) or failed while a
-threaded scan was reading could still come back from it: such names are remembered until
-that scan ends and dropped from its result, so they are not sent twice. Acknowledged files are
-renamed into ``sent/`` by a few remover threads; their names stay held until moved, so a
-scan started meanwhile skips them. Without a retention, a sweeper thread unlinks what is in
-``sent/``: an unlink can wait a fifth of a millisecond for the disk (a file system that
-discards freed blocks at once), a rename does not, so deleting stays off the relay's path.
-Blocking file work that need not be ordered with scans — the local transport's ingest and
-the periodic chores — runs on one worker thread.
+Why scans may run on a thread of their own: a scan is a readdir pass in C over the queue's
+first buckets (a bucket holds what was put in 4.3 s, which can be 100k names), and the event
+loop must keep libcurl's transfers going meanwhile. A scan that took under
+``INLINE_SCAN_SECONDS`` last time (a short queue, the usual idle case) runs inline, saving a
+thread hand-off on the way from a put to its request; a longer one runs on the dedicated
+scan thread, which the compiled scan leaves the GIL to. Only one scan runs at a time. A name
+acknowledged (moved to ``sent/``) or failed while a threaded scan was reading could still
+come back from it: such names are remembered until that scan ends and dropped from its
+result, so they are not sent twice. Acknowledged files are renamed into ``sent/`` by a few
+remover threads; their names stay held until moved, so a scan started meanwhile skips them.
+Without a retention, a sweeper thread unlinks what is in ``sent/``: an unlink can wait a
+fifth of a millisecond for the disk (a file system that discards freed blocks at once), a
+rename does not, so deleting stays off the relay's path. Blocking file work that need not be
+ordered with scans — the local transport's ingest and the periodic chores — runs on one
+worker thread.
 
 Each scan takes at most a window of new names (plus those already held in flight), so
 memory stays bounded however deep the queue. The window starts at ``scan_limit``; a scan
-that comes back full doubles it, up to ``scan_limit_max``, so at depth each pass over the
-directory yields many messages and its cost per message stays small; a scan that finds
+that comes back full doubles it, up to ``scan_limit_max``, so at depth each pass over a
+bucket yields many messages and its cost per message stays small; a scan that finds
 much less than the window sets it back to ``scan_limit``. A peer is left out of a scan while
 it is backing off, has batches waiting, or has every request slot busy — except that while
 the queue is deep, a peer whose waiting batches fall to half a window is scanned for ahead
-of time, so its requests keep flowing while the next pass reads the directory. inotify tells
+of time, so its requests keep flowing while the next pass reads the queue. inotify tells
 which peers have news, so an idle peer is not rescanned for other peers' traffic. A periodic
 rescan covers lost events and systems without inotify; scans that serve no peer ready to
 send (the periodic rescan, looking for peers not seen yet) take at most ``IDLE_SCAN_SHARE``
@@ -136,7 +138,7 @@ class Relay:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        self._watch = inotify.watch(self.spool.queue_dir)
+        self._watch = inotify.watch_queue(self.spool.queue_dir)
         if self._watch is not None:
             loop.add_reader(self._watch.fd, self._on_events)
         log.info("relaying %s as client %s", self.spool.path, self.client)
@@ -248,7 +250,7 @@ class Relay:
 
     def _timed_scan(self, limit: int, skip: list[str]) -> tuple[list[str], float]:
         started = time.monotonic()
-        names = scan.scan(self.spool.queue_dir, limit, skip)
+        names = scan.scan_queue(self.spool.queue_dir, limit, skip)
         return names, time.monotonic() - started
 
     def _scan_done(
@@ -334,13 +336,11 @@ class Relay:
         return peer
 
     def _transport(self, url: str) -> Transport:
-        queue_dir = self.spool.queue_dir
+        locate = self.spool.queued_path
         if urllib.parse.urlsplit(url).scheme == "file":
             from .local import LocalTransport
 
-            return LocalTransport(
-                url, self._executor, client=self.client, queue_dir=queue_dir, resolve=self.spool.resolve
-            )
+            return LocalTransport(url, self._executor, client=self.client, locate=locate, resolve=self.spool.resolve)
         if self._multi is None:
             import pycurl
 
@@ -352,7 +352,7 @@ class Relay:
             self._multi,
             self.config.peer(url),
             client=self.client,
-            queue_dir=queue_dir,
+            locate=locate,
             resolve=self.spool.resolve,
             timeout=self.config.timeout_seconds,
             connect_timeout=self.config.connect_timeout_seconds,
@@ -431,11 +431,11 @@ class Relay:
             sweep.add_done_callback(self._swept)
 
     def _move_files(self, names: list[str]) -> None:
-        queue_dir = self.spool.queue_dir
+        locate = self.spool.queued_path
         sent_dir = self.spool.sent_dir
         for name in names:
             try:
-                os.rename(os.path.join(queue_dir, name), os.path.join(sent_dir, name))
+                os.rename(locate(name), os.path.join(sent_dir, name))
             except FileNotFoundError:
                 pass
 
@@ -487,6 +487,7 @@ class Relay:
             self._chore(housekeeping.clean_tmp, self.spool.tmp_dir)
         if now >= due["sent"]:
             due["sent"] = now + CHORE_SECONDS
+            self._chore(housekeeping.prune_buckets, self.spool.queue_dir)
             if self.config.keep_sent_minutes:
                 self._chore(self.spool.wipe_sent, self.config.keep_sent_minutes)
         if now >= due["expire"]:

@@ -1,20 +1,25 @@
 """Periodic chores of the relay, each a pass over one spool directory without a full listing.
 
 They run on the relay's worker thread (directory passes block) and touch only what no
-batch holds: a crashed producer's leftovers in ``tmp/``, and queued messages too old to
-send for peers the relay is leaving alone.
+batch holds: a crashed producer's leftovers in ``tmp/``, queued messages too old to send
+for peers the relay is leaving alone, and queue buckets left empty.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Collection
 
 from .._files import remove
-from .._impl import codec
+from .._impl import codec, drop, scan
 
 TMP_MAX_AGE = 3600.0
+SLOT_NS = 1 << 32
+"""The time slice of a queue bucket (the id's first 8 hex digits count in this unit)."""
+BUCKET_KEEP_SECONDS = max(60.0, 2 * drop.STALE_PUT_NS / 1e9)
+"""An empty bucket is removed once its time slice ended this long ago."""
 
 
 def clean_tmp(tmp_dir: str, max_age: float = TMP_MAX_AGE) -> int:
@@ -32,24 +37,58 @@ def clean_tmp(tmp_dir: str, max_age: float = TMP_MAX_AGE) -> int:
 
 
 def expired(queue_dir: str, peers: Collection[str], max_age: float, limit: int) -> list[str]:
-    """Up to ``limit`` queued names for ``peers`` (fields) put more than ``max_age`` s ago."""
+    """Up to ``limit`` queued names for ``peers`` (fields) put more than ``max_age`` s ago.
+
+    Only buckets whose time slice began before the cut-off are read.
+    """
     cutoff = time.time_ns() - int(max_age * 1e9)
     found: list[str] = []
-    with os.scandir(queue_dir) as entries:
-        for entry in entries:
-            name = entry.name
-            fields = name.split("+", 2)
-            if len(fields) < 3 or fields[1] not in peers:
-                continue
-            try:
-                put_ns = codec.id_time_ns(name[1:31])
-            except ValueError:
-                continue
-            if put_ns < cutoff:
-                found.append(name)
-                if len(found) >= limit:
-                    break
+    for bucket in scan.buckets(queue_dir):
+        if _slot_start_ns(bucket) >= cutoff:
+            continue
+        try:
+            entries = os.scandir(os.path.join(queue_dir, bucket))
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                name = entry.name
+                fields = name.split("+", 2)
+                if len(fields) < 3 or fields[1] not in peers:
+                    continue
+                try:
+                    put_ns = codec.id_time_ns(name[1:31])
+                except ValueError:
+                    continue
+                if put_ns < cutoff:
+                    found.append(name)
+                    if len(found) >= limit:
+                        return found
     return found
+
+
+def prune_buckets(queue_dir: str, keep: float = BUCKET_KEEP_SECONDS) -> int:
+    """Remove the empty buckets whose time slice ended more than ``keep`` s ago; returns how many.
+
+    ``keep`` is at least twice the age after which a put flushes ``queue/`` whatever it knows
+    (``STALE_PUT_NS``), so a bucket a producer believes durable is never removed under it.
+    """
+    cutoff = time.time_ns() - int(keep * 1e9) - SLOT_NS
+    removed = 0
+    for bucket in scan.buckets(queue_dir):
+        if _slot_start_ns(bucket) >= cutoff:
+            continue
+        try:
+            os.rmdir(os.path.join(queue_dir, bucket))
+            removed += 1
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                raise
+    return removed
+
+
+def _slot_start_ns(bucket: str) -> int:
+    return int(bucket[1:], 16) * SLOT_NS
 
 
 def clear_sent(sent_dir: str) -> int:

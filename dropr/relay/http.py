@@ -10,7 +10,6 @@ spool file (``FORM_FILE``): Python passes names and never reads a payload.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable
 
 import msgpack
@@ -35,7 +34,7 @@ class HttpTransport:
         settings: PeerConfig,
         *,
         client: str,
-        queue_dir: str,
+        locate: Callable[[str], str],
         resolve: Callable[[str], str],
         timeout: float,
         connect_timeout: float,
@@ -44,7 +43,7 @@ class HttpTransport:
         self._multi = multi
         self._settings = settings
         self._client = client
-        self._queue = os.fsencode(queue_dir) + b"/"
+        self._locate = locate
         self._resolve = resolve
         self._timeout_ms = max(1, int(timeout * 1000))
         self._connect_timeout_ms = max(1, int(connect_timeout * 1000))
@@ -82,13 +81,13 @@ class HttpTransport:
                 ),
             ),
         ]  # fmt: skip
-        queue = self._queue
+        locate = self._locate
         for entry in batch:
             form.append(
                 (
                     entry.id,
                     (
-                        pycurl.FORM_FILE, queue + entry.name.encode("ascii"),
+                        pycurl.FORM_FILE, locate(entry.name),
                         pycurl.FORM_FILENAME, entry.id,
                         pycurl.FORM_CONTENTTYPE, "application/octet-stream",
                     ),

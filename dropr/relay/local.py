@@ -43,14 +43,14 @@ class LocalTransport:
         executor: Executor,
         *,
         client: str,
-        queue_dir: str,
+        locate: Callable[[str], str],
         resolve: Callable[[str], str],
     ) -> None:
         self.url = url
         self.path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
         self._executor = executor
         self._client = client
-        self._queue_dir = queue_dir
+        self._locate = locate
         self._resolve = resolve
         self._prefix = f"relay-{codec.escape(client)}-"
         self._store: Store | None = None
@@ -78,7 +78,7 @@ class LocalTransport:
             store = self._open()
             for entry in batch:
                 path = os.path.join(store.staging_dir, self._prefix + entry.id)
-                self._stage(os.path.join(self._queue_dir, entry.name), path)
+                self._stage(self._locate(entry.name), path)
                 staged.append((entry, path))
                 problem = _check(path, entry)
                 if problem:
