@@ -50,6 +50,18 @@ def queue_dir() -> Iterator[str]:
     shutil.rmtree(path)
 
 
+@pytest.fixture(scope="module")
+def bucketed_queue() -> Iterator[str]:
+    """A spool's ``queue/`` holding SCAN_DEPTH messages in their buckets."""
+    path = tempfile.mkdtemp(prefix="dropr-bench-")
+    for name in _names(SCAN_DEPTH):
+        bucket = os.path.join(path, name[: _codec_py.BUCKET_LEN])
+        os.makedirs(bucket, exist_ok=True)
+        os.close(os.open(os.path.join(bucket, name), os.O_WRONLY | os.O_CREAT, 0o600))
+    yield path
+    shutil.rmtree(path)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_escape(benchmark: BenchmarkFixture, kind: str) -> None:
     codec = _twin("codec", kind)
@@ -77,6 +89,13 @@ def test_scan_first_1000_of_20k(benchmark: BenchmarkFixture, kind: str, queue_di
     scan = _twin("scan", kind)
     benchmark.group = "scan 1000 of 20k"
     assert len(benchmark(scan.scan, queue_dir, 1000)) == 1000
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scan_queue_first_1000_of_20k(benchmark: BenchmarkFixture, kind: str, bucketed_queue: str) -> None:
+    scan = _twin("scan", kind)
+    benchmark.group = "scan_queue 1000 of 20k in buckets"
+    assert len(benchmark(scan.scan_queue, bucketed_queue, 1000)) == 1000
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -73,7 +73,7 @@ def stored(store: dropr.Store) -> int:
 
 
 def spooled(spool: Path) -> int:
-    return scan.count(str(spool / "queue")) if (spool / "queue").is_dir() else 0
+    return scan.count_queue(str(spool / "queue")) if (spool / "queue").is_dir() else 0
 
 
 def main() -> int:

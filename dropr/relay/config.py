@@ -7,7 +7,7 @@ The configuration file is TOML (or JSON when its name ends in ``.json``)::
     batch_count = 1000               # messages per request
     batch_bytes = 8388608            # payload bytes per request (one larger message goes alone)
     scan_limit = 4000                # names taken from the queue per scan, while it is shallow
-    scan_limit_max = 100000          # the most per scan of a deep queue: bounds the relay's memory
+    scan_limit_max = 16000           # the most per scan of a deep queue: bounds the relay's memory
     parallel = 1                     # requests in flight per peer
     max_age_minutes = 10080          # older queued messages go to failed/ as "expired"
     keep_sent_minutes = 0            # 0: acknowledged messages are deleted in the background
@@ -68,7 +68,7 @@ class RelayConfig:
     batch_count: int = _limits.DEFAULT.batch_count
     batch_bytes: int = _limits.DEFAULT.batch_bytes
     scan_limit: int = 4 * _limits.DEFAULT.batch_count
-    scan_limit_max: int = 100_000
+    scan_limit_max: int = 16_000
     parallel: int = 1
     max_age_minutes: float = 7 * 24 * 60
     keep_sent_minutes: float = 0.0
