@@ -7,9 +7,10 @@ empty meanwhile) and the rename tried again.
 
 With ``sync``, the file's data, then its bucket, then the bucket's entry in ``queue/`` are
 flushed before the put returns. The last flush is skipped when this process already flushed
-``queue/`` for this bucket, as long as the put is not stale: the relay removes only buckets
-empty for at least twice :data:`STALE_PUT_NS`, so a bucket known durable cannot have been
-removed and made anew under a put younger than that.
+``queue/`` for this bucket, unless the put is stale (its id made more than
+:data:`STALE_PUT_NS` ago): the relay removes an empty bucket only once its time slice ended
+longer ago than that, so a bucket cannot have been removed and made anew under a put that is
+not stale.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from zlib import crc32
 
 from ._codec_py import BUCKET_LEN, new_id, spool_name
 
-STALE_PUT_NS = 30_000_000_000
+STALE_PUT_NS = 1_000_000_000
 BUCKET_ATTEMPTS = 8
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC

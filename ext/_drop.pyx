@@ -28,7 +28,7 @@ import dropr._codec  # the capsule lookup below walks attributes; the submodule 
 cdef const CodecAPI *_codec = import_codec()
 cdef uint32_t _crc_table[8][256]
 
-STALE_PUT_NS = 30_000_000_000
+STALE_PUT_NS = 1_000_000_000
 BUCKET_ATTEMPTS = 8
 cdef int64_t _stale_put_ns = STALE_PUT_NS
 cdef int _bucket_attempts = BUCKET_ATTEMPTS

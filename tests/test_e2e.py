@@ -119,6 +119,37 @@ def test_a_queue_deeper_than_the_scan_window_is_sent_once(tmp_path: Path) -> Non
         assert in_delivery_order(messages, priority)
 
 
+def backdate(spool: Path, sent: dict[str, bytes], buckets: int) -> dict[str, bytes]:
+    """Renames the queued messages as if put ten minutes ago, over ``buckets`` time slices."""
+    aged: dict[str, bytes] = {}
+    for i, name in enumerate(queued(spool)):
+        msg_id = name[1:31]
+        put_ns = int(msg_id[:16], 16) - 600 * 10**9 + (i * buckets // len(sent)) * 5 * 10**9
+        new_id = f"{put_ns:016x}{msg_id[16:]}"
+        target = queued_path(spool, name[0] + new_id + name[31:])
+        target.parent.mkdir(exist_ok=True)
+        queued_path(spool, name).rename(target)
+        aged[new_id] = sent[msg_id]
+    return aged
+
+
+def test_drained_buckets_are_removed_as_the_relay_goes(tmp_path: Path) -> None:
+    """Each scan removes the empty old buckets before its first name; none holding a message."""
+    config = tmp_path / "relay.toml"
+    config.write_text("scan_limit = 40\nscan_limit_max = 100\nbatch_count = 20\n")
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    sent, _, _ = put_many(spool, [store.as_uri()], 1000)
+    sent = backdate(spool, sent, buckets=8)
+    for bucket in (spool / "queue").iterdir():
+        if not any(bucket.iterdir()):
+            bucket.rmdir()
+    assert len(os.listdir(spool / "queue")) >= 8
+    done = run_relay(spool, "--once", "--no-supervise", "--config", str(config), "--log-level", "debug")
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(spool / "queue") == []
+    check_stored_once([store], sent)
+
+
 def test_relay_forwards_while_producers_put(tmp_path: Path) -> None:
     """A running relay (supervised, as users run it) keeps up with puts and stores them all."""
     store = tmp_path / "store"

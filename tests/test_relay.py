@@ -152,7 +152,13 @@ def test_prune_removes_only_old_empty_buckets(tmp_path: Path) -> None:
     assert housekeeping.prune_buckets(str(tmp_path)) == 1
     assert not old_empty.exists()
     assert old_full.is_dir() and recent_empty.is_dir() and (tmp_path / "not-a-bucket").is_dir()
-    assert housekeeping.BUCKET_KEEP_SECONDS * 1e9 >= 2 * _drop_py.STALE_PUT_NS
+    assert housekeeping.BUCKET_KEEP_SECONDS * 1e9 > _drop_py.STALE_PUT_NS
+
+
+def test_prune_stops_at_the_bucket_given(tmp_path: Path) -> None:
+    first, second, third = (_bucket(tmp_path, priority, 600) for priority in (2, 3, 4))
+    assert housekeeping.prune_buckets(str(tmp_path), before=third.name) == 2
+    assert not first.exists() and not second.exists() and third.is_dir()
 
 
 def test_expired_reads_only_buckets_older_than_the_cut_off(tmp_path: Path) -> None:

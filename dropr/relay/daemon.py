@@ -9,19 +9,20 @@ it.
 
 Why scans may run on a thread of their own: a scan is a readdir pass in C over the queue's
 first buckets (a bucket holds what was put in 4.3 s, which can be 100k names), and the event
-loop must keep libcurl's transfers going meanwhile. A scan that took under
-``INLINE_SCAN_SECONDS`` last time (a short queue, the usual idle case) runs inline, saving a
-thread hand-off on the way from a put to its request; a longer one runs on the dedicated
-scan thread, which the compiled scan leaves the GIL to. Only one scan runs at a time. A name
-acknowledged (moved to ``sent/``) or failed while a threaded scan was reading could still
-come back from it: such names are remembered until that scan ends and dropped from its
-result, so they are not sent twice. Acknowledged files are renamed into ``sent/`` by a few
-remover threads; their names stay held until moved, so a scan started meanwhile skips them.
-Without a retention, a sweeper thread unlinks what is in ``sent/``: an unlink can wait a
-fifth of a millisecond for the disk (a file system that discards freed blocks at once), a
-rename does not, so deleting stays off the relay's path. Blocking file work that need not be
-ordered with scans — the local transport's ingest and the periodic chores — runs on one
-worker thread.
+loop must keep libcurl's transfers going meanwhile. After each scan the buckets before its
+first name that are empty are removed, so drained buckets are not read again. A scan that
+took under ``INLINE_SCAN_SECONDS`` last time (a short queue, the usual idle case) runs
+inline, saving a thread hand-off on the way from a put to its request; a longer one runs on
+the dedicated scan thread, which the compiled scan leaves the GIL to. Only one scan runs at
+a time. A name acknowledged (moved to ``sent/``) or failed while a threaded scan was reading
+could still come back from it: such names are remembered until that scan ends and dropped
+from its result, so they are not sent twice. Acknowledged files are renamed into ``sent/``
+by a few remover threads; their names stay held until moved, so a scan started meanwhile
+skips them. Without a retention, a sweeper thread unlinks what is in ``sent/``: an unlink
+can wait a fifth of a millisecond for the disk (a file system that discards freed blocks at
+once), a rename does not, so deleting stays off the relay's path. Blocking file work that
+need not be ordered with scans — the local transport's ingest and the periodic chores — runs
+on one worker thread.
 
 Each scan takes at most a window of new names (plus those already held in flight), so
 memory stays bounded however deep the queue. The window starts at ``scan_limit``; a scan
@@ -251,6 +252,7 @@ class Relay:
     def _timed_scan(self, limit: int, skip: list[str]) -> tuple[list[str], float]:
         started = time.monotonic()
         names = scan.scan_queue(self.spool.queue_dir, limit, skip)
+        housekeeping.prune_buckets(self.spool.queue_dir, names[0][: codec.BUCKET_LEN] if names else None)
         return names, time.monotonic() - started
 
     def _scan_done(
@@ -487,7 +489,6 @@ class Relay:
             self._chore(housekeeping.clean_tmp, self.spool.tmp_dir)
         if now >= due["sent"]:
             due["sent"] = now + CHORE_SECONDS
-            self._chore(housekeeping.prune_buckets, self.spool.queue_dir)
             if self.config.keep_sent_minutes:
                 self._chore(self.spool.wipe_sent, self.config.keep_sent_minutes)
         if now >= due["expire"]:
