@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import limits as _limits
-from ._files import DIR_MODE, publish, remove
+from ._files import DIR_MODE, publish, remove, remove_all
 from ._impl import codec, drop
 from .errors import InvalidMessage, SpoolError
 
@@ -219,7 +219,7 @@ class Spool:
     def wipe_sent(self, minutes: float) -> int:
         """Remove sent messages put more than ``minutes`` ago; returns how many went."""
         cutoff = time.time_ns() - int(minutes * 60e9)
-        removed = 0
+        expired = []
         with os.scandir(self.sent_dir) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
@@ -228,9 +228,9 @@ class Spool:
                     put_ns = codec.id_time_ns(codec.parse_spool_name(entry.name)[1])
                 except ValueError:
                     put_ns = entry.stat().st_mtime_ns
-                if put_ns <= cutoff and remove(entry.path):
-                    removed += 1
-        return removed
+                if put_ns <= cutoff:
+                    expired.append(entry.path)
+        return remove_all(expired)
 
 
 class Client:

@@ -283,3 +283,14 @@ def test_put_after_close_is_a_spool_error(tmp_path: Path) -> None:
         client.put(b"x", peer=PEER)
     assert info.value.errno == errno.EBADF
     assert_untouched(tmp_path)
+
+
+def test_remove_all_unlinks_in_parallel_and_counts_what_was_there(tmp_path: Path) -> None:
+    from dropr._files import remove_all
+
+    paths = [str(tmp_path / f"f{i}") for i in range(50)]
+    for path in paths[:45]:
+        Path(path).write_bytes(b"x")
+    assert remove_all(paths) == 45
+    assert remove_all(paths[:3]) == 0
+    assert os.listdir(tmp_path) == []

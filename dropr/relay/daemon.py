@@ -18,11 +18,11 @@ a time. A name acknowledged (moved to ``sent/``) or failed while a threaded scan
 could still come back from it: such names are remembered until that scan ends and dropped
 from its result, so they are not sent twice. Acknowledged files are renamed into ``sent/``
 by a few remover threads; their names stay held until moved, so a scan started meanwhile
-skips them. Without a retention, a sweeper thread unlinks what is in ``sent/``: an unlink
-can wait a fifth of a millisecond for the disk (a file system that discards freed blocks at
-once), a rename does not, so deleting stays off the relay's path. Blocking file work that
-need not be ordered with scans — the local transport's ingest and the periodic chores — runs
-on one worker thread.
+skips them. Without a retention, a sweeper thread unlinks what is in ``sent/``, several
+files at once: an unlink can wait a fifth of a millisecond for the disk (a file system that
+discards freed blocks at once), a rename does not, so deleting stays off the relay's path.
+Blocking file work that need not be ordered with scans — the local transport's ingest and
+the periodic chores — runs on one worker thread.
 
 Each scan takes at most a window of new names (plus those already held in flight), so
 memory stays bounded however deep the queue. The window starts at ``scan_limit``; a scan

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Collection
 
-from .._files import remove
+from .._files import remove, remove_all
 from .._impl import codec, drop, scan
 
 TMP_MAX_AGE = 3600.0
@@ -98,13 +98,8 @@ def clear_sent(sent_dir: str) -> int:
     """Unlink every message in ``sent/`` until a pass finds none; returns how many."""
     removed = 0
     while True:
-        found = 0
         with os.scandir(sent_dir) as entries:
-            for entry in entries:
-                if entry.name[0] == ".":
-                    continue
-                found += 1
-                if remove(entry.path):
-                    removed += 1
+            found = [entry.path for entry in entries if entry.name[0] != "."]
         if not found:
             return removed
+        removed += remove_all(found)
