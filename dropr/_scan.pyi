@@ -15,10 +15,13 @@ def scan(path: str | PathLike[str], limit: int, skip: Collection[str] = ()) -> l
 def count(path: str | PathLike[str]) -> int:
     """The number of entries of directory ``path`` whose name does not start with ``.``."""
 
-def scan_queue(path: str | PathLike[str], limit: int, skip: Collection[str] = ()) -> list[str]:
+def scan_queue(
+    path: str | PathLike[str], limit: int, skip: Collection[str] = (), listed: list[str] | None = None
+) -> list[str]:
     """As :func:`scan` for a spool's bucketed ``queue/``: buckets are read in order until
     ``limit`` names are found, so a deep queue costs what its first buckets hold. A bucket
-    removed while being read is passed over; a name in a bucket not its own is ignored."""
+    removed while being read is passed over; a name in a bucket not its own is ignored.
+    ``listed``: the buckets as :func:`buckets` returned them, when the caller has them."""
 
 def buckets(path: str | PathLike[str]) -> list[str]:
     """The bucket names of a spool's ``queue/`` directory ``path``, in order."""

@@ -16,6 +16,7 @@ that is not its own is ignored.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import os
 import re
@@ -33,19 +34,16 @@ def scan(path: str, limit: int, skip: Collection[str] = ()) -> list[str]:
     return _select(_listdir(path), limit, skip)
 
 
-def scan_queue(path: str, limit: int, skip: Collection[str] = ()) -> list[str]:
+def scan_queue(path: str, limit: int, skip: Collection[str] = (), listed: list[str] | None = None) -> list[str]:
     """As :func:`scan` for a spool's bucketed ``queue/``: buckets are read in order until
     ``limit`` names are found, so a deep queue costs what its first buckets hold."""
     _check(limit)
     selected: list[str] = []
-    for bucket in buckets(path):
+    for bucket in buckets(path) if listed is None else listed:
         if len(selected) >= limit:
             break
         prefix = bucket.encode("ascii")
-        try:
-            names = [name for name in _listdir(os.path.join(path, bucket)) if name.startswith(prefix)]
-        except FileNotFoundError:
-            continue
+        names = [name for name in _listdir(os.path.join(path, bucket), gone_ok=True) if name.startswith(prefix)]
         selected += _select(names, limit - len(selected), skip)
     return selected
 
@@ -62,13 +60,9 @@ def count(path: str) -> int:
 
 def count_queue(path: str) -> int:
     """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
-    total = 0
-    for bucket in buckets(path):
-        try:
-            total += count(os.path.join(path, bucket))
-        except FileNotFoundError:
-            pass
-    return total
+    return sum(
+        1 for bucket in buckets(path) for name in _listdir(os.path.join(path, bucket), gone_ok=True) if name[:1] != b"."
+    )
 
 
 def _check(limit: int) -> None:
@@ -85,8 +79,11 @@ def _select(names: Iterable[bytes], limit: int, skip: Collection[str]) -> list[s
     return [os.fsdecode(name) for name in heapq.nsmallest(limit, messages)]
 
 
-def _listdir(path: str) -> list[bytes]:
+def _listdir(path: str, gone_ok: bool = False) -> list[bytes]:
+    """The entries of ``path``; none when ``gone_ok`` and it does not exist."""
     try:
         return os.listdir(os.fsencode(path))
     except OSError as exc:
+        if gone_ok and exc.errno == errno.ENOENT:
+            return []
         raise OSError(exc.errno, exc.strerror, path) from None

@@ -102,27 +102,46 @@ cdef bint _skipped(const char *name, const Field *skip, Py_ssize_t skip_count) n
     return False
 
 
-cdef DIR *_open(bytes raw, object path) except NULL:
+cdef DIR *_open(object path, bint gone_ok) except? NULL:
+    """``opendir(path)``; NULL without an error when ``gone_ok`` and it does not exist."""
+    cdef bytes raw = os.fsencode(path)
     cdef const char *c_path = raw
     cdef DIR *directory
     with nogil:
         directory = opendir(c_path)
-    if directory == NULL:
+    if directory == NULL and not (gone_ok and errno == ENOENT):
         PyErr_SetFromErrnoWithFilenameObject(OSError, path)
     return directory
+
+
+cdef inline dirent *_next(DIR *directory, int *error) noexcept nogil:
+    """The next entry, or NULL at the end (with ``error`` set when reading failed)."""
+    global errno
+    cdef dirent *entry
+    errno = 0
+    entry = readdir(directory)
+    if entry == NULL:
+        error[0] = errno
+    return entry
+
+
+cdef int _raise(int error, object path) except -1:
+    global errno
+    errno = error
+    PyErr_SetFromErrnoWithFilenameObject(OSError, path)
+    return -1
 
 
 cdef int _read_into(DIR *directory, Heap *heap, const Field *skip, Py_ssize_t skip_count,
                     const char *bucket) noexcept nogil:
     """Offers every message name of ``directory`` (only those starting with ``bucket`` when
     given) to the heap; returns 0, the errno of a failed read, or -1 when out of memory."""
-    global errno
     cdef dirent *entry
+    cdef int error = 0
     while True:
-        errno = 0
-        entry = readdir(directory)
+        entry = _next(directory, &error)
         if entry == NULL:
-            return errno
+            return error
         if not is_message_head(entry.d_name):
             continue
         if bucket != NULL and memcmp(entry.d_name, bucket, DROPR_BUCKET_LEN) != 0:
@@ -162,21 +181,12 @@ cdef class _Selection:
         free(self.skip)
 
     cdef int read(self, path, const char *bucket) except -1:
-        """Reads directory ``path``; returns 0, or 1 when it is gone (with ``bucket`` only)."""
-        global errno
-        cdef DIR *directory
-        cdef const char *c_path
-        cdef bytes raw
+        """Offers the names of directory ``path``; a bucket (``bucket`` given) that is gone
+        offers none."""
+        cdef DIR *directory = _open(path, bucket != NULL)
         cdef int error = 0
-        raw = os.fsencode(path)
-        c_path = raw
-        with nogil:
-            directory = opendir(c_path)
         if directory == NULL:
-            if bucket != NULL and errno == ENOENT:
-                return 1
-            PyErr_SetFromErrnoWithFilenameObject(OSError, path)
-            return -1
+            return 0
         with nogil:
             if self.heap.size < self.heap.limit:
                 error = _read_into(directory, &self.heap, self.skip, self.skip_count, bucket)
@@ -184,9 +194,7 @@ cdef class _Selection:
         if error < 0:
             raise MemoryError()
         if error:
-            errno = error
-            PyErr_SetFromErrnoWithFilenameObject(OSError, path)
-            return -1
+            return _raise(error, path)
         return 0
 
     cdef list names(self):
@@ -205,12 +213,12 @@ def scan(path, Py_ssize_t limit, skip=()) -> list:
     return selection.names()
 
 
-def scan_queue(path, Py_ssize_t limit, skip=()) -> list:
+def scan_queue(path, Py_ssize_t limit, skip=(), listed=None) -> list:
     """As :func:`scan` for a spool's bucketed ``queue/``: buckets are read in order until
     ``limit`` names are found, so a deep queue costs what its first buckets hold."""
     cdef _Selection selection = _Selection(limit, skip)
     cdef bytes raw
-    for bucket in buckets(path):
+    for bucket in buckets(path) if listed is None else listed:
         if selection.heap.size >= limit:
             break
         raw = bucket.encode("ascii")
@@ -220,58 +228,50 @@ def scan_queue(path, Py_ssize_t limit, skip=()) -> list:
 
 def buckets(path) -> list:
     """The bucket names of a spool's ``queue/`` directory ``path``, in order."""
-    global errno
-    cdef DIR *directory = _open(os.fsencode(path), path)
+    cdef DIR *directory = _open(path, False)
     cdef dirent *entry
     cdef int error = 0
     found = []
     try:
         while True:
-            errno = 0
-            entry = readdir(directory)
+            entry = _next(directory, &error)
             if entry == NULL:
-                error = errno
                 break
             if is_bucket_name(entry.d_name):
                 found.append(entry.d_name[:DROPR_BUCKET_LEN].decode("ascii"))
     finally:
         closedir(directory)
     if error:
-        errno = error
-        PyErr_SetFromErrnoWithFilenameObject(OSError, path)
+        _raise(error, path)
     found.sort()
     return found
 
 
-def count(path) -> int:
-    """The number of entries of directory ``path`` whose name does not start with ``.``."""
-    global errno
-    cdef DIR *directory = _open(os.fsencode(path), path)
+cdef Py_ssize_t _count(path, bint gone_ok) except -1:
+    cdef DIR *directory = _open(path, gone_ok)
     cdef dirent *entry
     cdef Py_ssize_t total = 0
     cdef int error = 0
+    if directory == NULL:
+        return 0
     with nogil:
         while True:
-            errno = 0
-            entry = readdir(directory)
+            entry = _next(directory, &error)
             if entry == NULL:
-                error = errno
                 break
             if entry.d_name[0] != b'.':
                 total += 1
         closedir(directory)
     if error:
-        errno = error
-        PyErr_SetFromErrnoWithFilenameObject(OSError, path)
+        _raise(error, path)
     return total
+
+
+def count(path) -> int:
+    """The number of entries of directory ``path`` whose name does not start with ``.``."""
+    return _count(path, False)
 
 
 def count_queue(path) -> int:
     """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
-    total = 0
-    for bucket in buckets(path):
-        try:
-            total += count(os.path.join(path, bucket))
-        except FileNotFoundError:
-            pass
-    return total
+    return sum([_count(os.path.join(path, bucket), True) for bucket in buckets(path)])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dropr import _codec_py, _drop_py
+from dropr._impl import scan
 from dropr.cli import relay as relay_cli
 from dropr.relay import backoff, batches, config, housekeeping, inotify, lock
 from dropr.relay.transport import PeerFailure, parse_acks
@@ -149,7 +150,7 @@ def test_prune_removes_only_old_empty_buckets(tmp_path: Path) -> None:
     (old_full / "message").write_bytes(b"")
     recent_empty = _bucket(tmp_path, 0, 0)
     (tmp_path / "not-a-bucket").mkdir()
-    assert housekeeping.prune_buckets(str(tmp_path)) == 1
+    assert housekeeping.prune_buckets(str(tmp_path), scan.buckets(str(tmp_path))) == 1
     assert not old_empty.exists()
     assert old_full.is_dir() and recent_empty.is_dir() and (tmp_path / "not-a-bucket").is_dir()
     assert housekeeping.BUCKET_KEEP_SECONDS * 1e9 > _drop_py.STALE_PUT_NS
@@ -157,7 +158,7 @@ def test_prune_removes_only_old_empty_buckets(tmp_path: Path) -> None:
 
 def test_prune_stops_at_the_bucket_given(tmp_path: Path) -> None:
     first, second, third = (_bucket(tmp_path, priority, 600) for priority in (2, 3, 4))
-    assert housekeeping.prune_buckets(str(tmp_path), before=third.name) == 2
+    assert housekeeping.prune_buckets(str(tmp_path), scan.buckets(str(tmp_path)), before=third.name) == 2
     assert not first.exists() and not second.exists() and third.is_dir()
 
 

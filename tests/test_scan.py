@@ -26,11 +26,22 @@ def _touch(directory: str | bytes, names: list[str] | list[bytes]) -> None:
         os.close(os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-def _names(count: int, peers: tuple[str, ...] = ("peer",), seed: int = 7) -> list[str]:
-    """Spool-shaped names; peers are used as they are, so a test can give odd ones."""
+def _names(
+    count: int,
+    peers: tuple[str, ...] = ("peer",),
+    seed: int = 7,
+    slots: tuple[str, ...] = (),
+    priorities: str = "0123456789",
+) -> list[str]:
+    """Spool-shaped names; peers are used as they are, so a test can give odd ones. With
+    ``slots`` (8 hex digits each) ids start with one of them, so names share a few buckets."""
     rng = random.Random(seed)
+
+    def put_time() -> str:
+        return rng.choice(slots) + f"{rng.getrandbits(32):08x}" if slots else f"{rng.getrandbits(64):016x}"
+
     return [
-        f"{rng.randrange(10)}{rng.getrandbits(64):016x}00c0ffee{i:06x}+{rng.choice(peers)}+common"
+        f"{rng.choice(priorities)}{put_time()}00c0ffee{i:06x}+{rng.choice(peers)}+common"
         f"+{rng.randrange(1000):x}+{rng.getrandbits(32):08x}"
         for i in range(count)
     ]
@@ -146,12 +157,8 @@ def test_compiled_matches_reference_on_odd_names(tmp_path: pathlib.Path) -> None
 
 def _queue_names(count: int, seed: int = 11) -> list[str]:
     """Spool names over a few priorities and time slices, so they share a few buckets."""
-    rng = random.Random(seed)
-    slots = [f"{0x18E00000 + i * 7:08x}" for i in range(4)]
-    return [
-        f"{rng.choice('059')}{rng.choice(slots)}{rng.getrandbits(32):08x}00c0ffee{i:06x}+{rng.choice('ab')}+c+1+00000000"
-        for i in range(count)
-    ]
+    slots = tuple(f"{0x18E00000 + i * 7:08x}" for i in range(4))
+    return _names(count, peers=("a", "b"), seed=seed, slots=slots, priorities="059")
 
 
 def _fill_queue(queue: pathlib.Path, names: list[str]) -> None:
@@ -195,6 +202,16 @@ def test_queue_reads_only_the_buckets_it_needs(scan: ModuleType, tmp_path: pathl
     assert scan.scan_queue(str(tmp_path), 10) == first
     with pytest.raises(NotADirectoryError):
         scan.scan_queue(str(tmp_path), 11)
+
+
+def test_queue_reads_the_buckets_listed_and_passes_over_a_gone_one(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    names = _queue_names(300)
+    _fill_queue(tmp_path, names)
+    listed = scan.buckets(str(tmp_path))
+    chosen = [listed[1], "9ffffffff", listed[3]]  # "9ffffffff": removed since it was listed
+    expected = sorted(n for n in names if n[: codec.BUCKET_LEN] in chosen)
+    assert scan.scan_queue(str(tmp_path), 1000, (), chosen) == expected
+    assert scan.scan_queue(str(tmp_path), 5, (), chosen) == expected[:5]
 
 
 def test_queue_missing(scan: ModuleType, tmp_path: pathlib.Path) -> None:

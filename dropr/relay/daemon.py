@@ -251,8 +251,10 @@ class Relay:
 
     def _timed_scan(self, limit: int, skip: list[str]) -> tuple[list[str], float]:
         started = time.monotonic()
-        names = scan.scan_queue(self.spool.queue_dir, limit, skip)
-        housekeeping.prune_buckets(self.spool.queue_dir, names[0][: codec.BUCKET_LEN] if names else None)
+        queue_dir = self.spool.queue_dir
+        listed = scan.buckets(queue_dir)
+        names = scan.scan_queue(queue_dir, limit, skip, listed)
+        housekeeping.prune_buckets(queue_dir, listed, names[0][: codec.BUCKET_LEN] if names else None)
         return names, time.monotonic() - started
 
     def _scan_done(

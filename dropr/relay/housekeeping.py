@@ -66,9 +66,11 @@ def expired(queue_dir: str, peers: Collection[str], max_age: float, limit: int) 
     return found
 
 
-def prune_buckets(queue_dir: str, before: str | None = None, keep: float = BUCKET_KEEP_SECONDS) -> int:
-    """Remove the empty buckets (those before bucket ``before`` only, when given) whose time
-    slice ended more than ``keep`` s ago; returns how many went.
+def prune_buckets(
+    queue_dir: str, listed: list[str], before: str | None = None, keep: float = BUCKET_KEEP_SECONDS
+) -> int:
+    """Remove the empty ones of the buckets ``listed`` (those before bucket ``before`` only,
+    when given) whose time slice ended more than ``keep`` s ago; returns how many went.
 
     A drained bucket costs every scan a read of its directory blocks, which ext4 never
     shrinks, so the relay prunes after each scan the buckets the scan found nothing in.
@@ -77,7 +79,7 @@ def prune_buckets(queue_dir: str, before: str | None = None, keep: float = BUCKE
     """
     cutoff = time.time_ns() - int(keep * 1e9) - SLOT_NS
     removed = 0
-    for bucket in scan.buckets(queue_dir):
+    for bucket in listed:
         if before is not None and bucket >= before:
             break
         if _slot_start_ns(bucket) >= cutoff:
