@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+Number = TypeVar("Number", int, float)
 
 
 class CommandError(Exception):
@@ -17,37 +21,32 @@ def emit_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _number(
+    text: str, convert: Callable[[str], Number], noun: str, kind: str, ok: Callable[[Number], bool], rule: str
+) -> Number:
+    """``text`` converted, or the argparse error that says what was expected."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{noun}must be {kind}, not {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{noun}must be {rule}, not {text!r}")
+    return value
+
+
 def minutes(text: str) -> float:
     """An argparse type: a count of minutes, zero or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"minutes must be a number, not {text!r}") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"minutes must be zero or more, not {text!r}")
-    return value
+    return _number(text, float, "minutes ", "a number", lambda value: value >= 0, "zero or more")
 
 
 def positive_int(text: str) -> int:
     """An argparse type: a whole number, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text!r}")
-    return value
+    return _number(text, int, "", "a whole number", lambda value: value >= 1, "1 or more")
 
 
 def positive_number(text: str) -> float:
     """An argparse type: a finite number above zero (seconds, say)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than zero, not {text!r}")
-    return value
+    return _number(text, float, "", "a number", lambda value: 0 < value < math.inf, "more than zero")
 
 
 class Parser(argparse.ArgumentParser):
