@@ -21,6 +21,7 @@ from time import time_ns
 from zlib import crc32
 
 from ._codec_py import BUCKET_LEN, new_id, spool_name
+from ._files import DIR_MODE, FILE_MODE, write_and_close
 
 STALE_PUT_NS = 1_000_000_000
 BUCKET_ATTEMPTS = 8
@@ -55,15 +56,9 @@ def put(
         raise ValueError(f"not a spool name: priority {priority!r}, fields {peer_field!r}, {channel_field!r}") from None
     bucket = name[:BUCKET_LEN]
     path = f"{bucket}/{name}"
-    fd = os.open(msg_id, _CREATE, 0o640, dir_fd=tmp_fd)
+    fd = os.open(msg_id, _CREATE, FILE_MODE, dir_fd=tmp_fd)
     try:
-        try:
-            while data:
-                data = data[os.write(fd, data) :]
-            if sync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        write_and_close(fd, data, sync)
         made = _enter(tmp_fd, queue_fd, msg_id, bucket, path)
     except BaseException:
         _unlink(msg_id, tmp_fd)
@@ -87,7 +82,7 @@ def _enter(tmp_fd: int, queue_fd: int, msg_id: str, bucket: str, path: str) -> b
         except FileNotFoundError:
             pass
         try:
-            os.mkdir(bucket, 0o750, dir_fd=queue_fd)
+            os.mkdir(bucket, DIR_MODE, dir_fd=queue_fd)
             made = True
         except FileExistsError:
             pass

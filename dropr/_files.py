@@ -19,14 +19,7 @@ def publish(path: str, data: bytes, *, replace: bool, sync: bool = False) -> Non
     tmp = os.path.join(head, f".{tail}.{os.getpid()}.{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if sync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        write_and_close(fd, data, sync)
         if replace:
             os.rename(tmp, path)
         else:
@@ -36,6 +29,18 @@ def publish(path: str, data: bytes, *, replace: bool, sync: bool = False) -> Non
                 pass
     finally:
         remove(tmp)
+
+
+def write_and_close(fd: int, data: bytes | memoryview, sync: bool) -> None:
+    """Write all of ``data`` to ``fd``, with ``sync`` flush it to disk; ``fd`` is closed either way."""
+    try:
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove(path: str) -> bool:
