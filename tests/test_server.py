@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -230,6 +230,15 @@ def test_entry_without_its_part_gets_retry(server: ServerProcess, store: Path) -
     assert acks == {sent.id: ["stored", ""], missing.id: ["retry", "part not received"]}
 
 
+def in_threads(send: Callable[[list[list[Msg]]], None], batches: list[list[Msg]], count: int) -> None:
+    """Runs ``send`` on ``count`` threads at once, each with its share of ``batches``."""
+    threads = [threading.Thread(target=send, args=(batches[t::count],)) for t in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+
 def test_concurrent_batches_are_all_stored(server: ServerProcess, store: Path) -> None:
     batches = [[msg(f"{t}-{i}-{j}".encode(), "busy") for j in range(20)] for t in range(4) for i in range(5)]
     results: list[dict[str, list[str]]] = []
@@ -238,11 +247,7 @@ def test_concurrent_batches_are_all_stored(server: ServerProcess, store: Path) -
         for msgs in chunk:
             results.append(post(server, batch("host-c", msgs)).acks())
 
-    threads = [threading.Thread(target=send, args=(batches[t::4],)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    in_threads(send, batches, 4)
     assert len(results) == len(batches)
     assert all(ack == ["stored", ""] for acks in results for ack in acks.values())
     assert len(os.listdir(queue_dir(store, "busy"))) == 20 * len(batches)
@@ -264,11 +269,7 @@ def test_small_and_large_batches_at_once_each_message_stored_once(server: Server
 
     for round_no in range(2):
         results.clear()
-        threads = [threading.Thread(target=send, args=(batches[t::3],)) for t in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        in_threads(send, batches, 3)
         assert len(results) == len(batches)
         expected = "stored" if round_no == 0 else "duplicate"
         assert all(ack[0] == expected for _, acks in results for ack in acks.values())
