@@ -153,7 +153,17 @@ def test_prune_removes_only_old_empty_buckets(tmp_path: Path) -> None:
     assert housekeeping.prune_buckets(str(tmp_path), scan.buckets(str(tmp_path))) == 1
     assert not old_empty.exists()
     assert old_full.is_dir() and recent_empty.is_dir() and (tmp_path / "not-a-bucket").is_dir()
-    assert housekeeping.BUCKET_KEEP_SECONDS * 1e9 > _drop_py.STALE_PUT_NS
+
+
+def test_prune_keeps_a_bucket_a_put_that_is_not_stale_may_still_enter(tmp_path: Path) -> None:
+    """A bucket is removed only once a put into it would be stale, so it flushes queue/."""
+    slot = housekeeping.SLOT_NS / 1e9
+    stale = _drop_py.STALE_PUT_NS / 1e9
+    within_reach = _bucket(tmp_path, 5, stale)  # its slice ended at most ``stale`` s ago
+    out_of_reach = _bucket(tmp_path, 6, housekeeping.BUCKET_KEEP_SECONDS + slot + 1)
+    assert housekeeping.prune_buckets(str(tmp_path), scan.buckets(str(tmp_path))) == 1
+    assert within_reach.is_dir() and not out_of_reach.exists()
+    assert housekeeping.BUCKET_KEEP_SECONDS >= stale  # for every phase of the clock, not just this one
 
 
 def test_prune_stops_at_the_bucket_given(tmp_path: Path) -> None:
