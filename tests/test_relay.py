@@ -172,6 +172,27 @@ def test_prune_stops_at_the_bucket_given(tmp_path: Path) -> None:
     assert not first.exists() and not second.exists() and third.is_dir()
 
 
+def test_a_survey_reads_the_next_buckets_up_to_its_budget_then_starts_over(tmp_path: Path) -> None:
+    buckets = [_bucket(tmp_path, 9, 600 - 10 * i) for i in range(5)]
+    for i, bucket in enumerate(buckets):
+        for n in range(200 * (i + 1)):
+            (bucket / f"message-with-a-long-name-{n:06d}").write_bytes(b"")
+    names = [bucket.name for bucket in buckets]
+    sizes = [bucket.stat().st_size for bucket in buckets]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[1]
+    queue = str(tmp_path)
+    assert housekeeping.survey_part(queue, names, "", sizes[0] + 1) == names[:2]
+    assert housekeeping.survey_part(queue, names, names[1], sizes[2]) == names[2:3]
+    assert housekeeping.survey_part(queue, names, names[2], 1 << 40) == names[3:]
+    assert housekeeping.survey_part(queue, names, names[4], 1) == names[:1]
+    buckets[3].joinpath(os.listdir(buckets[3])[0]).unlink()
+    for entry in buckets[3].iterdir():
+        entry.unlink()
+    buckets[3].rmdir()
+    assert housekeeping.survey_part(queue, names, names[2], 1) == names[4:]
+    assert housekeeping.survey_part(queue, [], "", 1) == []
+
+
 def test_expired_reads_only_buckets_older_than_the_cut_off(tmp_path: Path) -> None:
     stale_ns, fresh_ns = time.time_ns() - 3600 * 10**9, time.time_ns()
     names = {

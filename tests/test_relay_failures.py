@@ -81,6 +81,27 @@ def test_a_peer_down_waits_while_the_other_keeps_flowing(tmp_path: Path) -> None
     check_stored_once([tmp_path / "down"], waiting)
 
 
+def test_a_peer_queued_behind_another_peers_backlog_is_found_by_surveys(tmp_path: Path) -> None:
+    """Peers queued before the relay started: scans from the head see only the backlog of a
+    peer that is down (and then backs off for long); surveys, a bucket at a time, find the
+    other peer behind it."""
+    spool = tmp_path / "spool"
+    down_url = f"http://127.0.0.1:{free_port()}/"
+    config = tmp_path / "relay.toml"
+    config.write_text("scan_limit = 50\nscan_limit_max = 100\nsurvey_bytes = 1\nbackoff_min_seconds = 60\n"
+                      "backoff_max_seconds = 60\n")  # fmt: skip
+    with dropr.Client(spool) as client:
+        backlog = {client.put(os.urandom(20), peer=down_url, priority=0) for _ in range(600)}
+    with start_server(tmp_path / "up") as up:
+        behind = put(spool, up.url, 30)
+        with RelayProcess(spool, "--no-supervise", "--config", str(config)) as relay:
+            wait_until(lambda: stored_count(tmp_path / "up") == 30)
+            assert "backing off" in relay.log()
+            assert relay.stop() == 0
+    assert {name[1:31] for name in queued(spool)} == backlog
+    check_stored_once([tmp_path / "up"], behind)
+
+
 def _kill_relay_rounds(tmp_path: Path, rounds: int, count: int) -> None:
     spool = tmp_path / "spool"
     store = tmp_path / "store"

@@ -8,6 +8,7 @@ The configuration file is TOML (or JSON when its name ends in ``.json``)::
     batch_bytes = 8388608            # payload bytes per request (one larger message goes alone)
     scan_limit = 4000                # names taken from the queue per scan, while it is shallow
     scan_limit_max = 16000           # the most per scan of a deep queue: bounds the relay's memory
+    survey_bytes = 2097152           # directory bytes one look for peers not known yet reads
     parallel = 1                     # requests in flight per peer
     max_age_minutes = 10080          # older queued messages go to failed/ as "expired"
     keep_sent_minutes = 0            # 0: acknowledged messages are deleted in the background
@@ -69,6 +70,7 @@ class RelayConfig:
     batch_bytes: int = _limits.DEFAULT.batch_bytes
     scan_limit: int = 4 * _limits.DEFAULT.batch_count
     scan_limit_max: int = 16_000
+    survey_bytes: int = 2 << 20
     parallel: int = 1
     max_age_minutes: float = 7 * 24 * 60
     keep_sent_minutes: float = 0.0
@@ -85,7 +87,7 @@ class RelayConfig:
         return PeerConfig(own.token or self.token, own.ca_file or self.ca_file)
 
 
-_INTS = ("batch_count", "batch_bytes", "scan_limit", "scan_limit_max", "parallel")
+_INTS = ("batch_count", "batch_bytes", "scan_limit", "scan_limit_max", "survey_bytes", "parallel")
 _FLOATS = (
     "max_age_minutes",
     "keep_sent_minutes",

@@ -33,9 +33,14 @@ it is backing off, has batches waiting, or has every request slot busy — excep
 the queue is deep, a peer whose waiting batches fall to half a window is scanned for ahead
 of time, so its requests keep flowing while the next pass reads the queue. inotify tells
 which peers have news, so an idle peer is not rescanned for other peers' traffic. A periodic
-rescan covers lost events and systems without inotify; scans that serve no peer ready to
-send (the periodic rescan, looking for peers not seen yet) take at most ``IDLE_SCAN_SHARE``
-of the time, so that a deep queue is not read over and over for nothing.
+rescan covers lost events and systems without inotify. A put for a peer not seen yet makes
+it known at once (inotify names it); peers queued before the relay started, or whose events
+were lost, are found by surveys: when every known peer is left out, a scan reads the next
+slice of buckets (``survey_bytes`` of directory) for names of other peers, resuming where the
+last survey stopped, so finding a new peer behind a deep backlog never costs a read of the
+whole queue. A survey only makes the peers it finds known — their messages are then read
+from the head of the queue, in order — and surveys take at most ``IDLE_SCAN_SHARE`` of the
+time.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ import time
 import urllib.parse
 from collections.abc import Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import spool as _spool
 from .._impl import codec, scan
@@ -70,11 +75,20 @@ CHORE_SECONDS = 60.0
 INLINE_SCAN_SECONDS = 0.002
 """A scan that took less than this runs on the loop thread next time; a longer one, on the scan thread."""
 IDLE_SCAN_SHARE = 0.05
-"""At most this share of time goes to scans that serve no peer ready to send."""
+"""At most this share of time goes to surveys (scans for peers not known yet)."""
 REMOVERS = 4
 """Threads removing acknowledged files from the queue."""
 TMP_CHORE_SECONDS = 600.0
 _MISSING = ("retry", "missing from the answer")
+
+
+class Scanned(NamedTuple):
+    """What a scan found and how long it took; for a survey, the bucket it read last ("" when
+    that was the end of the queue), None for a scan from the head."""
+
+    names: list[str]
+    seconds: float
+    surveyed_to: str | None
 
 
 class Peer:
@@ -121,7 +135,8 @@ class Relay:
         self._window_max = max(config.scan_limit, config.scan_limit_max)
         self._deep = False
         self._inline = True
-        self._scan: asyncio.Future[tuple[list[str], float]] | None = None
+        self._scan: asyncio.Future[Scanned] | None = None
+        self._survey_after = ""
         self._finished: set[str] = set()
         self._quiet_until = 0.0
         self._multi: Any = None
@@ -205,10 +220,10 @@ class Relay:
                 if len(fields) < 3:
                     continue
                 peer = self._peers.get(fields[1])
-                if peer is None:
-                    self._unknown_news = True
-                else:
+                if peer is not None:
                     peer.news = True
+                elif _is_message(name):
+                    self._add_peer(fields[1])
         self._wake.set()
 
     def _eligible(self, peer: Peer, now: float) -> bool:
@@ -242,46 +257,49 @@ class Relay:
         self._rescan = self._unknown_news = False
         for peer in scanned:
             peer.news = False
+        survey_after = None if scanned or not skip else self._survey_after
         limit = self._window + len(self._held)
-        if self._inline:
-            self._scanned(scanned, full, limit, self._timed_scan(limit, skip))
+        if self._inline and survey_after is None:
+            self._scanned(scanned, full, limit, self._timed_scan(limit, skip, survey_after))
         else:
-            self._scan = asyncio.get_running_loop().run_in_executor(self._scanner, self._timed_scan, limit, skip)
+            self._scan = asyncio.get_running_loop().run_in_executor(
+                self._scanner, self._timed_scan, limit, skip, survey_after
+            )
             self._scan.add_done_callback(functools.partial(self._scan_done, scanned, full, limit))
 
-    def _timed_scan(self, limit: int, skip: list[str]) -> tuple[list[str], float]:
+    def _timed_scan(self, limit: int, skip: list[str], survey_after: str | None) -> Scanned:
+        """Scans the queue from its head, or with ``survey_after`` surveys the buckets after that one."""
         started = time.monotonic()
         queue_dir = self.spool.queue_dir
         listed = scan.buckets(queue_dir)
-        names = scan.scan_queue(queue_dir, limit, skip, listed)
-        housekeeping.prune_buckets(queue_dir, listed, names[0][: codec.BUCKET_LEN] if names else None)
-        return names, time.monotonic() - started
+        if survey_after is None:
+            names = scan.scan_queue(queue_dir, limit, skip, listed)
+            housekeeping.prune_buckets(queue_dir, listed, names[0][: codec.BUCKET_LEN] if names else None)
+            return Scanned(names, time.monotonic() - started, None)
+        part = housekeeping.survey_part(queue_dir, listed, survey_after, self.config.survey_bytes)
+        names = scan.scan_queue(queue_dir, limit, skip, part)
+        last = part[-1] if part and part[-1] != listed[-1] else ""
+        return Scanned(names, time.monotonic() - started, last)
 
-    def _scan_done(
-        self, scanned: list[Peer], full: bool, limit: int, done: asyncio.Future[tuple[list[str], float]]
-    ) -> None:
+    def _scan_done(self, scanned: list[Peer], full: bool, limit: int, done: asyncio.Future[Scanned]) -> None:
         self._scan = None
         finished, self._finished = self._finished, set()
         self._wake.set()
         if done.cancelled() or self._stopping:
             return
         try:
-            names, seconds = done.result()
-            self._scanned(scanned, full, limit, (names, seconds), finished)
+            self._scanned(scanned, full, limit, done.result(), finished)
         except Exception as exc:
             self._crash = exc
 
     def _scanned(
-        self,
-        scanned: list[Peer],
-        full: bool,
-        limit: int,
-        result: tuple[list[str], float],
-        finished: Collection[str] = (),
+        self, scanned: list[Peer], full: bool, limit: int, result: Scanned, finished: Collection[str] = ()
     ) -> None:
-        names, seconds = result
+        names, seconds, surveyed_to = result
+        if surveyed_to is not None:
+            self._surveyed(names, seconds, surveyed_to)
+            return
         self._inline = seconds < INLINE_SCAN_SECONDS
-        self._quiet_until = time.monotonic() + seconds / IDLE_SCAN_SHARE
         fresh = [name for name in names if name not in self._held and name not in finished]
         self._deep = len(names) >= limit
         if self._deep:
@@ -293,6 +311,17 @@ class Relay:
         elif len(fresh) < self._window // 4:
             self._window = self.config.scan_limit
         self._dispatch(fresh)
+
+    def _surveyed(self, names: list[str], seconds: float, surveyed_to: str) -> None:
+        """Makes the peers of a survey's names known; the next survey goes on after ``surveyed_to``."""
+        self._quiet_until = time.monotonic() + seconds / IDLE_SCAN_SHARE
+        self._survey_after = surveyed_to
+        if surveyed_to:
+            self._unknown_news = True
+        for name in names:
+            field = name.split("+", 2)[1]
+            if field not in self._peers:
+                self._add_peer(field)
 
     def _dispatch(self, names: list[str]) -> None:
         groups: dict[Peer, list[Entry]] = {}
@@ -518,6 +547,14 @@ class Relay:
         for name in names:
             if name not in self._held:
                 self._fail(name, f"expired: queued for more than {self.config.max_age_minutes:g} minutes")
+
+
+def _is_message(name: str) -> bool:
+    try:
+        codec.parse_spool_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def run(config: RelayConfig) -> int:

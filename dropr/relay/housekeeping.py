@@ -7,6 +7,7 @@ for peers the relay is leaving alone, and queue buckets left empty.
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections.abc import Collection
@@ -90,6 +91,29 @@ def prune_buckets(
         except OSError:
             pass  # not empty (the usual case), or gone already: a bucket left is only read again
     return removed
+
+
+def survey_part(queue_dir: str, listed: list[str], after: str, budget: int) -> list[str]:
+    """The next buckets of ``listed`` after bucket ``after`` (from the first, when none is
+    left) whose directories hold ``budget`` bytes in all, or just over: at least one.
+
+    A directory's size is what reading it costs (ext4 keeps the blocks of names removed), so
+    a survey of the slice costs about the same however the queue is spread over buckets.
+    """
+    start = bisect.bisect_right(listed, after)
+    if start >= len(listed):
+        start = 0
+    part: list[str] = []
+    size = 0
+    for bucket in listed[start:]:
+        try:
+            size += os.stat(os.path.join(queue_dir, bucket)).st_size
+        except FileNotFoundError:
+            continue
+        part.append(bucket)
+        if size >= budget:
+            break
+    return part
 
 
 def _slot_start_ns(bucket: str) -> int:
