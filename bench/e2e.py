@@ -15,6 +15,12 @@ Cells alternate (floor, HTTP, local, floor, ...), each in a fresh random work di
 with ``sync`` between cells; the figures that count are the medians of the per-round
 ratios (target: HTTP at least 0.5 of the floor). The table at the end sets today's rates
 beside the figures the PHP project published.
+
+``--long N`` instead sets long runs beside short ones in the same rounds (floor short,
+floor long, HTTP short, HTTP long): N messages flowing (at least 200000 for the figure that
+counts), files created and removed all along, against ``--count``; the figure is the
+median of the per-round ratios long / short (target: at least 0.8), for dropr over HTTP and,
+to show what the file system itself does, for the floor.
 """
 
 from __future__ import annotations
@@ -200,6 +206,28 @@ def _read(path: str) -> str:
         return file.read()
 
 
+def compare_long(args: argparse.Namespace, binary: str, root: str, relay_args: list[str]) -> None:
+    cells = {
+        "floor": lambda count: floor_cell(binary, root, count, args.size, args.batch_count),
+        "http": lambda count: dropr_cell(root, count, args.size, "http", relay_args),
+    }
+    ratios: dict[str, list[float]] = {kind: [] for kind in cells}
+    for round_no in range(args.rounds):
+        line = []
+        for kind, cell in cells.items():
+            short, long = cell(args.count), cell(args.long)
+            ratios[kind].append(long / short)
+            line.append(f"{kind} {short:,.0f}/s short, {long:,.0f}/s long, ratio {ratios[kind][-1]:.2f}")
+        print(f"round {round_no + 1}: " + "; ".join(line), flush=True)
+    print()
+    print(f"settings: long {args.long} vs short {args.count} messages of {args.size} bytes, {args.rounds} "
+          f"rounds, batch {args.batch_count}, {args.parallel} requests in flight per peer, "
+          f"hot path {IMPLEMENTATION}")  # fmt: skip
+    for kind, values in ratios.items():
+        print(f"{kind:5s}: median ratio long / short {statistics.median(values):.2f}"
+              + ("  (target >= 0.8)" if kind == "http" else ""))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000, help="messages per cell (default 20000)")
@@ -208,9 +236,16 @@ def main() -> None:
     parser.add_argument("--batch-count", type=int, default=1000)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--dir", default=None, help="where work directories go (default: temp dir)")
+    parser.add_argument("--long", type=int, metavar="N", help="compare runs of N messages with --count ones")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="dropr-e2e-", dir=args.dir)
     relay_args = ["--batch-count", str(args.batch_count), "--parallel", str(args.parallel)]
+    if args.long:
+        try:
+            compare_long(args, build_floor(C_FLOOR, root), root, relay_args)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     rates: dict[str, list[float]] = {"floor": [], "http": [], "local": []}
     try:
         binary = build_floor(C_FLOOR, root)
