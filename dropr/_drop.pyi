@@ -1,5 +1,6 @@
 """The put system-call path (compiled); ``dropr._drop_py`` is its plain-Python twin."""
 
+from collections.abc import Callable
 from typing import Final
 
 STALE_PUT_NS: Final[int]
@@ -23,3 +24,49 @@ def put(
     nothing is left in ``tmp/`` or ``queue/`` and ``OSError`` is raised with its errno; a
     field or priority outside the name format raises ValueError before anything is written.
     """
+
+DEFAULT_CHANNEL: Final[str]
+DEFAULT_PRIORITY: Final[int]
+FIELDS_CACHE: Final[int]
+
+class Putter:
+    """One spool's put path, held open: ``tmp_fd`` and ``queue_fd`` (closed with it) and the
+    file-name fields of each (peer, channel) used so far.
+
+    ``coerce(payload, priority, max_payload)`` is called for a payload that is not ``bytes``
+    within ``max_payload`` or a priority that is not an ``int`` 0-9, and returns them usable
+    or raises; ``fields(peer, channel)`` checks a pair not seen yet and returns its fields;
+    ``failed(exc)`` turns the OSError of a failed put into the exception to raise.
+    """
+
+    def __init__(
+        self,
+        tmp_fd: int,
+        queue_fd: int,
+        max_payload: int,
+        fields: Callable[[object, object], tuple[str, str]],
+        coerce: Callable[[object, object, int], tuple[bytes | memoryview, int]],
+        failed: Callable[[OSError], BaseException],
+    ) -> None: ...
+    def close(self) -> None:
+        """Close the spool's directories; further puts fail."""
+    def put(self, payload: object, peer: object, channel: object, priority: object, sync: bool) -> str:
+        """Queue ``payload`` for ``peer`` in ``channel``; returns the message id."""
+
+class Spools:
+    """The spools of ``fastput``: ``putters`` maps each ``spool`` argument seen to its
+    Putter, made by ``open(spool)`` on first use."""
+
+    putters: dict[object, Putter]
+    def __init__(self, open: Callable[[object], Putter]) -> None: ...
+    def fastput(
+        self,
+        payload: object,
+        peer: object,
+        channel: object = ...,
+        priority: object = ...,
+        *,
+        spool: object = None,
+        sync: bool = False,
+    ) -> str:
+        """Queue ``payload`` for ``peer`` in ``spool`` and return the message id."""

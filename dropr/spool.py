@@ -20,6 +20,7 @@ first messages of a deep queue in a few small directories; the relay removes the
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import operator
 import os
@@ -27,7 +28,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import limits as _limits
 from ._files import DIR_MODE, publish, remove, remove_all
@@ -41,8 +42,8 @@ PathLike = str | os.PathLike[str]
 Payload = bytes | bytearray | memoryview | str
 
 PRIORITIES = frozenset(range(10))
-DEFAULT_CHANNEL = "common"
-DEFAULT_PRIORITY = 9
+DEFAULT_CHANNEL: str = drop.DEFAULT_CHANNEL
+DEFAULT_PRIORITY: int = drop.DEFAULT_PRIORITY
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _PEER_SCHEMES = ("http", "https", "file")
@@ -248,20 +249,12 @@ class Client:
         sync: bool = False,
         limits: _limits.Limits | None = None,
     ):
-        self._tmp_fd = self._queue_fd = -1
         self.spool = spool if isinstance(spool, Spool) else Spool(spool, limits=limits)
         self.limits = limits or self.spool.limits
         self.sync = bool(sync)
         if client_id is not None:
             self.spool.set_client_id(client_id)
-        self._max_payload = self.limits.max_payload
-        self._fields: dict[tuple[str, str], tuple[str, str]] = {}
-        try:
-            self._tmp_fd = os.open(self.spool.tmp_dir, _DIR_FLAGS)
-            self._queue_fd = os.open(self.spool.queue_dir, _DIR_FLAGS)
-        except OSError as exc:
-            self.close()
-            raise spool_error(exc, self.spool.path) from exc
+        self._putter = open_putter(self.spool, self.limits)
 
     def __repr__(self) -> str:
         return f"Client({self.spool.path!r})"
@@ -272,87 +265,73 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        self.close()
-
     def close(self) -> None:
         """Release the directory handles; further puts fail."""
-        for fd in (self._tmp_fd, self._queue_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._tmp_fd = self._queue_fd = -1
+        self._putter.close()
 
     def put(
         self, payload: Payload, *, peer: str, channel: str = DEFAULT_CHANNEL, priority: int = DEFAULT_PRIORITY
     ) -> str:
         """Queue ``payload`` for ``peer`` and return the message id once it is in the spool."""
-        return self._put(payload, peer, channel, priority, self.sync)
-
-    def _put(self, payload: Payload, peer: str, channel: str, priority: int, sync: bool) -> str:
-        if type(priority) is not int or priority not in PRIORITIES:
-            priority = check_priority(priority)
-        if type(payload) is not bytes:
-            payload = _as_buffer(payload)
-        if len(payload) > self._max_payload:
-            raise InvalidMessage(f"payload of {len(payload)} bytes is over the limit of {self._max_payload}")
-        try:
-            fields = self._fields.get((peer, channel))
-        except TypeError:
-            fields = None
-        if fields is None:
-            fields = self._register(peer, channel)
-        try:
-            msg_id: str = drop.put(self._tmp_fd, self._queue_fd, fields[0], fields[1], priority, payload, sync)
-        except OSError as exc:
-            raise spool_error(exc, self.spool.path) from exc
+        msg_id: str = self._putter.put(payload, peer, channel, priority, self.sync)
         return msg_id
 
-    def _register(self, peer: str, channel: str) -> tuple[str, str]:
-        check_peer(peer, self.limits)
-        check_channel(channel, self.limits)
-        fields = self.spool.register(peer), self.spool.register(channel)
-        if len(self._fields) >= _CACHE_LIMIT:
-            self._fields.clear()
-        self._fields[peer, channel] = fields
-        return fields
 
-
-_clients: dict[object, Client] = {}
-
-
-def fastput(
-    payload: Payload,
-    peer: str,
-    channel: str = DEFAULT_CHANNEL,
-    priority: int = DEFAULT_PRIORITY,
-    *,
-    spool: PathLike | None = None,
-    sync: bool = False,
-) -> str:
-    """Queue ``payload`` for ``peer`` in ``spool`` and return the message id.
-
-    The spool defaults to ``$DROPR_SPOOL`` (read at the first call that relies on it). Each
-    spool's directories stay open for the life of the process, so a put costs the file
-    system's work: create, write, rename (and with ``sync`` two flushes).
-    """
-    client = _clients.get(spool) or _client_for(spool)
+def open_putter(spool: Spool, limits: _limits.Limits) -> Any:
+    """The put path of ``spool`` (a ``Putter`` of the loaded ``drop`` module): its ``tmp/``
+    and ``queue/`` held open, ``limits`` applied."""
+    tmp_fd = -1
     try:
-        return client._put(payload, peer, channel, priority, sync)
-    except SpoolError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-    # The spool was removed or replaced since its directories were opened: open it anew.
-    _clients.pop(spool, None)
-    return _client_for(spool)._put(payload, peer, channel, priority, sync)
+        tmp_fd = os.open(spool.tmp_dir, _DIR_FLAGS)
+        queue_fd = os.open(spool.queue_dir, _DIR_FLAGS)
+    except OSError as exc:
+        if tmp_fd >= 0:
+            os.close(tmp_fd)
+        raise spool_error(exc, spool.path) from exc
+    fields = functools.partial(_fields, spool, limits)
+    failed = functools.partial(spool_error, path=spool.path)
+    return drop.Putter(tmp_fd, queue_fd, limits.max_payload, fields, _coerce, failed)
 
 
-def _client_for(spool: PathLike | None) -> Client:
+def _fields(spool: Spool, limits: _limits.Limits, peer: object, channel: object) -> tuple[str, str]:
+    """The file-name fields of a (peer, channel) pair, checked; compact ones kept in ``names/``."""
+    return spool.register(check_peer(peer, limits)), spool.register(check_channel(channel, limits))
+
+
+def _coerce(payload: object, priority: object, max_payload: int) -> tuple[bytes | memoryview, int]:
+    """``payload`` as bytes and ``priority`` as an int, checked; InvalidMessage if they are not."""
+    priority = check_priority(priority)
+    data = payload if type(payload) is bytes else _as_buffer(payload)
+    if len(data) > max_payload:
+        raise InvalidMessage(f"payload of {len(data)} bytes is over the limit of {max_payload}")
+    return data, priority
+
+
+def _open_for_fastput(spool: PathLike | None) -> Any:
     path = os.environ.get("DROPR_SPOOL") if spool is None else spool
     if not path:
         raise SpoolError(errno.EINVAL, "no spool given: pass spool= or set DROPR_SPOOL")
-    client = Client(path)
-    _clients[spool] = client
-    return client
+    opened = Spool(path)
+    return open_putter(opened, opened.limits)
+
+
+_spools = drop.Spools(_open_for_fastput)
+
+if TYPE_CHECKING:
+
+    def fastput(
+        payload: Payload,
+        peer: str,
+        channel: str = DEFAULT_CHANNEL,
+        priority: int = DEFAULT_PRIORITY,
+        *,
+        spool: PathLike | None = None,
+        sync: bool = False,
+    ) -> str:
+        """Queue ``payload`` for ``peer`` in ``spool`` and return the message id."""
+
+else:
+    fastput = _spools.fastput
 
 
 def check_priority(priority: object) -> int:

@@ -10,7 +10,9 @@ import shutil
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from relaykit import queued as queued_names
@@ -21,6 +23,19 @@ from dropr.limits import Limits
 
 PEER = "http://127.0.0.1:8080/q"
 SUBDIRS = {"queue", "tmp", "sent", "failed", "names"}
+
+
+@pytest.fixture
+def twin(drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Client and fastput routed through the ``drop`` twin under test."""
+    monkeypatch.setattr(spool, "drop", drop)
+    return drop
+
+
+@pytest.fixture
+def fastput(twin: ModuleType) -> Callable[..., str]:
+    """A fastput of the ``drop`` twin under test, with no spool opened yet."""
+    return twin.Spools(spool._open_for_fastput).fastput  # type: ignore[no-any-return]
 
 
 def assert_untouched(root: Path) -> None:
@@ -229,7 +244,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("change", "word"), BAD_INPUTS)
-def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, change: dict, word: str) -> None:
+def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, twin: ModuleType, change: dict, word: str) -> None:
     args = {"payload": b"x", "peer": PEER, "channel": "common", "priority": 9, **change}
     with spool.Client(tmp_path, limits=Limits(max_payload=100)) as client, pytest.raises(InvalidMessage, match=word):
         client.put(args.pop("payload"), **args)
@@ -237,46 +252,56 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, change: dict, 
 
 
 @pytest.mark.parametrize(("change", "word"), BAD_INPUTS[:-1])
-def test_fastput_refuses_bad_input_and_changes_nothing(tmp_path: Path, change: dict, word: str) -> None:
+def test_fastput_refuses_bad_input_and_changes_nothing(
+    tmp_path: Path, fastput: Callable[..., str], change: dict, word: str
+) -> None:
     args = {"payload": b"x", "peer": PEER, "channel": "common", "priority": 9, **change}
     with pytest.raises(InvalidMessage, match=word):
-        spool.fastput(args.pop("payload"), spool=str(tmp_path), **args)
+        fastput(args.pop("payload"), spool=str(tmp_path), **args)
     assert_untouched(tmp_path)
 
 
-def test_fastput_uses_dropr_spool_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fastput_uses_dropr_spool_from_the_environment(
+    tmp_path: Path, fastput: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DROPR_SPOOL", str(tmp_path))
-    monkeypatch.setattr(spool, "_clients", {})
-    msg_id = spool.fastput("text", PEER)
+    msg_id = fastput("text", PEER)
     (name,) = queued_names(tmp_path)
     assert msg_id in name and queued_path(tmp_path, name).read_bytes() == b"text"
 
 
-def test_fastput_without_a_spool_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fastput_without_a_spool_says_so(fastput: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DROPR_SPOOL", raising=False)
-    monkeypatch.setattr(spool, "_clients", {})
     with pytest.raises(SpoolError, match="DROPR_SPOOL"):
-        spool.fastput(b"x", PEER)
+        fastput(b"x", PEER)
 
 
-def test_fastput_keeps_one_client_per_spool(tmp_path: Path) -> None:
-    spool.fastput(b"x", PEER, spool=str(tmp_path))
-    client = spool._clients[str(tmp_path)]
-    spool.fastput(b"x", PEER, spool=str(tmp_path), sync=True)
-    assert spool._clients[str(tmp_path)] is client
+def test_fastput_keeps_one_putter_per_spool(tmp_path: Path, fastput: Callable[..., str]) -> None:
+    putters = fastput.__self__.putters  # type: ignore[attr-defined]
+    fastput(b"x", PEER, spool=str(tmp_path))
+    putter = putters[str(tmp_path)]
+    fastput(b"x", PEER, "other", 0, spool=str(tmp_path), sync=True)
+    assert putters == {str(tmp_path): putter}
     assert len(queued_names(tmp_path)) == 2
 
 
-def test_fastput_follows_a_spool_that_was_removed_and_made_again(tmp_path: Path) -> None:
+def test_fastput_follows_a_spool_that_was_removed_and_made_again(tmp_path: Path, fastput: Callable[..., str]) -> None:
     root = tmp_path / "spool"
-    spool.fastput(b"x", PEER, spool=str(root))
+    fastput(b"x", PEER, spool=str(root))
     shutil.rmtree(root)
-    spool.fastput(b"y", PEER, spool=str(root))
+    fastput(b"y", PEER, spool=str(root))
     (name,) = queued_names(root)
     assert queued_path(root, name).read_bytes() == b"y"
 
 
-def test_put_after_close_is_a_spool_error(tmp_path: Path) -> None:
+def test_fastput_is_the_compiled_front_when_the_hot_path_is(tmp_path: Path) -> None:
+    from dropr._impl import COMPILED
+
+    assert type(spool._spools).__module__ == ("dropr._drop" if COMPILED["drop"] else "dropr._drop_py")
+    assert spool.fastput(b"x", PEER, spool=str(tmp_path)) in queued_names(tmp_path)[0]
+
+
+def test_put_after_close_is_a_spool_error(tmp_path: Path, twin: ModuleType) -> None:
     client = spool.Client(tmp_path)
     client.close()
     with pytest.raises(SpoolError) as info:
