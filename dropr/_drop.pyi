@@ -30,14 +30,7 @@ DEFAULT_PRIORITY: Final[int]
 FIELDS_CACHE: Final[int]
 
 class Putter:
-    """One spool's put path, held open: ``tmp_fd`` and ``queue_fd`` (closed with it) and the
-    file-name fields of each (peer, channel) used so far.
-
-    ``coerce(payload, priority, max_payload)`` is called for a payload that is not ``bytes``
-    within ``max_payload`` or a priority that is not an ``int`` 0-9, and returns them usable
-    or raises; ``fields(peer, channel)`` checks a pair not seen yet and returns its fields;
-    ``failed(exc)`` turns the OSError of a failed put into the exception to raise.
-    """
+    """One spool's put path, held open; the callbacks are described in ``dropr._drop_py.Putter``."""
 
     def __init__(
         self,

@@ -254,7 +254,7 @@ class Client:
         self.sync = bool(sync)
         if client_id is not None:
             self.spool.set_client_id(client_id)
-        self._putter = open_putter(self.spool, self.limits)
+        self._putter = _open_putter(self.spool, self.limits)
 
     def __repr__(self) -> str:
         return f"Client({self.spool.path!r})"
@@ -277,7 +277,7 @@ class Client:
         return msg_id
 
 
-def open_putter(spool: Spool, limits: _limits.Limits) -> Any:
+def _open_putter(spool: Spool, limits: _limits.Limits) -> Any:
     """The put path of ``spool`` (a ``Putter`` of the loaded ``drop`` module): its ``tmp/``
     and ``queue/`` held open, ``limits`` applied."""
     tmp_fd = -1
@@ -312,7 +312,7 @@ def _open_for_fastput(spool: PathLike | None) -> Any:
     if not path:
         raise SpoolError(errno.EINVAL, "no spool given: pass spool= or set DROPR_SPOOL")
     opened = Spool(path)
-    return open_putter(opened, opened.limits)
+    return _open_putter(opened, opened.limits)
 
 
 _spools = drop.Spools(_open_for_fastput)

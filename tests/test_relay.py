@@ -208,6 +208,18 @@ def test_expired_reads_only_buckets_older_than_the_cut_off(tmp_path: Path) -> No
     assert len(housekeeping.expired(str(tmp_path), {"a", "b"}, 60, 1)) == 1
 
 
+def test_prefetch_passes_over_files_gone_and_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    from dropr.relay.daemon import _prefetch
+
+    present = [tmp_path / f"m{i}" for i in range(50)]
+    for path in present:
+        path.write_bytes(b"x" * 200)
+    open_before = len(os.listdir("/proc/self/fd"))
+    _prefetch([str(tmp_path / "gone"), *map(str, present), str(tmp_path / "gone-too")])
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert all(path.read_bytes() == b"x" * 200 for path in present)
+
+
 def test_lock_refuses_a_second_holder_with_the_pid(tmp_path: Path) -> None:
     fd = lock.acquire(str(tmp_path))
     try:

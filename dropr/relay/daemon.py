@@ -22,7 +22,10 @@ skips them. Without a retention, a sweeper thread unlinks what is in ``sent/``, 
 files at once: an unlink can wait a fifth of a millisecond for the disk (a file system that
 discards freed blocks at once), a rename does not, so deleting stays off the relay's path.
 Blocking file work that need not be ordered with scans — the local transport's ingest and
-the periodic chores — runs on one worker thread.
+the periodic chores — runs on one worker thread. libcurl reads each message file on the loop
+thread, one after the other, and a deep queue's files were written long ago and may have left
+the page cache, so the batches of a deep queue are prefetched (``posix_fadvise`` WILLNEED on
+a thread of their own) while the batches before them are sent.
 
 Each scan takes at most a window of new names (plus those already held in flight), so
 memory stays bounded however deep the queue. The window starts at ``scan_limit``; a scan
