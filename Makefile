@@ -17,6 +17,7 @@ bench:
 	$(PYTHON) bench/put.py
 	$(PYTHON) bench/depth_scan.py
 	$(PYTHON) bench/e2e.py
+	$(PYTHON) bench/e2e.py --long 200000 --rounds 2
 	$(PYTHON) bench/latency.py
 	$(PYTHON) bench/drain.py
 	$(PYTHON) bench/consume.py
