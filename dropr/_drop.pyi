@@ -1,7 +1,10 @@
-"""The put system-call path (compiled); ``dropr._drop_py`` is its plain-Python twin."""
+"""The put path (compiled); ``dropr._drop_py`` is its plain-Python twin."""
 
-from collections.abc import Callable
 from typing import Final
+
+# The compiled Putter and Spools have the API of their twins, documented there.
+from ._drop_py import Putter as Putter
+from ._drop_py import Spools as Spools
 
 STALE_PUT_NS: Final[int]
 BUCKET_ATTEMPTS: Final[int]
@@ -28,38 +31,3 @@ def put(
 DEFAULT_CHANNEL: Final[str]
 DEFAULT_PRIORITY: Final[int]
 FIELDS_CACHE: Final[int]
-
-class Putter:
-    """One spool's put path, held open; the callbacks are described in ``dropr._drop_py.Putter``."""
-
-    def __init__(
-        self,
-        tmp_fd: int,
-        queue_fd: int,
-        max_payload: int,
-        fields: Callable[[object, object], tuple[str, str]],
-        coerce: Callable[[object, object, int], tuple[bytes | memoryview, int]],
-        failed: Callable[[OSError], BaseException],
-    ) -> None: ...
-    def close(self) -> None:
-        """Close the spool's directories; further puts fail."""
-    def put(self, payload: object, peer: object, channel: object, priority: object, sync: bool) -> str:
-        """Queue ``payload`` for ``peer`` in ``channel``; returns the message id."""
-
-class Spools:
-    """The spools of ``fastput``: ``putters`` maps each ``spool`` argument seen to its
-    Putter, made by ``open(spool)`` on first use."""
-
-    putters: dict[object, Putter]
-    def __init__(self, open: Callable[[object], Putter]) -> None: ...
-    def fastput(
-        self,
-        payload: object,
-        peer: object,
-        channel: object = ...,
-        priority: object = ...,
-        *,
-        spool: object = None,
-        sync: bool = False,
-    ) -> str:
-        """Queue ``payload`` for ``peer`` in ``spool`` and return the message id."""
