@@ -28,6 +28,4 @@ def put(
     field or priority outside the name format raises ValueError before anything is written.
     """
 
-DEFAULT_CHANNEL: Final[str]
-DEFAULT_PRIORITY: Final[int]
 FIELDS_CACHE: Final[int]

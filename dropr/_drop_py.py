@@ -27,16 +27,14 @@ from time import time_ns
 from zlib import crc32
 
 from ._codec_py import BUCKET_LEN, new_id, spool_name
-from ._files import DIR_MODE, FILE_MODE, write_and_close
+from ._files import DIR_FLAGS, DIR_MODE, FILE_MODE, write_and_close
+from .limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
 
 STALE_PUT_NS = 1_000_000_000
 BUCKET_ATTEMPTS = 8
-DEFAULT_CHANNEL = "common"
-DEFAULT_PRIORITY = 9
 FIELDS_CACHE = 4096
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _synced_slot = [0] * 10
 
 
@@ -99,7 +97,7 @@ def _enter(tmp_fd: int, queue_fd: int, msg_id: str, bucket: str, path: str) -> b
 
 
 def _sync_entry(queue_fd: int, bucket: str, msg_id: str, priority: int, made: bool) -> None:
-    fd = os.open(bucket, _DIR_FLAGS, dir_fd=queue_fd)
+    fd = os.open(bucket, DIR_FLAGS, dir_fd=queue_fd)
     try:
         os.fsync(fd)
     finally:

@@ -1,11 +1,16 @@
-"""Whole-or-nothing file writes, shared by the spool and the store."""
+"""File-system steps shared by the spool and the store: whole-or-nothing writes, removals,
+and the syncs that make writes durable (one file, one directory's entries, or the whole file
+system)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 FILE_MODE = 0o640
 DIR_MODE = 0o750
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+"""How a directory is opened to hold it, sync it or work relative to it."""
 REMOVE_THREADS = 4
 
 
@@ -69,3 +74,43 @@ def remove_all(paths: list[str], threads: int = REMOVE_THREADS) -> int:
 
 def _remove_share(paths: list[str]) -> int:
     return sum(map(remove, paths))
+
+
+def sync_data(path: str) -> None:
+    """Make the content of the file ``path`` durable (``fdatasync``; a symlink is refused)."""
+    _on_fd(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, os.fdatasync)
+
+
+def sync_directory(path: str) -> None:
+    """Make the entries of the directory ``path`` durable (``fsync`` of the directory)."""
+    _on_fd(path, DIR_FLAGS, os.fsync)
+
+
+def _on_fd(path: str, flags: int, sync: Callable[[int], object]) -> None:
+    fd = os.open(path, flags)
+    try:
+        sync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_file_system(path: str) -> None:
+    """Make everything written on the file system holding ``path`` durable.
+
+    One ``syncfs`` covers every file and directory entry written by any process since the
+    last one, which is what a batch acknowledgement needs; ``os.sync`` where it is missing.
+    """
+    import ctypes
+
+    from . import _libc
+
+    syncfs = _libc.function("syncfs", (ctypes.c_int,))
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, DIR_FLAGS)
+    try:
+        if syncfs(fd) != 0:
+            raise _libc.errno_error("syncfs", path)
+    finally:
+        os.close(fd)

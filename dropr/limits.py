@@ -1,6 +1,6 @@
-"""Configurable limits with their documented defaults.
+"""Configurable limits with their documented defaults, and the defaults of a message.
 
-Each can be overridden from the environment (``DROPR_MAX_PAYLOAD`` and so on) or by
+Each limit can be overridden from the environment (``DROPR_MAX_PAYLOAD`` and so on) or by
 passing a :class:`Limits` where an API takes one.
 """
 
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 from typing import NamedTuple
+
+DEFAULT_CHANNEL = "common"
+DEFAULT_PRIORITY = 9
 
 
 def _env_int(name: str, default: int) -> int:

@@ -22,18 +22,17 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
-import operator
 import os
-import re
 import time
-import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import limits as _limits
-from ._files import DIR_MODE, publish, remove, remove_all
+from ._files import DIR_FLAGS, DIR_MODE, publish, remove, remove_all
 from ._impl import codec, drop
 from .errors import InvalidMessage, SpoolError
+from .limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
+from .names import Names, check_channel, check_client_id, check_peer, check_priority
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -41,15 +40,6 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 Payload = bytes | bytearray | memoryview | str
 
-PRIORITIES = frozenset(range(10))
-DEFAULT_CHANNEL: str = drop.DEFAULT_CHANNEL
-DEFAULT_PRIORITY: int = drop.DEFAULT_PRIORITY
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_PEER_SCHEMES = ("http", "https", "file")
-_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
-_COMPACT_FIELD = re.compile(r"~[0-9a-f]{32}")
-_CACHE_LIMIT = 4096
 _REASONS = {
     errno.ENOSPC: "disk full",
     errno.EDQUOT: "disk quota exceeded",
@@ -87,8 +77,7 @@ class Spool:
         self.failed_dir = os.path.join(self.path, "failed")
         self.names_dir = os.path.join(self.path, "names")
         self.client_id_file = os.path.join(self.path, "client-id")
-        self._texts: dict[str, str] = {}
-        self._registered: set[str] = set()
+        self._names = Names(self.names_dir)
         self._create = create
         if create:
             self._make_dirs()
@@ -143,31 +132,14 @@ class Spool:
 
     def register(self, text: str) -> str:
         """The file-name field of ``text``; a compact field's text is kept in ``names/``."""
-        field: str = codec.escape(text)
-        if field.startswith("~") and field not in self._registered:
-            try:
-                publish(os.path.join(self.names_dir, field), text.encode("utf-8"), replace=False)
-            except OSError as exc:
-                raise spool_error(exc, self.path) from exc
-            self._registered.add(field)
-        return field
+        try:
+            return self._names.register(text)
+        except OSError as exc:
+            raise spool_error(exc, self.path) from exc
 
     def resolve(self, field: str) -> str:
         """The text of a file-name field (read from ``names/`` for a compact one)."""
-        text = self._texts.get(field)
-        if text is not None:
-            return text
-        if field.startswith("~"):
-            if not _COMPACT_FIELD.fullmatch(field):
-                raise ValueError(f"not a compact field: {field!r}")
-            with open(os.path.join(self.names_dir, field), encoding="utf-8") as file:
-                text = file.read()
-        else:
-            text = codec.unescape(field)
-        if len(self._texts) >= _CACHE_LIMIT:
-            self._texts.clear()
-        self._texts[field] = text
-        return text
+        return self._names.resolve(field)
 
     def decode(self, name: str) -> SpoolMessage:
         """A queued message's metadata from its file name; ValueError if it is not one."""
@@ -282,8 +254,8 @@ def _open_putter(spool: Spool, limits: _limits.Limits) -> Any:
     and ``queue/`` held open, ``limits`` applied."""
     tmp_fd = -1
     try:
-        tmp_fd = os.open(spool.tmp_dir, _DIR_FLAGS)
-        queue_fd = os.open(spool.queue_dir, _DIR_FLAGS)
+        tmp_fd = os.open(spool.tmp_dir, DIR_FLAGS)
+        queue_fd = os.open(spool.queue_dir, DIR_FLAGS)
     except OSError as exc:
         if tmp_fd >= 0:
             os.close(tmp_fd)
@@ -332,67 +304,6 @@ if TYPE_CHECKING:
 
 else:
     fastput = _spools.fastput
-
-
-def check_priority(priority: object) -> int:
-    """``priority`` as an int 0-9; InvalidMessage for anything else (bool included)."""
-    if not isinstance(priority, bool):
-        try:
-            value = operator.index(priority)  # type: ignore[arg-type]
-        except TypeError:
-            value = -1
-        if value in PRIORITIES:
-            return value
-    raise InvalidMessage(f"priority must be a whole number from 0 to 9, not {priority!r}")
-
-
-def check_peer(peer: object, limits: _limits.Limits = _limits.DEFAULT) -> str:
-    """``peer`` if it is an ``http://``, ``https://`` or ``file:///`` URL dropr can use."""
-    if not isinstance(peer, str) or not peer:
-        raise InvalidMessage(f"peer must be a URL, not {peer!r}")
-    if len(peer.encode("utf-8", "surrogatepass")) > limits.max_peer:
-        raise InvalidMessage(f"peer URL is longer than {limits.max_peer} bytes")
-    if _SPACE_OR_CONTROL.search(peer) or not peer.isprintable():
-        raise InvalidMessage(f"peer URL holds white space or control characters: {peer!r}")
-    try:
-        url = urllib.parse.urlsplit(peer)
-        port = url.port
-    except ValueError as exc:
-        raise InvalidMessage(f"bad peer URL {peer!r}: {exc}") from None
-    if url.scheme not in _PEER_SCHEMES:
-        raise InvalidMessage(f"peer must be an http://, https:// or file:/// URL, not {peer!r}")
-    if url.scheme == "file":
-        if url.netloc or not url.path.startswith("/") or url.query or url.fragment:
-            raise InvalidMessage(f"a file peer is file:///absolute/path, not {peer!r}")
-    elif not url.hostname:
-        raise InvalidMessage(f"peer URL has no host: {peer!r}")
-    elif port == 0:
-        raise InvalidMessage(f"peer URL has port 0: {peer!r}")
-    return peer
-
-
-def check_channel(channel: object, limits: _limits.Limits = _limits.DEFAULT) -> str:
-    """``channel`` if it is a usable channel name."""
-    if not isinstance(channel, str) or not channel:
-        raise InvalidMessage(f"channel must be a non-empty string, not {channel!r}")
-    if not channel.isprintable():
-        raise InvalidMessage(f"channel holds control characters: {channel!r}")
-    if channel in (".", ".."):
-        raise InvalidMessage(f"channel cannot be {channel!r}")
-    if len(channel.encode("utf-8")) > limits.max_channel:
-        raise InvalidMessage(f"channel is longer than {limits.max_channel} bytes")
-    return channel
-
-
-def check_client_id(client_id: object, limits: _limits.Limits = _limits.DEFAULT) -> str:
-    """``client_id`` if it is a usable client id."""
-    if not isinstance(client_id, str) or not client_id.strip():
-        raise InvalidMessage(f"client id must be a non-empty string, not {client_id!r}")
-    if _SPACE_OR_CONTROL.search(client_id) or not client_id.isprintable():
-        raise InvalidMessage(f"client id holds white space or control characters: {client_id!r}")
-    if len(client_id.encode("utf-8")) > limits.max_client:
-        raise InvalidMessage(f"client id is longer than {limits.max_client} bytes")
-    return client_id
 
 
 def default_client_id(path: PathLike) -> str:

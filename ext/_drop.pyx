@@ -26,14 +26,13 @@ cdef extern from * nogil:
         __ATOMIC_RELAXED
 
 import dropr._codec  # the capsule lookup below walks attributes; the submodule must be loaded
+from dropr.limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
 
 cdef const CodecAPI *_codec = import_codec()
 cdef uint32_t _crc_table[8][256]
 
 STALE_PUT_NS = 1_000_000_000
 BUCKET_ATTEMPTS = 8
-DEFAULT_CHANNEL = "common"
-DEFAULT_PRIORITY = 9
 FIELDS_CACHE = 4096
 cdef int64_t _stale_put_ns = STALE_PUT_NS
 cdef int _bucket_attempts = BUCKET_ATTEMPTS

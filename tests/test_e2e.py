@@ -85,6 +85,23 @@ def test_local_transport_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("transport", ["http", "local"])
+def test_channels_of_dots_and_slashes_are_just_channels(tmp_path: Path, transport: str) -> None:
+    """The one rule set: what put accepts, the relay, the server and the store take as it is."""
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    channels = ["..", ".", "../x", "/", "a b/ü", ".hidden"]
+    with peer_for(transport, store) as peer:
+        ids = {dropr.fastput(c.encode(), peer, c, spool=str(spool)): c for c in channels}
+        done = run_relay(spool, "--once", "--no-supervise")
+        assert done.returncode == 0, done.stderr
+    held = stored(store)
+    assert sorted(held) == sorted(channels)
+    for channel, [(msg_id, payload)] in held.items():
+        assert ids[msg_id] == channel and payload == channel.encode()
+    assert sorted(os.listdir(tmp_path)) == ["spool", "store"]
+    assert os.listdir(spool / "failed") == []
+
+
+@pytest.mark.parametrize("transport", ["http", "local"])
 def test_a_message_sent_again_is_acknowledged_and_kept_once(tmp_path: Path, transport: str) -> None:
     """As after a relay crash between the peer's answer and the removal from the queue."""
     spool = tmp_path / "spool"

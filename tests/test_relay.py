@@ -15,8 +15,8 @@ import pytest
 from dropr import _codec_py, _drop_py
 from dropr._impl import scan
 from dropr.cli import relay as relay_cli
+from dropr.protocol import PeerFailure, parse_acks
 from dropr.relay import backoff, batches, config, housekeeping, inotify, lock
-from dropr.relay.transport import PeerFailure, parse_acks
 from dropr.spool import Client
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -12,14 +12,8 @@ from typing import Any
 from .. import limits as _limits
 from .._impl import scan
 from ..errors import InvalidMessage
-from ..spool import (
-    Client,
-    Spool,
-    SpoolMessage,
-    check_channel,
-    check_peer,
-    check_priority,
-)
+from ..names import check_channel, check_peer, check_priority
+from ..spool import Client, Spool, SpoolMessage
 from ._common import CommandError, emit_json, minutes
 
 _ONE_LINE = str.maketrans("\t\n\r", "   ")

@@ -61,14 +61,16 @@ from collections.abc import Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
+from .. import names, protocol
 from .. import spool as _spool
 from .._impl import codec, scan
 from ..errors import SpoolError
+from ..protocol import Acks, PeerFailure
 from . import batches, housekeeping, inotify, lock
 from .backoff import Backoff
 from .batches import Entry
 from .config import RelayConfig
-from .transport import Acks, PeerFailure, Transport
+from .transport import Transport
 
 log = logging.getLogger("dropr.relay")
 
@@ -82,7 +84,7 @@ IDLE_SCAN_SHARE = 0.05
 REMOVERS = 4
 """Threads removing acknowledged files from the queue."""
 TMP_CHORE_SECONDS = 600.0
-_MISSING = ("retry", "missing from the answer")
+_MISSING = (protocol.RETRY, "missing from the answer")
 
 
 class Scanned(NamedTuple):
@@ -366,7 +368,7 @@ class Relay:
         problem = ""
         url = field
         try:
-            url = _spool.check_peer(self.spool.resolve(field))
+            url = names.check_peer(self.spool.resolve(field))
             transport = self._transport(url)
         except (OSError, ValueError) as exc:
             problem = f"unusable peer {url}: {exc}"
@@ -445,13 +447,13 @@ class Relay:
         for entry in batch:
             status, reason = acks.get(entry.id, _MISSING)
             counts[status] += 1
-            if status == "stored" or status == "duplicate":
+            if status in protocol.ACKNOWLEDGED:
                 acknowledged.append(entry.name)
-            elif status == "rejected":
+            elif status == protocol.REJECTED:
                 self._fail(entry.name, reason or "rejected by the peer")
         self.delivered += len(acknowledged)
         log.debug("%s: %d sent in %.3f s: %s", peer.url, len(batch), seconds, dict(counts))
-        retry = len(batch) - len(acknowledged) - counts["rejected"]
+        retry = len(batch) - len(acknowledged) - counts[protocol.REJECTED]
         if retry:
             self._peer_failed(peer, f"{retry} of {len(batch)} messages to be retried")
         elif peer.backoff.failures:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 
-import msgpack
 import pycurl
 
+from .. import protocol
 from .._impl import manifest
+from ..protocol import Acks, PeerFailure
 from .batches import Entry
 from .config import PeerConfig
-from .transport import Acks, PeerFailure, parse_acks
 
 USER_AGENT = "dropr-relay"
 _MAX_ANSWER_LINE = 200
@@ -71,13 +71,13 @@ class HttpTransport:
         texts = {e.channel: self._resolve(e.channel) for e in batch if e.channel[0] == "~"}
         built = manifest.build([entry.name for entry in batch], texts)
         form: list[tuple[str, object]] = [
-            ("client", self._client),
+            (protocol.CLIENT, self._client),
             (
-                "manifest",
+                protocol.MANIFEST,
                 (
-                    pycurl.FORM_BUFFER, "manifest",
+                    pycurl.FORM_BUFFER, protocol.MANIFEST,
                     pycurl.FORM_BUFFERPTR, built,
-                    pycurl.FORM_CONTENTTYPE, "application/msgpack",
+                    pycurl.FORM_CONTENTTYPE, protocol.MANIFEST_TYPE,
                 ),
             ),
         ]  # fmt: skip
@@ -89,7 +89,7 @@ class HttpTransport:
                     (
                         pycurl.FORM_FILE, locate(entry.name),
                         pycurl.FORM_FILENAME, entry.id,
-                        pycurl.FORM_CONTENTTYPE, "application/octet-stream",
+                        pycurl.FORM_CONTENTTYPE, protocol.PART_TYPE,
                     ),
                 )
             )  # fmt: skip
@@ -113,11 +113,7 @@ class HttpTransport:
         data = body.getvalue()
         if status != 200:
             raise PeerFailure(f"HTTP {status}: {_first_line(data)}")
-        try:
-            answer = msgpack.unpackb(data, raw=False)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-            raise PeerFailure("the answer is not msgpack") from None
-        return parse_acks(answer)
+        return protocol.decode_acks(data)
 
     def close(self) -> None:
         for curl in self._idle:

@@ -12,13 +12,13 @@ relies on its periodic rescan alone. :func:`watch` watches one plain directory.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
 import struct
 from typing import Any
 
+from .. import _libc
 from .._impl import codec, scan
 
 IN_CREATE = 0x100
@@ -143,14 +143,11 @@ def watch_queue(queue_dir: str) -> Watch | None:
 
 
 def _init() -> tuple[int, Any] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        init1 = libc.inotify_init1
-        add_watch = libc.inotify_add_watch
-    except (OSError, AttributeError):
+    init1 = _libc.function("inotify_init1", (ctypes.c_int,))
+    add_watch = _libc.function("inotify_add_watch", (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32))
+    if init1 is None or add_watch is None:
         log.info("inotify is not available: rescanning the queue periodically")
         return None
-    add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
     fd = init1(IN_NONBLOCK | IN_CLOEXEC)
     if fd < 0:
         err = ctypes.get_errno()

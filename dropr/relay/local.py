@@ -21,11 +21,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
+from .. import protocol
 from .._files import remove
 from .._impl import codec
 from ..errors import DroprError, InvalidMessage
+from ..protocol import Acks, PeerFailure
 from .batches import Entry
-from .transport import Acks, PeerFailure
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -82,7 +83,7 @@ class LocalTransport:
                 staged.append((entry, path))
                 problem = _check(path, entry)
                 if problem:
-                    acks[entry.id] = ("rejected", problem)
+                    acks[entry.id] = (protocol.REJECTED, problem)
             store.flush()
             for entry, path in staged:
                 if entry.id in acks:
@@ -93,9 +94,9 @@ class LocalTransport:
                     stored = store.ingest(channel, self._client, entry.id, entry.priority, path)
                 except (InvalidMessage, ValueError) as exc:
                     remove(path)
-                    acks[entry.id] = ("rejected", str(exc))
+                    acks[entry.id] = (protocol.REJECTED, str(exc))
                     continue
-                acks[entry.id] = ("stored", "") if stored else ("duplicate", "")
+                acks[entry.id] = (protocol.STORED, "") if stored else (protocol.DUPLICATE, "already held")
             store.flush()
         except (OSError, DroprError) as exc:
             for _, path in staged:
@@ -125,8 +126,4 @@ def _check(path: str, entry: Entry) -> str:
         while chunk := file.read(_CHUNK):
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
-    if size != entry.size:
-        return f"size mismatch: {size} bytes, the name says {entry.size}"
-    if crc != entry.crc:
-        return f"checksum mismatch: crc32 {crc:08x}, the name says {entry.crc:08x}"
-    return ""
+    return protocol.mismatch(entry.size, entry.crc, size, crc)

@@ -14,7 +14,6 @@ SIGTERM should the parent die, so that no orphan keeps relaying unsupervised.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -23,6 +22,8 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+
+from .. import _libc
 
 EXIT_FAILED = 1
 EXIT_LOCKED = 3
@@ -82,11 +83,10 @@ def bind_to_parent() -> None:
     parent = os.environ.pop(PARENT_ENV, None)
     if parent is None:
         return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
+    prctl = _libc.function("prctl", (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong))
+    if prctl is None:
         return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if str(os.getppid()) != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 

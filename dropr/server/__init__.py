@@ -1,12 +1,28 @@
 """The receiving HTTP server (aiohttp on uvloop): batches in, acknowledgements out.
 
-Imported only by ``dropr-server`` and by code that embeds the server; ``import dropr``
-never loads it (nor aiohttp or uvloop).
+Only ``dropr-server`` and code that embeds the server import it; ``import dropr`` never
+loads it. This package's own import is cheap: aiohttp is loaded by the modules that serve
+(:mod:`.app`, :mod:`.receive`, :mod:`.run`), the names below on first use.
 """
 
 from __future__ import annotations
 
-from .app import DEFAULT_MAX_REQUEST, ServerConfig, make_app
-from .run import listen, serve
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import DEFAULT_MAX_REQUEST, ServerConfig, make_app
+    from .run import listen, serve
 
 __all__ = ["DEFAULT_MAX_REQUEST", "ServerConfig", "listen", "make_app", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("DEFAULT_MAX_REQUEST", "ServerConfig", "make_app"):
+        from . import app
+
+        return getattr(app, name)
+    if name in ("listen", "serve"):
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'dropr.server' has no attribute {name!r}")

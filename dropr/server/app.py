@@ -18,19 +18,17 @@ from dataclasses import dataclass, field
 from aiohttp import hdrs, web
 from multipart import parse_options_header
 
+from .. import protocol as p
 from ..limits import DEFAULT, Limits
-from . import protocol as p
+from ..protocol import RequestError
 from .flush import Syncer
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
-from .protocol import RequestError
 from .receive import Receiver, Upload, store_failure
 from .staging import StagedFile, Staging
 
 log = logging.getLogger("dropr.server")
 
-MSGPACK = "application/msgpack"
-JSON = "application/json"
 DEFAULT_MAX_REQUEST = 64 * 1024 * 1024
 
 
@@ -84,9 +82,9 @@ class Handlers:
         self.metrics.bytes.inc(upload.payload_bytes)
         self.metrics.count_acks(status for status, _ in upload.acks.values())
         self._observe(200, started)
-        as_json = JSON in request.headers.get(hdrs.ACCEPT, "")
+        as_json = p.JSON in request.headers.get(hdrs.ACCEPT, "")
         body = p.encode_acks(upload.acks, as_json)
-        return web.Response(body=body, content_type=JSON if as_json else MSGPACK)
+        return web.Response(body=body, content_type=p.JSON if as_json else p.MSGPACK)
 
     def _precheck(self, request: web.Request) -> None:
         if self._token is not None:

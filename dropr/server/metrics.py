@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .protocol import DUPLICATE, REJECTED, RETRY, STORED
+from ..protocol import DUPLICATE, REJECTED, RETRY, STORED
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

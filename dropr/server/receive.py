@@ -27,10 +27,10 @@ from multipart import (
     parse_options_header,
 )
 
+from .. import protocol as p
 from .._impl import codec
-from ..limits import Limits
-from . import protocol as p
-from .protocol import Entry, RequestError, bad
+from ..limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY, Limits
+from ..protocol import Entry, RequestError, bad
 from .staging import StagedFile, Staging
 
 _SMALL_FIELD = 64  # id and priority of the manifest-less form
@@ -106,7 +106,7 @@ class Receiver:
         if p.CLIENT not in fields:
             raise bad("field 'client' is missing")
         client = p.decode_text("client", fields[p.CLIENT])
-        upload.client = p.check_text("client", client, self.limits.max_client)
+        upload.client = p.check_name("client", client, self.limits.max_client, spaces=False)
         entries = self._entries(fields)
         upload.entries = list(entries.values())
         return entries
@@ -120,9 +120,9 @@ class Receiver:
             entries = p.parse_manifest(fields[p.MANIFEST], self.limits, self.max_request_bytes)
             return {e.part: e for e in entries}
         msg_id = p.parse_id(_text(fields, p.ID)) if p.ID in fields else codec.new_id()
-        channel = _text(fields, p.CHANNEL) if p.CHANNEL in fields else p.DEFAULT_CHANNEL
-        p.check_text("channel", channel, self.limits.max_channel)
-        priority = p.parse_priority(_text(fields, p.PRIORITY)) if p.PRIORITY in fields else p.DEFAULT_PRIORITY
+        channel = _text(fields, p.CHANNEL) if p.CHANNEL in fields else DEFAULT_CHANNEL
+        p.check_name("channel", channel, self.limits.max_channel)
+        priority = p.parse_priority(_text(fields, p.PRIORITY)) if p.PRIORITY in fields else DEFAULT_PRIORITY
         return {p.PAYLOAD: Entry(msg_id, channel, priority, p.PAYLOAD, -1, -1)}
 
 
@@ -259,11 +259,7 @@ def _boundary(content_type: str) -> str:
 def _mismatch(entry: Entry, staged: StagedFile) -> str:
     if entry.size < 0:  # manifest-less form: nothing declared
         return ""
-    if staged.size != entry.size:
-        return f"size mismatch: declared {entry.size} bytes, received {staged.size}"
-    if staged.crc != entry.crc:
-        return f"checksum mismatch: declared crc32 {entry.crc:08x}, received {staged.crc:08x}"
-    return ""
+    return p.mismatch(entry.size, entry.crc, staged.size, staged.crc)
 
 
 def _text(fields: dict[str, bytes], name: str) -> str:

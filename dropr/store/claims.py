@@ -15,8 +15,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from .. import _files
 from .._impl import scan
-from . import _fs
 from .layout import ATTEMPTS, CLAIMED, DEAD, DELAYED, QUEUE
 
 _MAX_ROUNDS = 16
@@ -101,7 +101,7 @@ def claim(channel_dir: str, limit: int, until: float, seen: list[str]) -> tuple[
             window = max(2 * (limit - len(held)) + 16, SCAN_WINDOW)
             started = time.monotonic()
             try:
-                names = scan.scan(queue, window)
+                names = consistent_scan(queue, window)
             except FileNotFoundError:
                 break
             finally:
@@ -120,6 +120,27 @@ def claim(channel_dir: str, limit: int, until: float, seen: list[str]) -> tuple[
             break
         names = []
     return held, [], scanning
+
+
+def consistent_scan(queue: str, window: int) -> list[str]:
+    """The first ``window`` names of ``queue`` in delivery order, none missing before the last.
+
+    A readdir pass sees every name present for the whole pass, but of two names that arrive
+    during it, it may miss the earlier and see the later (a directory is read in hash order,
+    not name order), and a claimant would take the later first. So after a pass that reached
+    the end of the queue, a second pass fills in what the first missed, up to the first's
+    last name: what arrived during the second pass sorts after it, unless its priority or an
+    old id puts it ahead — an arrival as concurrent as can be. (The directory's mtime cannot
+    tell whether the pass needs it: it moves in clock ticks of milliseconds.) A full window
+    needs no second pass: what arrives during it sorts after the window.
+    """
+    names: list[str] = scan.scan(queue, window)
+    if len(names) >= window or not names:
+        return names
+    last = names[-1]
+    seen = set(names)
+    missed = [name for name in scan.scan(queue, window) if name < last and name not in seen]
+    return sorted(names + missed) if missed else names
 
 
 def read_attempts(channel_dir: str, name: str) -> tuple[int, list[str]]:
@@ -144,7 +165,7 @@ def fail(channel_dir: str, name: str, path: str, reason: str, now: float, policy
     attempts += 1
     reasons = (reasons + [reason[-_REASON_CHARS:]])[-_KEPT_REASONS:]
     record = json.dumps({"attempts": attempts, "reasons": reasons}).encode("utf-8")
-    _fs.publish(os.path.join(channel_dir, ATTEMPTS, name), record, replace=True)
+    _files.publish(os.path.join(channel_dir, ATTEMPTS, name), record, replace=True)
     if attempts >= policy.max_attempts:
         os.rename(path, os.path.join(channel_dir, DEAD, name))
         return None
@@ -158,7 +179,7 @@ def requeue_dead(channel_dir: str, names: list[str]) -> int:
     """Give dead letters a fresh start in the queue; their failure record is dropped."""
     moved = 0
     for name in names:
-        _fs.remove(os.path.join(channel_dir, ATTEMPTS, name))
+        _files.remove(os.path.join(channel_dir, ATTEMPTS, name))
         try:
             os.rename(os.path.join(channel_dir, DEAD, name), os.path.join(channel_dir, QUEUE, name))
         except FileNotFoundError:

@@ -10,11 +10,12 @@ import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from .. import _files
 from .. import limits as _limits
 from .._impl import codec, scan
 from ..errors import InvalidMessage, StoreError
-from ..spool import check_channel, check_client_id, check_priority
-from . import _fs, claims
+from ..names import Names, check_channel, check_client_id, check_priority
+from . import claims
 from .claims import RetryPolicy
 from .layout import (
     ATTEMPTS,
@@ -27,7 +28,6 @@ from .layout import (
     QUEUE,
     STATES,
     TMP,
-    Names,
 )
 from .message import Message
 
@@ -41,7 +41,6 @@ _OPEN_CHANNELS = 64  # channels whose state directories stay open, five descript
 # reading one costs a small fraction of a probe. Up to _PROBE_MAX names are always probed.
 _LIST_BYTES = 64
 _PROBE_MAX = 16
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class Ingested(NamedTuple):
@@ -100,7 +99,7 @@ class Store:
         self._lock = threading.Lock()
         if create:
             for name in (TMP, NAMES, CHANNELS):
-                os.makedirs(os.path.join(self.path, name), _fs.DIR_MODE, exist_ok=True)
+                os.makedirs(os.path.join(self.path, name), _files.DIR_MODE, exist_ok=True)
         elif not os.path.isdir(self.channels_dir):
             raise StoreError(errno.ENOENT, f"not a store (no channels/ directory): {self.path}")
 
@@ -178,24 +177,22 @@ class Store:
 
     def sync_data(self, path: str) -> None:
         """Make the content of one file (a staged upload) durable."""
-        _fs.sync_data(path)
+        _files.sync_data(path)
 
     def sync_directory(self, path: str) -> None:
         """Make the entries of one directory (see :attr:`Ingested.directories`) durable."""
-        _fs.sync_directory(path)
+        _files.sync_directory(path)
 
     def flush(self) -> None:
         """Make everything written to the store so far durable (one ``syncfs``: the whole
         file system, other processes' writes included)."""
-        _fs.sync_file_system(self.path)
+        _files.sync_file_system(self.path)
 
     # -- consumers ---------------------------------------------------------------------
 
     def channels(self) -> list[str]:
         """The channels that have received messages, sorted."""
-        return sorted(
-            self._names.resolve(entry) for entry in os.listdir(self.channels_dir) if not entry.startswith(".")
-        )
+        return sorted(self._text(entry) for entry in os.listdir(self.channels_dir) if not entry.startswith("."))
 
     def has_channel(self, channel: str) -> bool:
         """Whether ``channel`` has received messages."""
@@ -369,7 +366,7 @@ class Store:
         fresh = set(_unheld(fds, names))
         for position, (index, _, _, staged) in enumerate(items):
             if position not in fresh:
-                _fs.remove(staged)
+                _files.remove(staged)
                 continue
             try:
                 results[index] = _move(staged, fds[0], names[position])
@@ -415,16 +412,23 @@ class Store:
     def _client(self, name: str) -> str:
         text = self._clients.get(name)
         if text is None:
-            text = _remember(self._clients, name, self._names.resolve(name))
+            text = _remember(self._clients, name, self._text(name))
         return text
+
+    def _text(self, name: str) -> str:
+        """The text of a channel or client field; the field itself when its text is lost."""
+        try:
+            return self._names.resolve(name)
+        except (OSError, ValueError):
+            return name
 
     def _make_channel(self, channel_dir: str) -> None:
         """Create a channel's directories all at once: built aside, then renamed into place."""
         tmp = os.path.join(self.channels_dir, f".new.{os.getpid()}.{os.urandom(4).hex()}")
-        os.mkdir(tmp, _fs.DIR_MODE)
+        os.mkdir(tmp, _files.DIR_MODE)
         try:
             for state in (*STATES, ATTEMPTS):
-                os.mkdir(os.path.join(tmp, state), _fs.DIR_MODE)
+                os.mkdir(os.path.join(tmp, state), _files.DIR_MODE)
             try:
                 os.rename(tmp, channel_dir)
             except OSError as exc:
@@ -484,7 +488,7 @@ def _open_dirs(parent: str, names: tuple[str, ...]) -> tuple[int, ...]:
     fds: list[int] = []
     try:
         for name in names:
-            fds.append(os.open(os.path.join(parent, name), _DIR_FLAGS))
+            fds.append(os.open(os.path.join(parent, name), _files.DIR_FLAGS))
     except BaseException:
         _close_all(fds)
         raise
@@ -587,5 +591,5 @@ def _wipe(channel_dir: str, cutoff: float) -> int:
                 continue
             removed += 1
             if entry.name in failed_before:
-                _fs.remove(os.path.join(attempts, entry.name))
+                _files.remove(os.path.join(attempts, entry.name))
     return removed

@@ -1,25 +1,32 @@
-"""The wire protocol's rules, apart from any HTTP library: fields, manifest, acks.
+"""The wire protocol, the one definition both ends import: part names, the manifest, the
+answer (``PROTOCOL.md`` describes it for people).
 
-Everything a request declares is checked here before a byte of it reaches the store;
-a whole-request problem is a :class:`RequestError` carrying its HTTP status and reason.
+Importable with nothing but msgpack: the relay, the local transport and the server use the
+same statuses, names and checks. Everything a request declares is checked here before a
+byte of it reaches the store; a whole-request problem is a :class:`RequestError` carrying
+its HTTP status and reason, a problem of the peer's whole answer a :class:`PeerFailure`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import msgpack
 
-from .._impl import codec
-from ..limits import Limits
+from . import names
+from ._impl import codec
+from .errors import InvalidMessage
+from .limits import Limits
 
 STORED = "stored"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
 RETRY = "retry"
+STATUSES = frozenset((STORED, DUPLICATE, REJECTED, RETRY))
+ACKNOWLEDGED = frozenset((STORED, DUPLICATE))
+"""The statuses after which the sender may forget a message."""
 
 CLIENT = "client"
 MANIFEST = "manifest"
@@ -30,15 +37,19 @@ PRIORITY = "priority"
 PAYLOAD = "payload"
 TEXT_FIELDS = frozenset({CLIENT, MANIFEST, ID, CHANNEL, PRIORITY})
 
-DEFAULT_CHANNEL = "common"
-DEFAULT_PRIORITY = 9
+MANIFEST_TYPE = "application/msgpack"
+PART_TYPE = "application/octet-stream"
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+
+MANIFEST_FIELDS = ("id", "channel", "priority", "part", "size", "crc32")
+"""The elements of a manifest entry, in order (``dropr._manifest`` writes them so)."""
 MAX_PART_NAME = 255
 # A manifest entry is six small msgpack values; this bounds its bytes generously.
 _ENTRY_OVERHEAD = 128
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
 Acks = dict[str, tuple[str, str]]
+"""An answer: ``{message id: (status, reason)}``."""
 
 
 class RequestError(Exception):
@@ -48,6 +59,11 @@ class RequestError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class PeerFailure(Exception):
+    """A whole request failed at the sender's end (refused, timed out, not 200, an answer
+    that is not one); the message says why, in one line. Every message stays queued."""
 
 
 class Entry(NamedTuple):
@@ -65,15 +81,12 @@ def bad(reason: str) -> RequestError:
     return RequestError(400, reason)
 
 
-def check_text(what: str, text: str, limit: int) -> str:
-    """``text`` if it is non-empty, at most ``limit`` UTF-8 bytes and free of control chars."""
-    if not text:
-        raise bad(f"{what} is empty")
-    if len(text.encode("utf-8", "surrogatepass")) > limit:
-        raise bad(f"{what} is longer than {limit} bytes")
-    if _CONTROL.search(text):
-        raise bad(f"{what} contains a control character")
-    return text
+def check_name(what: str, text: str, limit: int, *, spaces: bool = True) -> str:
+    """``text`` if it follows the one rule set for names (:mod:`dropr.names`); 400 if not."""
+    try:
+        return names.check_name(what, text, limit, spaces=spaces)
+    except InvalidMessage as exc:
+        raise bad(str(exc)) from None
 
 
 def decode_text(what: str, raw: bytes) -> str:
@@ -115,15 +128,15 @@ def _entry(index: int, item: Any, limits: Limits, channels: set[str]) -> Entry:
 
     A part named by its message id (as dropr's relay names them) is valid once the id is.
     """
-    if not isinstance(item, list) or len(item) != 6:
-        raise bad(f"manifest entry {index} is not [id, channel, priority, part, size, crc32]")
+    if not isinstance(item, list) or len(item) != len(MANIFEST_FIELDS):
+        raise bad(f"manifest entry {index} is not [{', '.join(MANIFEST_FIELDS)}]")
     msg_id, channel, priority, part, size, crc = item
     if not (isinstance(msg_id, str) and codec.is_message_id(msg_id)):
         raise bad(f"manifest entry {index}: id is not 30 lower-case hex digits")
     if not isinstance(channel, str):
         raise bad(f"manifest entry {index}: channel is not text")
     if channel not in channels:
-        check_text(f"manifest entry {index}: channel", channel, limits.max_channel)
+        check_name(f"manifest entry {index}: channel", channel, limits.max_channel)
         channels.add(channel)
     if not _is_int(priority) or not 0 <= priority <= 9:
         raise bad(f"manifest entry {index}: priority is not a whole number from 0 to 9")
@@ -139,7 +152,7 @@ def _entry(index: int, item: Any, limits: Limits, channels: set[str]) -> Entry:
 def _check_part(index: int, part: Any) -> None:
     if not isinstance(part, str):
         raise bad(f"manifest entry {index}: part name is not text")
-    check_text(f"manifest entry {index}: part name", part, MAX_PART_NAME)
+    check_name(f"manifest entry {index}: part name", part, MAX_PART_NAME)
     if part in TEXT_FIELDS or part == PAYLOAD:
         raise bad(f"manifest entry {index}: part name {part!r} is reserved")
 
@@ -161,9 +174,41 @@ def parse_id(text: str) -> str:
     return text
 
 
-def encode_acks(acks: Mapping[str, tuple[str, str]], as_json: bool) -> bytes:
+def mismatch(declared_size: int, declared_crc: int, size: int, crc: int) -> str:
+    """Why a received payload is not the one declared, or "" when it is (the one check of a
+    payload, over HTTP and the local transport alike)."""
+    if size != declared_size:
+        return f"size mismatch: declared {declared_size} bytes, received {size}"
+    if crc != declared_crc:
+        return f"checksum mismatch: declared crc32 {declared_crc:08x}, received {crc:08x}"
+    return ""
+
+
+def encode_acks(acks: Mapping[str, tuple[str, str]], as_json: bool = False) -> bytes:
     """The 200 answer's body: msgpack ``{id: [status, reason]}`` (JSON when asked for)."""
     if as_json:
         return json.dumps({k: list(v) for k, v in acks.items()}).encode()
     packed: bytes = msgpack.packb({k: list(v) for k, v in acks.items()}, use_bin_type=True)
     return packed
+
+
+def decode_acks(data: bytes) -> Acks:
+    """The answer map a sender received, checked; PeerFailure when it is not one."""
+    try:
+        answer = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        raise PeerFailure("the answer is not msgpack") from None
+    return parse_acks(answer)
+
+
+def parse_acks(answer: Any) -> Acks:
+    """The answer map, checked; PeerFailure when it is not one."""
+    if not isinstance(answer, dict):
+        raise PeerFailure("the answer is not a map of message ids")
+    acks: Acks = {}
+    for msg_id, value in answer.items():
+        if not isinstance(msg_id, str) or not isinstance(value, (list, tuple)) or not value or value[0] not in STATUSES:
+            raise PeerFailure(f"the answer holds a bad entry for {msg_id!r}")
+        reason = value[1] if len(value) > 1 and isinstance(value[1], str) else ""
+        acks[msg_id] = (value[0], reason)
+    return acks
