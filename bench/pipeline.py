@@ -11,10 +11,10 @@ operations per message and per batch, and nothing more:
 
 - producer: create, write, close, rename into its bucket of the queue, making the bucket
   when it is missing (``fdatasync`` and the bucket's ``fsync`` with ``--sync``);
-- forwarder: list the queue's buckets in order (removing the empty ones), open, read and close each file of a batch, write the batch to
-  a loopback TCP socket (up to ``--parallel`` batches back to back, as the relay keeps that
-  many requests in flight), wait for the one-byte acknowledgements, rename each file into
-  ``sent/`` and unlink it there;
+- forwarder: list the queue's buckets in order (removing the empty ones), open, read and
+  close each file of a batch, write the batch to a loopback TCP socket (up to
+  ``--parallel`` batches back to back, as the relay keeps that many requests in flight),
+  wait for the one-byte acknowledgements, rename each file into ``sent/`` and unlink it;
 - receiver: read a batch from the socket, create, write and close a staged file per message
   (every batch that has arrived meanwhile too), ``syncfs``, rename each into the store's
   queue, ``syncfs``, acknowledge each batch (the server shares its flushes so);
