@@ -10,11 +10,9 @@ it.
 Why scans may run on a thread of their own: a scan is a readdir pass in C over the queue's
 first buckets (a bucket holds what was put in 4.3 s, which can be 100k names), and the event
 loop must keep libcurl's transfers going meanwhile. After each scan the buckets before its
-first name that are empty are removed, so drained buckets are not read again. A scan that
-took under ``INLINE_SCAN_SECONDS`` last time (a short queue, the usual idle case) runs
-inline, saving a thread hand-off on the way from a put to its request; a longer one runs on
-the dedicated scan thread, which the compiled scan leaves the GIL to. Only one scan runs at
-a time. A name acknowledged (moved to ``sent/``) or failed while a threaded scan was reading
+first name that are empty are removed, so drained buckets are not read again. A short scan
+runs inline instead (the scan policy says which, see ``policy``). Only one scan runs at a
+time. A name acknowledged (moved to ``sent/``) or failed while a threaded scan was reading
 could still come back from it: such names are remembered until that scan ends and dropped
 from its result, so they are not sent twice. Acknowledged files are renamed into ``sent/``
 by a few remover threads; their names stay held until moved, so a scan started meanwhile
@@ -26,24 +24,6 @@ the periodic chores — runs on one worker thread. libcurl reads each message fi
 thread, one after the other, and a deep queue's files were written long ago and may have left
 the page cache, so the batches of a deep queue are prefetched (``posix_fadvise`` WILLNEED on
 a thread of their own) while the batches before them are sent.
-
-Each scan takes at most a window of new names (plus those already held in flight), so
-memory stays bounded however deep the queue. The window starts at ``scan_limit``; a scan
-that comes back full doubles it, up to ``scan_limit_max``, so at depth each pass over a
-bucket yields many messages and its cost per message stays small; a scan that finds
-much less than the window sets it back to ``scan_limit``. A peer is left out of a scan while
-it is backing off, has batches waiting, or has every request slot busy — except that while
-the queue is deep, a peer whose waiting batches fall to half a window is scanned for ahead
-of time, so its requests keep flowing while the next pass reads the queue. inotify tells
-which peers have news, so an idle peer is not rescanned for other peers' traffic. A periodic
-rescan covers lost events and systems without inotify. A put for a peer not seen yet makes
-it known at once (inotify names it); peers queued before the relay started, or whose events
-were lost, are found by surveys: when every known peer is left out, a scan reads the next
-slice of buckets (``survey_bytes`` of directory) for names of other peers, resuming where the
-last survey stopped, so finding a new peer behind a deep backlog never costs a read of the
-whole queue. A survey only makes the peers it finds known — their messages are then read
-from the head of the queue, in order — and surveys take at most ``IDLE_SCAN_SHARE`` of the
-time.
 """
 
 from __future__ import annotations
@@ -52,14 +32,13 @@ import asyncio
 import collections
 import functools
 import logging
-import math
 import os
 import signal
 import time
 import urllib.parse
 from collections.abc import Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import names, protocol
 from .. import spool as _spool
@@ -70,6 +49,7 @@ from . import batches, housekeeping, inotify, lock
 from .backoff import Backoff
 from .batches import Entry
 from .config import RelayConfig
+from .policy import Scanned, ScanPlan, ScanPolicy
 from .transport import Transport
 
 log = logging.getLogger("dropr.relay")
@@ -77,23 +57,10 @@ log = logging.getLogger("dropr.relay")
 ONCE_ATTEMPTS = 3
 """With ``--once``, a peer failing this many times in a row is given up for the run."""
 CHORE_SECONDS = 60.0
-INLINE_SCAN_SECONDS = 0.002
-"""A scan that took less than this runs on the loop thread next time; a longer one, on the scan thread."""
-IDLE_SCAN_SHARE = 0.05
-"""At most this share of time goes to surveys (scans for peers not known yet)."""
 REMOVERS = 4
 """Threads removing acknowledged files from the queue."""
 TMP_CHORE_SECONDS = 600.0
 _MISSING = (protocol.RETRY, "missing from the answer")
-
-
-class Scanned(NamedTuple):
-    """What a scan found and how long it took; for a survey, the bucket it read last ("" when
-    that was the end of the queue), None for a scan from the head."""
-
-    names: list[str]
-    seconds: float
-    surveyed_to: str | None
 
 
 class Peer:
@@ -125,8 +92,7 @@ class Relay:
         self._peers: dict[str, Peer] = {}
         self._held: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._rescan = True
-        self._unknown_news = False
+        self._policy = ScanPolicy(config, self._peers, self._held)
         self._stopping = False
         self._signalled = False
         self._crash: BaseException | None = None
@@ -137,17 +103,11 @@ class Relay:
         self._sweeper = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-sweep")
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-prefetch")
         self._sweeping = False
-        self._window = config.scan_limit
-        self._window_max = max(config.scan_limit, config.scan_limit_max)
-        self._deep = False
-        self._inline = True
         self._scan: asyncio.Future[Scanned] | None = None
-        self._survey_after = ""
         self._finished: set[str] = set()
-        self._quiet_until = 0.0
         self._multi: Any = None
         self._watch: inotify.Watch | None = None
-        self._due = {"rescan": 0.0, "tmp": 0.0, "sent": 0.0, "expire": 0.0, "scan": math.inf}
+        self._due = {"tmp": 0.0, "sent": 0.0, "expire": 0.0}
 
     def stop(self) -> None:
         """Finish the requests in flight, send nothing new, and return from :meth:`run`."""
@@ -174,7 +134,7 @@ class Relay:
                 self._cycle(now)
                 if self.config.once and self._drained(now):
                     break
-                await self._sleep(min(self._due.values()) - now)
+                await self._sleep(min(self._policy.due, *self._due.values()) - now)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._scan is not None:
@@ -220,115 +180,68 @@ class Relay:
         assert self._watch is not None
         names = self._watch.read()
         if names is None:
-            self._rescan = True
+            self._policy.rescan()
         else:
-            for name in names:
-                fields = name.split("+", 2)
-                if len(fields) < 3:
-                    continue
-                peer = self._peers.get(fields[1])
-                if peer is not None:
-                    peer.news = True
-                elif _is_message(name):
-                    self._add_peer(fields[1])
+            self._arrived(names)
         self._wake.set()
 
-    def _eligible(self, peer: Peer, now: float) -> bool:
-        if peer.gave_up or peer.backoff.waiting(now):
-            return False
-        if self._deep:
-            return sum(map(len, peer.pending)) <= self._window // 2
-        return not peer.pending and peer.inflight < self.config.parallel
+    def _arrived(self, names: list[str]) -> None:
+        """Marks the known peers of newly queued ``names`` as having news, makes others known."""
+        peers = self._peers
+        for name in names:
+            try:
+                field = codec.parse_spool_name(name)[2]
+            except ValueError:
+                continue
+            peer = peers.get(field)
+            if peer is not None:
+                peer.news = True
+            else:
+                self._add_peer(field)
 
     # -- the cycle -------------------------------------------------------------------
 
     def _cycle(self, now: float) -> None:
-        self._due["scan"] = math.inf
-        if self._stopping or self._scan is not None:
+        plan = self._policy.plan(now)
+        if plan is None:
             return
-        full = self._rescan
-        scanned: list[Peer] = []
-        skip: list[str] = []
-        for field, peer in self._peers.items():
-            if self._eligible(peer, now) and (full or peer.news):
-                scanned.append(peer)
-            else:
-                skip.append(field)
-        if not scanned:
-            if not (full or self._unknown_news):
-                return
-            if now < self._quiet_until:
-                self._due["scan"] = self._quiet_until
-                return
-        # Cleared before the pass: an arrival during it is read afterwards and sets them again.
-        self._rescan = self._unknown_news = False
-        for peer in scanned:
-            peer.news = False
-        survey_after = None if scanned or not skip else self._survey_after
-        limit = self._window + len(self._held)
-        if self._inline and survey_after is None:
-            self._scanned(scanned, full, limit, self._timed_scan(limit, skip, survey_after))
+        if plan.inline:
+            self._scanned(plan, self._timed_scan(plan))
         else:
-            self._scan = asyncio.get_running_loop().run_in_executor(
-                self._scanner, self._timed_scan, limit, skip, survey_after
-            )
-            self._scan.add_done_callback(functools.partial(self._scan_done, scanned, full, limit))
+            self._scan = asyncio.get_running_loop().run_in_executor(self._scanner, self._timed_scan, plan)
+            self._scan.add_done_callback(functools.partial(self._scan_done, plan))
 
-    def _timed_scan(self, limit: int, skip: list[str], survey_after: str | None) -> Scanned:
-        """Scans the queue from its head, or with ``survey_after`` surveys the buckets after that one."""
+    def _timed_scan(self, plan: ScanPlan) -> Scanned:
+        """Scans the queue from its head, or surveys the buckets after ``plan.survey_after``."""
         started = time.monotonic()
         queue_dir = self.spool.queue_dir
         listed = scan.buckets(queue_dir)
-        if survey_after is None:
-            names = scan.scan_queue(queue_dir, limit, skip, listed)
+        if plan.survey_after is None:
+            names = scan.scan_queue(queue_dir, plan.limit, plan.skip, listed)
             housekeeping.prune_buckets(queue_dir, listed, names[0][: codec.BUCKET_LEN] if names else None)
             return Scanned(names, time.monotonic() - started, None)
-        part = housekeeping.survey_part(queue_dir, listed, survey_after, self.config.survey_bytes)
-        names = scan.scan_queue(queue_dir, limit, skip, part)
+        part = housekeeping.survey_part(queue_dir, listed, plan.survey_after, self.config.survey_bytes)
+        names = scan.scan_queue(queue_dir, plan.limit, plan.skip, part)
         last = part[-1] if part and part[-1] != listed[-1] else ""
         return Scanned(names, time.monotonic() - started, last)
 
-    def _scan_done(self, scanned: list[Peer], full: bool, limit: int, done: asyncio.Future[Scanned]) -> None:
+    def _scan_done(self, plan: ScanPlan, done: asyncio.Future[Scanned]) -> None:
         self._scan = None
         finished, self._finished = self._finished, set()
         self._wake.set()
         if done.cancelled() or self._stopping:
             return
         try:
-            self._scanned(scanned, full, limit, done.result(), finished)
+            self._scanned(plan, done.result(), finished)
         except Exception as exc:
             self._crash = exc
 
-    def _scanned(
-        self, scanned: list[Peer], full: bool, limit: int, result: Scanned, finished: Collection[str] = ()
-    ) -> None:
-        names, seconds, surveyed_to = result
-        if surveyed_to is not None:
-            self._surveyed(names, seconds, surveyed_to)
-            return
-        self._inline = seconds < INLINE_SCAN_SECONDS
-        fresh = [name for name in names if name not in self._held and name not in finished]
-        self._deep = len(names) >= limit
-        if self._deep:
-            self._window = min(2 * self._window, self._window_max)
-            self._rescan = full
-            self._unknown_news = True
-            for peer in scanned:
-                peer.news = True
-        elif len(fresh) < self._window // 4:
-            self._window = self.config.scan_limit
-        self._dispatch(fresh)
-
-    def _surveyed(self, names: list[str], seconds: float, surveyed_to: str) -> None:
-        """Makes the peers of a survey's names known; the next survey goes on after ``surveyed_to``."""
-        self._quiet_until = time.monotonic() + seconds / IDLE_SCAN_SHARE
-        self._survey_after = surveyed_to
-        if surveyed_to:
-            self._unknown_news = True
-        for name in names:
-            field = name.split("+", 2)[1]
-            if field not in self._peers:
-                self._add_peer(field)
+    def _scanned(self, plan: ScanPlan, result: Scanned, finished: Collection[str] = ()) -> None:
+        names = self._policy.scanned(plan, result, time.monotonic(), finished)
+        if plan.survey_after is None:
+            self._dispatch(names)
+        else:
+            self._arrived(names)
 
     def _dispatch(self, names: list[str]) -> None:
         groups: dict[Peer, list[Entry]] = {}
@@ -359,7 +272,7 @@ class Relay:
             for batch in batches.cut(entries, self.config.batch_count, self.config.batch_bytes):
                 peer.pending.append(batch)
                 self._held.update(entry.name for entry in batch)
-                if self._deep:
+                if self._policy.deep:
                     self._prefetcher.submit(_prefetch, [locate(entry.name) for entry in batch])
             self._pump(peer)
 
@@ -511,20 +424,12 @@ class Relay:
         asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     def _drained(self, now: float) -> bool:
-        if self._tasks or self._scan is not None or self._rescan or self._unknown_news:
-            return False
-        return all(
-            peer.gave_up or (not peer.pending and not peer.news and not peer.backoff.waiting(now))
-            for peer in self._peers.values()
-        )
+        return not self._tasks and self._policy.drained(now)
 
     # -- chores ----------------------------------------------------------------------
 
     def _chores(self, now: float) -> None:
         due = self._due
-        if now >= due["rescan"]:
-            self._rescan = True
-            due["rescan"] = now + self.config.rescan_seconds
         if now >= due["tmp"]:
             due["tmp"] = now + TMP_CHORE_SECONDS
             self._chore(housekeeping.clean_tmp, self.spool.tmp_dir)
@@ -574,14 +479,6 @@ def _prefetch(paths: list[str]) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         finally:
             os.close(fd)
-
-
-def _is_message(name: str) -> bool:
-    try:
-        codec.parse_spool_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 def run(config: RelayConfig) -> int:
