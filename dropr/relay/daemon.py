@@ -12,18 +12,9 @@ first buckets (a bucket holds what was put in 4.3 s, which can be 100k names), a
 loop must keep libcurl's transfers going meanwhile. After each scan the buckets before its
 first name that are empty are removed, so drained buckets are not read again. A short scan
 runs inline instead (the scan policy says which, see ``policy``). Only one scan runs at a
-time. A name acknowledged (moved to ``sent/``) or failed while a threaded scan was reading
-could still come back from it: such names are remembered until that scan ends and dropped
-from its result, so they are not sent twice. Acknowledged files are renamed into ``sent/``
-by a few remover threads; their names stay held until moved, so a scan started meanwhile
-skips them. Without a retention, a sweeper thread unlinks what is in ``sent/``, several
-files at once: an unlink can wait a fifth of a millisecond for the disk (a file system that
-discards freed blocks at once), a rename does not, so deleting stays off the relay's path.
-Blocking file work that need not be ordered with scans — the local transport's ingest and
-the periodic chores — runs on one worker thread. libcurl reads each message file on the loop
-thread, one after the other, and a deep queue's files were written long ago and may have left
-the page cache, so the batches of a deep queue are prefetched (``posix_fadvise`` WILLNEED on
-a thread of their own) while the batches before them are sent.
+time. The local transport's ingest, blocking file work that need not be ordered with scans,
+runs on a worker thread. What becomes of messages once answered, and the chores, is
+``disposal``'s.
 """
 
 from __future__ import annotations
@@ -49,6 +40,7 @@ from . import batches, housekeeping, inotify, lock
 from .backoff import Backoff
 from .batches import Entry
 from .config import RelayConfig
+from .disposal import Disposal
 from .policy import Scanned, ScanPlan, ScanPolicy
 from .transport import Transport
 
@@ -56,10 +48,6 @@ log = logging.getLogger("dropr.relay")
 
 ONCE_ATTEMPTS = 3
 """With ``--once``, a peer failing this many times in a row is given up for the run."""
-CHORE_SECONDS = 60.0
-REMOVERS = 4
-"""Threads removing acknowledged files from the queue."""
-TMP_CHORE_SECONDS = 600.0
 _MISSING = (protocol.RETRY, "missing from the answer")
 
 
@@ -88,7 +76,6 @@ class Relay:
         self.spool = spool
         self.client = spool.client_id
         self.delivered = 0
-        self.failed = 0
         self._peers: dict[str, Peer] = {}
         self._held: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,15 +86,11 @@ class Relay:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay")
         self._scanner = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-scan")
-        self._remover = ThreadPoolExecutor(REMOVERS, thread_name_prefix="dropr-relay-remove")
-        self._sweeper = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-sweep")
-        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-prefetch")
+        self._disposal = Disposal(config, spool)
         self._sweeping = False
         self._scan: asyncio.Future[Scanned] | None = None
-        self._finished: set[str] = set()
         self._multi: Any = None
         self._watch: inotify.Watch | None = None
-        self._due = {"tmp": 0.0, "sent": 0.0, "expire": 0.0}
 
     def stop(self) -> None:
         """Finish the requests in flight, send nothing new, and return from :meth:`run`."""
@@ -130,11 +113,11 @@ class Relay:
                 if self._crash is not None:
                     raise self._crash
                 now = time.monotonic()
-                self._chores(now)
+                self._disposal.chores(now, self._resting, self._held)
                 self._cycle(now)
                 if self.config.once and self._drained(now):
                     break
-                await self._sleep(min(self._policy.due, *self._due.values()) - now)
+                await self._sleep(min(self._policy.due, self._disposal.due) - now)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._scan is not None:
@@ -145,8 +128,9 @@ class Relay:
             self._stopping = True
             await self._close(loop)
         gave_up = [peer.url for peer in self._peers.values() if peer.gave_up]
-        log.info("relay stopped: %d delivered, %d failed", self.delivered, self.failed)
-        if self.config.once and not self._signalled and (self.failed or gave_up):
+        failed = self._disposal.failed
+        log.info("relay stopped: %d delivered, %d failed", self.delivered, failed)
+        if self.config.once and not self._signalled and (failed or gave_up):
             return 1
         return 0
 
@@ -166,13 +150,9 @@ class Relay:
                 peer.transport.close()
         if self._multi is not None:
             await self._multi.aclose()
-        self._prefetcher.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True)
         self._scanner.shutdown(wait=True)
-        self._remover.shutdown(wait=True)
-        if not self.config.keep_sent_minutes:
-            self._sweeper.submit(housekeeping.clear_sent, self.spool.sent_dir)
-        self._sweeper.shutdown(wait=True)
+        self._disposal.close()
 
     # -- news ------------------------------------------------------------------------
 
@@ -208,6 +188,7 @@ class Relay:
         if plan.inline:
             self._scanned(plan, self._timed_scan(plan))
         else:
+            self._disposal.scan_started()
             self._scan = asyncio.get_running_loop().run_in_executor(self._scanner, self._timed_scan, plan)
             self._scan.add_done_callback(functools.partial(self._scan_done, plan))
 
@@ -227,7 +208,7 @@ class Relay:
 
     def _scan_done(self, plan: ScanPlan, done: asyncio.Future[Scanned]) -> None:
         self._scan = None
-        finished, self._finished = self._finished, set()
+        finished = self._disposal.scan_ended()
         self._wake.set()
         if done.cancelled() or self._stopping:
             return
@@ -245,26 +226,26 @@ class Relay:
 
     def _dispatch(self, names: list[str]) -> None:
         groups: dict[Peer, list[Entry]] = {}
-        max_age = self.config.max_age_minutes * 60
-        cutoff = time.time_ns() - int(max_age * 1e9) if max_age else 0
+        fail = self._disposal.fail
+        cutoff = self._disposal.expiry_cutoff()
         for name in names:
             try:
                 priority, msg_id, peer_field, channel, size, crc = codec.parse_spool_name(name)
             except ValueError:
-                self._fail(name, "not a message name")
+                fail(name, "not a message name")
                 continue
             if codec.id_time_ns(msg_id) < cutoff:
-                self._fail(name, f"expired: queued for more than {self.config.max_age_minutes:g} minutes")
+                self._disposal.expire(name)
                 continue
             peer = self._peers.get(peer_field) or self._add_peer(peer_field)
             if peer.problem:
-                self._fail(name, peer.problem)
+                fail(name, peer.problem)
                 continue
             if channel[0] == "~":
                 try:
                     self.spool.resolve(channel)
                 except (OSError, ValueError) as exc:
-                    self._fail(name, f"the text of channel {channel} is missing: {exc}")
+                    fail(name, f"the text of channel {channel} is missing: {exc}")
                     continue
             groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc))
         locate = self.spool.queued_path
@@ -273,7 +254,7 @@ class Relay:
                 peer.pending.append(batch)
                 self._held.update(entry.name for entry in batch)
                 if self._policy.deep:
-                    self._prefetcher.submit(_prefetch, [locate(entry.name) for entry in batch])
+                    self._disposal.prefetch([locate(entry.name) for entry in batch])
             self._pump(peer)
 
     def _add_peer(self, field: str) -> Peer:
@@ -336,18 +317,14 @@ class Relay:
             self._peer_failed(peer, str(exc))
         except Exception as exc:
             self._crash = exc
-        acknowledged: list[str] = []
         try:
             if acks is not None:
-                acknowledged = self._answer(peer, batch, acks, time.monotonic() - started)
-                await self._remove(acknowledged)
+                await self._disposal.remove(self._answer(peer, batch, acks, time.monotonic() - started))
         except Exception as exc:
             self._crash = exc
         finally:
             peer.inflight -= 1
             self._held.difference_update(entry.name for entry in batch)
-            if self._scan is not None:
-                self._finished.update(acknowledged)
             if not peer.pending:
                 peer.news = True
             self._pump(peer)
@@ -363,7 +340,7 @@ class Relay:
             if status in protocol.ACKNOWLEDGED:
                 acknowledged.append(entry.name)
             elif status == protocol.REJECTED:
-                self._fail(entry.name, reason or "rejected by the peer")
+                self._disposal.fail(entry.name, reason or "rejected by the peer")
         self.delivered += len(acknowledged)
         log.debug("%s: %d sent in %.3f s: %s", peer.url, len(batch), seconds, dict(counts))
         retry = len(batch) - len(acknowledged) - counts[protocol.REJECTED]
@@ -373,42 +350,6 @@ class Relay:
             log.info("%s: delivering again after %d failures", peer.url, peer.backoff.failures)
             peer.backoff.succeed()
         return acknowledged
-
-    async def _remove(self, names: list[str]) -> None:
-        """Move acknowledged ``names`` out of the queue into ``sent/``, on the remover threads."""
-        if not names:
-            return
-        loop = asyncio.get_running_loop()
-        shares = [names[i::REMOVERS] for i in range(min(REMOVERS, len(names)))]
-        await asyncio.gather(*(loop.run_in_executor(self._remover, self._move_files, share) for share in shares))
-        if not self.config.keep_sent_minutes and not self._sweeping:
-            self._sweeping = True
-            sweep = loop.run_in_executor(self._sweeper, housekeeping.clear_sent, self.spool.sent_dir)
-            sweep.add_done_callback(self._swept)
-
-    def _move_files(self, names: list[str]) -> None:
-        locate = self.spool.queued_path
-        sent_dir = self.spool.sent_dir
-        for name in names:
-            try:
-                os.rename(locate(name), os.path.join(sent_dir, name))
-            except FileNotFoundError:
-                pass
-
-    def _swept(self, done: asyncio.Future[int]) -> None:
-        self._sweeping = False
-        if not done.cancelled() and done.exception() is not None:
-            log.warning("clearing sent/ failed: %s", done.exception())
-
-    def _fail(self, name: str, reason: str) -> None:
-        try:
-            self.spool.fail(name, reason)
-        except FileNotFoundError:
-            return
-        if self._scan is not None:
-            self._finished.add(name)
-        self.failed += 1
-        log.warning("%s moved to failed/: %s", name, reason)
 
     def _peer_failed(self, peer: Peer, reason: str) -> None:
         delay = peer.backoff.fail()
@@ -426,59 +367,9 @@ class Relay:
     def _drained(self, now: float) -> bool:
         return not self._tasks and self._policy.drained(now)
 
-    # -- chores ----------------------------------------------------------------------
-
-    def _chores(self, now: float) -> None:
-        due = self._due
-        if now >= due["tmp"]:
-            due["tmp"] = now + TMP_CHORE_SECONDS
-            self._chore(housekeeping.clean_tmp, self.spool.tmp_dir)
-        if now >= due["sent"]:
-            due["sent"] = now + CHORE_SECONDS
-            if self.config.keep_sent_minutes:
-                self._chore(self.spool.wipe_sent, self.config.keep_sent_minutes)
-        if now >= due["expire"]:
-            due["expire"] = now + CHORE_SECONDS
-            waiting = {p.field for p in self._peers.values() if p.gave_up or p.backoff.waiting(now)}
-            if waiting and self.config.max_age_minutes:
-                args = (self.spool.queue_dir, waiting, self.config.max_age_minutes * 60, self.config.scan_limit)
-                self._chore(housekeeping.expired, *args, then=self._expire)
-
-    def _chore(self, fn: Any, *args: Any, then: Any = None) -> None:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-        def finished(done: asyncio.Future[Any]) -> None:
-            if done.cancelled():
-                return
-            exc = done.exception()
-            if exc is not None:
-                log.warning("%s failed: %s", fn.__name__, exc)
-            elif then is not None:
-                then(done.result())
-
-        future.add_done_callback(finished)
-
-    def _expire(self, names: list[str]) -> None:
-        for name in names:
-            if name not in self._held:
-                self._fail(name, f"expired: queued for more than {self.config.max_age_minutes:g} minutes")
-
-
-def _prefetch(paths: list[str]) -> None:
-    """Starts reading files into the page cache, so that sending them waits less on the disk.
-
-    A deep queue was written long ago: its files may have left the cache, and libcurl reads
-    each one on the event loop's thread, one after the other.
-    """
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
+    def _resting(self, now: float) -> set[str]:
+        """The fields of the peers left alone: given up or backing off."""
+        return {p.field for p in self._peers.values() if p.gave_up or p.backoff.waiting(now)}
 
 
 def run(config: RelayConfig) -> int:
