@@ -14,7 +14,7 @@ import pytest
 from dropr.relay.backoff import Backoff
 from dropr.relay.batches import Entry
 from dropr.relay.config import RelayConfig
-from dropr.relay.daemon import Peer
+from dropr.relay.delivery import Peer
 from dropr.relay.policy import IDLE_SCAN_SHARE, INLINE_SCAN_SECONDS, Scanned, ScanPlan, ScanPolicy
 
 LIMIT = 100
