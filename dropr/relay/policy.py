@@ -101,8 +101,12 @@ class ScanPolicy:
         self._unknown_news = False
         self._survey_after = ""
         self._quiet_until = 0.0
-        self.due = 0.0
-        """When :meth:`plan` should be called again at the latest (monotonic seconds)."""
+        self._due = 0.0
+
+    @property
+    def due(self) -> float:
+        """When :meth:`plan` is to be called again at the latest (monotonic seconds)."""
+        return self._due
 
     @property
     def window(self) -> int:
@@ -128,7 +132,7 @@ class ScanPolicy:
         if now >= self._rescan_at:
             self._rescan = True
             self._rescan_at = now + self._rescan_seconds
-        self.due = self._rescan_at
+        self._due = self._rescan_at
         if self._scanning:
             return None
         full = self._rescan
@@ -143,7 +147,7 @@ class ScanPolicy:
             if not (full or self._unknown_news):
                 return None
             if now < self._quiet_until:
-                self.due = min(self.due, self._quiet_until)
+                self._due = min(self._due, self._quiet_until)
                 return None
         # Cleared before the pass: an arrival during it is read afterwards and sets them again.
         self._rescan = self._unknown_news = False
