@@ -43,6 +43,8 @@ def test_implementation_names_the_modules_loaded() -> None:
         assert module.__name__ == (f"dropr._{name}" if compiled else f"dropr._{name}_py")
     if os.environ.get("DROPR_REQUIRE_EXTENSIONS", "") not in ("", "0"):
         assert dropr._impl.IMPLEMENTATION == "compiled", dropr._impl.COMPILED
+    if os.environ.get("DROPR_NO_EXTENSIONS", "") not in ("", "0"):
+        assert dropr._impl.IMPLEMENTATION == "python", dropr._impl.COMPILED
 
 
 def test_no_extensions_switch_loads_the_twins() -> None:
