@@ -30,4 +30,4 @@ typecheck:
 	$(PYTHON) -m mypy
 
 clean:
-	rm -rf build dist *.egg-info ext/*.c ext/*.html dropr/*.so
+	rm -rf build dist *.egg-info ext/*.c ext/*.html dropr/*.c dropr/*.html dropr/*.so

@@ -1,4 +1,6 @@
-"""Builds dropr's compiled hot path: the Cython sources in ext/ become dropr._name modules."""
+"""Builds dropr's compiled hot path: the Cython sources in ext/ become dropr._name modules, and
+the put front, dropr/_putter_py.py, is compiled as it is (typed by dropr/_putter.pxd) into
+dropr._putter."""
 
 import os
 
@@ -6,6 +8,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 MODULES = ["codec", "scan", "manifest", "drop"]
+PURE_PYTHON_MODULES = ["putter"]
 
 directives = {
     "language_level": 3,
@@ -16,8 +19,9 @@ directives = {
 }
 
 extensions = [
-    Extension(f"dropr._{name}", [os.path.join("ext", f"_{name}.pyx")], include_dirs=["ext"])
-    for name in MODULES
-]
+    Extension(f"dropr._{name}", [os.path.join("ext", f"_{name}.pyx")], include_dirs=["ext"]) for name in MODULES
+] + [Extension(f"dropr._{name}", [os.path.join("dropr", f"_{name}_py.py")]) for name in PURE_PYTHON_MODULES]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives, include_path=["ext"]))
+# ext/ for the declarations the .pyx files share, "." for dropr/*.pxd, which name the modules
+# that the compiled front imports at run time.
+setup(ext_modules=cythonize(extensions, compiler_directives=directives, include_path=["ext", "."]))
