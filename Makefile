@@ -4,7 +4,7 @@ PYTHON ?= .venv/bin/python
 .PHONY: compile test test-python bench lint typecheck clean
 
 compile:
-	$(PYTHON) setup.py build_ext --inplace -q
+	DROPR_REQUIRE_EXTENSIONS=1 $(PYTHON) setup.py build_ext --inplace -q
 
 test:
 	./scripts/test
@@ -30,4 +30,4 @@ typecheck:
 	$(PYTHON) -m mypy
 
 clean:
-	rm -rf build dist *.egg-info ext/*.c ext/*.html dropr/*.c dropr/*.html dropr/*.so
+	rm -rf build dist *.egg-info ext/*.c ext/*.html dropr/*.so

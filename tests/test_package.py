@@ -1,11 +1,15 @@
-"""The package as producers see it: cheap to import, typed, honest about its hot path."""
+"""The package as producers see it: cheap to import, typed, honest about its hot path, and
+installable without a C compiler."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import dropr
 import dropr._impl
@@ -53,3 +57,78 @@ def test_no_extensions_switch_loads_the_twins() -> None:
     env.pop("DROPR_REQUIRE_EXTENSIONS", None)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
     assert out.strip() == "python"
+
+
+# -- installing ------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER = "http://127.0.0.1:8080/q"
+LEFT_OUT = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.c")
+needs_twins_run = pytest.mark.skipif(
+    os.environ.get("DROPR_REQUIRE_EXTENSIONS", "") not in ("", "0"),
+    reason="installs without the compiled extensions; runs with the suite on the plain-Python twins",
+)
+
+
+def build_wheel(tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
+    """``pip wheel`` of a copy of the project with ``env``: the build's output and its wheels."""
+    source, out = tmp / "source", tmp / "wheels"
+    shutil.copytree(ROOT, source, ignore=LEFT_OUT)
+    build_env = {k: v for k, v in os.environ.items() if not k.startswith("DROPR_")} | env
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "--wheel-dir", str(out), str(source)]
+    done = subprocess.run(command, capture_output=True, text=True, env=build_env, check=False)
+    return done, sorted(out.glob("*.whl")) if out.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def no_compiler_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """dropr built where the C compiler fails (``CC=false``): the build's output and its wheel."""
+    done, wheels = build_wheel(tmp_path_factory.mktemp("no-compiler"), CC="false")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = wheels
+    return done, wheel
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory: pytest.TempPathFactory, no_compiler_build: tuple[object, Path]) -> Path:
+    """A new virtual environment holding that wheel and no extras: its ``bin/``."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    install = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet"]
+    subprocess.run([*install, str(no_compiler_build[1])], check=True, capture_output=True)
+    return venv / "bin"
+
+
+@pytest.mark.slow
+@needs_twins_run
+def test_a_build_without_a_c_compiler_falls_back_to_the_twins_in_one_warning(
+    no_compiler_build: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    done, wheel = no_compiler_build
+    output = done.stdout + done.stderr
+    warnings = [line.strip() for line in output.splitlines() if "dropr:" in line and "warning" in line]
+    assert warnings == [
+        "warning: dropr: cannot compile the extensions (false exited with status 1); installing the plain-Python twins"
+    ]
+    assert output.count("plain-Python") == 1 and "eprecat" not in output
+    assert wheel.name.endswith("-py3-none-any.whl")
+
+
+@pytest.mark.slow
+@needs_twins_run
+def test_the_twins_installed_without_a_compiler_work(fresh_venv: Path, tmp_path: Path) -> None:
+    code = "import sys, dropr, dropr._impl as i; print(i.IMPLEMENTATION, dropr.fastput(b'x', PEER, spool=sys.argv[1]))"
+    done = subprocess.run(
+        [fresh_venv / "python", "-c", f"PEER = {PEER!r}; {code}", tmp_path], capture_output=True, text=True, check=True
+    )
+    implementation, msg_id = done.stdout.split()
+    assert implementation == "python"
+    assert [path.name[1:31] for path in (tmp_path / "queue").glob("*/*")] == [msg_id]
+
+
+@pytest.mark.slow
+@needs_twins_run
+def test_a_build_without_a_c_compiler_fails_when_the_extensions_are_required(tmp_path: Path) -> None:
+    done, wheels = build_wheel(tmp_path, CC="false", DROPR_REQUIRE_EXTENSIONS="1")
+    assert done.returncode != 0 and wheels == []
+    assert "dropr: cannot compile the extensions (false exited with status 1)" in done.stdout + done.stderr
