@@ -23,6 +23,15 @@ def test_import_dropr_loads_no_server_or_relay_stack() -> None:
     assert [name for name in loaded if name.startswith(HEAVY)] == []
 
 
+def test_the_library_never_names_the_command_line() -> None:
+    """One-way dependencies: the commands use the library, nothing below them runs a command."""
+    package = Path(dropr.__file__).parent
+    for path in package.rglob("*.py"):
+        if "cli" not in path.relative_to(package).parts:
+            text = path.read_text()
+            assert "dropr.cli" not in text and "from ..cli" not in text and "from .cli" not in text, path
+
+
 def test_public_names_are_few_and_present() -> None:
     assert sorted(dropr.__all__) == [
         "Client",
@@ -132,3 +141,27 @@ def test_a_build_without_a_c_compiler_fails_when_the_extensions_are_required(tmp
     done, wheels = build_wheel(tmp_path, CC="false", DROPR_REQUIRE_EXTENSIONS="1")
     assert done.returncode != 0 and wheels == []
     assert "dropr: cannot compile the extensions (false exited with status 1)" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@needs_twins_run
+@pytest.mark.parametrize(
+    ("program", "args", "missing", "extra"),
+    [
+        ("dropr-relay", ["--spool", "{tmp}/spool"], "pycurl", "relay"),
+        ("dropr-relay", ["--spool", "{tmp}/spool", "--once"], "pycurl", "relay"),
+        ("dropr-server", ["--store", "{tmp}/store", "--listen", "127.0.0.1:0"], "aiohttp", "server"),
+    ],
+)
+def test_without_extras_a_command_names_the_extra_in_one_line(
+    fresh_venv: Path, tmp_path: Path, program: str, args: list[str], missing: str, extra: str
+) -> None:
+    """As ``pip install .`` leaves it; the relay has a message for an HTTP peer waiting."""
+    put = "import sys, dropr; dropr.fastput(b'x', sys.argv[2], spool=sys.argv[1])"
+    subprocess.run([fresh_venv / "python", "-c", put, tmp_path / "spool", PEER], check=True)
+    command = [fresh_venv / program, *(arg.format(tmp=tmp_path) for arg in args)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"{program}: {missing} is not installed: pip install 'dropr[{extra}]'\n"
+    for query in ("--version", "--help"):
+        assert subprocess.run([fresh_venv / program, query], capture_output=True, check=False).returncode == 0
