@@ -79,20 +79,35 @@ needs_twins_run = pytest.mark.skipif(
 )
 
 
-def build_wheel(tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
-    """``pip wheel`` of a copy of the project with ``env``: the build's output and its wheels."""
-    source, out = tmp / "source", tmp / "wheels"
-    shutil.copytree(ROOT, source, ignore=LEFT_OUT)
-    build_env = {k: v for k, v in os.environ.items() if not k.startswith("DROPR_")} | env
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "--wheel-dir", str(out), str(source)]
-    done = subprocess.run(command, capture_output=True, text=True, env=build_env, check=False)
+def clean_env(**env: str) -> dict[str, str]:
+    """This environment without dropr's switches, with ``env``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("DROPR_")} | env
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The source archive of (a copy of) the project, as ``python -m build --sdist`` makes it."""
+    tmp = tmp_path_factory.mktemp("sdist")
+    shutil.copytree(ROOT, tmp / "source", ignore=LEFT_OUT)
+    command = [sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp), str(tmp / "source")]
+    subprocess.run(command, check=True, capture_output=True, env=clean_env())
+    (archive,) = tmp.glob("dropr-*.tar.gz")
+    return archive
+
+
+def build_wheel(sdist: Path, out: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
+    """``pip wheel`` of the source archive with ``env``: the build's output and its wheels."""
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "--wheel-dir", str(out), str(sdist)]
+    done = subprocess.run(command, capture_output=True, text=True, env=clean_env(**env), check=False)
     return done, sorted(out.glob("*.whl")) if out.is_dir() else []
 
 
 @pytest.fixture(scope="module")
-def no_compiler_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+def no_compiler_build(
+    sdist: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     """dropr built where the C compiler fails (``CC=false``): the build's output and its wheel."""
-    done, wheels = build_wheel(tmp_path_factory.mktemp("no-compiler"), CC="false")
+    done, wheels = build_wheel(sdist, tmp_path_factory.mktemp("wheels"), CC="false")
     assert done.returncode == 0, done.stdout + done.stderr
     (wheel,) = wheels
     return done, wheel
@@ -137,8 +152,8 @@ def test_the_twins_installed_without_a_compiler_work(fresh_venv: Path, tmp_path:
 
 @pytest.mark.slow
 @needs_twins_run
-def test_a_build_without_a_c_compiler_fails_when_the_extensions_are_required(tmp_path: Path) -> None:
-    done, wheels = build_wheel(tmp_path, CC="false", DROPR_REQUIRE_EXTENSIONS="1")
+def test_a_build_without_a_c_compiler_fails_when_the_extensions_are_required(sdist: Path, tmp_path: Path) -> None:
+    done, wheels = build_wheel(sdist, tmp_path, CC="false", DROPR_REQUIRE_EXTENSIONS="1")
     assert done.returncode != 0 and wheels == []
     assert "dropr: cannot compile the extensions (false exited with status 1)" in done.stdout + done.stderr
 
