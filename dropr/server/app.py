@@ -59,7 +59,7 @@ class Handlers:
         try:
             self._precheck(request)
         except RequestError as err:
-            return self._answer_error(err, time.perf_counter())
+            return self._answer_error(err, time.perf_counter(), request)
         if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
             raise web.HTTPExpectationFailed(text="unknown Expect header")
         if request.version >= (1, 1):
@@ -75,7 +75,7 @@ class Handlers:
             await self.receiver.read(request, upload)
             await self._commit(upload)
         except RequestError as err:
-            return self._answer_error(err, started)
+            return self._answer_error(err, started, request)
         finally:
             upload.discard()
         self.metrics.received.inc(len(upload.entries))
@@ -91,7 +91,8 @@ class Handlers:
             scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
             if scheme.lower() != "bearer" or not given:
                 raise RequestError(401, "a bearer token is required")
-            if not hmac.compare_digest(given.strip().encode(), self._token):
+            # Header bytes that are not UTF-8 reach us as surrogates: compare the bytes sent.
+            if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
                 raise RequestError(401, "wrong token")
         # Not request.content_type: aiohttp parses it with the email package, ~1 ms a request.
         media_type = parse_options_header(request.headers.get(hdrs.CONTENT_TYPE, ""))[0]
@@ -120,13 +121,19 @@ class Handlers:
                 raise store_failure(exc) from None
         upload.acks = {e.id: verdicts.get(e.id) or upload.acks[e.id] for e in upload.entries}
 
-    def _answer_error(self, err: RequestError, started: float) -> web.Response:
+    def _answer_error(self, err: RequestError, started: float, request: web.Request) -> web.Response:
         level = logging.ERROR if err.status >= 500 else logging.INFO
         log.log(level, "refused a request: %d %s", err.status, err.reason)
         headers = {}
         if err.status == 401:
             headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="dropr"'
         resp = web.Response(status=err.status, text=err.reason + "\n", headers=headers)
+        if request.content.exception() is not None:
+            # The rest of the body cannot be read (say, not in its Content-Encoding): aiohttp
+            # would try to drain it, fail and log the failure, then wait for a next request
+            # that its parser can no longer see. Answer and close instead.
+            request.content.feed_eof()
+            resp.force_close()
         self._observe(err.status, started)
         return resp
 

@@ -89,6 +89,10 @@ class Receiver:
             parser.close()
         except (MultipartError, BadHttpMessage) as exc:
             raise bad(f"malformed multipart body: {exc}") from None
+        except web.RequestPayloadError as exc:  # for one, not in the Content-Encoding it declares
+            raise bad(f"unreadable body: {_first_line(exc.__cause__ or exc)}") from None
+        except ConnectionResetError:
+            raise bad("connection lost in the middle of the body") from None
         body.finish()
 
     def field_limit(self, name: str) -> int:
@@ -253,6 +257,8 @@ def _boundary(content_type: str) -> str:
     boundary = parse_options_header(content_type)[1].get("boundary")
     if not boundary:
         raise bad("malformed multipart body: no boundary in its Content-Type")
+    if not boundary.isascii():
+        raise bad("malformed multipart body: the boundary in its Content-Type is not ASCII")
     return str(boundary)
 
 
@@ -260,6 +266,11 @@ def _mismatch(entry: Entry, staged: StagedFile) -> str:
     if entry.size < 0:  # manifest-less form: nothing declared
         return ""
     return p.mismatch(entry.size, entry.crc, staged.size, staged.crc)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The reason of one of aiohttp's errors (``message`` where it has one), on one line."""
+    return " ".join(str(getattr(exc, "message", exc)).split())
 
 
 def _text(fields: dict[str, bytes], name: str) -> str:
