@@ -3,7 +3,8 @@
 A real ``dropr-server`` process on 127.0.0.1 with a fresh store in the system's temporary
 directory; this process posts batches (default 1000 messages of 200 bytes) one after the
 other on one keep-alive connection with pycurl, each part a buffer libcurl already holds,
-so the client's share of the time is small. Every batch has fresh ids and must be acked
+so the client's share of the time is small; ``--clients N`` posts on N connections at once
+(a thread each), as several relays do. Every batch has fresh ids and must be acked
 ``stored`` in full. Per round it prints the wall-clock rate and the server's CPU time per
 message (user + system, from ``/proc``), of which user time is the figure the server's
 per-part code decides (system time is mostly the file system's); the last line gives the
@@ -11,7 +12,7 @@ medians, with each request's latency (post to ack, seen by the client) at p50/p9
 every round: with ``--count 1`` that is the put-to-stored latency of a lone message.
 
     python bench/server.py [--rounds 3] [--batches 20] [--count 1000] [--size 200]
-                           [--fsync batch|none] [--dir DIR]
+                           [--clients 1] [--fsync batch|none] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zlib
@@ -105,12 +107,34 @@ def post_all(server: ServerProcess, batches: list[tuple[list[str], Form]]) -> li
     return latencies
 
 
+def post_at_once(server: ServerProcess, batches: list[tuple[list[str], Form]], clients: int) -> list[float]:
+    """Post the batches on ``clients`` connections at once, each its share in order."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures: list[BaseException] = []
+
+    def client(index: int) -> None:
+        try:
+            latencies[index] = post_all(server, batches[index::clients])
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return [seconds for share in latencies for seconds in share]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=20, help="batches per round")
     parser.add_argument("--count", type=int, default=1000, help="messages per batch")
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
+    parser.add_argument("--clients", type=int, default=1, help="connections posting at once")
     parser.add_argument("--fsync", choices=("batch", "none"), default="batch")
     parser.add_argument(
         "--dir",
@@ -129,7 +153,7 @@ def main() -> None:
                 batches = [make_batch(args.count, args.size) for _ in range(args.batches)]
                 messages = args.batches * args.count
                 (user0, sys0), t0 = cpu_seconds(srv.proc.pid), time.perf_counter()
-                latencies += post_all(srv, batches)
+                latencies += post_at_once(srv, batches, args.clients)
                 wall = time.perf_counter() - t0
                 user1, sys1 = cpu_seconds(srv.proc.pid)
                 rates.append(messages / wall)
@@ -148,7 +172,7 @@ def main() -> None:
         f"{statistics.median(cpus):.0f} us/message ({statistics.median(users):.0f} user); "
         f"request latency p50 {_percentile(latencies, 50):.2f} ms, "
         f"p99 {_percentile(latencies, 99):.2f} ms "
-        f"({args.count} x {args.size} B per batch, fsync {args.fsync})"
+        f"({args.count} x {args.size} B per batch, {args.clients} at once, fsync {args.fsync})"
     )
 
 
