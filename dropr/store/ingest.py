@@ -40,6 +40,8 @@ _OPEN_CHANNELS = 64  # channels whose state directories stay open, five descript
 # reading one costs a small fraction of a probe. Up to _PROBE_MAX names are always probed.
 _LIST_BYTES = 64
 _PROBE_MAX = 16
+_STORED = (STORED, "")
+_DUPLICATE = (DUPLICATE, "already held")
 
 
 class Staged(NamedTuple):
@@ -104,10 +106,11 @@ class IngestSide(StoreDirectory):
         verified: list[Staged] = []
         try:
             for message in staged:
-                problem = _mismatch(message)
+                file = message.file
+                problem = message.size >= 0 and mismatch(message.size, message.crc, file.size, file.crc)
                 if problem:
                     acks[message.id] = (REJECTED, problem)
-                    message.file.discard()
+                    file.discard()
                 else:
                     verified.append(message)
             if not verified:
@@ -116,16 +119,17 @@ class IngestSide(StoreDirectory):
                 self._syncer.data([m.file.path for m in verified])
             ingested = self.ingest_many(client, [(m.channel, m.id, m.priority, m.file.path) for m in verified])
             for message, result in zip(verified, ingested.results, strict=True):
-                if isinstance(result, str):
-                    acks[message.id] = (REJECTED, result)
-                else:
+                if result is True or result is False:
                     message.file.handed_over()
-                    acks[message.id] = (STORED, "") if result else (DUPLICATE, "already held")
+                    acks[message.id] = _STORED if result else _DUPLICATE
+                else:
+                    acks[message.id] = (REJECTED, result)
             if sync:
                 self._syncer.entries(ingested.directories, len(verified), ingested.created)
         finally:
             for message in staged:
-                message.file.discard()
+                if message.file.path:
+                    message.file.discard()
         return acks
 
     def ingest(self, channel: str, client: str, msg_id: str, priority: int, staged: str) -> bool:
@@ -296,13 +300,6 @@ class IngestSide(StoreDirectory):
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _mismatch(message: Staged) -> str:
-    """Why a staged file is not what its sender declared, or "" when it is."""
-    if message.size < 0:
-        return ""
-    return mismatch(message.size, message.crc, message.file.size, message.file.crc)
 
 
 def _message_problem(msg_id: str, priority: int) -> str:
