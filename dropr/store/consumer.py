@@ -50,14 +50,17 @@ class ConsumerSide(StoreDirectory):
 
     @property
     def retry(self) -> RetryPolicy:
+        """How failed messages are retried."""
         return self._claims.retry
 
     @property
     def sweep_interval(self) -> float:
+        """The longest this process takes to notice other processes' expired claims."""
         return self._claims.sweep_interval
 
     @property
     def rescan_interval(self) -> float:
+        """How long a claim may reuse the names an earlier claim's scan saw."""
         return self._claims.rescan_interval
 
     def channels(self) -> list[str]:
