@@ -7,16 +7,20 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import random
 import shutil
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from relaykit import RelayProcess, check_stored_once, queued, run_relay, stored_count, wait_until
 from storekit import CLIENT, put, stage, tree
 
+import dropr
 from dropr import InvalidMessage, _files
 from dropr._impl import codec
 from dropr.relay.batches import Entry
@@ -334,6 +338,31 @@ def test_the_local_transport_commits_through_the_same_path(tmp_path: Path) -> No
     assert not os.path.exists(mine.path)
     assert asyncio.run(send(batch[:1])) == {batch[0].id: ("duplicate", "already held")}
     assert all((spool / e.name).exists() for e in batch)  # the relay moves its files itself
+
+
+@pytest.mark.timeout(600)
+def test_kill_9_of_a_relay_storing_locally_loses_nothing_and_leaves_nothing_staged(tmp_path: Path) -> None:
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    client = dropr.Client(spool)
+    sent = {}
+    for i in range(1500):
+        payload = f"{i} ".encode() + os.urandom(random.randrange(1, 200))
+        sent[client.put(payload, peer=store.as_uri(), priority=i % 10)] = payload
+    client.close()
+    for _ in range(3):
+        before = stored_count(store)
+        if before == len(sent):
+            break
+        relay = RelayProcess(spool, "--no-supervise", "--batch-count", "100")
+        wait_until(lambda b=before, r=relay: stored_count(store) > b or r.proc.poll() is not None, timeout=60)
+        time.sleep(random.uniform(0, 0.05))
+        relay.kill()
+        relay.__exit__()
+    done = run_relay(spool, "--once", "--no-supervise")
+    assert done.returncode == 0, done.stderr
+    assert queued(spool) == []
+    check_stored_once([store], sent)
+    assert os.listdir(store / "tmp") == []  # what the killed relays staged went when the last one started
 
 
 # -- the steps ------------------------------------------------------------------------
