@@ -7,7 +7,6 @@ stop it.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import ssl
 import sys
