@@ -28,3 +28,8 @@ def buckets(path: str | PathLike[str]) -> list[str]:
 
 def count_queue(path: str | PathLike[str]) -> int:
     """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
+
+def find(path: str | PathLike[str], msg_id: str) -> list[str]:
+    """The message names of directory ``path`` whose id is ``msg_id``, in byte order (one
+    per client that sent that id), read in C; FileNotFoundError when ``path`` does not exist,
+    ValueError when ``msg_id`` is not a message id."""
