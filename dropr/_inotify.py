@@ -50,6 +50,8 @@ class Inotify:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.paths: dict[int, str] = {}
+        """The directory of each watch descriptor."""
 
     def add(self, path: str, mask: int = ARRIVALS) -> int:
         """Watches directory ``path`` for ``mask``; the watch descriptor (OSError if refused)."""
@@ -58,12 +60,14 @@ class Inotify:
         if wd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"cannot watch {path}: {os.strerror(err)}", path)
+        self.paths[wd] = path
         return wd
 
     def remove(self, wd: int) -> None:
         """Stops watch ``wd`` (nothing if the kernel dropped it already)."""
         rm_watch = _libc.function("inotify_rm_watch", (ctypes.c_int, ctypes.c_int))
         rm_watch(self.fd, wd)
+        self.paths.pop(wd, None)
 
     def events(self) -> list[Event] | None:
         """What happened since the last call (maybe nothing); None after an overflow."""

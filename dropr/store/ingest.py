@@ -30,7 +30,7 @@ from .._impl import codec
 from ..errors import InvalidMessage
 from ..names import check_channel, check_client_id, check_message_id, check_priority
 from ..protocol import DUPLICATE, REJECTED, STORED, Acks, mismatch
-from .layout import ATTEMPTS, QUEUE, STATES, PathLike, StoreDirectory, remember
+from .layout import QUEUE, STATES, PathLike, StoreDirectory, group_roots, locked, make_channel, remember
 from .staging import StagedFile, Staging
 from .sync import Syncer
 
@@ -183,8 +183,9 @@ class IngestSide(StoreDirectory):
             created = False
             for channel, items in by_channel.items():
                 channel_dir = self._registered_dir(channel)
-                created |= self._move_in(channel_dir, client_field, items, results)
-                directories.append(os.path.join(channel_dir, QUEUE))
+                made, queues = self._move_in(channel_dir, client_field, items, results)
+                created |= made
+                directories += queues
             return Ingested(results, tuple(directories), created or self.names.written != written)
 
     def sync_data(self, path: str) -> None:
@@ -242,27 +243,31 @@ class IngestSide(StoreDirectory):
         client_field: str,
         items: list[tuple[int, int, str, str]],
         results: list[bool | str],
-    ) -> bool:
-        """Ingest one channel's share of a batch (under the lock); True if the channel's
-        directories had to be created."""
-        fds, created = self._open_states(channel_dir)
+    ) -> tuple[bool, list[str]]:
+        """Ingest one channel's share of a batch (under the lock, the channel's shared);
+        whether its directories had to be created, and the queues that got messages."""
         names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _ in items]
-        fresh = set(_unheld(fds, names))
-        for position, (index, _, _, staged) in enumerate(items):
-            if position not in fresh:
-                _files.remove(staged)
-                continue
+        created = False
+        done = 0
+        while True:
+            fds, made = self._open_states(channel_dir)
+            created |= made
             try:
-                results[index] = _move(staged, fds[0], names[position])
+                with locked(fds[0], exclusive=False), _Targets(channel_dir, fds) as targets:
+                    fresh = {done + i for i in _unheld(targets.held, names[done:])}
+                    for position in range(done, len(items)):
+                        index, _, _, staged = items[position]
+                        if position in fresh:
+                            results[index] = _move(staged, targets.queues, names[position])
+                        else:
+                            _files.remove(staged)
+                        done = position + 1
+                    return created, targets.queue_dirs
             except FileNotFoundError:
-                if not os.path.lexists(staged):
+                if not os.path.lexists(items[done][3]):
                     raise
                 # The channel's directories were removed under us: open (or make) them anew.
                 self._close_states(channel_dir)
-                fds, made = self._open_states(channel_dir)
-                created |= made
-                results[index] = _move(staged, fds[0], names[position])
-        return created
 
     def _open_states(self, channel_dir: str) -> tuple[tuple[int, ...], bool]:
         """Descriptors of a channel's state directories (queue first), made if missing."""
@@ -273,7 +278,7 @@ class IngestSide(StoreDirectory):
         try:
             fds = _open_dirs(channel_dir, STATES)
         except FileNotFoundError:
-            self._make_channel(channel_dir)
+            make_channel(self.channels_dir, channel_dir)
             created = True
             fds = _open_dirs(channel_dir, STATES)
         if len(self._state_fds) >= _OPEN_CHANNELS:
@@ -285,21 +290,6 @@ class IngestSide(StoreDirectory):
 
     def _close_states(self, channel_dir: str) -> None:
         _close_all(self._state_fds.pop(channel_dir, ()))
-
-    def _make_channel(self, channel_dir: str) -> None:
-        """Create a channel's directories all at once: built aside, then renamed into place."""
-        tmp = os.path.join(self.channels_dir, f".new.{os.getpid()}.{os.urandom(4).hex()}")
-        os.mkdir(tmp, _files.DIR_MODE)
-        try:
-            for state in (*STATES, ATTEMPTS):
-                os.mkdir(os.path.join(tmp, state), _files.DIR_MODE)
-            try:
-                os.rename(tmp, channel_dir)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _message_problem(msg_id: str, priority: int) -> str:
@@ -354,22 +344,76 @@ def _held_in(dir_fd: int, name: str) -> bool:
     return os.access(name, os.F_OK, dir_fd=dir_fd, follow_symlinks=False)
 
 
-def _move(staged: str, queue_fd: int, name: str) -> bool:
-    """Give the file ``staged`` the name ``name`` in the queue without replacing one that
-    exists there; the staged name goes either way. False if ``name`` was taken."""
+class _Targets:
+    """Where one batch's messages for a channel go, known under the channel's lock: its own
+    queue while it has no groups, else every group's queue. ``held`` are the state
+    directories that tell a message held already: the channel's own, then each group's."""
+
+    def __init__(self, channel_dir: str, own: tuple[int, ...]) -> None:
+        self._channel_dir = channel_dir
+        self._own = own
+        self._opened: list[tuple[int, ...]] = []
+        self.held = own
+        self.queues = own[:1]
+        self.queue_dirs = [os.path.join(channel_dir, QUEUE)]
+
+    def __enter__(self) -> _Targets:
+        roots = group_roots(self._channel_dir)
+        try:
+            for root in roots:
+                self._opened.append(_open_dirs(root, STATES))
+        except BaseException:
+            self.__exit__()
+            raise
+        if roots:
+            self.held = self._own + tuple(fd for fds in self._opened for fd in fds)
+            self.queues = tuple(fds[0] for fds in self._opened)
+            self.queue_dirs = [os.path.join(root, QUEUE) for root in roots]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fds in self._opened:
+            _close_all(fds)
+        self._opened.clear()
+
+
+def _move(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
+    """Give the file ``staged`` the name ``name`` in each queue of ``queue_fds`` (one hard
+    link each) without replacing one that exists in the first; the staged name goes either
+    way. False if ``name`` was taken."""
+    first, *others = queue_fds
     try:
-        os.link(staged, name, dst_dir_fd=queue_fd, follow_symlinks=False)
+        os.link(staged, name, dst_dir_fd=first, follow_symlinks=False)
     except FileExistsError:
         os.unlink(staged)
         return False
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
-        # A file system without hard links: the check just before is the guard.
-        if _held_in(queue_fd, name):
+        # A file system without hard links: the check just before is the guard, and the
+        # other groups get copies.
+        if _held_in(first, name):
             os.unlink(staged)
             return False
-        os.rename(staged, name, dst_dir_fd=queue_fd)
+        for fd in others:
+            _copy(staged, fd, name)
+        os.rename(staged, name, dst_dir_fd=first)
         return True
+    for fd in others:
+        try:
+            os.link(staged, name, dst_dir_fd=fd, follow_symlinks=False)
+        except FileExistsError:
+            pass
     os.unlink(staged)
     return True
+
+
+def _copy(staged: str, dir_fd: int, name: str) -> None:
+    """A durable copy of ``staged`` named ``name`` in directory ``dir_fd`` (hidden until whole)."""
+    tmp = f".{name}.copy"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _files.FILE_MODE, dir_fd=dir_fd)
+    with open(staged, "rb") as source, open(fd, "wb") as copy:
+        shutil.copyfileobj(source, copy)
+        copy.flush()
+        os.fsync(copy.fileno())
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

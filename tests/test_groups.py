@@ -1,0 +1,196 @@
+"""Consumer groups of a channel: fan-out at ingest, independent consumption, takeover of what
+waits, subscribing and unsubscribing while messages arrive."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from storekit import CLIENT, put, stage, tree
+
+from dropr import StoreError
+from dropr._impl import codec
+from dropr.store import Message, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "store", create=True, retry_delay=0.2, max_attempts=2)
+
+
+def ids(messages: list[Message]) -> list[str]:
+    return [m.id for m in messages]
+
+
+def test_two_groups_each_consume_every_message_once(store: Store) -> None:
+    assert store.subscribe("orders", "billing")
+    assert store.subscribe("orders", "shipping")
+    assert not store.subscribe("orders", "billing")
+    assert store.groups("orders") == ["billing", "shipping"]
+    sent = [put(store, b"%d" % i, channel="orders") for i in range(20)]
+    assert store.messages("orders") == []  # nothing lands in the channel's own queue
+    billing = store.claim("orders", 100, 60, group="billing")
+    assert ids(billing) == sent and all(m.group == "billing" for m in billing)
+    assert store.claim("orders", 100, 60, group="billing") == []
+    store.set_processed(*billing[:15])
+    store.set_failed(billing[15], "no")
+    store.release(*billing[16:])
+    assert store.counts("orders", group="billing") == {
+        "queued": 4,
+        "claimed": 0,
+        "delayed": 1,
+        "processed": 15,
+        "dead": 0,
+    }
+    other = Store(store.path)
+    shipping = other.claim("orders", 7, 60, group="shipping") + other.claim("orders", 100, 60, group="shipping")
+    assert ids(shipping) == sent
+    other.set_processed(*shipping)
+    assert other.count_processed("orders", group="shipping") == 20
+    assert store.count_queued("orders", group="billing") == 4
+    assert store.status("orders", sent[15], group="billing") == "delayed"
+    assert store.status("orders", sent[15], group="shipping") == "processed"
+    assert store.status("orders", sent[15]) is None
+    # One message, one file: each group holds a hard link of it.
+    [processed] = [m for m in other.processed("orders", group="shipping") if m.id == sent[0]]
+    assert os.stat(processed.path).st_nlink == 2
+
+
+def test_the_first_group_takes_over_what_waits_a_later_one_starts_empty(store: Store) -> None:
+    early = [put(store, b"early %d" % i, channel="c") for i in range(6)]
+    claimed = store.claim("c", 3, 60)
+    store.set_failed(claimed[0], "try again")
+    dying = Store(store.path, max_attempts=1)
+    dying.set_failed(claimed[1], "dead")
+    assert store.subscribe("c", "first")
+    assert store.counts("c") == dict.fromkeys(("queued", "claimed", "delayed", "processed", "dead"), 0)
+    assert store.counts("c", group="first") == {"queued": 3, "claimed": 1, "delayed": 1, "processed": 0, "dead": 1}
+    [letter] = store.dead_letters("c", group="first")
+    assert letter.id == early[1] and letter.reasons == ("dead",)
+    with pytest.raises(StoreError, match="lease lost"):
+        store.set_processed(claimed[2])  # its claim moved to the group, lease running on
+    assert store.subscribe("c", "second")
+    late = put(store, b"late", channel="c")
+    assert ids(store.messages("c", group="second")) == [late]
+    assert ids(store.messages("c", group="first")) == early[3:] + [late]
+    assert store.requeue_dead("c", group="first") == 1
+    assert store.status("c", early[1], group="first") == "queued"
+
+
+def test_unsubscribing_drops_a_group_and_the_last_one_gives_the_channel_back(store: Store) -> None:
+    store.subscribe("c", "a")
+    store.subscribe("c", "b")
+    first = put(store, b"1", channel="c")
+    [held] = store.claim("c", 1, 60, group="b")
+    store.unsubscribe("c", "b")
+    assert store.groups("c") == ["a"]
+    with pytest.raises(StoreError, match="lease lost"):
+        store.set_processed(held)
+    for call in (
+        lambda: store.claim("c", 1, 60, group="b"),
+        lambda: store.count_queued("c", group="b"),
+        lambda: store.status("c", first, group="b"),
+        lambda: store.unsubscribe("c", "b"),
+        lambda: store.unsubscribe("nothing", "b"),
+        lambda: store.messages("c", group="b"),
+    ):
+        with pytest.raises(StoreError, match="no group"):
+            call()
+    assert ids(store.messages("c", group="a")) == [first]
+    store.unsubscribe("c", "a")
+    assert store.groups("c") == []
+    second = put(store, b"2", channel="c")
+    assert ids(store.messages("c")) == [second]
+    assert list((Path(store.path) / "channels" / "c" / "groups").iterdir()) == []
+
+
+def test_a_resend_is_a_duplicate_whichever_group_still_holds_it(store: Store) -> None:
+    store.subscribe("c", "a")
+    store.subscribe("c", "b")
+    msg_id = put(store, b"x", channel="c")
+    [message] = store.claim("c", 1, 60, group="a")
+    store.set_processed(message)
+    store.wipe_processed(0)
+    assert not store.ingest("c", CLIENT, msg_id, 9, stage(store))
+    [message] = store.claim("c", 1, 60, group="b")
+    store.set_processed(message)
+    assert store.wipe_processed(0) == 1
+    assert store.ingest("c", CLIENT, msg_id, 9, stage(store))
+    assert store.count_queued("c", group="a") == store.count_queued("c", group="b") == 1
+
+
+@pytest.mark.parametrize("group", ["..", ".", "../../escape", "a/b", "~x", "%2E", "g" * 255, "é ü"])
+def test_a_group_name_is_just_a_name(store: Store, group: str) -> None:
+    outside = tree(Path(store.path).parent)
+    assert store.subscribe("c", group)
+    assert store.groups("c") == [group]
+    msg_id = put(store, b"x", channel="c")
+    [message] = store.claim("c", 1, 60, group=group)
+    assert message.id == msg_id and message.group == group
+    assert Path(message.path).resolve().is_relative_to(Path(store.path, "channels", "c", "groups").resolve())
+    store.set_processed(message)
+    assert store.status("c", msg_id, group=group) == "processed"
+    store.unsubscribe("c", group)
+    after = {k: v for k, v in tree(Path(store.path).parent).items() if not k.startswith("store/")}
+    assert after == {k: v for k, v in outside.items() if not k.startswith("store/")}
+
+
+@pytest.mark.parametrize("group", ["", "a\nb", "a\0b", "\x7f", 5, None])
+def test_a_bad_group_name_changes_nothing(store: Store, group: object) -> None:
+    put(store, b"x", channel="c")
+    before = tree(store.path)
+    calls = [lambda: store.subscribe("c", group), lambda: store.unsubscribe("c", group)]  # type: ignore[arg-type]
+    if group is not None:
+        calls.append(lambda: store.claim("c", 1, 60, group=group))  # type: ignore[arg-type]
+    for call in calls:
+        with pytest.raises(ValueError):
+            call()
+    assert tree(store.path) == before
+
+
+def test_subscribing_while_messages_arrive_loses_none(store: Store) -> None:
+    count = 3000
+    sent: list[str] = []
+    ingest = Store(store.path)
+
+    def produce() -> None:
+        for i in range(count):
+            sent.append(put(ingest, b"%d" % i, channel="busy"))
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    while len(sent) < count // 3:
+        pass
+    store.subscribe("busy", "first")
+    while len(sent) < 2 * count // 3:
+        pass
+    store.subscribe("busy", "second")
+    marker = len(sent)
+    producer.join()
+    first = ids(store.messages("busy", group="first"))
+    second = ids(store.messages("busy", group="second"))
+    assert sorted(first) == sorted(sent)
+    assert set(sent[marker:]) <= set(second) and set(second) <= set(sent[marker - 1 :])
+    assert store.messages("busy") == []
+
+
+def test_a_claim_on_a_group_waits_for_its_messages(store: Store) -> None:
+    store.subscribe("c", "g")
+    result: list[Message] = []
+    thread = threading.Thread(target=lambda: result.extend(Store(store.path).claim("c", 5, 60, group="g", wait=30)))
+    thread.start()
+    msg_id = put(store, b"x", channel="c")
+    thread.join(60)
+    assert ids(result) == [msg_id]
+
+
+def test_groups_of_a_channel_made_before_groups_existed(store: Store) -> None:
+    put(store, b"x", channel="old")
+    groups_dir = Path(store.path, "channels", "old", "groups")
+    groups_dir.rmdir()
+    assert store.groups("old") == []
+    assert store.subscribe("old", "g")
+    assert store.count_queued("old", group="g") == 1
+    assert codec.is_message_id(store.messages("old", group="g")[0].id)
