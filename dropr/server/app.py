@@ -1,4 +1,5 @@
-"""The aiohttp application: the POST that receives batches, ``/health`` and ``/metrics``.
+"""The aiohttp application: the POST that receives batches, ``/health``, ``/metrics``, and
+the consumer API (:mod:`.consume`) when the store has a consumer side.
 
 A POST is handled in three steps: check the request as a whole (token, type, declared
 length) before reading its body; stream its parts into staged files (:mod:`.receive`);
@@ -19,6 +20,7 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -28,8 +30,10 @@ from multipart import parse_options_header
 from .. import protocol as p
 from ..limits import DEFAULT, Limits
 from ..protocol import RequestError
+from ..store.consumer import ConsumerSide
 from ..store.ingest import IngestSide
 from ..store.staging import remove_staged
+from .consume import ConsumerAPI
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .receive import UPLOADS, Receiver, Upload, store_failure
@@ -61,6 +65,8 @@ class Handlers:
         self.receiver = Receiver(store, config.limits, config.max_request_bytes)
         self.commits = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="dropr-commit")
         self._token = config.token.encode() if config.token is not None else None
+        self.stored: Callable[[Iterable[str]], None] = lambda channels: None
+        """Told the channels of each batch that stored messages (claims may wait on them)."""
 
     async def start(self, app: web.Application) -> None:
         """Remove the uploads a previous server process left unfinished."""
@@ -95,6 +101,7 @@ class Handlers:
             return self._answer_error(err, started, request)
         finally:
             upload.discard()
+        self.stored({e.channel for e in upload.entries if upload.acks[e.id][0] == p.STORED})
         self.metrics.received.inc(len(upload.entries))
         self.metrics.bytes.inc(upload.payload_bytes)
         self.metrics.count_acks(status for status, _ in upload.acks.values())
@@ -104,13 +111,7 @@ class Handlers:
         return web.Response(body=body, content_type=p.JSON if as_json else p.MSGPACK)
 
     def _precheck(self, request: web.Request) -> None:
-        if self._token is not None:
-            scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-            if scheme.lower() != "bearer" or not given:
-                raise RequestError(401, "a bearer token is required")
-            # Header bytes that are not UTF-8 reach us as surrogates: compare the bytes sent.
-            if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
-                raise RequestError(401, "wrong token")
+        self.authorize(request)
         # Not request.content_type: aiohttp parses it with the email package, ~1 ms a request.
         media_type = parse_options_header(request.headers.get(hdrs.CONTENT_TYPE, ""))[0]
         if media_type != "multipart/form-data":
@@ -147,6 +148,16 @@ class Handlers:
         self._observe(err.status, started)
         return resp
 
+    def authorize(self, request: web.Request) -> None:
+        """RequestError 401 unless the request carries the token (when the server has one)."""
+        if self._token is not None:
+            scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+            if scheme.lower() != "bearer" or not given:
+                raise RequestError(401, "a bearer token is required")
+            # Header bytes that are not UTF-8 reach us as surrogates: compare the bytes sent.
+            if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
+                raise RequestError(401, "wrong token")
+
     def _observe(self, status: int, started: float) -> None:
         self.metrics.requests.labels(str(status)).inc()
         self.metrics.latency.observe(time.perf_counter() - started)
@@ -175,12 +186,17 @@ class Handlers:
 
 def make_app(store: IngestSide, config: ServerConfig | None = None) -> web.Application:
     """The application for ``store`` (a :class:`dropr.store.Store` is one): GET /health,
-    GET /metrics, POST on any other path. Starting it removes unfinished uploads."""
+    GET /metrics, the consumer API under ``/v1/`` (for a store with a consumer side), POST on
+    any other path. Starting it removes unfinished uploads."""
     handlers = Handlers(store, config or ServerConfig())
     app = web.Application()
     app.on_startup.append(handlers.start)
     app.on_cleanup.append(handlers.stop)
     app.router.add_get("/health", handlers.health, allow_head=True)
     app.router.add_get("/metrics", handlers.metrics_page, allow_head=True)
+    if isinstance(store, ConsumerSide):
+        consumers = ConsumerAPI(store, handlers.authorize)
+        consumers.add_routes(app)
+        handlers.stored = consumers.wakeups.arrived
     app.router.add_route("POST", "/{path:.*}", handlers.post, expect_handler=handlers.expect)
     return app

@@ -237,7 +237,7 @@ class ConsumerSide(StoreDirectory):
         root = self._existing_root(channel, group)
         names = _names(os.path.join(root, DEAD))
         if ids is not None:
-            wanted = set(ids)
+            wanted = {check_message_id(msg_id) for msg_id in ids}
             held = [(codec.parse_store_name(name)[1], name) for name in names]
             unknown = sorted(wanted.difference(msg_id for msg_id, _ in held))
             if unknown:
