@@ -1,0 +1,134 @@
+"""The NATS JetStream peer against a real three-node ``nats-server`` cluster on 127.0.0.1.
+
+``.ci/run`` installs ``nats-server`` (a Debian package) and the ``nats`` extra; without them
+these tests fail rather than hide: a machine meant to run the suite has them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from natskit import Cluster
+from relaykit import RelayProcess, queued, run_relay, wait_until
+
+import dropr
+from dropr._impl import codec
+from dropr.relay.nats import servers, subject_token
+
+pytestmark = pytest.mark.timeout(300)
+
+CHANNELS = ["orders", "orders.eu", "a b", "ü/ñ", "50%", "..", "x" * 90]
+
+
+def test_channels_become_one_subject_token() -> None:
+    assert subject_token("orders") == "orders"
+    assert subject_token("orders.eu") == "orders%2Eeu"
+    assert subject_token("a b/ü") == "a%20b%2F%C3%BC"
+    assert subject_token("a-b_c") == "a-b_c"
+    assert all(set(subject_token(c)) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-%")
+               for c in CHANNELS)  # fmt: skip
+
+
+def test_a_peer_lists_its_servers() -> None:
+    assert servers("nats://a:4222,b:4223") == ["nats://a:4222", "nats://b:4223"]
+    assert servers("nats://127.0.0.1:4222") == ["nats://127.0.0.1:4222"]
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster(tmp_path / "nats") as running:
+        running.add_stream(replicas=3)
+        yield running
+
+
+def put(spool: Path, peer: str, count: int, seed: int = 3) -> dict[str, tuple[str, int, bytes]]:
+    """``count`` messages over CHANNELS; ``{id: (channel, priority, payload)}``."""
+    rng = random.Random(seed)
+    sent = {}
+    with dropr.Client(spool) as client:
+        for i in range(count):
+            channel, priority = rng.choice(CHANNELS), rng.randrange(10)
+            payload = f"message {i} ".encode() + os.urandom(rng.randrange(0, 200))
+            sent[client.put(payload, peer=peer, channel=channel, priority=priority)] = (channel, priority, payload)
+    return sent
+
+
+def check_stream_holds_once(cluster: Cluster, sent: dict[str, tuple[str, int, bytes]], client: str) -> None:
+    by_id: dict[str, list[object]] = {}
+    for msg in cluster.messages():
+        headers = msg.headers or {}
+        msg_id = headers["Dropr-Id"]
+        by_id.setdefault(msg_id, []).append(msg)
+        channel, priority, payload = sent[msg_id]
+        assert headers["Nats-Msg-Id"] == f"{client}:{msg_id}"
+        assert headers["Dropr-Client"] == client
+        assert headers["Dropr-Channel"] == channel
+        assert headers["Dropr-Priority"] == str(priority)
+        assert abs(float(headers["Dropr-Time"]) - codec.id_time_ns(msg_id) / 1e9) < 1e-5
+        assert msg.subject == "dropr." + subject_token(channel)
+        assert msg.data == payload
+    assert sorted(by_id) == sorted(sent)
+    assert all(len(copies) == 1 for copies in by_id.values())
+
+
+def test_a_node_killed_mid_flow_loses_nothing_and_stores_each_message_once(cluster: Cluster, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    sent = put(spool, cluster.url, 2500)
+    with RelayProcess(spool, "--no-supervise", "--batch-count", "200") as relay:
+        relay.wait_started()
+        wait_until(lambda: len(queued(spool)) < 2000, timeout=60)
+        cluster.kill(0)
+        sent.update(put(spool, cluster.url, 2500, seed=4))
+        wait_until(lambda: not queued(spool), timeout=120)
+        assert relay.stop() == 0, relay.log()
+    assert os.listdir(spool / "failed") == []
+    check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)
+
+
+def test_all_nodes_down_the_spool_keeps_everything_until_they_return(cluster: Cluster, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    cluster.kill_all()
+    sent = put(spool, cluster.url, 300)
+    with RelayProcess(spool, "--no-supervise") as relay:
+        relay.wait_started()
+        time.sleep(2)
+        assert len(queued(spool)) == 300 and os.listdir(spool / "failed") == []
+        cluster.start_all()
+        cluster.wait_ready()
+        wait_until(lambda: not queued(spool), timeout=90)
+        assert "backing off" in relay.log()
+    check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)
+
+
+def test_no_stream_for_the_subject_keeps_the_messages_queued(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with Cluster(tmp_path / "nats") as cluster:
+        sent = put(spool, cluster.url, 50)
+        done = run_relay(spool, "--once", "--no-supervise", "--retry-for", "1")
+        assert done.returncode != 0
+        assert len(queued(spool)) == 50 and os.listdir(spool / "failed") == []
+        assert "no JetStream stream" in done.stderr
+        cluster.add_stream(replicas=3)
+        done = run_relay(spool, "--once", "--no-supervise")
+        assert done.returncode == 0, done.stderr
+        check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)
+
+
+def test_a_batch_sent_again_is_kept_once_by_its_message_id(cluster: Cluster, tmp_path: Path) -> None:
+    """As after a relay that died between JetStream's acknowledgement and moving the files."""
+    spool = tmp_path / "spool"
+    sent = put(spool, cluster.url, 100)
+    kept = {path: path.read_bytes() for path in (spool / "queue").rglob("*") if path.is_file()}
+    assert run_relay(spool, "--once", "--no-supervise").returncode == 0
+    for path, payload in kept.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(payload)
+    done = run_relay(spool, "--once", "--no-supervise")
+    assert done.returncode == 0, done.stderr
+    assert not queued(spool)
+    check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)
