@@ -1,8 +1,10 @@
-"""The relay's parts on their own (batches, backoff, configuration, inotify, the lock) and
-its command line: usage errors are one line and change nothing."""
+"""The relay's parts on their own (batches, backoff, configuration, inotify, the lock,
+directory passes, disposal) and its command line: usage errors are one line and change
+nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,10 +19,11 @@ from dropr._impl import scan
 from dropr.cli import relay as relay_cli
 from dropr.protocol import PeerFailure, parse_acks
 from dropr.relay import backoff, batches, config, housekeeping, inotify, lock
-from dropr.spool import Client
+from dropr.relay.disposal import Disposal
+from dropr.spool import Client, Spool
 
 sys.path.insert(0, os.path.dirname(__file__))
-from relaykit import run_relay
+from relaykit import run_relay, wait_until
 
 
 def entry(i: int, size: int) -> batches.Entry:
@@ -201,13 +204,16 @@ def test_expired_reads_only_buckets_older_than_the_cut_off(tmp_path: Path) -> No
     for name in names.values():
         (tmp_path / name[: _codec_py.BUCKET_LEN]).mkdir(exist_ok=True)
         (tmp_path / name[: _codec_py.BUCKET_LEN] / name).write_bytes(b"")
-    assert housekeeping.expired(str(tmp_path), {"a"}, 60, 100) == [names["old_a"]]
-    assert sorted(housekeeping.expired(str(tmp_path), {"a", "b"}, 60, 100)) == sorted([names["old_a"], names["old_b"]])
-    assert len(housekeeping.expired(str(tmp_path), {"a", "b"}, 60, 1)) == 1
+    cutoff = time.time_ns() - 60 * 10**9
+    assert housekeeping.expired(str(tmp_path), {"a"}, cutoff, 100) == [names["old_a"]]
+    assert sorted(housekeeping.expired(str(tmp_path), {"a", "b"}, cutoff, 100)) == sorted(
+        [names["old_a"], names["old_b"]]
+    )
+    assert len(housekeeping.expired(str(tmp_path), {"a", "b"}, cutoff, 1)) == 1
 
 
 def test_prefetch_passes_over_files_gone_and_leaves_no_descriptor_open(tmp_path: Path) -> None:
-    from dropr.relay.daemon import _prefetch
+    from dropr.relay.disposal import _prefetch
 
     present = [tmp_path / f"m{i}" for i in range(50)]
     for path in present:
@@ -216,6 +222,49 @@ def test_prefetch_passes_over_files_gone_and_leaves_no_descriptor_open(tmp_path:
     _prefetch([str(tmp_path / "gone"), *map(str, present), str(tmp_path / "gone-too")])
     assert len(os.listdir("/proc/self/fd")) == open_before
     assert all(path.read_bytes() == b"x" * 200 for path in present)
+
+
+def _queued(tmp_path: Path, count: int) -> tuple[Spool, list[str]]:
+    with Client(tmp_path / "spool") as client:
+        for _ in range(count):
+            client.put(b"x", peer="http://h/")
+    return client.spool, scan.scan_queue(client.spool.queue_dir, count)
+
+
+def test_names_finished_while_a_threaded_scan_reads_are_remembered_until_it_ends(tmp_path: Path) -> None:
+    spool, names = _queued(tmp_path, 5)
+    disposal = Disposal(config.RelayConfig(spool=spool.path, keep_sent_minutes=1.0), spool)
+
+    async def finish() -> None:
+        await disposal.remove([names[0]])
+        disposal.fail(names[1], "bad")
+        assert disposal.scan_ended() == ()  # no scan was out
+        disposal.scan_started()
+        await disposal.remove([names[2]])
+        disposal.fail(names[3], "bad")
+        disposal.fail(names[0], "gone already")
+        assert sorted(disposal.scan_ended()) == names[2:4]
+        disposal.fail(names[4], "bad")
+        assert disposal.scan_ended() == ()
+
+    try:
+        asyncio.run(finish())
+    finally:
+        disposal.close()
+    assert sorted(os.listdir(spool.sent_dir)) == [names[0], names[2]]
+    assert disposal.failed == 3
+    assert sorted(message.name for message, _ in spool.failed()) == [names[1], names[3], names[4]]
+
+
+def test_without_a_retention_what_is_sent_is_deleted_in_the_background(tmp_path: Path) -> None:
+    spool, names = _queued(tmp_path, 9)
+    disposal = Disposal(config.RelayConfig(spool=spool.path), spool)
+    try:
+        asyncio.run(disposal.remove(names))
+        assert scan.count_queue(spool.queue_dir) == 0
+        wait_until(lambda: os.listdir(spool.sent_dir) == [])
+    finally:
+        disposal.close()
 
 
 def test_lock_refuses_a_second_holder_with_the_pid(tmp_path: Path) -> None:

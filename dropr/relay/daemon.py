@@ -1,5 +1,10 @@
 """The relay worker: forwards a spool's queue to its peers until stopped.
 
+:class:`Relay` wires three parts to the event loop, inotify and signals: the scan policy
+(``policy``: what to read of the queue next), delivery (``delivery``: peers, batches,
+requests and answers) and disposal (``disposal``: what becomes of messages the relay is done
+with, and the chores). It runs the scans the policy plans and hands their names on.
+
 Why one asyncio loop (uvloop when installed): everything the relay waits on is a file
 descriptor or a timer — the inotify descriptor of ``queue/`` and its buckets, libcurl's
 sockets and timeouts (``pycurl.AsyncCurlMulti`` drives the multi socket API: no polling),
@@ -10,107 +15,32 @@ it.
 Why scans may run on a thread of their own: a scan is a readdir pass in C over the queue's
 first buckets (a bucket holds what was put in 4.3 s, which can be 100k names), and the event
 loop must keep libcurl's transfers going meanwhile. After each scan the buckets before its
-first name that are empty are removed, so drained buckets are not read again. A scan that
-took under ``INLINE_SCAN_SECONDS`` last time (a short queue, the usual idle case) runs
-inline, saving a thread hand-off on the way from a put to its request; a longer one runs on
-the dedicated scan thread, which the compiled scan leaves the GIL to. Only one scan runs at
-a time. A name acknowledged (moved to ``sent/``) or failed while a threaded scan was reading
-could still come back from it: such names are remembered until that scan ends and dropped
-from its result, so they are not sent twice. Acknowledged files are renamed into ``sent/``
-by a few remover threads; their names stay held until moved, so a scan started meanwhile
-skips them. Without a retention, a sweeper thread unlinks what is in ``sent/``, several
-files at once: an unlink can wait a fifth of a millisecond for the disk (a file system that
-discards freed blocks at once), a rename does not, so deleting stays off the relay's path.
-Blocking file work that need not be ordered with scans — the local transport's ingest and
-the periodic chores — runs on one worker thread. libcurl reads each message file on the loop
-thread, one after the other, and a deep queue's files were written long ago and may have left
-the page cache, so the batches of a deep queue are prefetched (``posix_fadvise`` WILLNEED on
-a thread of their own) while the batches before them are sent.
-
-Each scan takes at most a window of new names (plus those already held in flight), so
-memory stays bounded however deep the queue. The window starts at ``scan_limit``; a scan
-that comes back full doubles it, up to ``scan_limit_max``, so at depth each pass over a
-bucket yields many messages and its cost per message stays small; a scan that finds
-much less than the window sets it back to ``scan_limit``. A peer is left out of a scan while
-it is backing off, has batches waiting, or has every request slot busy — except that while
-the queue is deep, a peer whose waiting batches fall to half a window is scanned for ahead
-of time, so its requests keep flowing while the next pass reads the queue. inotify tells
-which peers have news, so an idle peer is not rescanned for other peers' traffic. A periodic
-rescan covers lost events and systems without inotify. A put for a peer not seen yet makes
-it known at once (inotify names it); peers queued before the relay started, or whose events
-were lost, are found by surveys: when every known peer is left out, a scan reads the next
-slice of buckets (``survey_bytes`` of directory) for names of other peers, resuming where the
-last survey stopped, so finding a new peer behind a deep backlog never costs a read of the
-whole queue. A survey only makes the peers it finds known — their messages are then read
-from the head of the queue, in order — and surveys take at most ``IDLE_SCAN_SHARE`` of the
-time.
+first name that are empty are removed, so drained buckets are not read again. A short scan
+runs inline instead (the policy says which). Only one scan runs at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
-import math
 import os
 import signal
 import time
-import urllib.parse
 from collections.abc import Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
-from .. import names, protocol
 from .. import spool as _spool
 from .._impl import codec, scan
 from ..errors import SpoolError
-from ..protocol import Acks, PeerFailure
-from . import batches, housekeeping, inotify, lock
-from .backoff import Backoff
-from .batches import Entry
+from . import housekeeping, inotify, lock
 from .config import RelayConfig
-from .transport import Transport
+from .delivery import Delivery
+from .disposal import Disposal
+from .policy import Scanned, ScanPlan, ScanPolicy
 
 log = logging.getLogger("dropr.relay")
-
-ONCE_ATTEMPTS = 3
-"""With ``--once``, a peer failing this many times in a row is given up for the run."""
-CHORE_SECONDS = 60.0
-INLINE_SCAN_SECONDS = 0.002
-"""A scan that took less than this runs on the loop thread next time; a longer one, on the scan thread."""
-IDLE_SCAN_SHARE = 0.05
-"""At most this share of time goes to surveys (scans for peers not known yet)."""
-REMOVERS = 4
-"""Threads removing acknowledged files from the queue."""
-TMP_CHORE_SECONDS = 600.0
-_MISSING = (protocol.RETRY, "missing from the answer")
-
-
-class Scanned(NamedTuple):
-    """What a scan found and how long it took; for a survey, the bucket it read last ("" when
-    that was the end of the queue), None for a scan from the head."""
-
-    names: list[str]
-    seconds: float
-    surveyed_to: str | None
-
-
-class Peer:
-    """One destination: its transport and where the relay stands with it."""
-
-    __slots__ = ("backoff", "field", "gave_up", "inflight", "news", "pending", "problem", "transport", "url")
-
-    def __init__(self, field: str, url: str, transport: Transport | None, problem: str, backoff: Backoff):
-        self.field = field
-        self.url = url
-        self.transport = transport
-        self.problem = problem
-        self.backoff = backoff
-        self.pending: collections.deque[list[Entry]] = collections.deque()
-        self.inflight = 0
-        self.news = True
-        self.gave_up = False
 
 
 class Relay:
@@ -119,41 +49,23 @@ class Relay:
     def __init__(self, config: RelayConfig, spool: _spool.Spool) -> None:
         self.config = config
         self.spool = spool
-        self.client = spool.client_id
-        self.delivered = 0
-        self.failed = 0
-        self._peers: dict[str, Peer] = {}
-        self._held: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._rescan = True
-        self._unknown_news = False
         self._stopping = False
         self._signalled = False
         self._crash: BaseException | None = None
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay")
+        self._disposal = Disposal(config, spool)
+        self._delivery = Delivery(config, spool, self._disposal, wake=self._wake.set, crash=self._crashed)
+        self._policy = ScanPolicy(config, self._delivery.peers, self._delivery.held)
         self._scanner = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-scan")
-        self._remover = ThreadPoolExecutor(REMOVERS, thread_name_prefix="dropr-relay-remove")
-        self._sweeper = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-sweep")
-        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-prefetch")
-        self._sweeping = False
-        self._window = config.scan_limit
-        self._window_max = max(config.scan_limit, config.scan_limit_max)
-        self._deep = False
-        self._inline = True
         self._scan: asyncio.Future[Scanned] | None = None
-        self._survey_after = ""
-        self._finished: set[str] = set()
-        self._quiet_until = 0.0
-        self._multi: Any = None
         self._watch: inotify.Watch | None = None
-        self._due = {"rescan": 0.0, "tmp": 0.0, "sent": 0.0, "expire": 0.0, "scan": math.inf}
 
     def stop(self) -> None:
         """Finish the requests in flight, send nothing new, and return from :meth:`run`."""
         if not self._stopping:
             log.info("stopping: finishing the requests in flight")
         self._stopping = self._signalled = True
+        self._delivery.stop()
         self._wake.set()
 
     async def run(self) -> int:
@@ -163,32 +75,35 @@ class Relay:
         self._watch = inotify.watch_queue(self.spool.queue_dir)
         if self._watch is not None:
             loop.add_reader(self._watch.fd, self._on_events)
-        log.info("relaying %s as client %s", self.spool.path, self.client)
+        log.info("relaying %s as client %s", self.spool.path, self._delivery.client)
         try:
             while not self._stopping:
                 self._wake.clear()
                 if self._crash is not None:
                     raise self._crash
                 now = time.monotonic()
-                self._chores(now)
+                self._disposal.chores(now, self._delivery.resting, self._delivery.held)
                 self._cycle(now)
-                if self.config.once and self._drained(now):
+                if self.config.once and not self._delivery.busy and self._policy.drained(now):
                     break
-                await self._sleep(min(self._due.values()) - now)
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await self._sleep(min(self._policy.due, self._disposal.due) - now)
+            await self._delivery.finish()
             if self._scan is not None:
                 await asyncio.wait([self._scan])
             if self._crash is not None:
                 raise self._crash
         finally:
             self._stopping = True
+            self._delivery.stop()
             await self._close(loop)
-        gave_up = [peer.url for peer in self._peers.values() if peer.gave_up]
-        log.info("relay stopped: %d delivered, %d failed", self.delivered, self.failed)
-        if self.config.once and not self._signalled and (self.failed or gave_up):
+        failed = self._disposal.failed
+        log.info("relay stopped: %d delivered, %d failed", self._delivery.delivered, failed)
+        if self.config.once and not self._signalled and (failed or self._delivery.given_up()):
             return 1
         return 0
+
+    def _crashed(self, exc: BaseException) -> None:
+        self._crash = exc
 
     async def _sleep(self, timeout: float) -> None:
         handle = asyncio.get_running_loop().call_later(max(0.0, timeout), self._wake.set)
@@ -201,387 +116,63 @@ class Relay:
         if self._watch is not None:
             loop.remove_reader(self._watch.fd)
             self._watch.close()
-        for peer in self._peers.values():
-            if peer.transport is not None:
-                peer.transport.close()
-        if self._multi is not None:
-            await self._multi.aclose()
-        self._prefetcher.shutdown(wait=True, cancel_futures=True)
-        self._executor.shutdown(wait=True)
+        await self._delivery.close()
         self._scanner.shutdown(wait=True)
-        self._remover.shutdown(wait=True)
-        if not self.config.keep_sent_minutes:
-            self._sweeper.submit(housekeeping.clear_sent, self.spool.sent_dir)
-        self._sweeper.shutdown(wait=True)
-
-    # -- news ------------------------------------------------------------------------
+        self._disposal.close()
 
     def _on_events(self) -> None:
         assert self._watch is not None
         names = self._watch.read()
         if names is None:
-            self._rescan = True
+            self._policy.rescan()
         else:
-            for name in names:
-                fields = name.split("+", 2)
-                if len(fields) < 3:
-                    continue
-                peer = self._peers.get(fields[1])
-                if peer is not None:
-                    peer.news = True
-                elif _is_message(name):
-                    self._add_peer(fields[1])
+            self._delivery.arrived(names)
         self._wake.set()
 
-    def _eligible(self, peer: Peer, now: float) -> bool:
-        if peer.gave_up or peer.backoff.waiting(now):
-            return False
-        if self._deep:
-            return sum(map(len, peer.pending)) <= self._window // 2
-        return not peer.pending and peer.inflight < self.config.parallel
-
-    # -- the cycle -------------------------------------------------------------------
+    # -- scans -----------------------------------------------------------------------
 
     def _cycle(self, now: float) -> None:
-        self._due["scan"] = math.inf
-        if self._stopping or self._scan is not None:
+        plan = self._policy.plan(now)
+        if plan is None:
             return
-        full = self._rescan
-        scanned: list[Peer] = []
-        skip: list[str] = []
-        for field, peer in self._peers.items():
-            if self._eligible(peer, now) and (full or peer.news):
-                scanned.append(peer)
-            else:
-                skip.append(field)
-        if not scanned:
-            if not (full or self._unknown_news):
-                return
-            if now < self._quiet_until:
-                self._due["scan"] = self._quiet_until
-                return
-        # Cleared before the pass: an arrival during it is read afterwards and sets them again.
-        self._rescan = self._unknown_news = False
-        for peer in scanned:
-            peer.news = False
-        survey_after = None if scanned or not skip else self._survey_after
-        limit = self._window + len(self._held)
-        if self._inline and survey_after is None:
-            self._scanned(scanned, full, limit, self._timed_scan(limit, skip, survey_after))
+        if plan.inline:
+            self._scanned(plan, self._timed_scan(plan))
         else:
-            self._scan = asyncio.get_running_loop().run_in_executor(
-                self._scanner, self._timed_scan, limit, skip, survey_after
-            )
-            self._scan.add_done_callback(functools.partial(self._scan_done, scanned, full, limit))
+            self._disposal.scan_started()
+            self._scan = asyncio.get_running_loop().run_in_executor(self._scanner, self._timed_scan, plan)
+            self._scan.add_done_callback(functools.partial(self._scan_done, plan))
 
-    def _timed_scan(self, limit: int, skip: list[str], survey_after: str | None) -> Scanned:
-        """Scans the queue from its head, or with ``survey_after`` surveys the buckets after that one."""
+    def _timed_scan(self, plan: ScanPlan) -> Scanned:
+        """Scans the queue from its head, or surveys the buckets after ``plan.survey_after``."""
         started = time.monotonic()
         queue_dir = self.spool.queue_dir
         listed = scan.buckets(queue_dir)
-        if survey_after is None:
-            names = scan.scan_queue(queue_dir, limit, skip, listed)
+        if plan.survey_after is None:
+            names = scan.scan_queue(queue_dir, plan.limit, plan.skip, listed)
             housekeeping.prune_buckets(queue_dir, listed, names[0][: codec.BUCKET_LEN] if names else None)
             return Scanned(names, time.monotonic() - started, None)
-        part = housekeeping.survey_part(queue_dir, listed, survey_after, self.config.survey_bytes)
-        names = scan.scan_queue(queue_dir, limit, skip, part)
+        part = housekeeping.survey_part(queue_dir, listed, plan.survey_after, self.config.survey_bytes)
+        names = scan.scan_queue(queue_dir, plan.limit, plan.skip, part)
         last = part[-1] if part and part[-1] != listed[-1] else ""
         return Scanned(names, time.monotonic() - started, last)
 
-    def _scan_done(self, scanned: list[Peer], full: bool, limit: int, done: asyncio.Future[Scanned]) -> None:
+    def _scan_done(self, plan: ScanPlan, done: asyncio.Future[Scanned]) -> None:
         self._scan = None
-        finished, self._finished = self._finished, set()
+        finished = self._disposal.scan_ended()
         self._wake.set()
         if done.cancelled() or self._stopping:
             return
         try:
-            self._scanned(scanned, full, limit, done.result(), finished)
+            self._scanned(plan, done.result(), finished)
         except Exception as exc:
             self._crash = exc
 
-    def _scanned(
-        self, scanned: list[Peer], full: bool, limit: int, result: Scanned, finished: Collection[str] = ()
-    ) -> None:
-        names, seconds, surveyed_to = result
-        if surveyed_to is not None:
-            self._surveyed(names, seconds, surveyed_to)
-            return
-        self._inline = seconds < INLINE_SCAN_SECONDS
-        fresh = [name for name in names if name not in self._held and name not in finished]
-        self._deep = len(names) >= limit
-        if self._deep:
-            self._window = min(2 * self._window, self._window_max)
-            self._rescan = full
-            self._unknown_news = True
-            for peer in scanned:
-                peer.news = True
-        elif len(fresh) < self._window // 4:
-            self._window = self.config.scan_limit
-        self._dispatch(fresh)
-
-    def _surveyed(self, names: list[str], seconds: float, surveyed_to: str) -> None:
-        """Makes the peers of a survey's names known; the next survey goes on after ``surveyed_to``."""
-        self._quiet_until = time.monotonic() + seconds / IDLE_SCAN_SHARE
-        self._survey_after = surveyed_to
-        if surveyed_to:
-            self._unknown_news = True
-        for name in names:
-            field = name.split("+", 2)[1]
-            if field not in self._peers:
-                self._add_peer(field)
-
-    def _dispatch(self, names: list[str]) -> None:
-        groups: dict[Peer, list[Entry]] = {}
-        max_age = self.config.max_age_minutes * 60
-        cutoff = time.time_ns() - int(max_age * 1e9) if max_age else 0
-        for name in names:
-            try:
-                priority, msg_id, peer_field, channel, size, crc = codec.parse_spool_name(name)
-            except ValueError:
-                self._fail(name, "not a message name")
-                continue
-            if codec.id_time_ns(msg_id) < cutoff:
-                self._fail(name, f"expired: queued for more than {self.config.max_age_minutes:g} minutes")
-                continue
-            peer = self._peers.get(peer_field) or self._add_peer(peer_field)
-            if peer.problem:
-                self._fail(name, peer.problem)
-                continue
-            if channel[0] == "~":
-                try:
-                    self.spool.resolve(channel)
-                except (OSError, ValueError) as exc:
-                    self._fail(name, f"the text of channel {channel} is missing: {exc}")
-                    continue
-            groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc))
-        locate = self.spool.queued_path
-        for peer, entries in groups.items():
-            for batch in batches.cut(entries, self.config.batch_count, self.config.batch_bytes):
-                peer.pending.append(batch)
-                self._held.update(entry.name for entry in batch)
-                if self._deep:
-                    self._prefetcher.submit(_prefetch, [locate(entry.name) for entry in batch])
-            self._pump(peer)
-
-    def _add_peer(self, field: str) -> Peer:
-        transport: Transport | None = None
-        problem = ""
-        url = field
-        try:
-            url = names.check_peer(self.spool.resolve(field))
-            transport = self._transport(url)
-        except (OSError, ValueError) as exc:
-            problem = f"unusable peer {url}: {exc}"
-        peer = Peer(
-            field, url, transport, problem, Backoff(self.config.backoff_min_seconds, self.config.backoff_max_seconds)
-        )
-        self._peers[field] = peer
-        return peer
-
-    def _transport(self, url: str) -> Transport:
-        locate = self.spool.queued_path
-        if urllib.parse.urlsplit(url).scheme == "file":
-            from .local import LocalTransport
-
-            return LocalTransport(url, self._executor, client=self.client, locate=locate, resolve=self.spool.resolve)
-        if self._multi is None:
-            import pycurl
-
-            self._multi = pycurl.AsyncCurlMulti()
-        from .http import HttpTransport
-
-        return HttpTransport(
-            url,
-            self._multi,
-            self.config.peer(url),
-            client=self.client,
-            locate=locate,
-            resolve=self.spool.resolve,
-            timeout=self.config.timeout_seconds,
-            connect_timeout=self.config.connect_timeout_seconds,
-        )
-
-    # -- requests --------------------------------------------------------------------
-
-    def _pump(self, peer: Peer) -> None:
-        while peer.pending and peer.inflight < self.config.parallel and not self._stopping:
-            peer.inflight += 1
-            self._spawn(self._deliver(peer, peer.pending.popleft()))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, peer: Peer, batch: list[Entry]) -> None:
-        assert peer.transport is not None
-        started = time.monotonic()
-        acks: Acks | None = None
-        try:
-            acks = await peer.transport.send(batch)
-        except PeerFailure as exc:
-            self._peer_failed(peer, str(exc))
-        except Exception as exc:
-            self._crash = exc
-        acknowledged: list[str] = []
-        try:
-            if acks is not None:
-                acknowledged = self._answer(peer, batch, acks, time.monotonic() - started)
-                await self._remove(acknowledged)
-        except Exception as exc:
-            self._crash = exc
-        finally:
-            peer.inflight -= 1
-            self._held.difference_update(entry.name for entry in batch)
-            if self._scan is not None:
-                self._finished.update(acknowledged)
-            if not peer.pending:
-                peer.news = True
-            self._pump(peer)
-            self._wake.set()
-
-    def _answer(self, peer: Peer, batch: list[Entry], acks: Acks, seconds: float) -> list[str]:
-        """Counts the peer's answer and fails the rejected; returns the acknowledged names."""
-        counts: collections.Counter[str] = collections.Counter()
-        acknowledged = []
-        for entry in batch:
-            status, reason = acks.get(entry.id, _MISSING)
-            counts[status] += 1
-            if status in protocol.ACKNOWLEDGED:
-                acknowledged.append(entry.name)
-            elif status == protocol.REJECTED:
-                self._fail(entry.name, reason or "rejected by the peer")
-        self.delivered += len(acknowledged)
-        log.debug("%s: %d sent in %.3f s: %s", peer.url, len(batch), seconds, dict(counts))
-        retry = len(batch) - len(acknowledged) - counts[protocol.REJECTED]
-        if retry:
-            self._peer_failed(peer, f"{retry} of {len(batch)} messages to be retried")
-        elif peer.backoff.failures:
-            log.info("%s: delivering again after %d failures", peer.url, peer.backoff.failures)
-            peer.backoff.succeed()
-        return acknowledged
-
-    async def _remove(self, names: list[str]) -> None:
-        """Move acknowledged ``names`` out of the queue into ``sent/``, on the remover threads."""
-        if not names:
-            return
-        loop = asyncio.get_running_loop()
-        shares = [names[i::REMOVERS] for i in range(min(REMOVERS, len(names)))]
-        await asyncio.gather(*(loop.run_in_executor(self._remover, self._move_files, share) for share in shares))
-        if not self.config.keep_sent_minutes and not self._sweeping:
-            self._sweeping = True
-            sweep = loop.run_in_executor(self._sweeper, housekeeping.clear_sent, self.spool.sent_dir)
-            sweep.add_done_callback(self._swept)
-
-    def _move_files(self, names: list[str]) -> None:
-        locate = self.spool.queued_path
-        sent_dir = self.spool.sent_dir
-        for name in names:
-            try:
-                os.rename(locate(name), os.path.join(sent_dir, name))
-            except FileNotFoundError:
-                pass
-
-    def _swept(self, done: asyncio.Future[int]) -> None:
-        self._sweeping = False
-        if not done.cancelled() and done.exception() is not None:
-            log.warning("clearing sent/ failed: %s", done.exception())
-
-    def _fail(self, name: str, reason: str) -> None:
-        try:
-            self.spool.fail(name, reason)
-        except FileNotFoundError:
-            return
-        if self._scan is not None:
-            self._finished.add(name)
-        self.failed += 1
-        log.warning("%s moved to failed/: %s", name, reason)
-
-    def _peer_failed(self, peer: Peer, reason: str) -> None:
-        delay = peer.backoff.fail()
-        for batch in peer.pending:
-            self._held.difference_update(entry.name for entry in batch)
-        peer.pending.clear()
-        peer.news = True
-        if self.config.once and peer.backoff.failures >= ONCE_ATTEMPTS:
-            peer.gave_up = True
-            log.error("%s: %s; giving up after %d failures", peer.url, reason, peer.backoff.failures)
-            return
-        log.warning("%s: %s; backing off %.2f s (failure %d)", peer.url, reason, delay, peer.backoff.failures)
-        asyncio.get_running_loop().call_later(delay, self._wake.set)
-
-    def _drained(self, now: float) -> bool:
-        if self._tasks or self._scan is not None or self._rescan or self._unknown_news:
-            return False
-        return all(
-            peer.gave_up or (not peer.pending and not peer.news and not peer.backoff.waiting(now))
-            for peer in self._peers.values()
-        )
-
-    # -- chores ----------------------------------------------------------------------
-
-    def _chores(self, now: float) -> None:
-        due = self._due
-        if now >= due["rescan"]:
-            self._rescan = True
-            due["rescan"] = now + self.config.rescan_seconds
-        if now >= due["tmp"]:
-            due["tmp"] = now + TMP_CHORE_SECONDS
-            self._chore(housekeeping.clean_tmp, self.spool.tmp_dir)
-        if now >= due["sent"]:
-            due["sent"] = now + CHORE_SECONDS
-            if self.config.keep_sent_minutes:
-                self._chore(self.spool.wipe_sent, self.config.keep_sent_minutes)
-        if now >= due["expire"]:
-            due["expire"] = now + CHORE_SECONDS
-            waiting = {p.field for p in self._peers.values() if p.gave_up or p.backoff.waiting(now)}
-            if waiting and self.config.max_age_minutes:
-                args = (self.spool.queue_dir, waiting, self.config.max_age_minutes * 60, self.config.scan_limit)
-                self._chore(housekeeping.expired, *args, then=self._expire)
-
-    def _chore(self, fn: Any, *args: Any, then: Any = None) -> None:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-        def finished(done: asyncio.Future[Any]) -> None:
-            if done.cancelled():
-                return
-            exc = done.exception()
-            if exc is not None:
-                log.warning("%s failed: %s", fn.__name__, exc)
-            elif then is not None:
-                then(done.result())
-
-        future.add_done_callback(finished)
-
-    def _expire(self, names: list[str]) -> None:
-        for name in names:
-            if name not in self._held:
-                self._fail(name, f"expired: queued for more than {self.config.max_age_minutes:g} minutes")
-
-
-def _prefetch(paths: list[str]) -> None:
-    """Starts reading files into the page cache, so that sending them waits less on the disk.
-
-    A deep queue was written long ago: its files may have left the cache, and libcurl reads
-    each one on the event loop's thread, one after the other.
-    """
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
-
-
-def _is_message(name: str) -> bool:
-    try:
-        codec.parse_spool_name(name)
-    except ValueError:
-        return False
-    return True
+    def _scanned(self, plan: ScanPlan, result: Scanned, finished: Collection[str] = ()) -> None:
+        names = self._policy.scanned(plan, result, time.monotonic(), finished)
+        if plan.survey_after is None:
+            self._delivery.dispatch(names, prefetch=self._policy.deep)
+        else:
+            self._delivery.arrived(names)  # a survey: the peers it found become known
 
 
 def run(config: RelayConfig) -> int:

@@ -1,8 +1,9 @@
-"""Periodic chores of the relay, each a pass over one spool directory without a full listing.
+"""The relay's passes over spool directories, none a full listing of the queue.
 
-They run on the relay's worker thread (directory passes block) and touch only what no
-batch holds: a crashed producer's leftovers in ``tmp/``, queued messages too old to send
-for peers the relay is leaving alone, and queue buckets left empty.
+They block, so they run off the event loop: the chores (``disposal``'s threads) touch only
+what no batch holds — a crashed producer's leftovers in ``tmp/``, queued messages too old to
+send for peers the relay is leaving alone, what is in ``sent/`` — and a scan (``daemon``)
+removes the queue buckets it found empty and chooses the buckets a survey reads.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ def clean_tmp(tmp_dir: str, max_age: float = TMP_MAX_AGE) -> int:
     return removed
 
 
-def expired(queue_dir: str, peers: Collection[str], max_age: float, limit: int) -> list[str]:
-    """Up to ``limit`` queued names for ``peers`` (fields) put more than ``max_age`` s ago.
+def expired(queue_dir: str, peers: Collection[str], cutoff: int, limit: int) -> list[str]:
+    """Up to ``limit`` queued names for ``peers`` (fields) put before ``cutoff`` (ns since
+    the epoch).
 
     Only buckets whose time slice began before the cut-off are read.
     """
-    cutoff = time.time_ns() - int(max_age * 1e9)
     found: list[str] = []
     for bucket in scan.buckets(queue_dir):
         if _slot_start_ns(bucket) >= cutoff:
@@ -52,16 +53,12 @@ def expired(queue_dir: str, peers: Collection[str], max_age: float, limit: int) 
             continue
         with entries:
             for entry in entries:
-                name = entry.name
-                fields = name.split("+", 2)
-                if len(fields) < 3 or fields[1] not in peers:
-                    continue
                 try:
-                    put_ns = codec.id_time_ns(name[1:31])
+                    _, msg_id, peer, *_ = codec.parse_spool_name(entry.name)
                 except ValueError:
                     continue
-                if put_ns < cutoff:
-                    found.append(name)
+                if peer in peers and codec.id_time_ns(msg_id) < cutoff:
+                    found.append(entry.name)
                     if len(found) >= limit:
                         return found
     return found

@@ -1,0 +1,194 @@
+"""Disposal: what becomes of queued messages the relay is done with, and the spool's chores.
+
+Acknowledged files are renamed into ``sent/`` by a few remover threads; their names stay held
+until moved, so a scan started meanwhile skips them. Without a retention, a sweeper thread
+unlinks what is in ``sent/``, several files at once: an unlink can wait a fifth of a
+millisecond for the disk (a file system that discards freed blocks at once), a rename does
+not, so deleting stays off the relay's path. A message rejected, expired or otherwise
+undeliverable goes to ``failed/`` with its reason. A name acknowledged (moved to ``sent/``)
+or failed while a threaded scan was reading could still come back from it: such names are
+remembered until that scan ends and dropped from its result, so they are not sent twice.
+
+A message queued for longer than ``max_age_minutes`` expires: when a scan reads it, or, for
+the peers the relay is leaving alone (backing off, given up), in a periodic pass over the
+buckets old enough to hold one. That pass and the other chores — a crashed producer's
+leftovers in ``tmp/``, ``sent/`` past its retention — are blocking directory passes
+(``housekeeping``), run on a worker thread of their own.
+
+libcurl reads each message file on the loop thread, one after the other, and a deep queue's
+files were written long ago and may have left the page cache, so the batches of a deep queue
+are prefetched (``posix_fadvise`` WILLNEED on a thread of their own) while the batches before
+them are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import spool as _spool
+from . import housekeeping
+from .config import RelayConfig
+
+log = logging.getLogger("dropr.relay")
+
+REMOVERS = 4
+"""Threads removing acknowledged files from the queue."""
+CHORE_SECONDS = 60.0
+TMP_CHORE_SECONDS = 600.0
+
+
+class Disposal:
+    """Moves ``spool``'s messages out of its queue and keeps its chores, as ``config`` says."""
+
+    def __init__(self, config: RelayConfig, spool: _spool.Spool) -> None:
+        self.failed = 0
+        self._config = config
+        self._spool = spool
+        self._max_age_ns = int(config.max_age_minutes * 60 * 1e9)
+        self._expired = f"expired: queued for more than {config.max_age_minutes:g} minutes"
+        self._finished: set[str] | None = None
+        self._sweeping = False
+        self._due = {"tmp": 0.0, "sent": 0.0, "expire": 0.0}
+        self._remover = ThreadPoolExecutor(REMOVERS, thread_name_prefix="dropr-relay-remove")
+        self._sweeper = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-sweep")
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-prefetch")
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-chores")
+
+    @property
+    def due(self) -> float:
+        """When :meth:`chores` has work again (monotonic seconds)."""
+        return min(self._due.values())
+
+    # -- finished messages -------------------------------------------------------------
+
+    async def remove(self, names: list[str]) -> None:
+        """Move acknowledged ``names`` out of the queue into ``sent/``, on the remover threads."""
+        if not names:
+            return
+        loop = asyncio.get_running_loop()
+        shares = [names[i::REMOVERS] for i in range(min(REMOVERS, len(names)))]
+        await asyncio.gather(*(loop.run_in_executor(self._remover, self._move_files, share) for share in shares))
+        if self._finished is not None:
+            self._finished.update(names)
+        if not self._config.keep_sent_minutes and not self._sweeping:
+            self._sweeping = True
+            sweep = loop.run_in_executor(self._sweeper, housekeeping.clear_sent, self._spool.sent_dir)
+            sweep.add_done_callback(self._swept)
+
+    def _move_files(self, names: list[str]) -> None:
+        locate = self._spool.queued_path
+        sent_dir = self._spool.sent_dir
+        for name in names:
+            try:
+                os.rename(locate(name), os.path.join(sent_dir, name))
+            except FileNotFoundError:
+                pass
+
+    def _swept(self, done: asyncio.Future[int]) -> None:
+        self._sweeping = False
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("clearing sent/ failed: %s", done.exception())
+
+    def fail(self, name: str, reason: str) -> None:
+        """Move queued message ``name`` to ``failed/`` with ``reason`` (nothing if it is gone)."""
+        try:
+            self._spool.fail(name, reason)
+        except FileNotFoundError:
+            return
+        if self._finished is not None:
+            self._finished.add(name)
+        self.failed += 1
+        log.warning("%s moved to failed/: %s", name, reason)
+
+    def expire(self, name: str) -> None:
+        """Fail ``name`` as queued for longer than ``max_age_minutes``."""
+        self.fail(name, self._expired)
+
+    def expiry_cutoff(self) -> int:
+        """Messages whose ids were made before this (ns since the epoch) are expired; 0: none."""
+        return time.time_ns() - self._max_age_ns if self._max_age_ns else 0
+
+    def scan_started(self) -> None:
+        """A scan runs on its thread: the names finished from now on are remembered."""
+        self._finished = set()
+
+    def scan_ended(self) -> Collection[str]:
+        """The names finished since :meth:`scan_started`, no longer remembered."""
+        finished, self._finished = self._finished, None
+        return () if finished is None else finished
+
+    def prefetch(self, paths: list[str]) -> None:
+        """Start reading the files at ``paths`` into the page cache, on the prefetch thread."""
+        self._prefetcher.submit(_prefetch, paths)
+
+    # -- chores ------------------------------------------------------------------------
+
+    def chores(self, now: float, resting: Callable[[float], Collection[str]], held: Collection[str]) -> None:
+        """Start the chores due at ``now``; ``resting(now)``: the fields of the peers left alone,
+        ``held``: the names batches hold (expiry passes them over)."""
+        due = self._due
+        if now >= due["tmp"]:
+            due["tmp"] = now + TMP_CHORE_SECONDS
+            self._chore(housekeeping.clean_tmp, self._spool.tmp_dir)
+        if now >= due["sent"]:
+            due["sent"] = now + CHORE_SECONDS
+            if self._config.keep_sent_minutes:
+                self._chore(self._spool.wipe_sent, self._config.keep_sent_minutes)
+        if now >= due["expire"]:
+            due["expire"] = now + CHORE_SECONDS
+            waiting = resting(now)
+            if waiting and self._max_age_ns:
+                args = (self._spool.queue_dir, waiting, self.expiry_cutoff(), self._config.scan_limit)
+                self._chore(housekeeping.expired, *args, then=functools.partial(self._expire, held))
+
+    def _chore(self, fn: Any, *args: Any, then: Any = None) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+        def finished(done: asyncio.Future[Any]) -> None:
+            if done.cancelled():
+                return
+            exc = done.exception()
+            if exc is not None:
+                log.warning("%s failed: %s", fn.__name__, exc)
+            elif then is not None:
+                then(done.result())
+
+        future.add_done_callback(finished)
+
+    def _expire(self, held: Collection[str], names: list[str]) -> None:
+        for name in names:
+            if name not in held:
+                self.expire(name)
+
+    def close(self) -> None:
+        """Wait for the work under way; without a retention, clear ``sent/`` a last time."""
+        self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        self._worker.shutdown(wait=True)
+        self._remover.shutdown(wait=True)
+        if not self._config.keep_sent_minutes:
+            self._sweeper.submit(housekeeping.clear_sent, self._spool.sent_dir)
+        self._sweeper.shutdown(wait=True)
+
+
+def _prefetch(paths: list[str]) -> None:
+    """Starts reading files into the page cache, so that sending them waits less on the disk.
+
+    A deep queue was written long ago: its files may have left the cache, and libcurl reads
+    each one on the event loop's thread, one after the other.
+    """
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)

@@ -1,0 +1,211 @@
+"""The relay's delivery on its own: a real spool and disposal, a scripted transport.
+
+Each test queues messages, hands their names to :class:`Delivery` as a scan would, and runs
+the event loop until no request is in flight; the transport answers as the test says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dropr import protocol
+from dropr._impl import codec, scan
+from dropr.protocol import Acks, PeerFailure
+from dropr.relay.backoff import Backoff
+from dropr.relay.batches import Entry
+from dropr.relay.config import RelayConfig
+from dropr.relay.delivery import ONCE_ATTEMPTS, Delivery, Peer
+from dropr.relay.disposal import Disposal
+from dropr.spool import Client, Spool
+
+PEER = "http://h/"
+Answer = Callable[[list[Entry]], Acks]
+
+
+def stored(batch: list[Entry]) -> Acks:
+    return {entry.id: (protocol.STORED, "") for entry in batch}
+
+
+def down(batch: list[Entry]) -> Acks:
+    raise PeerFailure("connection refused")
+
+
+class Scripted:
+    """A transport answering each batch with the next of ``answers`` (the last one repeats)."""
+
+    def __init__(self, peers: dict[str, Peer], answers: list[Answer]) -> None:
+        self.url = PEER
+        self.sent: list[list[str]] = []
+        self.most_in_flight = 0
+        self._peers = peers
+        self._answers = answers
+
+    async def send(self, batch: list[Entry]) -> Acks:
+        self.sent.append([entry.name for entry in batch])
+        self.most_in_flight = max(self.most_in_flight, sum(peer.inflight for peer in self._peers.values()))
+        await asyncio.sleep(0)
+        answer = self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
+        return answer(batch)
+
+    def close(self) -> None:
+        pass
+
+
+class Setup:
+    """A spool with ``count`` messages for :data:`PEER`, and a Delivery for it."""
+
+    def __init__(self, tmp_path: Path, count: int, **settings: Any) -> None:
+        with Client(tmp_path / "spool") as client:
+            for _ in range(count):
+                client.put(b"payload", peer=PEER)
+        self.spool: Spool = client.spool
+        self.names = scan.scan_queue(self.spool.queue_dir, count)
+        self.field = codec.parse_spool_name(self.names[0])[2] if self.names else ""
+        config = RelayConfig(spool=self.spool.path, keep_sent_minutes=1.0, **settings)
+        self.disposal = Disposal(config, self.spool)
+        self.crashes: list[BaseException] = []
+        self.delivery = Delivery(config, self.spool, self.disposal, wake=lambda: None, crash=self.crashes.append)
+
+    def peer(self, *answers: Answer) -> tuple[Peer, Scripted]:
+        transport = Scripted(self.delivery.peers, list(answers))
+        peer = Peer(self.field, PEER, transport, "", Backoff(60.0, 60.0))
+        self.delivery.peers[self.field] = peer
+        return peer, transport
+
+    def dispatch(self, names: list[str]) -> None:
+        async def run() -> None:
+            self.delivery.dispatch(names, prefetch=False)
+            while self.delivery.busy:
+                await self.delivery.finish()
+
+        try:
+            asyncio.run(run())
+        finally:
+            self.disposal.close()
+        assert self.crashes == []
+
+    def sent(self) -> list[str]:
+        return sorted(os.listdir(self.spool.sent_dir))
+
+    def failed(self) -> dict[str, str]:
+        return {message.name: reason for message, reason in self.spool.failed()}
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_names_go_in_batches_in_order_with_parallel_requests_at_most(tmp_path: Path, parallel: int) -> None:
+    setup = Setup(tmp_path, 7, batch_count=2, parallel=parallel)
+    peer, transport = setup.peer(stored)
+    peer.news = False  # as the scan policy leaves it
+    setup.dispatch(setup.names)
+    assert transport.sent == [setup.names[i : i + 2] for i in range(0, 7, 2)]
+    assert transport.most_in_flight == parallel
+    assert setup.sent() == setup.names and scan.count_queue(setup.spool.queue_dir) == 0
+    assert setup.delivery.delivered == 7 and setup.delivery.held == set()
+    assert peer.inflight == 0 and not peer.pending and peer.news
+
+
+def test_rejected_go_to_failed_and_those_missing_from_the_answer_stay_queued(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 3)
+    rejected, missing, kept = setup.names
+
+    def answer(batch: list[Entry]) -> Acks:
+        ids = {entry.name: entry.id for entry in batch}
+        return {ids[rejected]: (protocol.REJECTED, "bad crc"), ids[kept]: (protocol.DUPLICATE, "already held")}
+
+    peer, _ = setup.peer(answer)
+    setup.dispatch(setup.names)
+    assert setup.sent() == [kept] and setup.failed() == {rejected: "bad crc"}
+    assert scan.scan_queue(setup.spool.queue_dir, 10) == [missing]
+    assert peer.backoff.failures == 1 and peer.news and setup.delivery.held == set()
+    assert setup.delivery.delivered == 1 and setup.disposal.failed == 1
+
+
+def test_an_answer_for_every_message_does_not_back_off_even_with_rejections(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 2)
+
+    def answer(batch: list[Entry]) -> Acks:
+        return {batch[0].id: (protocol.REJECTED, ""), batch[1].id: (protocol.STORED, "")}
+
+    peer, _ = setup.peer(answer)
+    setup.dispatch(setup.names)
+    assert setup.failed() == {setup.names[0]: "rejected by the peer"} and setup.sent() == setup.names[1:]
+    assert peer.backoff.failures == 0
+
+
+def test_a_failed_request_backs_off_and_lets_the_waiting_batches_go(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 4, batch_count=1)
+    peer, transport = setup.peer(down)
+    setup.dispatch(setup.names)
+    assert transport.sent == [setup.names[:1]]  # the others were let go, to be read again
+    assert peer.backoff.failures == 1 and peer.backoff.waiting(time.monotonic())
+    assert not peer.pending and peer.news and setup.delivery.held == set()
+    assert scan.count_queue(setup.spool.queue_dir) == 4 and not peer.gave_up
+
+
+def test_a_peer_answering_again_is_no_longer_backing_off(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 2, batch_count=1)
+    peer, _ = setup.peer(stored)
+    peer.backoff.fail()
+    setup.dispatch(setup.names)
+    assert peer.backoff.failures == 0 and setup.sent() == setup.names
+
+
+def test_with_once_a_peer_failing_again_and_again_is_given_up(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 1, once=True)
+    peer, _ = setup.peer(down)
+    for _ in range(ONCE_ATTEMPTS - 1):
+        peer.backoff.fail()
+    assert setup.delivery.given_up() == []
+    setup.dispatch(setup.names)
+    assert peer.gave_up and setup.delivery.given_up() == [PEER]
+    assert setup.delivery.resting(0.0) == {setup.field}
+
+
+def test_names_that_cannot_be_sent_are_failed_at_once(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 0)
+    unusable = codec.spool_name(5, codec.new_id(), "not-a-url", "c", 1, 0)
+    unnamed = codec.spool_name(5, codec.new_id(), "not-a-url", "c", 1, 0)[:-9]
+    lost_text = codec.spool_name(5, codec.new_id(), setup.spool.register(PEER), "~" + "0" * 32, 1, 0)
+    for name in (unusable, unnamed, lost_text):
+        path = Path(setup.spool.queued_path(name))
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+    setup.field = setup.spool.register(PEER)
+    _, transport = setup.peer(stored)
+    setup.dispatch([unusable, unnamed, lost_text])
+    assert transport.sent == [] and scan.count_queue(setup.spool.queue_dir) == 0
+    reasons = {
+        name: Path(setup.spool.failed_dir, name + ".reason").read_text() for name in (unusable, unnamed, lost_text)
+    }
+    assert reasons[unusable].startswith("unusable peer not-a-url: ")
+    assert reasons[unnamed] == "not a message name\n"
+    assert reasons[lost_text].startswith("the text of channel ~")
+    assert setup.disposal.failed == 3 and setup.delivery.peers["not-a-url"].problem
+
+
+def test_messages_queued_for_longer_than_max_age_expire_as_they_are_read(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 2, max_age_minutes=1e-6)
+    _, transport = setup.peer(stored)
+    time.sleep(0.001)
+    setup.dispatch(setup.names)
+    assert transport.sent == []
+    assert setup.failed() == dict.fromkeys(setup.names, "expired: queued for more than 1e-06 minutes")
+
+
+def test_arrivals_give_known_peers_news_and_make_others_known(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 1)
+    peer, _ = setup.peer(stored)
+    peer.news = False
+    other = codec.spool_name(5, codec.new_id(), setup.spool.register("http://other/"), "c", 1, 0)
+    setup.delivery.arrived([setup.names[0], other, "not-a-name", "5" + "0" * 30 + "+only+three"])
+    assert peer.news
+    assert sorted(setup.delivery.peers) == sorted([setup.field, codec.parse_spool_name(other)[2]])
+    assert setup.delivery.peers[codec.parse_spool_name(other)[2]].url == "http://other/"
+    setup.disposal.close()
