@@ -8,7 +8,6 @@ started again on the same ports and store directories, as a crash and a restart 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -40,6 +39,7 @@ class Cluster:
 
     def __init__(self, root: Path, size: int = 3) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.ports = [free_port() for _ in range(size)]
         self.route_ports = [free_port() for _ in range(size)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
@@ -99,7 +99,9 @@ cluster {{
         last: BaseException | None = None
         while time.monotonic() < deadline:
             try:
-                nc = await nats.connect(servers=self.servers(), connect_timeout=1, max_reconnect_attempts=0)
+                nc = await nats.connect(
+                    servers=self.servers(), connect_timeout=1, max_reconnect_attempts=1, error_cb=_quiet
+                )
                 try:
                     await nc.jetstream(timeout=2).account_info()
                     return
@@ -114,7 +116,7 @@ cluster {{
         async def add() -> None:
             import nats
 
-            nc = await nats.connect(servers=self.servers())
+            nc = await nats.connect(servers=self.servers(), error_cb=_quiet)
             try:
                 await nc.jetstream(timeout=10).add_stream(
                     name=STREAM, subjects=list(subjects), num_replicas=replicas, duplicate_window=600
@@ -124,18 +126,21 @@ cluster {{
 
         run(add())
 
-    def messages(self) -> list[Any]:
-        """Every message the stream holds, in stream order (read with a pull consumer)."""
+    def messages(self, timeout: float = 60.0) -> list[Any]:
+        """Every message the stream holds, in stream order (read with a pull consumer of one
+        replica in memory; tried again while the cluster is still electing leaders)."""
 
         async def read() -> list[Any]:
             import nats
             import nats.errors
+            from nats.js.api import ConsumerConfig
 
-            nc = await nats.connect(servers=self.servers())
+            nc = await nats.connect(servers=self.servers(), error_cb=_quiet)
             try:
                 js = nc.jetstream(timeout=10)
                 total = (await js.stream_info(STREAM)).state.messages
-                sub = await js.pull_subscribe(">", stream=STREAM)
+                config = ConsumerConfig(num_replicas=1, mem_storage=True)
+                sub = await js.pull_subscribe(">", stream=STREAM, config=config)
                 got: list[Any] = []
                 while len(got) < total:
                     try:
@@ -149,7 +154,14 @@ cluster {{
             finally:
                 await nc.close()
 
-        return run(read())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return run(read())
+            except Exception:  # noqa: BLE001 (a leader not elected yet; the last try raises)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def log_text(self) -> str:
         return "\n".join(f"--- n{i}\n" + (log.read_text() if log.exists() else "") for i, log in enumerate(self.logs))
@@ -168,5 +180,5 @@ cluster {{
         self.kill_all()
 
 
-def env_without_token() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "DROPR_TOKEN"}
+async def _quiet(exc: Exception) -> None:
+    """nats-py's report of a node that is down (the tests kill nodes on purpose)."""

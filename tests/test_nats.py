@@ -18,7 +18,8 @@ from relaykit import RelayProcess, queued, run_relay, wait_until
 
 import dropr
 from dropr._impl import codec
-from dropr.relay.nats import servers, subject_token
+from dropr.names import nats_servers
+from dropr.relay.nats import subject_token
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,8 +36,8 @@ def test_channels_become_one_subject_token() -> None:
 
 
 def test_a_peer_lists_its_servers() -> None:
-    assert servers("nats://a:4222,b:4223") == ["nats://a:4222", "nats://b:4223"]
-    assert servers("nats://127.0.0.1:4222") == ["nats://127.0.0.1:4222"]
+    assert nats_servers("nats://a:4222,b:4223") == ["nats://a:4222", "nats://b:4223"]
+    assert nats_servers("nats://127.0.0.1:4222") == ["nats://127.0.0.1:4222"]
 
 
 @pytest.fixture()

@@ -27,7 +27,15 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--spool", required=True, metavar="DIR", help="the spool to relay")
-    parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
+    parser.add_argument(
+        "--once", action="store_true", help="drain the queue, then exit (0 only if every message was accepted)"
+    )
+    parser.add_argument(
+        "--retry-for",
+        type=positive_number,
+        metavar="SECONDS",
+        help="with --once: keep retrying a failing peer this long before giving up on it (default 30)",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON settings (per-peer tokens)")
     parser.add_argument("--token", help="bearer token for the peers (default: $DROPR_TOKEN)")
     parser.add_argument("--ca-file", metavar="FILE", help="CA certificates for https peers")
@@ -63,6 +71,7 @@ def load_config(args: argparse.Namespace) -> _config.RelayConfig:
         token = os.environ.get("DROPR_TOKEN") or None
     options = {
         "once": args.once or None,
+        "retry_for_seconds": args.retry_for,
         "token": token,
         "ca_file": args.ca_file,
         "max_age_minutes": args.max_age,

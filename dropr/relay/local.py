@@ -114,7 +114,7 @@ class LocalTransport:
                 raise
             shutil.copyfile(source, target)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self._store = None
 
 

@@ -10,11 +10,13 @@ once JetStream acknowledged it.
 
 A batch is published without waiting in between (nats-py's ``publish_async``) and its
 acknowledgements are awaited together, so a batch costs about one round trip, not one per
-message. Whatever fails — no server reachable, no stream taking the subject (no
-responders), no acknowledgement in time, a node gone mid-batch (the client moves on to
-another server of the list by itself) — fails the whole request: the peer backs off and
-every message stays queued. Only a message JetStream can never take (larger than the
-server's ``max_payload``) is rejected for good.
+message. Each message has its own outcome: acknowledged (``stored``, or ``duplicate`` when
+the stream had it already), or to be retried — no stream takes its subject (no responders),
+the stream refused it, no acknowledgement within ``timeout_seconds``, or the connection went
+away before its acknowledgement came (nats-py then moves to another server of the list by
+itself, and the next batch goes there). A batch of which nothing was acknowledged fails as a
+whole, and so does one that cannot be published: the peer backs off, the messages stay
+queued. Only a message larger than the server's ``max_payload`` is rejected for good.
 
 nats-py needs each payload as bytes, so unlike the HTTP transport this one reads the spool
 files, on the relay's worker thread, never on the event loop.
@@ -27,29 +29,28 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
 
 from .. import protocol
 from .._impl import codec
+from ..names import nats_servers
 from ..protocol import Acks, PeerFailure
 from .batches import Entry
 from .config import PeerConfig
 
 DEFAULT_SUBJECT_PREFIX = "dropr."
+RECONNECT_ATTEMPTS = 2
+"""Attempts per server when the connection is lost, before the client gives up (the relay's
+backoff takes over and the next batch connects afresh)."""
+RECONNECT_WAIT_SECONDS = 0.1
 _SUBJECT_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 def subject_token(channel: str) -> str:
     """``channel`` as one subject token: bytes outside ``A-Za-z0-9_-`` as ``%XX``."""
     return "".join(chr(b) if b in _SUBJECT_SAFE else f"%{b:02X}" for b in channel.encode("utf-8"))
-
-
-def servers(url: str) -> list[str]:
-    """The server URLs of a ``nats://host:port[,host:port...]`` peer."""
-    rest = url[len("nats://") :]
-    return [f"nats://{part}" for part in rest.split(",")]
 
 
 def header_time(msg_id: str) -> str:
@@ -73,6 +74,7 @@ class NatsTransport:
         connect_timeout: float,
     ) -> None:
         self.url = url
+        self._servers = nats_servers(url)
         self._executor = executor
         self._settings = settings
         self._client = client
@@ -81,74 +83,108 @@ class NatsTransport:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._prefix = settings.subject_prefix or DEFAULT_SUBJECT_PREFIX
+        self._subjects: dict[str, tuple[str, str]] = {}
         self._nc: Any = None
         self._js: Any = None
+        self._lost: asyncio.Future[None] | None = None
 
     async def _connect(self) -> Any:
-        if self._nc is not None and not self._nc.is_closed:
+        """The JetStream context of a live connection; PeerFailure when there is none."""
+        nc = self._nc
+        if nc is not None and not nc.is_closed:
+            if not nc.is_connected:
+                raise PeerFailure(f"{self.url}: connection lost, reconnecting")
             return self._js
+        nc = NatsClient()
         options: dict[str, Any] = {
-            "servers": servers(self.url),
+            "servers": self._servers,
             "name": f"dropr-relay {self._client}",
             "connect_timeout": self._connect_timeout,
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.25,
+            "max_reconnect_attempts": RECONNECT_ATTEMPTS,
+            "reconnect_time_wait": RECONNECT_WAIT_SECONDS,
             "error_cb": _ignore,
-            "disconnected_cb": _quiet,
-            "reconnected_cb": _quiet,
+            "disconnected_cb": self._disconnected,
+            "reconnected_cb": self._reconnected,
         }
-        if self._settings.token:
-            options["token"] = self._settings.token
-        if self._settings.user:
-            options["user"] = self._settings.user
-            options["password"] = self._settings.password or ""
+        settings = self._settings
+        if settings.user:
+            options["user"] = settings.user
+            options["password"] = settings.password or ""
+        elif settings.token:
+            options["token"] = settings.token
         try:
-            self._nc = await nats.connect(**options)
+            await nc.connect(**options)
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            await nc.close()
             raise PeerFailure(f"cannot connect to {self.url}: {_reason(exc)}") from None
-        self._js = self._nc.jetstream(timeout=self._timeout)
+        self._nc = nc
+        self._js = nc.jetstream(timeout=self._timeout)
+        self._lost = asyncio.get_running_loop().create_future()
         return self._js
+
+    async def _disconnected(self) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _reconnected(self) -> None:
+        self._lost = asyncio.get_running_loop().create_future()
+
+    def _subject(self, channel_field: str) -> tuple[str, str]:
+        """The subject and the channel's text of a channel field, cached."""
+        known = self._subjects.get(channel_field)
+        if known is None:
+            if len(self._subjects) >= 4096:
+                self._subjects.clear()
+            channel = self._resolve(channel_field)
+            known = self._subjects[channel_field] = (self._prefix + subject_token(channel), channel)
+        return known
 
     async def send(self, batch: list[Entry]) -> Acks:
         """Publish ``batch``; the acknowledgements, or PeerFailure for the whole request."""
         js = await self._connect()
-        loop = asyncio.get_running_loop()
-        payloads = await loop.run_in_executor(self._executor, self._read, batch)
+        lost = self._lost
+        assert lost is not None
+        payloads = await asyncio.get_running_loop().run_in_executor(self._executor, self._read, batch)
         acks: Acks = {}
-        pending: list[tuple[str, asyncio.Future[Any]]] = []
+        published: list[tuple[str, str, asyncio.Future[Any]]] = []
+        client = self._client
         try:
             for entry, payload in zip(batch, payloads, strict=True):
-                channel = self._resolve(entry.channel)
+                if lost.done():
+                    break
+                subject, channel = self._subject(entry.channel)
                 headers = {
-                    "Nats-Msg-Id": f"{self._client}:{entry.id}",
-                    "Dropr-Client": self._client,
+                    "Nats-Msg-Id": f"{client}:{entry.id}",
+                    "Dropr-Client": client,
                     "Dropr-Id": entry.id,
                     "Dropr-Channel": channel,
                     "Dropr-Priority": str(entry.priority),
                     "Dropr-Time": header_time(entry.id),
                 }
                 try:
-                    future = await js.publish_async(self._prefix + subject_token(channel), payload, headers=headers)
+                    future = await js.publish_async(subject, payload, headers=headers)
                 except nats.errors.MaxPayloadError:
                     acks[entry.id] = (
                         protocol.REJECTED,
                         f"larger than the NATS server's max_payload ({entry.size} bytes)",
                     )
                     continue
-                pending.append((entry.id, future))
-            done = await asyncio.wait_for(asyncio.gather(*(f for _, f in pending)), self._timeout)
-        except asyncio.TimeoutError:
-            raise PeerFailure(f"no acknowledgement from {self.url} within {self._timeout:g} s") from None
-        except nats.js.errors.NoStreamResponseError:
-            raise PeerFailure(f"no JetStream stream takes the subjects {self._prefix}> at {self.url}") from None
+                published.append((entry.id, subject, future))
+            if published:
+                everything = asyncio.gather(*(future for _, _, future in published), return_exceptions=True)
+                await asyncio.wait((everything, lost), timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
         except (OSError, nats.errors.Error) as exc:
             raise PeerFailure(f"{self.url}: {_reason(exc)}") from None
         finally:
-            for _, future in pending:
+            for _, _, future in published:
                 future.cancel()
-        for (msg_id, _), ack in zip(pending, done, strict=True):
-            acks[msg_id] = (protocol.DUPLICATE, "already in the stream") if ack.duplicate else (protocol.STORED, "")
+        late = "connection lost" if lost.done() else f"no acknowledgement within {self._timeout:g} s"
+        for msg_id, subject, future in published:
+            acks[msg_id] = _outcome(future, late, subject)
+        for entry in batch:
+            acks.setdefault(entry.id, (protocol.RETRY, late))
+        if not any(status != protocol.RETRY for status, _ in acks.values()):
+            raise PeerFailure(f"{self.url}: {acks[batch[0].id][1]}")
         return acks
 
     def _read(self, batch: list[Entry]) -> list[bytes]:
@@ -164,10 +200,18 @@ class NatsTransport:
         if nc is not None and not nc.is_closed:
             await nc.close()
 
-    def close(self) -> None:
-        """Close the connection without waiting (on a running loop)."""
-        if self._nc is not None:
-            asyncio.ensure_future(self.aclose())
+
+def _outcome(future: asyncio.Future[Any], late: str, subject: str) -> tuple[str, str]:
+    """The answer for a message published to ``subject``: its acknowledgement, or why it is to
+    be retried (``late`` when no answer came)."""
+    if future.cancelled():
+        return protocol.RETRY, late
+    exc = future.exception()
+    if exc is None:
+        return (protocol.DUPLICATE, "already in the stream") if future.result().duplicate else (protocol.STORED, "")
+    if isinstance(exc, nats.js.errors.NoStreamResponseError):
+        return protocol.RETRY, f"no JetStream stream takes the subject {subject}"
+    return protocol.RETRY, _reason(exc)
 
 
 def _reason(exc: BaseException) -> str:
@@ -177,7 +221,3 @@ def _reason(exc: BaseException) -> str:
 async def _ignore(exc: Exception) -> None:
     """nats-py reports connection trouble here while it reconnects; the relay sees it as
     requests that fail, and backs off."""
-
-
-async def _quiet() -> None:
-    pass
