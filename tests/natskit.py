@@ -8,10 +8,12 @@ started again on the same ports and store directories, as a crash and a restart 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
@@ -26,38 +28,53 @@ STREAM = "DROPR"
 T = TypeVar("T")
 
 
-def have_nats_server() -> bool:
-    return shutil.which("nats-server") is not None
-
-
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
 class Cluster:
-    """Three JetStream nodes clustered over routes; ``url`` is the relay's peer for all of them."""
+    """JetStream nodes (three by default) clustered over routes; ``url`` is the relay's peer
+    for all of them. With ``user``, clients must log in (the test client does)."""
 
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, *, user: str | None = None, password: str = "") -> None:
+        if shutil.which("nats-server") is None:
+            raise RuntimeError("nats-server is not installed (apt-get install nats-server; .ci/run does)")
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.ports = [free_port() for _ in range(size)]
         self.route_ports = [free_port() for _ in range(size)]
+        self.monitor_ports = [free_port() for _ in range(size)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
         self.logs = [root / f"n{i}.log" for i in range(size)]
+        self.credentials: dict[str, str] = {"user": user, "password": password} if user else {}
         routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in self.route_ports)
+        cluster = f"cluster {{ name: dropr-test, listen: 127.0.0.1:{{route}}, routes: [{routes}] }}" if size > 1 else ""
+        auth = f'authorization {{ user: "{user}", password: "{password}" }}' if user else ""
         for i in range(size):
             (root / f"n{i}.conf").write_text(
                 f"""
 server_name: n{i}
 listen: 127.0.0.1:{self.ports[i]}
+http: 127.0.0.1:{self.monitor_ports[i]}
 jetstream {{ store_dir: "{root / f"n{i}-data"}" }}
-cluster {{
-  name: dropr-test
-  listen: 127.0.0.1:{self.route_ports[i]}
-  routes: [{routes}]
-}}
+{cluster.replace("{route}", str(self.route_ports[i]))}
+{auth}
 """
             )
+
+    def serving(self, client_name: str) -> int | None:
+        """The node the client connection named ``client_name`` is on (None: on none)."""
+        for i, port in enumerate(self.monitor_ports):
+            if self.procs[i] is None:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/connz", timeout=5) as answer:
+                    connections = json.load(answer).get("connections") or []
+            except OSError:
+                continue
+            if any(connection.get("name") == client_name for connection in connections):
+                return i
+        return None
 
     @property
     def url(self) -> str:
@@ -100,8 +117,9 @@ cluster {{
         while time.monotonic() < deadline:
             try:
                 nc = await nats.connect(
-                    servers=self.servers(), connect_timeout=1, max_reconnect_attempts=1, error_cb=_quiet
-                )
+                    servers=self.servers(), connect_timeout=1, max_reconnect_attempts=1, error_cb=_quiet,
+                    **self.credentials,
+                )  # fmt: skip
                 try:
                     await nc.jetstream(timeout=2).account_info()
                     return
@@ -116,7 +134,7 @@ cluster {{
         async def add() -> None:
             import nats
 
-            nc = await nats.connect(servers=self.servers(), error_cb=_quiet)
+            nc = await nats.connect(servers=self.servers(), error_cb=_quiet, **self.credentials)
             try:
                 await nc.jetstream(timeout=10).add_stream(
                     name=STREAM, subjects=list(subjects), num_replicas=replicas, duplicate_window=600
@@ -135,7 +153,7 @@ cluster {{
             import nats.errors
             from nats.js.api import ConsumerConfig
 
-            nc = await nats.connect(servers=self.servers(), error_cb=_quiet)
+            nc = await nats.connect(servers=self.servers(), error_cb=_quiet, **self.credentials)
             try:
                 js = nc.jetstream(timeout=10)
                 total = (await js.stream_info(STREAM)).state.messages

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from relaykit import RelayProcess, queued, run_relay, wait_until
 
 import dropr
 from dropr._impl import codec
-from dropr.names import nats_servers
 from dropr.relay.nats import subject_token
 
 pytestmark = pytest.mark.timeout(300)
@@ -33,11 +33,6 @@ def test_channels_become_one_subject_token() -> None:
     assert subject_token("a-b_c") == "a-b_c"
     assert all(set(subject_token(c)) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-%")
                for c in CHANNELS)  # fmt: skip
-
-
-def test_a_peer_lists_its_servers() -> None:
-    assert nats_servers("nats://a:4222,b:4223") == ["nats://a:4222", "nats://b:4223"]
-    assert nats_servers("nats://127.0.0.1:4222") == ["nats://127.0.0.1:4222"]
 
 
 @pytest.fixture()
@@ -59,7 +54,9 @@ def put(spool: Path, peer: str, count: int, seed: int = 3) -> dict[str, tuple[st
     return sent
 
 
-def check_stream_holds_once(cluster: Cluster, sent: dict[str, tuple[str, int, bytes]], client: str) -> None:
+def check_stream_holds_once(
+    cluster: Cluster, sent: dict[str, tuple[str, int, bytes]], client: str, prefix: str = "dropr."
+) -> None:
     by_id: dict[str, list[object]] = {}
     for msg in cluster.messages():
         headers = msg.headers or {}
@@ -71,7 +68,7 @@ def check_stream_holds_once(cluster: Cluster, sent: dict[str, tuple[str, int, by
         assert headers["Dropr-Channel"] == channel
         assert headers["Dropr-Priority"] == str(priority)
         assert abs(float(headers["Dropr-Time"]) - codec.id_time_ns(msg_id) / 1e9) < 1e-5
-        assert msg.subject == "dropr." + subject_token(channel)
+        assert msg.subject == prefix + subject_token(channel)
         assert msg.data == payload
     assert sorted(by_id) == sorted(sent)
     assert all(len(copies) == 1 for copies in by_id.values())
@@ -79,16 +76,19 @@ def check_stream_holds_once(cluster: Cluster, sent: dict[str, tuple[str, int, by
 
 def test_a_node_killed_mid_flow_loses_nothing_and_stores_each_message_once(cluster: Cluster, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    sent = put(spool, cluster.url, 2500)
-    with RelayProcess(spool, "--no-supervise", "--batch-count", "200") as relay:
+    sent = put(spool, cluster.url, 5000)
+    client = dropr.Client(spool).spool.client_id
+    with RelayProcess(spool, "--no-supervise", "--batch-count", "100") as relay:
         relay.wait_started()
-        wait_until(lambda: len(queued(spool)) < 2000, timeout=60)
-        cluster.kill(0)
-        sent.update(put(spool, cluster.url, 2500, seed=4))
+        wait_until(lambda: len(queued(spool)) < 4700, timeout=60, interval=0.005)
+        node = cluster.serving(f"dropr-relay {client}")
+        assert node is not None, relay.log()
+        cluster.kill(node)  # the node the relay publishes through, during the flow
+        assert queued(spool), "the flow was over before the kill"
         wait_until(lambda: not queued(spool), timeout=120)
         assert relay.stop() == 0, relay.log()
     assert os.listdir(spool / "failed") == []
-    check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)
+    check_stream_holds_once(cluster, sent, client)
 
 
 def test_all_nodes_down_the_spool_keeps_everything_until_they_return(cluster: Cluster, tmp_path: Path) -> None:
@@ -133,3 +133,52 @@ def test_a_batch_sent_again_is_kept_once_by_its_message_id(cluster: Cluster, tmp
     assert done.returncode == 0, done.stderr
     assert not queued(spool)
     check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)
+
+
+def test_credentials_and_a_subject_prefix_from_the_configuration(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with Cluster(tmp_path / "nats", size=1, user="dropr", password="s3cret") as cluster:
+        cluster.add_stream(replicas=1, subjects=("mq.dropr.>",))
+        sent = put(spool, cluster.url, 40)
+        done = run_relay(spool, "--once", "--no-supervise", "--retry-for", "0.5")
+        assert done.returncode == 1 and len(queued(spool)) == 40
+        assert "uthorization" in done.stderr, done.stderr  # nats-server says "Authorization Violation"
+        config = tmp_path / "relay.toml"
+        config.write_text(
+            f'[peers."{cluster.url}"]\nuser = "dropr"\npassword = "s3cret"\nsubject_prefix = "mq.dropr."\n'
+        )
+        done = run_relay(spool, "--once", "--no-supervise", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        client = dropr.Client(spool).spool.client_id
+        check_stream_holds_once(cluster, sent, client, prefix="mq.dropr.")
+
+
+def test_a_channel_is_exact_in_the_subject_even_where_a_header_cannot_be(cluster: Cluster, tmp_path: Path) -> None:
+    """NATS header values lose leading and trailing white space; the subject keeps every byte."""
+    spool = tmp_path / "spool"
+    with dropr.Client(spool) as client:
+        client.put(b"padded", peer=cluster.url, channel=" padded ")
+    assert run_relay(spool, "--once", "--no-supervise").returncode == 0
+    (msg,) = cluster.messages()
+    assert urllib.parse.unquote(msg.subject.split(".", 1)[1]) == " padded "
+    assert msg.headers["Dropr-Channel"] == "padded" and msg.data == b"padded"
+
+
+def test_without_nats_py_a_nats_peer_waits_with_one_clear_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "path" / "nats"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('No module named nats')\n")
+    spool = tmp_path / "spool"
+    put(spool, "nats://127.0.0.1:4222", 5)
+    env = {k: v for k, v in os.environ.items() if k != "DROPR_TOKEN"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "path"), env.get("PYTHONPATH")]))
+    with RelayProcess(spool, "--no-supervise", env=env) as relay:
+        relay.wait_started()
+        wait_until(lambda: "nats-py" in relay.log())
+        time.sleep(1.0)
+        assert relay.proc.poll() is None and len(queued(spool)) == 5
+        assert relay.stop() == 0
+        log = relay.log()
+    lines = [line for line in log.splitlines() if "nats-py" in line]
+    assert len(lines) == 1 and "pip install 'dropr[nats]'" in lines[0], log
+    assert "Traceback" not in log and os.listdir(spool / "failed") == []

@@ -87,13 +87,14 @@ class NatsTransport:
         self._nc: Any = None
         self._js: Any = None
         self._lost: asyncio.Future[None] | None = None
+        self._trouble: BaseException | None = None
 
     async def _connect(self) -> Any:
         """The JetStream context of a live connection; PeerFailure when there is none."""
         nc = self._nc
         if nc is not None and not nc.is_closed:
             if not nc.is_connected:
-                raise PeerFailure(f"{self.url}: connection lost, reconnecting")
+                raise PeerFailure("connection lost, reconnecting")
             return self._js
         nc = NatsClient()
         options: dict[str, Any] = {
@@ -102,7 +103,7 @@ class NatsTransport:
             "connect_timeout": self._connect_timeout,
             "max_reconnect_attempts": RECONNECT_ATTEMPTS,
             "reconnect_time_wait": RECONNECT_WAIT_SECONDS,
-            "error_cb": _ignore,
+            "error_cb": self._noted,
             "disconnected_cb": self._disconnected,
             "reconnected_cb": self._reconnected,
         }
@@ -112,15 +113,22 @@ class NatsTransport:
             options["password"] = settings.password or ""
         elif settings.token:
             options["token"] = settings.token
+        self._trouble = None
         try:
             await nc.connect(**options)
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
             await nc.close()
-            raise PeerFailure(f"cannot connect to {self.url}: {_reason(exc)}") from None
+            cause = self._trouble if isinstance(exc, nats.errors.NoServersError) and self._trouble else exc
+            raise PeerFailure(f"cannot connect: {_reason(cause)}") from None
         self._nc = nc
         self._js = nc.jetstream(timeout=self._timeout)
         self._lost = asyncio.get_running_loop().create_future()
         return self._js
+
+    async def _noted(self, exc: Exception) -> None:
+        """nats-py reports connection trouble here while it tries the servers: the last one
+        says why a connection failed (its own error then says only "no servers available")."""
+        self._trouble = exc
 
     async def _disconnected(self) -> None:
         if self._lost is not None and not self._lost.done():
@@ -174,7 +182,7 @@ class NatsTransport:
                 everything = asyncio.gather(*(future for _, _, future in published), return_exceptions=True)
                 await asyncio.wait((everything, lost), timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
         except (OSError, nats.errors.Error) as exc:
-            raise PeerFailure(f"{self.url}: {_reason(exc)}") from None
+            raise PeerFailure(_reason(exc)) from None
         finally:
             for _, _, future in published:
                 future.cancel()
@@ -184,7 +192,7 @@ class NatsTransport:
         for entry in batch:
             acks.setdefault(entry.id, (protocol.RETRY, late))
         if not any(status != protocol.RETRY for status, _ in acks.values()):
-            raise PeerFailure(f"{self.url}: {acks[batch[0].id][1]}")
+            raise PeerFailure(acks[batch[0].id][1])
         return acks
 
     def _read(self, batch: list[Entry]) -> list[bytes]:
@@ -216,8 +224,3 @@ def _outcome(future: asyncio.Future[Any], late: str, subject: str) -> tuple[str,
 
 def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
-
-
-async def _ignore(exc: Exception) -> None:
-    """nats-py reports connection trouble here while it reconnects; the relay sees it as
-    requests that fail, and backs off."""
