@@ -130,7 +130,10 @@ jetstream {{ store_dir: "{root / f"n{i}-data"}" }}
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"JetStream cluster not ready after {timeout}s: {last!r}\n{self.log_text()}")
 
-    def add_stream(self, replicas: int = 3, subjects: tuple[str, ...] = ("dropr.>",)) -> None:
+    def add_stream(self, replicas: int = 3, subjects: tuple[str, ...] = ("dropr.>",), timeout: float = 30.0) -> None:
+        """Create the stream, tried again while the cluster has not seen every node yet
+        ("insufficient resources" for a stream of three replicas)."""
+
         async def add() -> None:
             import nats
 
@@ -142,7 +145,14 @@ jetstream {{ store_dir: "{root / f"n{i}-data"}" }}
             finally:
                 await nc.close()
 
-        run(add())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return run(add())
+            except Exception:  # noqa: BLE001 (not every node known yet; the last try raises)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def messages(self, timeout: float = 60.0) -> list[Any]:
         """Every message the stream holds, in stream order (read with a pull consumer of one
