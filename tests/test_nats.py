@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from natskit import Cluster
-from relaykit import RelayProcess, queued, run_relay, wait_until
+from relaykit import RelayProcess, queued, queued_path, run_relay, wait_until
 
 import dropr
 from dropr._impl import codec
@@ -189,3 +189,18 @@ def test_without_nats_py_a_nats_peer_waits_with_one_clear_line(tmp_path: Path) -
     lines = [line for line in log.splitlines() if "nats-py" in line]
     assert len(lines) == 1 and "pip install 'dropr[nats]'" in lines[0], log
     assert "Traceback" not in log and os.listdir(spool / "failed") == []
+
+
+def test_a_payload_that_does_not_match_its_name_is_rejected_and_the_rest_delivered(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    sent = put(spool, cluster.url, 20)
+    bad = queued(spool)[3]
+    path = queued_path(spool, bad)
+    path.write_bytes(bytes(b ^ 0xFF for b in path.read_bytes()))
+    done = run_relay(spool, "--once", "--no-supervise")
+    assert done.returncode == 1 and not queued(spool)
+    assert (spool / "failed" / f"{bad}.reason").read_text().startswith("checksum mismatch")
+    del sent[bad[1:31]]
+    check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)

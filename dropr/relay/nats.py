@@ -16,7 +16,9 @@ the stream refused it, no acknowledgement within ``timeout_seconds``, or the con
 away before its acknowledgement came (nats-py then moves to another server of the list by
 itself, and the next batch goes there). A batch of which nothing was acknowledged fails as a
 whole, and so does one that cannot be published: the peer backs off, the messages stay
-queued. Only a message larger than the server's ``max_payload`` is rejected for good.
+queued. Rejected for good are a message that does not match the size and CRC-32 its name
+declares (checked here, as a dropr server checks them) and one larger than the server's
+``max_payload``.
 
 nats-py needs each payload as bytes, so unlike the HTTP transport this one reads the spool
 files, on the relay's worker thread, never on the event loop.
@@ -25,6 +27,8 @@ files, on the relay's worker thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import os
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -160,6 +164,9 @@ class NatsTransport:
             for entry, payload in zip(batch, payloads, strict=True):
                 if lost.done():
                     break
+                if isinstance(payload, tuple):
+                    acks[entry.id] = payload
+                    continue
                 subject, channel = self._subject(entry.channel)
                 headers = {
                     "Nats-Msg-Id": f"{client}:{entry.id}",
@@ -195,11 +202,19 @@ class NatsTransport:
             raise PeerFailure(acks[batch[0].id][1])
         return acks
 
-    def _read(self, batch: list[Entry]) -> list[bytes]:
-        payloads = []
+    def _read(self, batch: list[Entry]) -> list[bytes | tuple[str, str]]:
+        """Each message's payload, or its answer when it cannot be sent: rejected when it does
+        not match the size and CRC-32 its name declares (JetStream checks nothing, so the
+        check a dropr server makes is made here), to be retried when it cannot be read."""
+        payloads: list[bytes | tuple[str, str]] = []
         for entry in batch:
-            with open(self._locate(entry.name), "rb") as file:
-                payloads.append(file.read())
+            try:
+                payload = _read_file(self._locate(entry.name), entry.size)
+            except OSError as exc:
+                payloads.append((protocol.RETRY, f"cannot read {entry.name}: {exc.strerror or exc}"))
+                continue
+            problem = protocol.mismatch(entry.size, entry.crc, len(payload), zlib.crc32(payload))
+            payloads.append((protocol.REJECTED, problem) if problem else payload)
         return payloads
 
     async def aclose(self) -> None:
@@ -207,6 +222,18 @@ class NatsTransport:
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
             await nc.close()
+
+
+def _read_file(path: str, size: int) -> bytes:
+    """The file at ``path``, read to ``size`` + 1 bytes at most (one more tells a longer one)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size + 1)
+        while len(data) <= size and (more := os.read(fd, size + 1 - len(data))):
+            data += more
+        return data
+    finally:
+        os.close(fd)
 
 
 def _outcome(future: asyncio.Future[Any], late: str, subject: str) -> tuple[str, str]:
