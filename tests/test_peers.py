@@ -4,6 +4,7 @@ path, and the relay configuration that defines groups and NATS settings."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,17 @@ def test_bad_group_and_peer_settings_are_one_error_naming_the_key(tmp_path: Path
     with pytest.raises(config.ConfigError, match=message) as info:
         read(tmp_path, text)
     assert "\n" not in str(info.value)
+
+
+def test_the_example_configuration_s_commented_examples_are_what_the_relay_takes(tmp_path: Path) -> None:
+    """Uncommented, the group and NATS examples of scripts/relay.toml configure the relay."""
+    example = Path(__file__).resolve().parent.parent / "scripts" / "relay.toml"
+    lines = [
+        re.sub(r"^# (?=\[|[a-z_]+ = )", "", line)
+        for line in example.read_text().splitlines()
+        if "ca_file" not in line  # a CA file that exists on every machine is not the example's point
+    ]
+    built = read(tmp_path, "\n".join(lines) + "\n")
+    assert built.groups["orders"].mode == "failover" and len(built.groups["orders"].peers) == 2
+    (nats_url,) = (url for url in built.peers if url.startswith("nats://"))
+    assert built.peer(nats_url).user == "dropr" and built.peer(nats_url).subject_prefix == "dropr."

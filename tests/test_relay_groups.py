@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,9 @@ from dropr import protocol
 from dropr.protocol import Acks, PeerFailure
 from dropr.relay.backoff import Backoff
 from dropr.relay.batches import Entry
+from dropr.relay.config import GroupConfig, RelayConfig
 from dropr.relay.group import GroupTransport, Member
+from dropr.relay.transport import Transports, Unavailable
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -216,3 +219,16 @@ def test_a_group_not_defined_waits_says_so_once_and_expires_at_its_maximum_age(t
     assert done.returncode == 1 and queued(spool) == []
     reasons = [path.read_text() for path in (spool / "failed").glob("*.reason")]
     assert len(reasons) == 50 and all(reason.startswith("expired") for reason in reasons)
+
+
+def test_a_group_none_of_whose_members_can_be_used_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in ("nats", "nats.errors", "nats.js.errors", "nats.aio.client"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if nats-py were not installed
+    monkeypatch.delitem(sys.modules, "dropr.relay.nats", raising=False)
+    config = RelayConfig(spool="/nonexistent", groups={"g": GroupConfig(("nats://n:4222",))})
+    transports = Transports(config, client="c", locate=str, resolve=str)
+    try:
+        with pytest.raises(Unavailable, match="no member of peer group 'g' can be used: nats:// peers need nats-py"):
+            transports.open("group:g")
+    finally:
+        asyncio.run(transports.aclose())

@@ -69,8 +69,10 @@ class Transports:
             group = config.groups.get(name)
             if group is None:
                 raise Unavailable(f"peer group {name!r} is not defined in the relay's configuration")
-            members = [Member(member, self._member(member), self.backoff()) for member in group.peers]
-            return GroupTransport(url, group.mode, members)
+            opened = [(member, self._member(member)) for member in group.peers]
+            if all(isinstance(transport, str) for _, transport in opened):
+                raise Unavailable(f"no member of peer group {name!r} can be used: {opened[0][1]}")
+            return GroupTransport(url, group.mode, [Member(m, t, self.backoff()) for m, t in opened])
         if url.startswith(names.NATS_PREFIX):
             try:
                 from .nats import NatsTransport
