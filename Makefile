@@ -4,13 +4,13 @@ PYTHON ?= .venv/bin/python
 .PHONY: compile test test-python bench lint typecheck clean
 
 compile:
-	$(PYTHON) setup.py build_ext --inplace -q
+	DROPR_REQUIRE_EXTENSIONS=1 $(PYTHON) setup.py build_ext --inplace -q
 
 test:
 	./scripts/test
 
 test-python:
-	DROPR_NO_EXTENSIONS=1 $(PYTHON) -m pytest -q tests/test_codec.py tests/test_scan.py tests/test_manifest.py tests/test_put.py
+	env -u DROPR_REQUIRE_EXTENSIONS DROPR_NO_EXTENSIONS=1 $(PYTHON) -m pytest -q
 
 bench:
 	$(PYTHON) -m pytest bench -q --benchmark-only

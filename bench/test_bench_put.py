@@ -26,14 +26,14 @@ MEMORY = "/dev/shm"
 
 
 @pytest.fixture(params=["compiled", "python"])
-def drop_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """Routes fastput through the compiled ``dropr._drop`` or its plain-Python twin."""
-    name = "dropr._drop" if request.param == "compiled" else "dropr._drop_py"
+def putter_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Routes fastput through the compiled put front ``dropr._putter`` or its plain-Python twin."""
+    name = "dropr._putter" if request.param == "compiled" else "dropr._putter_py"
     try:
         twin = importlib.import_module(name)
     except ImportError:
         pytest.skip(f"{name} is not built")
-    monkeypatch.setattr(spool, "drop", twin)
+    monkeypatch.setattr(spool, "putter", twin)
     return twin
 
 
@@ -49,10 +49,10 @@ def fresh_dir(where: str) -> Iterator[str]:
 @pytest.mark.parametrize(
     ("where", "sync"), [("memory", False), ("disk", False), ("disk", True)], ids=["memory", "disk", "disk-sync"]
 )
-def test_fastput(benchmark: BenchmarkFixture, drop_twin: ModuleType, where: str, sync: bool) -> None:
+def test_fastput(benchmark: BenchmarkFixture, putter_twin: ModuleType, where: str, sync: bool) -> None:
     benchmark.group = f"put-{where}{'-sync' if sync else ''}"
     with fresh_dir(where) as spool_dir:
-        fastput = drop_twin.Spools(spool._open_for_fastput).fastput
+        fastput = putter_twin.Spools(spool._open_for_fastput).fastput
         msg_id = benchmark(fastput, PAYLOAD, PEER, spool=spool_dir, sync=sync)
         queue = os.path.join(spool_dir, "queue")
         assert any(name[1:31] == msg_id for b in os.listdir(queue) for name in os.listdir(os.path.join(queue, b)))

@@ -2,10 +2,6 @@
 
 from typing import Final
 
-# The compiled Putter and Spools have the API of their twins, documented there.
-from ._drop_py import Putter as Putter
-from ._drop_py import Spools as Spools
-
 STALE_PUT_NS: Final[int]
 BUCKET_ATTEMPTS: Final[int]
 
@@ -27,5 +23,3 @@ def put(
     nothing is left in ``tmp/`` or ``queue/`` and ``OSError`` is raised with its errno; a
     field or priority outside the name format raises ValueError before anything is written.
     """
-
-FIELDS_CACHE: Final[int]

@@ -11,7 +11,7 @@ import importlib
 import os
 from types import ModuleType
 
-_NAMES = ("codec", "scan", "manifest", "drop")
+_NAMES = ("codec", "scan", "manifest", "drop", "putter")
 
 
 def _flag(name: str) -> bool:
@@ -34,6 +34,7 @@ codec = _loaded["codec"][0]
 scan = _loaded["scan"][0]
 manifest = _loaded["manifest"][0]
 drop = _loaded["drop"][0]
+putter = _loaded["putter"][0]
 
 COMPILED = {name: compiled for name, (_, compiled) in _loaded.items()}
 IMPLEMENTATION = "compiled" if all(COMPILED.values()) else "python" if not any(COMPILED.values()) else "mixed"

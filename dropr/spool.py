@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import limits as _limits
 from ._files import DIR_FLAGS, DIR_MODE, publish, remove, remove_all
-from ._impl import codec, drop
+from ._impl import codec, putter
 from .errors import InvalidMessage, SpoolError
 from .limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
 from .names import Names, check_channel, check_client_id, check_peer, check_priority
@@ -250,7 +250,7 @@ class Client:
 
 
 def _open_putter(spool: Spool, limits: _limits.Limits) -> Any:
-    """The put path of ``spool`` (a ``Putter`` of the loaded ``drop`` module): its ``tmp/``
+    """The put path of ``spool`` (a ``Putter`` of the loaded ``putter`` module): its ``tmp/``
     and ``queue/`` held open, ``limits`` applied."""
     tmp_fd = -1
     try:
@@ -262,7 +262,7 @@ def _open_putter(spool: Spool, limits: _limits.Limits) -> Any:
         raise spool_error(exc, spool.path) from exc
     fields = functools.partial(_fields, spool, limits)
     failed = functools.partial(spool_error, path=spool.path)
-    return drop.Putter(tmp_fd, queue_fd, limits.max_payload, fields, _coerce, failed)
+    return putter.Putter(tmp_fd, queue_fd, limits.max_payload, fields, _coerce, failed)
 
 
 def _fields(spool: Spool, limits: _limits.Limits, peer: object, channel: object) -> tuple[str, str]:
@@ -287,7 +287,7 @@ def _open_for_fastput(spool: PathLike | None) -> Any:
     return _open_putter(opened, opened.limits)
 
 
-_spools = drop.Spools(_open_for_fastput)
+_spools = putter.Spools(_open_for_fastput)
 
 if TYPE_CHECKING:
 

@@ -3,9 +3,8 @@
 One call makes the id, the CRC-32 and the spool name in C and does openat, write,
 [fdatasync], close, renameat into the queue bucket (mkdirat first if the bucket is new),
 [fsync of the bucket and, when needed, of queue/] with the GIL released, so a put costs what
-the file system charges and threads putting at once run in parallel. ``Putter`` and
-``Spools`` are the front of ``Client.put`` and ``fastput``: a put whose arguments need no
-conversion runs no Python code at all.
+the file system charges and threads putting at once run in parallel. ``put`` is declared in
+``dropr/_drop.pxd`` for the compiled front, ``dropr._putter``, which calls it in C.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -26,14 +25,12 @@ cdef extern from * nogil:
         __ATOMIC_RELAXED
 
 import dropr._codec  # the capsule lookup below walks attributes; the submodule must be loaded
-from dropr.limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
 
 cdef const CodecAPI *_codec = import_codec()
 cdef uint32_t _crc_table[8][256]
 
 STALE_PUT_NS = 1_000_000_000
 BUCKET_ATTEMPTS = 8
-FIELDS_CACHE = 4096
 cdef int64_t _stale_put_ns = STALE_PUT_NS
 cdef int _bucket_attempts = BUCKET_ATTEMPTS
 cdef uint32_t _synced_slot[10]  # per priority: the last bucket whose entry in queue/ this process synced
@@ -173,20 +170,8 @@ cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, char *path, int pri
     return 0
 
 
-def put(int tmp_fd, int queue_fd, str peer_field not None, str channel_field not None,
-        int priority, payload, bint sync):
-    """Write ``payload`` as a new queued message and return its id.
-
-    ``peer_field`` and ``channel_field`` are already escaped. With ``sync`` the file data,
-    its bucket and the bucket's entry in ``queue/`` are flushed to disk before returning. On
-    failure nothing is left in ``tmp/`` or ``queue/`` and the ``OSError`` is raised with its
-    errno; a field or priority outside the name format raises ValueError before anything is
-    written.
-    """
-    return _put(tmp_fd, queue_fd, peer_field, channel_field, priority, payload, sync)
-
-
-cdef str _put(int tmp_fd, int queue_fd, str peer_field, str channel_field, int priority, payload, bint sync):
+cpdef str put(int tmp_fd, int queue_fd, str peer_field, str channel_field, int priority, payload, bint sync):
+    """Write ``payload`` as a new queued message and return its id (see ``dropr._drop_py.put``)."""
     cdef Py_ssize_t peer_len, channel_len, name_len = -1
     cdef const char *peer = PyUnicode_AsUTF8AndSize(peer_field, &peer_len)
     cdef const char *channel = PyUnicode_AsUTF8AndSize(channel_field, &channel_len)
@@ -214,86 +199,3 @@ cdef str _put(int tmp_fd, int queue_fd, str peer_field, str channel_field, int p
     if err:
         raise OSError(err, strerror(err).decode("utf-8", "replace"))
     return msg_id[:DROPR_ID_LEN].decode("ascii")
-
-
-cdef class Putter:
-    """One spool's put path, held open (see ``dropr._drop_py.Putter``)."""
-
-    cdef int tmp_fd, queue_fd
-    cdef Py_ssize_t max_payload
-    cdef dict known
-    cdef object fields, coerce, failed
-
-    def __cinit__(self):
-        self.tmp_fd = self.queue_fd = -1
-
-    def __init__(self, int tmp_fd, int queue_fd, Py_ssize_t max_payload, fields, coerce, failed):
-        self.tmp_fd, self.queue_fd, self.max_payload = tmp_fd, queue_fd, max_payload
-        self.fields, self.coerce, self.failed = fields, coerce, failed
-        self.known = {}
-
-    def __dealloc__(self):
-        self.close()
-
-    cpdef close(self):
-        """Close the spool's directories; further puts fail."""
-        if self.tmp_fd >= 0:
-            close(self.tmp_fd)
-        if self.queue_fd >= 0:
-            close(self.queue_fd)
-        self.tmp_fd = self.queue_fd = -1
-
-    cpdef str put(self, payload, peer, channel, priority, bint sync):
-        """Queue ``payload`` for ``peer`` in ``channel``; returns the message id."""
-        cdef tuple fields
-        if not (type(payload) is bytes and len(<bytes>payload) <= self.max_payload
-                and type(priority) is int and 0 <= priority <= 9):
-            payload, priority = self.coerce(payload, priority, self.max_payload)
-        try:
-            fields = self.known.get((peer, channel))
-        except TypeError:
-            fields = None
-        if fields is None:
-            fields = self.fields(peer, channel)
-            if len(self.known) >= FIELDS_CACHE:
-                self.known.clear()
-            self.known[peer, channel] = fields
-        try:
-            return _put(self.tmp_fd, self.queue_fd, fields[0], fields[1], priority, payload, sync)
-        except OSError as exc:
-            raise self.failed(exc) from exc
-
-
-cdef class Spools:
-    """The spools of ``fastput``, each with its Putter (see ``dropr._drop_py.Spools``)."""
-
-    cdef readonly dict putters
-    cdef object open
-
-    def __init__(self, open):
-        self.putters = {}
-        self.open = open
-
-    def fastput(self, payload, peer, channel=DEFAULT_CHANNEL, priority=DEFAULT_PRIORITY, *, spool=None,
-                bint sync=False):
-        """Queue ``payload`` for ``peer`` in ``spool`` and return the message id.
-
-        The spool defaults to ``$DROPR_SPOOL`` (read at the first call that relies on it).
-        Each spool's directories stay open for the life of the process, so a put costs the
-        file system's work: create, write, rename (and with ``sync`` two flushes).
-        """
-        cdef Putter putter = self.putters.get(spool)
-        if putter is None:
-            putter = self._open(spool)
-        try:
-            return putter.put(payload, peer, channel, priority, sync)
-        except OSError as exc:
-            if exc.errno != ENOENT:
-                raise
-        # The spool was removed or replaced since its directories were opened: open it anew.
-        return self._open(spool).put(payload, peer, channel, priority, sync)
-
-    cdef Putter _open(self, spool):
-        cdef Putter putter = self.open(spool)
-        self.putters[spool] = putter
-        return putter

@@ -1,7 +1,10 @@
 """Fixtures shared by the whole suite.
 
 The compiled modules and their plain-Python twins run the same tests: a fixture named after
-a module (``codec``, ``scan``, ``manifest``, ``drop``) is parametrized over both.
+a module (``codec``, ``scan``, ``manifest``, ``drop``, ``putter``) is parametrized over both, and
+``kind`` names each for a test that runs its own processes. In the run on the plain-Python
+twins (``DROPR_NO_EXTENSIONS=1``) they give the twin alone: the compiled modules are not
+under test there.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from types import ModuleType
 
 import pytest
 
-KINDS = ("compiled", "python")
+import dropr._impl
+
+KINDS = ("compiled", "python") if dropr._impl.IMPLEMENTATION != "python" else ("python",)
 
 
 def load_twin(name: str, kind: str) -> ModuleType:
@@ -45,3 +50,14 @@ def manifest(request: pytest.FixtureRequest) -> ModuleType:
 @pytest.fixture(params=KINDS)
 def drop(request: pytest.FixtureRequest) -> ModuleType:
     return load_twin("drop", request.param)
+
+
+@pytest.fixture(params=KINDS)
+def putter(request: pytest.FixtureRequest) -> ModuleType:
+    """The put front; the compiled one calls the compiled put path, the twin the twin."""
+    return load_twin("putter", request.param)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

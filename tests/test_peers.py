@@ -8,11 +8,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from relaykit import queued
 
+import dropr
 from dropr import spool
 from dropr.errors import InvalidMessage
 from dropr.names import check_peer, nats_servers
@@ -63,15 +63,13 @@ def test_bad_group_and_nats_peers_are_refused_and_write_nothing(tmp_path: Path, 
     assert queued(tmp_path) == [] and os.listdir(tmp_path / "tmp") == []
 
 
-def test_fastput_takes_a_group(tmp_path: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spool, "drop", drop)
-    fastput = drop.Spools(spool._open_for_fastput).fastput
-    msg_id = fastput(b"x", "group:orders", spool=str(tmp_path))
+def test_fastput_takes_a_group_and_a_nats_peer(tmp_path: Path) -> None:
+    msg_id = dropr.fastput(b"x", "group:orders", spool=str(tmp_path))
     with pytest.raises(InvalidMessage):
-        fastput(b"x", "group:a b", spool=str(tmp_path))
+        dropr.fastput(b"x", "group:a b", spool=str(tmp_path))
     (name,) = queued(tmp_path)
     assert spool.Spool(tmp_path).decode(name)[:3] == (9, msg_id, "group:orders")
-    fastput(b"y", "nats://127.0.0.1:4222", spool=str(tmp_path / "other"))
+    dropr.fastput(b"y", "nats://127.0.0.1:4222", spool=str(tmp_path / "other"))
     (name,) = queued(tmp_path / "other")
     assert spool.Spool(tmp_path / "other").decode(name).peer == "nats://127.0.0.1:4222"
 

@@ -36,9 +36,9 @@ def dirs(tmp_path: Path) -> Iterator[tuple[Path, Path, int, int]]:
 
 
 @pytest.fixture
-def client(tmp_path: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[spool.Client]:
-    """A Client whose puts go through the ``drop`` twin under test."""
-    monkeypatch.setattr(spool, "drop", drop)
+def client(tmp_path: Path, putter: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[spool.Client]:
+    """A Client whose puts go through the ``putter`` twin under test."""
+    monkeypatch.setattr(spool, "putter", putter)
     with spool.Client(tmp_path / "spool") as client:
         yield client
 
@@ -167,16 +167,16 @@ def test_client_put_strided_memoryview(client: spool.Client) -> None:
     assert only_file(Path(client.spool.queue_dir)).read_bytes() == b"ace"
 
 
-def test_client_with_sync_puts_durably(tmp_path: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spool, "drop", drop)
+def test_client_with_sync_puts_durably(tmp_path: Path, putter: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool, "putter", putter)
     with spool.Client(tmp_path, sync=True) as client:
         client.put(b"x", peer=PEER)
         client.put(b"y", peer=PEER)
     assert len(queued_files(tmp_path / "queue")) == 2
 
 
-def test_oversized_payload_is_refused(tmp_path: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spool, "drop", drop)
+def test_oversized_payload_is_refused(tmp_path: Path, putter: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool, "putter", putter)
     with spool.Client(tmp_path, limits=Limits(max_payload=10)) as client:
         client.put(b"x" * 10, peer=PEER)
         with pytest.raises(InvalidMessage, match="over the limit"):
@@ -203,8 +203,8 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def test_full_disk_raises_and_shows_nothing(tiny_fs: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spool, "drop", drop)
+def test_full_disk_raises_and_shows_nothing(tiny_fs: Path, putter: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool, "putter", putter)
     stored = 0
     with spool.Client(tiny_fs / "spool") as client, pytest.raises(SpoolError) as info:
         for _ in range(100):
@@ -222,9 +222,9 @@ def test_full_disk_raises_and_shows_nothing(tiny_fs: Path, drop: ModuleType, mon
 
 
 def test_read_only_spool_raises_and_shows_nothing(
-    tiny_fs: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch
+    tiny_fs: Path, putter: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spool, "drop", drop)
+    monkeypatch.setattr(spool, "putter", putter)
     with spool.Client(tiny_fs / "spool") as client:
         subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
         with pytest.raises(SpoolError) as info:
@@ -248,10 +248,9 @@ FILE_SIZE_LIMIT_CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("extensions", ["compiled", "python"])
-def test_file_size_limit_raises_and_shows_nothing(tmp_path: Path, extensions: str) -> None:
+def test_file_size_limit_raises_and_shows_nothing(tmp_path: Path, kind: str) -> None:
     env = dict(os.environ)
-    if extensions == "python":
+    if kind == "python":
         env["DROPR_NO_EXTENSIONS"] = "1"
         env.pop("DROPR_REQUIRE_EXTENSIONS", None)
     done = subprocess.run(

@@ -81,8 +81,8 @@ def put_from_threads(client: spool.Client, threads: int, count: int) -> list[str
     return [i for out in ids for i in out]
 
 
-def test_threads_put_at_once(tmp_path: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spool, "drop", drop)
+def test_threads_put_at_once(tmp_path: Path, putter: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool, "putter", putter)
     with spool.Client(tmp_path) as client:
         ids = put_from_threads(client, threads=6, count=300)
     assert len(set(ids)) == len(ids) == 1800
@@ -104,9 +104,9 @@ def test_processes_and_threads_put_at_once(tmp_path: Path) -> None:
 
 
 def test_forked_children_put_through_the_inherited_client(
-    tmp_path: Path, drop: ModuleType, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, putter: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spool, "drop", drop)
+    monkeypatch.setattr(spool, "putter", putter)
     with spool.Client(tmp_path) as client:
         ids = [client.put(b"parent", peer=PEER)]
         children = []

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 import errno
+import gc
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -26,15 +29,15 @@ SUBDIRS = {"queue", "tmp", "sent", "failed", "names"}
 
 
 @pytest.fixture
-def twin(drop: ModuleType, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """Client and fastput routed through the ``drop`` twin under test."""
-    monkeypatch.setattr(spool, "drop", drop)
-    return drop
+def twin(putter: ModuleType, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Client and fastput routed through the ``putter`` twin under test."""
+    monkeypatch.setattr(spool, "putter", putter)
+    return putter
 
 
 @pytest.fixture
 def fastput(twin: ModuleType) -> Callable[..., str]:
-    """A fastput of the ``drop`` twin under test, with no spool opened yet."""
+    """A fastput of the ``putter`` twin under test, with no spool opened yet."""
     return twin.Spools(spool._open_for_fastput).fastput  # type: ignore[no-any-return]
 
 
@@ -298,7 +301,7 @@ def test_fastput_follows_a_spool_that_was_removed_and_made_again(tmp_path: Path,
 def test_fastput_is_the_compiled_front_when_the_hot_path_is(tmp_path: Path) -> None:
     from dropr._impl import COMPILED
 
-    assert type(spool._spools).__module__ == ("dropr._drop" if COMPILED["drop"] else "dropr._drop_py")
+    assert type(spool._spools).__module__ == ("dropr._putter" if COMPILED["putter"] else "dropr._putter_py")
     assert spool.fastput(b"x", PEER, spool=str(tmp_path)) in queued_names(tmp_path)[0]
 
 
@@ -309,6 +312,37 @@ def test_put_after_close_is_a_spool_error(tmp_path: Path, twin: ModuleType) -> N
         client.put(b"x", peer=PEER)
     assert info.value.errno == errno.EBADF
     assert_untouched(tmp_path)
+
+
+def test_a_client_dropped_unclosed_releases_its_directories(tmp_path: Path, twin: ModuleType) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    client = spool.Client(tmp_path)
+    assert len(os.listdir("/proc/self/fd")) == before + 2
+    client.close()
+    client.close()
+    client = spool.Client(tmp_path)
+    del client
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+EXIT_WITH_OPEN_SPOOLS = """
+import sys, dropr
+client = dropr.Client(sys.argv[1])
+client.put(b"x", peer="http://127.0.0.1:8080/q")
+dropr.fastput(b"y", "http://127.0.0.1:8080/q", spool=sys.argv[1])
+"""
+
+
+def test_a_process_exits_quietly_with_its_spools_open(tmp_path: Path, kind: str) -> None:
+    env = dict(os.environ)
+    if kind == "python":
+        env["DROPR_NO_EXTENSIONS"] = "1"
+        env.pop("DROPR_REQUIRE_EXTENSIONS", None)
+    command = [sys.executable, "-X", "dev", "-c", EXIT_WITH_OPEN_SPOOLS, str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert len(queued_names(tmp_path)) == 2
 
 
 def test_remove_all_unlinks_in_parallel_and_counts_what_was_there(tmp_path: Path) -> None:

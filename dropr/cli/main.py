@@ -1,4 +1,4 @@
-"""``dropr``: scripting and administration of spools and stores."""
+"""dropr: scripting and administration of spools and stores."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DroprError
-from . import spool_cmds, store_cmds
+from . import consume, spool_cmds, store_cmds
 from ._common import CommandError, Parser
 
 
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     spool_cmds.register(commands)
     store_cmds.register(commands)
+    consume.register(commands)
     return parser
 
 

@@ -1,9 +1,9 @@
-"""``dropr-relay``: forwards a spool's queued messages to their peers.
+"""dropr-relay: forwards a spool's queued messages to their peers.
 
-Runs until stopped (SIGTERM/SIGINT finish the requests in flight and exit 0), restarting
-its worker if it dies; ``--once`` drains the queue and exits 0 only if every message was
-accepted. Settings beyond the options come from ``--config FILE`` (TOML, or JSON by its
-``.json`` name; see ``dropr.relay.config``).
+Runs until stopped (SIGTERM or SIGINT finish the requests in flight and exit 0), under a
+supervisor that restarts its worker if it crashes; --once drains the queue and exits 0 only
+if every message was accepted. Settings beyond the options come from --config FILE (see
+dropr.relay.config).
 """
 
 from __future__ import annotations
@@ -12,20 +12,40 @@ import argparse
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
 from ..errors import DroprError
 from ..relay import config as _config
 from ..relay import supervisor
-from ._common import Parser, minutes, positive_int, positive_number
+from ._common import (
+    EXIT_USAGE,
+    CommandError,
+    MissingExtra,
+    Parser,
+    log_to,
+    minutes,
+    positive_int,
+    positive_number,
+    require,
+    stderr_handler,
+)
 
 PROG = "dropr-relay"
+MODULE = "dropr.cli.relay"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SYSLOG_SOCKET = "/dev/log"
+
+
+def _default(setting: str) -> object:
+    """The relay's own value of a setting that neither an option nor --config gives."""
+    value = getattr(_config.RelayConfig, setting)
+    return f"{value:g}" if isinstance(value, float) else value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = Parser(prog=PROG, description=__doc__)
     parser.add_argument("--spool", required=True, metavar="DIR", help="the spool to relay")
     parser.add_argument(
         "--once", action="store_true", help="drain the queue, then exit (0 only if every message was accepted)"
@@ -34,33 +54,64 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-for",
         type=positive_number,
         metavar="SECONDS",
-        help="with --once: keep retrying a failing peer this long before giving up on it (default 30)",
+        help="with --once: keep retrying a failing peer this long after its first failure before giving up"
+        f" on it (default: {_default('retry_for_seconds')})",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML or JSON settings (per-peer tokens)")
-    parser.add_argument("--token", help="bearer token for the peers (default: $DROPR_TOKEN)")
-    parser.add_argument("--ca-file", metavar="FILE", help="CA certificates for https peers")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file, TOML or JSON by its .json name, for tokens per peer and more (default: none)",
+    )
+    parser.add_argument("--token", help="bearer token for the peers (default: $DROPR_TOKEN, or the settings file's)")
+    parser.add_argument("--ca-file", metavar="FILE", help="CA certificates for https peers (default: the system's)")
     parser.add_argument(
         "--max-age",
         type=minutes,
         metavar="MINUTES",
-        help="queued longer than this goes to failed/ (default 10080 = 7 days; 0: never)",
+        help=f"a message queued longer goes to failed/; 0: never (default: {_default('max_age_minutes')},"
+        f" {_config.RelayConfig.max_age_minutes / (24 * 60):g} days)",
     )
     parser.add_argument(
         "--keep-sent",
         type=minutes,
         metavar="MINUTES",
-        help="keep acknowledged messages in sent/ this long (default 0: delete in the background)",
+        help=f"keep acknowledged messages in sent/ this long; 0: delete them at once, in the background"
+        f" (default: {_default('keep_sent_minutes')})",
     )
-    parser.add_argument("--batch-count", type=positive_int, metavar="N", help="messages per request")
-    parser.add_argument("--batch-bytes", type=positive_int, metavar="N", help="payload bytes per request")
-    parser.add_argument("--parallel", type=positive_int, metavar="N", help="requests in flight per peer")
     parser.add_argument(
-        "--rescan", type=positive_number, metavar="SECONDS", help="fallback rescan of the queue (default 1)"
+        "--batch-count",
+        type=positive_int,
+        metavar="N",
+        help=f"messages per request (default: {_default('batch_count')})",
     )
-    parser.add_argument("--no-supervise", action="store_true", help="run the worker in this process, without restarts")
+    parser.add_argument(
+        "--batch-bytes",
+        type=positive_int,
+        metavar="N",
+        help=f"payload bytes per request (default: {_default('batch_bytes')})",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=positive_int,
+        metavar="N",
+        help=f"requests in flight per peer (default: {_default('parallel')})",
+    )
+    parser.add_argument(
+        "--rescan",
+        type=positive_number,
+        metavar="SECONDS",
+        help=f"seconds between rescans of the queue, besides the wake-up on each put"
+        f" (default: {_default('rescan_seconds')})",
+    )
+    parser.add_argument(
+        "--no-supervise", action="store_true", help="run the worker in this process, with no supervisor to restart it"
+    )
     parser.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    return parser  # fmt: skip
+    parser.add_argument("--syslog-socket", metavar="PATH", default=SYSLOG_SOCKET, help="the syslog socket")
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="log messages of this importance and above"
+    )
+    return parser
 
 
 def load_config(args: argparse.Namespace) -> _config.RelayConfig:
@@ -84,18 +135,28 @@ def load_config(args: argparse.Namespace) -> _config.RelayConfig:
     return _config.build(args.spool, settings, options)
 
 
-def setup_logging(use_syslog: bool, level: str) -> None:
-    logger = logging.getLogger("dropr.relay")
-    handler: logging.Handler
-    if use_syslog:
-        handler = logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter(f"{PROG}[%(process)d]: %(message)s"))
+def log_handler(args: argparse.Namespace) -> logging.Handler:
+    """Where the logs go: stderr, or with --syslog the syslog socket, which must be there."""
+    if not args.syslog:
+        return stderr_handler(PROG)
+    path = args.syslog_socket
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):  # as SysLogHandler tries them
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(path)
+                break
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
     else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{PROG}[%(process)d] %(levelname)s %(message)s"))
-    logger.handlers[:] = [handler]
-    logger.setLevel(level.upper())
-    logger.propagate = False
+        raise CommandError(f"cannot log to syslog: {path}: {problem}")
+    handler = logging.handlers.SysLogHandler(path, logging.handlers.SysLogHandler.LOG_DAEMON, kind)
+    handler.setFormatter(logging.Formatter(f"{PROG}[%(process)d]: %(message)s"))
+    return handler
+
+
+def worker_command(arguments: Sequence[str]) -> list[str]:
+    """This command again, with the same ``arguments``, as the worker of a supervisor."""
+    return [sys.executable, "-m", MODULE, *arguments, "--no-supervise"]
 
 
 def _work(config: _config.RelayConfig) -> int:
@@ -110,6 +171,9 @@ def _work(config: _config.RelayConfig) -> int:
     except DroprError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return supervisor.EXIT_FAILED
+    except ImportError as exc:  # a module missing: no restart brings it
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception:
         logging.getLogger("dropr.relay").exception("relay worker crashed")
         return supervisor.EXIT_CRASH
@@ -119,20 +183,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(arguments)
     try:
+        require("relay")
         config = load_config(args)
-    except (_config.ConfigError, OSError, ValueError) as exc:
+        log_to(log_handler(args), args.log_level)
+    except MissingExtra as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        setup_logging(args.syslog, args.log_level)
-    except OSError as exc:
-        print(f"{PROG}: cannot log to syslog: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CommandError, _config.ConfigError, OSError, ValueError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     try:
         if args.no_supervise:
             supervisor.bind_to_parent()
             return _work(config)
-        return supervisor.supervise(arguments, once=config.once)
+        return supervisor.supervise(worker_command(arguments), once=config.once)
     except KeyboardInterrupt:
         return 130
 

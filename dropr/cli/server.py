@@ -1,4 +1,8 @@
-"""``dropr-server``: receive batches over HTTP(S) into a store."""
+"""dropr-server: receives batches over HTTP(S) into a store.
+
+POST on any path delivers a batch; GET /health and GET /metrics report. SIGTERM or SIGINT
+stop it.
+"""
 
 from __future__ import annotations
 
@@ -10,42 +14,44 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DroprError
-from ._common import CommandError, Parser, positive_int
+from ._common import EXIT_USAGE, CommandError, MissingExtra, Parser, log_to, positive_int, require, stderr_handler
 
+PROG = "dropr-server"
 LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_MAX_REQUEST_TEXT = "64 MiB"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="dropr-server",
-        description="Receive dropr batches over HTTP(S) into a store.",
-        epilog="POST on any path receives a batch; GET /health and GET /metrics report.",
-    )
-    parser.add_argument("--store", required=True, metavar="DIR", help="store directory")
+    parser = Parser(prog=PROG, description=__doc__)
+    parser.add_argument("--store", required=True, metavar="DIR", help="the store directory, made if missing")
     parser.add_argument(
         "--listen",
         required=True,
         type=listen_address,
         metavar="HOST:PORT",
-        help="address to listen on (port 0: any free port)",
+        help="the address to listen on; port 0: any free port",
     )
-    parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: $DROPR_TOKEN)")
-    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
-    parser.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert")
+    parser.add_argument(
+        "--token", help="the bearer token a request must carry (default: $DROPR_TOKEN; none: any request is let in)"
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (default: plain HTTP)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (default: none)")
     parser.add_argument(
         "--fsync",
         choices=("batch", "none"),
         default="batch",
-        help="batch: flush the store before each acknowledgement (default); none: never",
+        help="batch: flush the store to disk before each acknowledgement; none: never",
     )
     parser.add_argument(
         "--max-request-bytes",
         type=positive_int,
         metavar="N",
         default=None,
-        help="largest request accepted, else 413 (default 64 MiB)",
+        help=f"the largest request accepted, larger ones get 413 (default: {DEFAULT_MAX_REQUEST_TEXT})",
     )
-    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, default="info", help="default: info")
+    parser.add_argument(
+        "--log-level", type=str.lower, choices=LEVELS, default="info", help="log messages of this importance and above"
+    )
     return parser
 
 
@@ -111,15 +117,15 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s dropr-server %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    log_to(stderr_handler(PROG), args.log_level)
     try:
+        require("server")
         return run(args)
+    except MissingExtra as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (CommandError, DroprError, OSError, ValueError) as exc:
-        print(f"dropr-server: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -1,4 +1,4 @@
-"""``dropr put`` and ``dropr spool``: the producer side from the shell."""
+"""dropr put and dropr spool: the producer side from the shell."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .. import limits as _limits
 from .._files import DIR_MODE
 from .._impl import codec, scan
 from ..errors import InvalidMessage
+from ..limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
 from ..names import check_channel, check_peer, check_priority
 from ..spool import Client, Spool, SpoolMessage
 from ._common import CommandError, emit_json, minutes
@@ -23,28 +24,40 @@ _BUCKET_ATTEMPTS = 5
 
 def register(subparsers: Any) -> None:
     """Add the ``put`` and ``spool`` commands to ``dropr``."""
-    put = subparsers.add_parser("put", help="queue one message in a spool; prints its id")
-    put.add_argument("--spool", default=os.environ.get("DROPR_SPOOL"), help="spool directory (default $DROPR_SPOOL)")
+    text = "queue one message in a spool; prints its id"
+    put = subparsers.add_parser("put", help=text, description=text)
     put.add_argument(
-        "--peer", required=True, help="http://host:port/path, https://..., file:///path, nats://host:port or group:NAME"
+        "--spool",
+        default=os.environ.get("DROPR_SPOOL"),
+        metavar="DIR",
+        help="the spool directory (default: $DROPR_SPOOL)",
     )
-    put.add_argument("--channel", default="common")
-    put.add_argument("--priority", type=int, default=9, help="0 (first) to 9 (default)")
+    put.add_argument(
+        "--peer",
+        required=True,
+        help="where to deliver: http://host:port/path, https://..., file:///path, nats://host:port[,...] or group:NAME",
+    )
+    put.add_argument("--channel", default=DEFAULT_CHANNEL, help="the channel")
+    put.add_argument("--priority", type=int, default=DEFAULT_PRIORITY, help="0 (delivered first) to 9")
     put.add_argument("--sync", action="store_true", help="return only once the message is on disk")
-    put.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="payload (default: stdin)")
+    put.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="the payload (default: standard input)")
     put.set_defaults(run=run_put)
 
-    spool = subparsers.add_parser("spool", help="inspect and tidy a spool")
-    spool.add_argument("spool", metavar="DIR")
+    text = "inspect and tidy a spool"
+    spool = subparsers.add_parser("spool", help=text, description=text)
+    spool.add_argument("spool", metavar="DIR", help="the spool directory")
     actions = spool.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("count-queued", help="number of queued messages").set_defaults(run=run_count, sub="queue")
-    actions.add_parser("count-sent", help="number of sent messages kept").set_defaults(run=run_count, sub="sent")
-    wipe = actions.add_parser("wipe-sent", help="remove sent messages put more than MINUTES ago")
-    wipe.add_argument("minutes", type=minutes, metavar="MINUTES")
+    for name, sub, text in (
+        ("count-queued", "queue", "the number of queued messages"),
+        ("count-sent", "sent", "the number of sent messages kept"),
+    ):
+        actions.add_parser(name, help=text, description=text).set_defaults(run=run_count, sub=sub)
+    text = "remove sent messages put more than MINUTES ago"
+    wipe = actions.add_parser("wipe-sent", help=text, description=text)
+    wipe.add_argument("minutes", type=minutes, metavar="MINUTES", help="the age in minutes")
     wipe.set_defaults(run=run_wipe_sent)
-    resend = actions.add_parser(
-        "resend", help="move messages kept in sent/ back into the queue, to be sent again; prints how many"
-    )
+    text = "move messages kept in sent/ back into the queue, to be sent again; prints how many"
+    resend = actions.add_parser("resend", help=text, description=text)
     resend.add_argument(
         "--since",
         required=True,
@@ -57,7 +70,7 @@ def register(subparsers: Any) -> None:
         ("list", run_list, "queued messages in delivery order: id priority channel peer size time"),
         ("list-failed", run_list_failed, "failed messages: id priority channel peer size time reason"),
     ):
-        action = actions.add_parser(name, help=text)
+        action = actions.add_parser(name, help=text, description=text)
         action.add_argument("--json", action="store_true", help="one JSON array of objects")
         action.set_defaults(run=run)
 

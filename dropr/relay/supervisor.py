@@ -1,14 +1,16 @@
 """The angel: ``dropr-relay`` runs its worker in a child process and restarts it if it dies.
 
-The worker, not this parent, holds the spool's lock; the parent starts a new worker only
-after the old one has exited (the kernel has then released its lock). A worker that was
-killed by a signal or crashed (:data:`EXIT_CRASH`) is restarted after a delay that grows
-from :data:`MIN_DELAY` to :data:`MAX_DELAY` and starts small again once a worker has run
-for :data:`STABLE_SECONDS`. Any other exit status is final: a clean stop, ``--once``
-results, bad configuration, another relay holding the lock. With ``--once`` a crashing
-worker is restarted at most :data:`ONCE_RESTARTS` times. SIGTERM and SIGINT are passed on
-to the worker, which finishes its requests in flight. The worker asks the kernel for a
-SIGTERM should the parent die, so that no orphan keeps relaying unsupervised.
+The command line hands :func:`supervise` the worker's command, so this package does not
+depend on it. The worker, not this parent, holds the spool's lock; the parent starts a new
+worker only after the old one has exited (the kernel has then released its lock). A worker
+that was killed by a signal or crashed (:data:`EXIT_CRASH`) is restarted after a delay that
+grows from :data:`MIN_DELAY` to :data:`MAX_DELAY` and starts small again once a worker has
+run for :data:`STABLE_SECONDS`. Any other exit status is final: a clean stop, ``--once``
+results, and the failures at start-up that a restart cannot fix (bad configuration, a
+missing dependency, another relay holding the lock, an unusable spool). With ``--once`` a
+crashing worker is restarted at most :data:`ONCE_RESTARTS` times. SIGTERM and SIGINT are
+passed on to the worker, which finishes its requests in flight. The worker asks the kernel
+for a SIGTERM should the parent die, so that no orphan keeps relaying unsupervised.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -38,8 +39,8 @@ _PR_SET_PDEATHSIG = 1
 log = logging.getLogger("dropr.relay")
 
 
-def supervise(worker_args: Sequence[str], *, once: bool) -> int:
-    """Run ``dropr-relay WORKER_ARGS --no-supervise`` until it ends for good; its status."""
+def supervise(command: Sequence[str], *, once: bool) -> int:
+    """Run the worker ``command`` until it ends for good; returns its exit status."""
     stopping = False
     child: subprocess.Popen[bytes] | None = None
 
@@ -51,7 +52,6 @@ def supervise(worker_args: Sequence[str], *, once: bool) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    command = [sys.executable, "-m", "dropr.cli.relay", *worker_args, "--no-supervise"]
     env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
     delay = MIN_DELAY
     restarts = 0

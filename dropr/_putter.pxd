@@ -1,0 +1,27 @@
+# What makes dropr/_putter_py.py, compiled as dropr._putter, fast: Putter and Spools become
+# extension types with C fields, and `put` is the compiled put path, called in C.
+
+cimport cython
+
+from dropr._drop cimport put
+
+
+cdef class Putter:
+    cdef int _tmp_fd, _queue_fd
+    cdef Py_ssize_t _max_payload
+    cdef object _fields, _coerce, _failed
+    cdef dict _known
+    cdef object _closer
+    cdef object __weakref__
+
+    cpdef close(self)
+
+    @cython.locals(fields=tuple)
+    cpdef str put(self, payload, peer, channel, priority, bint sync)
+
+
+cdef class Spools:
+    cdef readonly dict putters
+    cdef object _open_putter
+
+    cdef Putter _open(self, spool)
