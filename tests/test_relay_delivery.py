@@ -23,6 +23,7 @@ from dropr.relay.batches import Entry
 from dropr.relay.config import RelayConfig
 from dropr.relay.delivery import Delivery, Peer
 from dropr.relay.disposal import Disposal
+from dropr.relay.group import GroupBackoff
 from dropr.spool import Client, Spool
 
 PEER = "http://h/"
@@ -212,3 +213,11 @@ def test_arrivals_give_known_peers_news_and_make_others_known(tmp_path: Path) ->
     assert sorted(setup.delivery.peers) == sorted([setup.field, codec.parse_spool_name(other)[2]])
     assert setup.delivery.peers[codec.parse_spool_name(other)[2]].url == "http://other/"
     setup.disposal.close()
+
+
+def test_without_once_a_failing_peer_is_never_given_up_even_when_it_may_be_tried_at_once(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 1)
+    peer, _ = setup.peer(down)
+    peer.backoff = GroupBackoff([Backoff(60.0, 60.0)])  # its one member's backoff long over: no delay
+    setup.dispatch(setup.names)
+    assert peer.backoff.failures == 1 and not peer.gave_up and setup.delivery.given_up() == []

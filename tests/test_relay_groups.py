@@ -21,7 +21,7 @@ from dropr.protocol import Acks, PeerFailure
 from dropr.relay.backoff import Backoff
 from dropr.relay.batches import Entry
 from dropr.relay.config import GroupConfig, RelayConfig
-from dropr.relay.group import GroupTransport, Member
+from dropr.relay.group import GroupBackoff, GroupTransport, Member
 from dropr.relay.transport import Transports, Unavailable
 
 pytestmark = pytest.mark.timeout(300)
@@ -232,3 +232,11 @@ def test_a_group_none_of_whose_members_can_be_used_is_held(monkeypatch: pytest.M
             transports.open("group:g")
     finally:
         asyncio.run(transports.aclose())
+
+
+def test_a_group_whose_members_backoffs_ended_during_the_send_may_be_tried_again_at_once() -> None:
+    members = [Backoff(1, 1), Backoff(1, 1)]
+    members[0].until, members[1].until = 5.0, 7.0
+    group_backoff = GroupBackoff(members)
+    assert group_backoff.fail(10.0) == 0.0 and not group_backoff.waiting(10.0)
+    assert group_backoff.failures == 1 and group_backoff.since == 10.0

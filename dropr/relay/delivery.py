@@ -206,7 +206,7 @@ class Delivery:
         peer.pending.clear()
         peer.news = True
         peer.reason = reason
-        if delay <= 0:
+        if now >= deadline:
             peer.gave_up = True
             log.error(
                 "%s: %s; giving up after %d failures in %.1f s", peer.url, reason, backoff.failures, now - backoff.since

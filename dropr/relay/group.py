@@ -56,7 +56,8 @@ class GroupBackoff(Backoff):
         if not self.failures:
             self.since = now
         self.failures += 1
-        self.until = min(min(member.until for member in self._members), deadline)
+        first = max(now, min(member.until for member in self._members))  # a backoff may end mid-send
+        self.until = min(first, deadline)
         return self.until - now
 
 
