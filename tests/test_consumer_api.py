@@ -73,7 +73,7 @@ def test_the_raw_answer_for_curl(served: tuple[Store, ServerProcess]) -> None:
     assert headers["Content-Type"] == "application/octet-stream"
     assert headers["Dropr-Id"] == msg_id and headers["Dropr-Priority"] == "4"
     assert urllib.parse.unquote(headers["Dropr-Channel"]) == "raw/chan nel"
-    receipt = urllib.parse.unquote(headers["Dropr-Receipt"])
+    receipt = headers["Dropr-Receipt"]
     status, _, body = call(server, "/v1/claim", params, body=b"", accept="application/octet-stream")
     assert (status, body) == (204, b"")
     status, answer = post(server, "/v1/processed", {"channel": "raw/chan nel", "receipts": [receipt]})

@@ -38,8 +38,14 @@ def register(commands: Any) -> None:
         "Prints how many were processed and failed.",
     )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", metavar="DIR", help="the store directory, on this host")
-    where.add_argument("--server", metavar="URL", help="a dropr-server's URL, to consume over the network")
+    where.add_argument(
+        "--store", metavar="DIR", help="the store directory, on this host (default: none: give --server)"
+    )
+    where.add_argument(
+        "--server",
+        metavar="URL",
+        help="a dropr-server's URL, to consume over the network (default: none: give --store)",
+    )
     parser.add_argument("--token", help="with --server: the server's bearer token (default: $DROPR_TOKEN)")
     parser.add_argument(
         "--ca-file", metavar="FILE", help="with --server: the CAs to trust for https (default: the system's)"

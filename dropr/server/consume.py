@@ -48,6 +48,7 @@ MAX_BODY = 4 << 20
 POLL = 0.1
 """How long a waiting claim sleeps at most where inotify is missing."""
 
+_TEXTS = ("client", "channel", "group")  # names, percent-encoded in Dropr-* headers (the rest is ASCII)
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -314,6 +315,8 @@ class ConsumerAPI:
         [message] = messages
         headers = {
             api.HEADER_PREFIX + key.capitalize(): urllib.parse.quote(str(value), safe=_HEADER_SAFE)
+            if key in _TEXTS
+            else str(value)
             for key, value in _meta(message).items()
             if value is not None
         }

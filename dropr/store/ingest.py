@@ -3,9 +3,11 @@
 :meth:`IngestSide.commit` takes a batch of staged files (:mod:`.staging`) and answers for
 each message: **verify** its size and CRC-32 against what its sender declared
 (:func:`dropr.protocol.mismatch`), **make it durable** — the verified files' data synced,
-each moved into its channel's queue under its final name without replacing anything (a
-message held already, by client and id in any state, is a duplicate: acknowledged again,
-kept once), then the new directory entries synced (:mod:`.sync` picks how for the batch's
+each moved into its channel's queue under its final name without replacing anything
+(once the channel has consumer groups, hard-linked into each group's queue instead, under
+the channel's shared lock: see :mod:`.layout`; a message held already, by client and id in
+any state, is a duplicate: acknowledged again, kept once), then the new directory entries
+synced (:mod:`.sync` picks how for the batch's
 size) — and only then **answer** (:data:`dropr.protocol.Acks`). The HTTP server (which
 stages each part as it streams in) and the local transport (which stages spool files by
 hard link) both commit through it.
