@@ -367,9 +367,9 @@ def test_a_waiting_claim_does_not_poll(store: Store, monkeypatch: pytest.MonkeyP
     takes = []
     real = Claims.take
 
-    def counted(self: Claims, *args: object) -> object:
+    def counted(self: Claims, *args: object, **kwargs: object) -> object:
         takes.append(args)
-        return real(self, *args)  # type: ignore[arg-type]
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Claims, "take", counted)
     put(store, b"x", channel="elsewhere")

@@ -32,6 +32,8 @@ def test_two_groups_each_consume_every_message_once(store: Store) -> None:
     assert store.groups("orders") == ["billing", "shipping"]
     sent = [put(store, b"%d" % i, channel="orders") for i in range(20)]
     assert store.messages("orders") == []  # nothing lands in the channel's own queue
+    # One message, one file: each group's queue holds a hard link of it until claimed.
+    assert {os.stat(m.path).st_nlink for m in store.messages("orders", group="billing")} == {2}
     billing = store.claim("orders", 100, 60, group="billing")
     assert ids(billing) == sent and all(m.group == "billing" for m in billing)
     assert store.claim("orders", 100, 60, group="billing") == []
@@ -54,9 +56,37 @@ def test_two_groups_each_consume_every_message_once(store: Store) -> None:
     assert store.status("orders", sent[15], group="billing") == "delayed"
     assert store.status("orders", sent[15], group="shipping") == "processed"
     assert store.status("orders", sent[15]) is None
-    # One message, one file: each group holds a hard link of it.
+    # The first group's claim took a copy of its own; the last group has the file alone.
     [processed] = [m for m in other.processed("orders", group="shipping") if m.id == sent[0]]
-    assert os.stat(processed.path).st_nlink == 2
+    assert os.stat(processed.path).st_nlink == 1
+
+
+def test_claims_of_one_message_in_two_groups_at_once_keep_their_own_leases(store: Store) -> None:
+    """A lease, a retry time, are a file's mtime: a group's claim of a message whose file
+    another group still links must not show in the other's claim (each takes its own copy)."""
+    store.subscribe("c", "a")
+    store.subscribe("c", "b")
+    store.subscribe("c", "z")
+    sent = [put(store, b"payload %d" % i, channel="c") for i in range(3)]
+    in_a = store.claim("c", 10, 60, group="a")
+    in_b = Store(store.path).claim("c", 10, 30, group="b")
+    assert ids(in_a) == ids(in_b) == sent
+    assert [m.read() for m in in_a] == [m.read() for m in in_b] == [b"payload %d" % i for i in range(3)]
+    assert all(abs(os.stat(m.path).st_mtime_ns - m.lease_ns) == 0 for m in in_a + in_b)
+    store.set_failed(in_b[0], "later")  # its retry time is b's alone
+    store.release(in_b[1])
+    store.set_processed(in_a[0], in_a[1])
+    store.set_failed(in_a[2], "again")
+    store.set_processed(in_b[2])
+    assert store.status("c", sent[0], group="a") == "processed"
+    assert store.status("c", sent[0], group="b") == "delayed"
+    assert store.status("c", sent[1], group="b") == "queued"
+    assert store.status("c", sent[2], group="a") == "delayed"
+    assert store.dead_letters("c", group="a") == []  # max_attempts 2: not dead yet
+    in_z = store.claim("c", 10, 60, group="z")  # the last group: the file ingest wrote
+    assert ids(in_z) == sent and {os.stat(m.path).st_nlink for m in in_z} == {1}
+    store.set_processed(*in_z)
+    assert [m.read() for m in store.processed("c", group="z")] == [b"payload %d" % i for i in range(3)]
 
 
 def test_the_first_group_takes_over_what_waits_a_later_one_starts_empty(store: Store) -> None:

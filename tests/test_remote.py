@@ -3,6 +3,7 @@ polls, several consumer processes (one killed), local and remote consumers toget
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from storekit import CLIENT, put
+from storekit import CLIENT, put, tree
 from support import ServerProcess, make_tls_cert, start_server
 
 import dropr
@@ -110,6 +111,102 @@ def test_every_method(store: Store, remote: RemoteStore) -> None:
     assert remote.groups("common") == []
     with pytest.raises(StoreError, match="no group"):
         remote.claim("common", 1, 30, group="g")
+
+
+def test_groups_over_the_network(store: Store, remote: RemoteStore) -> None:
+    """Two groups each consume every message once, independently; the first takes over what
+    waits in the channel's own queue; one subscribed later gets only later messages."""
+    waiting = [put(store, b"early %d" % i, channel="orders") for i in range(5)]
+    [held] = remote.claim("orders", 1, 30)
+    assert remote.subscribe("orders", "billing")
+    assert remote.counts("orders", group="billing")["queued"] == 4
+    assert remote.status("orders", held.id, group="billing") == "claimed"
+    assert remote.subscribe("orders", "shipping")
+    later = [put(store, b"later %d" % i, channel="orders") for i in range(10)]
+    assert remote.groups("orders") == ["billing", "shipping"]
+    assert remote.counts("orders") == dict.fromkeys(("queued", "claimed", "delayed", "processed", "dead"), 0)
+    billing = remote.claim("orders", 100, 30, group="billing")
+    assert [m.id for m in billing] == waiting[1:] + later and {m.group for m in billing} == {"billing"}
+    shipping = remote.claim("orders", 3, 30, group="shipping")
+    remote.set_processed(*shipping)
+    shipping += remote.claim("orders", 100, 30, group="shipping")
+    assert [m.id for m in shipping] == later
+    assert remote.claim("orders", 100, 30, group="billing") == []
+    remote.set_failed(billing[0], "not yet")
+    remote.set_processed(*billing[1:], *shipping[3:])
+    assert remote.counts("orders", group="billing") == {
+        "queued": 0, "claimed": 1, "delayed": 1, "processed": 13, "dead": 0,
+    }  # fmt: skip
+    assert remote.count_processed("orders", group="shipping") == 10
+    assert remote.status("orders", waiting[1], group="billing") == "delayed"
+    assert remote.status("orders", waiting[1], group="shipping") is None
+    assert store.status("orders", later[0], group="shipping") == "processed"
+    remote.unsubscribe("orders", "shipping")
+    assert remote.groups("orders") == ["billing"]
+
+
+def test_bad_input_is_a_store_error_and_changes_nothing(store: Store, server: ServerProcess) -> None:
+    remote = RemoteStore(server.url, token=TOKEN)
+    for payload in (b"x", b"y", b"z"):
+        put(store, payload)
+    [mine] = remote.claim("common", 1, 30)
+    [theirs] = Store(store.path).claim("common", 1, 30)
+    before = tree(store.path)
+    bad_calls = [
+        lambda: remote.claim("common", -1, 30),
+        lambda: remote.claim("common", 10**6, 30),
+        lambda: remote.claim("common", 1, 0),
+        lambda: remote.claim("common", 1, 1e12),
+        lambda: remote.claim("common", 1, 30, wait=-1),
+        lambda: remote.claim("", 1, 30),
+        lambda: remote.claim("a\0b", 1, 30),
+        lambda: remote.claim("a\x1bb", 1, 30),
+        lambda: remote.claim("common", 1, 30, group=""),
+        lambda: remote.status("common", "not an id"),
+        lambda: remote.counts("a\nb"),
+        lambda: remote.subscribe("common", "g\0"),
+    ]
+    for call in bad_calls:
+        with pytest.raises(StoreError) as caught:
+            call()
+        assert isinstance(caught.value, ValueError) and "HTTP 400" in str(caught.value)
+    never = dropr.store.Message(
+        mine.id, mine.client, "common", mine.priority, mine.time, mine.name[:-1] + "q", "", lease_ns=mine.lease_ns
+    )
+    foreign = dropr.store.Message(
+        theirs.id, theirs.client, "common", theirs.priority, theirs.time, theirs.name, "", lease_ns=mine.lease_ns
+    )
+    listed = Store(store.path).messages("common")
+    for message in (never, foreign):  # never claimed; claimed by someone else
+        for settle in (remote.set_processed, remote.release, lambda m: remote.set_failed(m, "r")):
+            with pytest.raises(StoreError, match="lease lost") as caught:
+                settle(message)
+            assert caught.value.errno == errno.ESTALE
+    assert len(listed) == 1
+    with pytest.raises(StoreError, match="not claimed"):
+        remote.set_processed(*listed)
+    with pytest.raises(StoreError, match="no group"):
+        remote.claim("common", 1, 30, group="nobody")
+    assert tree(store.path) == before
+    assert remote.claim("never-put-to", 5, 30) == []  # consumers may start before producers
+    assert remote.claim("never-put-to", 5, 30, wait=0.2) == []
+    assert tree(store.path) == before and server.get("health")[0] == 200
+    remote.set_processed(mine)
+
+
+def test_a_lost_lease_is_a_store_error(store: Store, server: ServerProcess) -> None:
+    remote = RemoteStore(server.url, token=TOKEN)
+    put(store, b"x")
+    [first] = remote.claim("common", 1, 0.3)
+    time.sleep(0.5)
+    [again] = remote.claim("common", 1, 30)  # the lease ran out: taken back, claimed anew
+    assert again.id == first.id and again.lease_ns != first.lease_ns
+    for settle in (remote.set_processed, remote.release, lambda m: remote.set_failed(m, "late")):
+        with pytest.raises(StoreError, match="lease lost"):
+            settle(first)
+    assert store.status("common", first.id) == "claimed"
+    remote.set_processed(again)
+    assert store.status("common", first.id) == "processed"
 
 
 def test_a_wrong_token_is_refused_and_changes_nothing(store: Store, server: ServerProcess) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -98,11 +99,23 @@ class Claims:
         self._next_sweep: dict[str, float] = {}
         self._earliest: dict[str, float] = {}
         self._seen: dict[str, tuple[float, list[str]]] = {}
+        self._taking: dict[str, threading.Lock] = {}
         self._tick = 0  # the file system's timestamp resolution (ns), learnt at the first claim
 
-    def take(self, root: str, limit: int, lease_ns: int) -> tuple[list[str], int]:
+    def take(self, root: str, limit: int, lease_ns: int, *, shared: bool = False) -> tuple[list[str], int]:
         """Claim up to ``limit`` queued messages for ``lease_ns`` nanoseconds; their names
-        and their lease token."""
+        and their lease token. ``shared``: a group's root, whose files other groups may
+        hold links of (see :func:`own`).
+
+        Threads of one process take turns on a root, the next going on with the names the
+        last one's scan left: claiming at once, each would scan the queue anew and lose most
+        renames to the others (100-message claims on a 10,000-deep queue: 12,000 msg/s with
+        one thread, 8,000 with four, before they took turns).
+        """
+        with self._taking.setdefault(root, threading.Lock()):
+            return self._take(root, limit, lease_ns, shared)
+
+    def _take(self, root: str, limit: int, lease_ns: int, shared: bool) -> tuple[list[str], int]:
         now_ns = time.time_ns()
         now = now_ns / 1e9
         self.sweep(root, now)
@@ -110,7 +123,7 @@ class Claims:
         fresh_until, seen = self._seen.pop(root, (0.0, []))
         if now >= fresh_until:
             seen = []
-        names, untried, scanning, self._tick = claim(root, limit, until_ns, seen, self._tick)
+        names, untried, scanning, self._tick = claim(root, limit, until_ns, seen, self._tick, shared=shared)
         if scanning:
             fresh_until = now + max(self.rescan_interval, _SCAN_SHARE * scanning)
         if untried:
@@ -140,12 +153,14 @@ class Claims:
             return target
         raise LeaseLost(name)
 
-    def fail(self, root: str, name: str, lease_ns: int | None, reason: str) -> str:
+    def fail(self, root: str, name: str, lease_ns: int | None, reason: str, *, shared: bool = False) -> str:
         """Record a failed attempt of message ``name`` — claimed with token ``lease_ns``, or
         queued when None (FileNotFoundError when it is not) —: it waits for its retry, or
         becomes a dead letter. Its new path; LeaseLost for a claim no longer held."""
         if lease_ns is None:
             path = os.path.join(root, QUEUE, name)
+            if shared:
+                own(path)  # its retry time must not show in other groups' links
             os.lstat(path)
         else:
             path = os.path.join(root, CLAIMED, name)
@@ -238,7 +253,8 @@ def requeue_due(root: str, now: float) -> tuple[int, float]:
                     if state == CLAIMED and stat.st_mtime_ns <= stat.st_ctime_ns:
                         due = stat.st_ctime + GRACE  # being claimed (see the module's docstring)
                     if due <= now:
-                        os.utime(entry.path, ns=_UNLEASED)
+                        if stat.st_nlink == 1:  # a shared one keeps other groups' times
+                            os.utime(entry.path, ns=_UNLEASED)
                         os.rename(entry.path, os.path.join(queue, entry.name))
                         moved += 1
                     else:
@@ -249,7 +265,7 @@ def requeue_due(root: str, now: float) -> tuple[int, float]:
 
 
 def claim(
-    root: str, limit: int, until_ns: int, seen: list[str], tick: int = 0
+    root: str, limit: int, until_ns: int, seen: list[str], tick: int = 0, *, shared: bool = False
 ) -> tuple[list[str], list[str], float, int]:
     """Move up to ``limit`` queued messages into ``claimed/`` (lease ending ``until_ns``).
 
@@ -258,7 +274,8 @@ def claim(
     deep queue costs far more than claiming a message, so a scan looks further than
     ``limit`` and the names left untried are returned for the next claim. ``tick`` is the
     file system's timestamp resolution (0: not known yet). Returns ``(claimed, untried,
-    seconds spent scanning, tick)``.
+    seconds spent scanning, tick)``. With ``shared`` (a group's root), each claimed file
+    gets an inode of its own before its lease is set (:func:`own`).
     """
     if limit == 0:
         return [], seen, 0.0, tick
@@ -284,6 +301,8 @@ def claim(
             target = claimed_slash + name
             try:
                 os.rename(queue_slash + name, target)
+                if shared:
+                    own(target)
                 os.utime(target, ns=times)
             except FileNotFoundError:
                 continue
@@ -296,6 +315,23 @@ def claim(
             break
         names = []
     return held, [], scanning, tick
+
+
+def own(path: str) -> None:
+    """Give the message file at ``path`` an inode of its own when links of other consumer
+    groups share it (ingest links each message into every group's queue).
+
+    A lease, a retry time, are the file's mtime, which every link of it shows: one group's
+    claim would make another's lease look lost. So the first claim in a group of a file
+    still shared copies it — synced, then renamed over the link — and only the last group
+    to take the message uses the file ingest wrote. Nobody else touches the name meanwhile:
+    the caller holds it (claimed, or queued in a failure recorded without a claim).
+    """
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_nlink < 2:
+            return
+        data = file.read()
+    _files.publish(path, data, replace=True, sync=True)
 
 
 def _resolution(path: str, until_ns: int) -> int:

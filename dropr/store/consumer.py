@@ -145,12 +145,12 @@ class ConsumerSide(StoreDirectory):
         limit = _count(limit)
         check_wait(wait)
         root = self._root(channel, group)
-        names, token = self._claims.take(root, limit, lease_ns)
+        names, token = self._claims.take(root, limit, lease_ns, shared=group is not None)
         if not names and limit:
             if group is not None and not os.path.isdir(root):
                 raise _no_group(channel, group)
             if wait > 0:
-                names, token = self._wait(root, limit, lease_ns, time.monotonic() + wait)
+                names, token = self._wait(root, limit, lease_ns, time.monotonic() + wait, group is not None)
         claimed = os.path.join(root, CLAIMED)
         return [self._message(channel, group, claimed, name, token) for name in names]
 
@@ -195,7 +195,9 @@ class ConsumerSide(StoreDirectory):
         StoreError when it is no longer held, or its lease was lost."""
         root = self._root(message.channel, message.group)
         try:
-            message.path = self._claims.fail(root, message.name, message.lease_ns, str(reason))
+            message.path = self._claims.fail(
+                root, message.name, message.lease_ns, str(reason), shared=message.group is not None
+            )
         except LeaseLost:
             raise _lost([message]) from None
         except FileNotFoundError:
@@ -305,12 +307,12 @@ class ConsumerSide(StoreDirectory):
         if gone:
             raise _gone(gone[0])
 
-    def _wait(self, root: str, limit: int, lease_ns: int, deadline: float) -> tuple[list[str], int]:
+    def _wait(self, root: str, limit: int, lease_ns: int, deadline: float, shared: bool) -> tuple[list[str], int]:
         """Claim as messages arrive until ``deadline`` (monotonic); what was claimed."""
         with Arrivals(root, self.channels_dir) as arrivals:
             while True:
                 arrivals.watch()
-                names, token = self._claims.take(root, limit, lease_ns)
+                names, token = self._claims.take(root, limit, lease_ns, shared=shared)
                 left = deadline - time.monotonic()
                 if names or left <= 0:
                     return names, token
