@@ -4,6 +4,7 @@ kind of bad input — each a 4xx with a reason, nothing changed, the server heal
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -103,6 +104,22 @@ def test_json_answers_and_a_msgpack_claim(served: tuple[Store, ServerProcess]) -
     assert json.loads(call(server, "/v1/dead", {"channel": "json", "group": "g"})[2]) == []
     status, answer = post(server, "/v1/unsubscribe", {"channel": "json", "group": "g"})
     assert (status, json.loads(answer)) == (200, {"unsubscribed": True})
+
+
+def test_a_claim_answer_beyond_a_chunk_is_streamed(served: tuple[Store, ServerProcess]) -> None:
+    store, server = served
+    payloads = [os.urandom(700_000), b"small", os.urandom(900_000), os.urandom(600_000), os.urandom(500_000)]
+    sent = [put(store, payload, channel="big") for payload in payloads]
+    params = {"channel": "big", "limit": 1, "lease": 30}
+    status, headers, body = call(server, "/v1/claim", params, body=b"", accept="application/msgpack")
+    assert status == 200 and headers.get("Content-Length") == str(len(body))  # one chunk: not streamed
+    [first] = msgpack.unpackb(body)
+    params["limit"] = 10
+    status, headers, body = call(server, "/v1/claim", params, body=b"", accept="application/msgpack")
+    assert status == 200 and headers.get("Transfer-Encoding") == "chunked"
+    rest = msgpack.unpackb(body)
+    assert [m["id"] for m in [first, *rest]] == sent
+    assert [m["payload"] for m in [first, *rest]] == payloads
 
 
 def test_names_of_dots_and_slashes_are_just_names(served: tuple[Store, ServerProcess]) -> None:

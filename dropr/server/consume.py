@@ -274,15 +274,18 @@ class ConsumerAPI:
         messages = await self._claim(request, channel, group, limit, lease, wait)
         if raw:
             return await self._raw(request, messages)
+        head = msgpack.Packer().pack_array_header(len(messages))
+        packed, done = await self._run(_pack_messages, messages) if messages else (b"", 0)
+        if done == len(messages):  # one chunk: sent with its length, not chunked
+            return web.Response(body=head + packed, content_type=p.MSGPACK)
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: p.MSGPACK})
         try:
             await response.prepare(request)
-            data, done = msgpack.Packer().pack_array_header(len(messages)), 0
+            await response.write(head + packed)
             while done < len(messages):
                 packed, done = await self._run(_pack_messages, messages, done)
-                await response.write(data + packed)
-                data = b""
-            await response.write_eof(data)
+                await response.write(packed)
+            await response.write_eof()
         except ConnectionError:
             log.info("a consumer went away in the middle of a claim answer: its claims come back after the lease")
         return response
