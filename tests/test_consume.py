@@ -258,13 +258,14 @@ def test_consume_over_the_network(store: Store, tmp_path: Path) -> None:
     for payload, priority in ((b"late", 9), (b"first", 0), (b"second", 5)):
         put(store, payload, priority=priority)
     put(store, b"bad", channel="failing")
-    out_file = tmp_path / "out"
+    outdir = tmp_path / "outs"
+    outdir.mkdir()
     extra = ["--max-attempts", "2", "--retry-delay", "0.2"]
     with start_server(store.path, token="tok", extra_args=extra) as server:
-        status, out, err = finish(consume_remote(server.url, "--concurrency", "2", "--", *APPEND, str(out_file)))
+        status, out, err = finish(consume_remote(server.url, "--concurrency", "2", "--", *EACH_TO_A_FILE, str(outdir)))
         assert (status, err) == (0, "")
         assert counts(out) == {"processed": 3, "failed": 0, "released": 0}
-        assert sorted(out_file.read_text().splitlines()) == ["first", "late", "second"]
+        assert sorted(p.read_bytes() for p in outdir.iterdir()) == [b"first", b"late", b"second"]
         failing = ["sh", "-c", "cat >/dev/null; echo nope >&2; exit 4"]
         args = ["--follow", "--limit", "2", "--", *failing]
         status, out, err = finish(consume_remote(server.url, *args, channel="failing"))
