@@ -45,6 +45,14 @@ def test_a_message_larger_than_the_byte_limit_travels_alone() -> None:
     assert list(batches.cut([], 10, 100)) == []
 
 
+def test_a_batch_file_counts_as_its_messages_and_is_never_split() -> None:
+    files = [
+        batches.Entry(f"f{i}", f"{i:030x}", 9, "c", 100, 0, count) for i, count in enumerate([1, 60, 50, 3, 200, 1])
+    ]
+    cut = list(batches.cut(files, count=100, max_bytes=10_000))
+    assert [[e.messages for e in b] for b in cut] == [[1, 60], [50, 3], [200], [1]]
+
+
 def test_backoff_grows_jittered_up_to_its_cap_and_resets() -> None:
     b = backoff.Backoff(0.1, 2.0)
     delays = [b.fail(now=100.0) for _ in range(10)]

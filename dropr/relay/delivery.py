@@ -135,7 +135,7 @@ class Delivery:
         cutoff = disposal.expiry_cutoff()
         for name in names:
             try:
-                priority, msg_id, peer_field, channel, size, crc = codec.parse_spool_name(name)
+                priority, msg_id, peer_field, channel, size, crc, count, delay_ms = codec.parse_spool_name(name)
             except ValueError:
                 fail(name, "not a message name")
                 continue
@@ -152,7 +152,7 @@ class Delivery:
                 except (OSError, ValueError) as exc:
                     fail(name, f"the text of channel {channel} is missing: {exc}")
                     continue
-            groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc))
+            groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc, count, delay_ms))
         locate = self._spool.queued_path
         for peer, entries in groups.items():
             for batch in batches.cut(entries, self._config.batch_count, self._config.batch_bytes):
