@@ -35,7 +35,8 @@ messages of a deep queue are in its first buckets and are found without reading 
 
 A batch file (``put_many``) holds its messages in one file, named as above by its first
 message's id, so the whole batch shows in the queue at once or not at all. Its ids are
-consecutive: the i-th is the first plus i, read as a number (:func:`batch_ids`). The file is
+consecutive: the i-th is the first plus i, read as a number (:func:`batch_ids`), their
+sequence digits never wrapping (a name whose count would is not a spool name). The file is
 an index, then the payloads back to back, all integers big-endian::
 
     magic      8 bytes   BATCH_MAGIC
@@ -122,7 +123,7 @@ def new_ids(count: int) -> list[str]:
 def batch_ids(first_id: str, count: int) -> list[str]:
     """The ids of the ``count`` messages of a batch file whose first id is ``first_id``."""
     _check_batch_count(count, 1)
-    if not is_message_id(first_id) or int(first_id[24:], 16) + count > _SEQUENCE_SPAN:
+    if not is_message_id(first_id) or not _holds(first_id, count):
         raise ValueError(f"not the first id of a batch of {count}: {first_id!r}")
     head, first = first_id[:24], int(first_id[24:], 16)
     return [f"{head}{first + i:06x}" for i in range(count)]
@@ -174,6 +175,7 @@ def spool_name(
         and _is_field(channel)
         and type(count) is int
         and 1 <= count <= MAX_BATCH_COUNT
+        and _holds(msg_id, count)
         and type(delay_ms) is int
         and 0 <= delay_ms < 1 << 64
     ):
@@ -196,7 +198,7 @@ def parse_spool_name(name: str) -> tuple[int, str, str, str, int, int, int, int]
     if not (peer and channel and _is_hex(size) and len(crc) == 8 and _is_hex(crc)):
         raise ValueError(f"not a spool message name: {name!r}")
     extra = _parse_extra(fields[5]) if len(fields) == 6 else {}
-    if extra is None or not 2 <= extra.get("n", 2) <= MAX_BATCH_COUNT:
+    if extra is None or not 2 <= extra.get("n", 2) <= MAX_BATCH_COUNT or not _holds(msg_id, extra.get("n", 1)):
         raise ValueError(f"not a spool message name: {name!r}")
     return priority, msg_id, peer, channel, int(size, 16), int(crc, 16), extra.get("n", 1), extra.get("d", 0)
 
@@ -291,6 +293,12 @@ def _parse_head(head: str, name: str) -> tuple[int, str]:
     if len(head) != ID_LEN + 1 or head[0] not in "0123456789" or not _is_hex(head[1:]):
         raise ValueError(f"not a message name: {name!r}")
     return ord(head[0]) - 48, head[1:]
+
+
+def _holds(first_id: str, count: int) -> bool:
+    """Whether a batch of ``count`` can start at ``first_id``: its sequence numbers run
+    without wrapping."""
+    return int(first_id[24:], 16) + count <= _SEQUENCE_SPAN
 
 
 def _check_batch_count(count: int, least: int) -> None:

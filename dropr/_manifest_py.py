@@ -70,12 +70,11 @@ def _read_index(
         raise ValueError(f"batch file {name}: {length} bytes, not the {size} its name says")
     try:
         entries = parse_batch_index(data)
-        expected = batch_ids(first_id, count)
     except ValueError as exc:
         raise ValueError(f"batch file {name}: {exc}") from None
     if len(entries) != count:
         raise ValueError(f"batch file {name}: {len(entries)} messages, not the {count} its name says")
-    if [entry[0] for entry in entries] != expected:
+    if [entry[0] for entry in entries] != batch_ids(first_id, count):
         raise ValueError(f"batch file {name}: its ids are not those of its name")
     _, offset, last_size, _ = entries[-1]
     if offset + last_size != size:

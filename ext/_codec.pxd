@@ -127,6 +127,19 @@ cdef inline Py_ssize_t _put_field(char *out, const char *field, Py_ssize_t lengt
     memcpy(out, field, length)
     return length
 
+cdef inline unsigned long long id_sequence(const char *msg_id) noexcept nogil:
+    """The value of an id's 6 sequence digits (the id is known to be lower hex)."""
+    cdef unsigned long long value = 0
+    cdef int i
+    for i in range(DROPR_SEQUENCE_AT, DROPR_ID_LEN):
+        value = value * 16 + <unsigned long long>hex_value(<unsigned char>msg_id[i])
+    return value
+
+cdef inline bint batch_fits(const char *msg_id, unsigned long long count) noexcept nogil:
+    """Whether a batch of ``count`` (at most DROPR_MAX_BATCH_COUNT) can start at ``msg_id``:
+    its sequence numbers run without wrapping."""
+    return count <= DROPR_MAX_BATCH_COUNT and id_sequence(msg_id) + count <= DROPR_SEQUENCE_SPAN
+
 cdef inline Py_ssize_t format_spool_name(
         char *out, int priority, const char *msg_id,
         const char *peer, Py_ssize_t peer_len, const char *channel, Py_ssize_t channel_len,
@@ -137,7 +150,7 @@ cdef inline Py_ssize_t format_spool_name(
     its length, or -1 (nothing usable written) when an argument is out of the format."""
     cdef Py_ssize_t n = _put_head(out, priority, msg_id)
     if (n < 0 or not is_field(peer, peer_len) or not is_field(channel, channel_len)
-            or count < 1 or count > DROPR_MAX_BATCH_COUNT):
+            or count < 1 or not batch_fits(msg_id, count)):
         return -1
     n += _put_field(out + n, peer, peer_len)
     out[n] = b'+'
@@ -289,6 +302,14 @@ cdef inline bint _parse_extra(int kind, void *data, Py_ssize_t start, Py_ssize_t
             return True
         i += 1  # the "."
 
+cdef inline bint _sequence_holds(int kind, void *data, unsigned long long count) noexcept:
+    """Whether the id of a name (at [1, 1 + DROPR_ID_LEN)) can start a batch of ``count``."""
+    cdef unsigned long long value = 0
+    cdef Py_ssize_t i
+    for i in range(1 + DROPR_SEQUENCE_AT, 1 + DROPR_ID_LEN):
+        value = value * 16 + <unsigned int>hex_value(PyUnicode_READ(kind, data, i))
+    return value + count <= DROPR_SEQUENCE_SPAN
+
 cdef inline int parse_spool(str name, SpoolParts *parts) noexcept:
     """Splits a spool name (any str) into zeroed ``parts``: PARSE_OK, or which error applies, in the
     order the reference checks them. The id is always at [1, 1 + DROPR_ID_LEN)."""
@@ -319,6 +340,8 @@ cdef inline int parse_spool(str name, SpoolParts *parts) noexcept:
     parts.count = 1
     parts.delay_ms = 0
     if found == 5 and not _parse_extra(kind, data, plus[4] + 1, length, parts):
+        return PARSE_NOT_SPOOL
+    if parts.count > 1 and not _sequence_holds(kind, data, parts.count):
         return PARSE_NOT_SPOOL
     for i in range(plus[3] + 1, crc_end):
         crc = crc * 16 + <unsigned int>hex_value(PyUnicode_READ(kind, data, i))

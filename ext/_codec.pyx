@@ -18,7 +18,7 @@ from _codec cimport (
     CodecAPI, DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_BUCKET_LEN, DROPR_ID_LEN,
     DROPR_MAX_BATCH_COUNT, DROPR_MAX_FIELD, DROPR_NAME_MAX, DROPR_SEQUENCE_AT,
     DROPR_SEQUENCE_SPAN, PARSE_NOT_SPOOL, PARSE_NOT_STORE, PARSE_OK, SpoolParts,
-    batch_header_count, batch_index_bytes, format_spool_name, format_store_name, get_be, hex_digits_value, is_id,
+    batch_fits, batch_header_count, batch_index_bytes, format_spool_name, format_store_name, get_be, hex_digits_value, is_id,
     is_lower_hex, is_safe, next_batch_id, parse_spool, parse_store, put_batch_entry,
     put_batch_header, put_hex, unescape_into,
 )
@@ -115,7 +115,7 @@ def new_ids(count) -> list:
 def batch_ids(str first_id not None, count) -> list:
     """The ids of the ``count`` messages of a batch file whose first id is ``first_id``."""
     _check_batch_count(count, 1)
-    if not is_message_id(first_id) or int(first_id[DROPR_SEQUENCE_AT:], 16) + count > DROPR_SEQUENCE_SPAN:
+    if not is_message_id(first_id) or not batch_fits(PyUnicode_AsUTF8AndSize(first_id, NULL), count):
         raise ValueError(f"not the first id of a batch of {count}: {first_id!r}")
     cdef Py_ssize_t n = count, i
     cdef bytes out = PyBytes_FromStringAndSize(NULL, n * DROPR_ID_LEN)

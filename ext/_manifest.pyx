@@ -16,9 +16,9 @@ from libc.string cimport memcmp, memcpy, memset
 
 from _codec cimport (
     DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_BUCKET_LEN, DROPR_ID_LEN,
-    DROPR_MAX_BATCH_COUNT, DROPR_SEQUENCE_AT, DROPR_SEQUENCE_SPAN, PARSE_NOT_SPOOL, PARSE_OK,
-    PyUnicode_DATA, PyUnicode_KIND, PyUnicode_READ, SpoolParts, batch_header_count,
-    batch_index_bytes, get_be, hex_digits_value, hex_value, is_id, next_batch_id, parse_spool, unescape_into,
+    DROPR_MAX_BATCH_COUNT, PARSE_NOT_SPOOL, PARSE_OK, PyUnicode_DATA, PyUnicode_KIND,
+    PyUnicode_READ, SpoolParts, batch_header_count, batch_index_bytes, get_be, hex_digits_value,
+    is_id, next_batch_id, parse_spool, unescape_into,
 )
 from _sys cimport EINTR, O_CLOEXEC, O_RDONLY, close, errno, fstat, open, pread, ssize_t, stat
 
@@ -189,8 +189,6 @@ cdef object _index_problem(const char *data, Py_ssize_t got, Py_ssize_t count,
         if entry_size > 0xFFFFFFFFFFFFFFFFULL - offset:
             return "batch file index: sizes add up to more than 64 bits"
         offset += entry_size
-    if _hex6(first_id + DROPR_SEQUENCE_AT) + <unsigned long long>count > DROPR_SEQUENCE_SPAN:
-        return f"not the first id of a batch of {count}"
     if header_count != count:
         return f"{header_count} messages, not the {count} its name says"
     memcpy(expected, first_id, DROPR_ID_LEN)
@@ -201,14 +199,6 @@ cdef object _index_problem(const char *data, Py_ssize_t got, Py_ssize_t count,
     if offset != size:
         return f"its payloads take {offset} bytes, not {size}"
     return None
-
-
-cdef unsigned long long _hex6(const char *digits) noexcept nogil:
-    cdef unsigned long long value = 0
-    cdef int i
-    for i in range(6):
-        value = value * 16 + <unsigned long long>hex_value(<unsigned char>digits[i])
-    return value
 
 
 cdef int _put_batch(Buffer *buf, Buffer *scratch, str name, SpoolParts *parts, const char *first_id,

@@ -112,11 +112,28 @@ def test_spool_name_round_trip_and_safety(
         codec.escape(peer or "p"),
         codec.escape(channel * 50 or "c"),
     )
+    count = _fitting(msg_id, count)
     name = codec.spool_name(priority, msg_id, peer_field, channel_field, size, crc, count, delay)
     assert len(name.encode()) <= 255
     assert "/" not in name and "\x00" not in name and not name.startswith(".")
     assert codec.parse_spool_name(name) == (priority, msg_id, peer_field, channel_field, size, crc, count, delay)
     assert (name.count("+") == 5) == (count > 1 or delay > 0)
+
+
+def _fitting(msg_id: str, count: int) -> int:
+    """``count``, or less where the batch's sequence numbers would run past the id's 6 digits."""
+    return min(count, 2**24 - int(msg_id[24:], 16))
+
+
+def test_a_batch_must_fit_its_first_ids_sequence(codec: ModuleType) -> None:
+    last = "0" * 24 + "fffffe"
+    assert codec.parse_spool_name(codec.spool_name(1, last, "p", "c", 1, 1, 2))[6] == 2
+    for name_id, count in ((last, 3), ("0" * 24 + "ffffff", 2)):
+        with pytest.raises(ValueError):
+            codec.spool_name(1, name_id, "p", "c", 1, 1, count)
+        with pytest.raises(ValueError):
+            codec.parse_spool_name(f"1{name_id}+p+c+1+00000001+n{count:x}")
+    assert codec.parse_spool_name("1" + "0" * 24 + "ffffff+p+c+1+00000001+d5")[6:] == (1, 5)
 
 
 def test_plain_names_stay_as_they_were(codec: ModuleType) -> None:
@@ -133,7 +150,9 @@ def test_extra_examples(codec: ModuleType) -> None:
     assert codec.spool_name(3, msg_id, "p", "c", 200, 0xABC, 1, 1000) == head + "+d3e8"
     assert codec.parse_spool_name(head + "+n64.d3e8")[6:] == (100, 1000)
     assert codec.parse_spool_name(head + "+d3e8")[6:] == (1, 1000)
-    worst = codec.spool_name(9, "f" * 30, "p" * 80, "c" * 80, 2**64 - 1, 2**32 - 1, codec.MAX_BATCH_COUNT, 2**64 - 1)
+    worst = codec.spool_name(
+        9, "f" * 24 + "000000", "p" * 80, "c" * 80, 2**64 - 1, 2**32 - 1, codec.MAX_BATCH_COUNT, 2**64 - 1
+    )
     assert len(worst) <= 255 and codec.parse_spool_name(worst)[6:] == (codec.MAX_BATCH_COUNT, 2**64 - 1)
 
 
@@ -251,6 +270,7 @@ def test_compiled_names_match_reference(
         reference.escape(peer or "p"),
         reference.escape(channel or "c"),
     )
+    count = _fitting(msg_id, count)
     name = reference.spool_name(priority, msg_id, peer_field, channel_field, size, crc, count, delay)
     assert compiled.spool_name(priority, msg_id, peer_field, channel_field, size, crc, count, delay) == name
     assert compiled.parse_spool_name(name) == reference.parse_spool_name(name)

@@ -403,7 +403,7 @@ BAD_MANIFESTS = {
     "a-map": msgpack.packb({"id": GOOD_ID}),
     "entry-not-array": msgpack.packb(["x"]),
     "short-entry": msgpack.packb([entry()[:5]]),
-    "long-entry": msgpack.packb([[*entry(), 1]]),
+    "long-entry": msgpack.packb([[*entry(), 0, 0, 1]]),
     "id-traversal": msgpack.packb([entry(id="../x", part="p")]),
     "id-upper": msgpack.packb([entry(id="A" * 30, part="p")]),
     "id-bytes": msgpack.packb([entry(id=b"0" * 30, part="p")], use_bin_type=True),

@@ -3,13 +3,24 @@
 A scan returns names in delivery order; each peer's share is cut, in that order, into
 batches of at most ``count`` messages and ``max_bytes`` payload bytes (a file larger than
 either travels alone), so a request has a bounded size and the server stores each batch
-with one flush. A batch file is never split: it counts as the messages it holds.
+with one flush. A batch file is never split: it counts as the messages it holds, travels as
+one part, and leaves the queue once each of its messages is acknowledged.
+
+Then, for every transport alike: the request's manifest (:func:`announce`) and what the
+peer's answer, per message, means for each queued file (:func:`verdict`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
+
+from .. import protocol
+from .._impl import codec, manifest
+from ..protocol import Acks
+
+MISSING = (protocol.RETRY, "missing from the answer")
+"""The verdict on a message the peer's answer leaves out."""
 
 
 class Entry(NamedTuple):
@@ -39,3 +50,55 @@ def cut(entries: Iterable[Entry], count: int, max_bytes: int) -> Iterator[list[E
         size += entry.size
     if batch:
         yield batch
+
+
+class Announcement(NamedTuple):
+    """A request to send: its ``manifest``, the ``files`` it announces (in order), and the
+    messages of the files left out because their index cannot be read (``refused``)."""
+
+    manifest: bytes
+    files: list[Entry]
+    refused: Acks
+
+
+def announce(batch: list[Entry], resolve: Callable[[str], str], queue_dir: str) -> Announcement:
+    """The manifest of ``batch``, queued in ``queue_dir``; a batch file whose index does not
+    match its name (it is read for its manifest) is left out, its messages rejected."""
+    texts = {entry.channel: resolve(entry.channel) for entry in batch if entry.channel[0] == "~"}
+    try:
+        return Announcement(manifest.build([entry.name for entry in batch], texts, queue_dir), batch, {})
+    except (OSError, ValueError):
+        pass  # rare: find the files at fault, one by one
+    files: list[Entry] = []
+    refused: Acks = {}
+    for entry in batch:
+        try:
+            manifest.build([entry.name], texts, queue_dir)
+        except (OSError, ValueError) as exc:
+            refused.update(dict.fromkeys(ids(entry), (protocol.REJECTED, f"unreadable: {exc}")))
+        else:
+            files.append(entry)
+    return Announcement(manifest.build([entry.name for entry in files], texts, queue_dir), files, refused)
+
+
+def ids(entry: Entry) -> list[str]:
+    """The ids of the messages of a queued file."""
+    return codec.batch_ids(entry.id, entry.messages) if entry.messages > 1 else [entry.id]
+
+
+def verdict(entry: Entry, acks: Acks) -> tuple[str, str]:
+    """What the answer ``acks`` means for a queued file: ``stored`` (it may leave the queue)
+    once each of its messages is acknowledged; ``retry`` (it stays queued, whole) while one
+    is not; else ``rejected``, with a reason naming each rejected message."""
+    if entry.messages == 1:
+        return acks.get(entry.id, MISSING)
+    rejected: dict[str, list[str]] = {}
+    for msg_id in ids(entry):
+        status, reason = acks.get(msg_id, MISSING)
+        if status == protocol.REJECTED:
+            rejected.setdefault(reason, []).append(msg_id)
+        elif status not in protocol.ACKNOWLEDGED:
+            return protocol.RETRY, reason
+    if not rejected:
+        return protocol.STORED, ""
+    return protocol.REJECTED, "; ".join(f"{', '.join(msg_ids)}: {reason}" for reason, msg_ids in rejected.items())

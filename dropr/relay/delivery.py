@@ -41,7 +41,6 @@ log = logging.getLogger("dropr.relay")
 
 ONCE_ATTEMPTS = 3
 """With ``--once``, a peer failing this many times in a row is given up for the run."""
-_MISSING = (protocol.RETRY, "missing from the answer")
 
 
 class Peer:
@@ -199,6 +198,7 @@ class Delivery:
             client=client,
             locate=locate,
             resolve=resolve,
+            queue_dir=self._spool.queue_dir,
             timeout=self._config.timeout_seconds,
             connect_timeout=self._config.connect_timeout_seconds,
         )
@@ -256,13 +256,13 @@ class Delivery:
         counts: collections.Counter[str] = collections.Counter()
         acknowledged = []
         for entry in batch:
-            status, reason = acks.get(entry.id, _MISSING)
+            status, reason = batches.verdict(entry, acks)
             counts[status] += 1
             if status in protocol.ACKNOWLEDGED:
                 acknowledged.append(entry.name)
+                self.delivered += entry.messages
             elif status == protocol.REJECTED:
                 self._disposal.fail(entry.name, reason or "rejected by the peer")
-        self.delivered += len(acknowledged)
         log.debug("%s: %d sent in %.3f s: %s", peer.url, len(batch), seconds, dict(counts))
         retry = len(batch) - len(acknowledged) - counts[protocol.REJECTED]
         if retry:
