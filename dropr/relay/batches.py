@@ -62,23 +62,37 @@ class Announcement(NamedTuple):
 
 
 def announce(batch: list[Entry], resolve: Callable[[str], str], queue_dir: str) -> Announcement:
-    """The manifest of ``batch``, queued in ``queue_dir``; a batch file whose index does not
-    match its name (it is read for its manifest) is left out, its messages rejected."""
-    texts = {entry.channel: resolve(entry.channel) for entry in batch if entry.channel[0] == "~"}
-    try:
-        return Announcement(manifest.build([entry.name for entry in batch], texts, queue_dir), batch, {})
-    except (OSError, ValueError):
-        pass  # rare: find the files at fault, one by one
+    """The manifest of ``batch``, queued in ``queue_dir``, channels ``resolve``d to their
+    texts. A file whose channel text is lost, or a batch file whose index does not match its
+    name (it is read for its manifest), is left out, its messages rejected."""
+    texts: dict[str, str] = {}
+    lost: dict[str, str] = {}
     files: list[Entry] = []
     refused: Acks = {}
     for entry in batch:
+        channel = entry.channel
+        if channel[0] == "~" and channel not in texts and channel not in lost:
+            try:
+                texts[channel] = resolve(channel)
+            except (OSError, ValueError) as exc:
+                lost[channel] = f"the text of channel {channel} is missing: {exc}"
+        if channel in lost:
+            refused.update(dict.fromkeys(ids(entry), (protocol.REJECTED, lost[channel])))
+        else:
+            files.append(entry)
+    try:
+        return Announcement(manifest.build([entry.name for entry in files], texts, queue_dir), files, refused)
+    except (OSError, ValueError):
+        pass  # rare: find the files at fault, one by one
+    readable: list[Entry] = []
+    for entry in files:
         try:
             manifest.build([entry.name], texts, queue_dir)
         except (OSError, ValueError) as exc:
             refused.update(dict.fromkeys(ids(entry), (protocol.REJECTED, f"unreadable: {exc}")))
         else:
-            files.append(entry)
-    return Announcement(manifest.build([entry.name for entry in files], texts, queue_dir), files, refused)
+            readable.append(entry)
+    return Announcement(manifest.build([entry.name for entry in readable], texts, queue_dir), readable, refused)
 
 
 def ids(entry: Entry) -> list[str]:

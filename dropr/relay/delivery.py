@@ -184,7 +184,9 @@ class Delivery:
         if urllib.parse.urlsplit(url).scheme == "file":
             from .local import LocalTransport
 
-            return LocalTransport(url, self._worker, client=client, locate=locate, resolve=resolve)
+            return LocalTransport(
+                url, self._worker, client=client, locate=locate, resolve=resolve, queue_dir=self._spool.queue_dir
+            )
         if self._multi is None:
             import pycurl
 
