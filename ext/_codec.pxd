@@ -150,7 +150,7 @@ cdef inline Py_ssize_t format_spool_name(
     its length, or -1 (nothing usable written) when an argument is out of the format."""
     cdef Py_ssize_t n = _put_head(out, priority, msg_id)
     if (n < 0 or not is_field(peer, peer_len) or not is_field(channel, channel_len)
-            or count < 1 or not batch_fits(msg_id, count)):
+            or count < 1 or (count > 1 and not batch_fits(msg_id, count))):
         return -1
     n += _put_field(out + n, peer, peer_len)
     out[n] = b'+'
