@@ -1,7 +1,7 @@
 """The producer side: a spool directory, :class:`Client` and :func:`fastput`.
 
-A spool holds one file per message; the file name carries the message's metadata (see
-``dropr._codec_py``), so the directory listing is the queue::
+A spool holds one file per message, or per batch of messages (``put_many``); the file name
+carries the metadata (see ``dropr._codec_py``), so the directory listing is the queue::
 
     SPOOL/queue/BUCKET/  ready messages, in delivery order by name; BUCKET is the name's
                       priority digit and first 8 id digits (a 4.3 s slice of time)
@@ -13,7 +13,7 @@ A spool holds one file per message; the file name carries the message's metadata
     SPOOL/relay.lock  held by the running relay
 
 A put is one file created in ``tmp/`` and renamed into its bucket in ``queue/`` (made on
-demand): the relay and any reader see a message complete or not at all. Buckets keep the
+demand): the relay and any reader see a message, or a whole batch, complete or not at all. Buckets keep the
 first messages of a deep queue in a few small directories; the relay removes the empty ones.
 """
 

@@ -130,6 +130,15 @@ def test_spool_counts(filled: tuple[Path, list[str]], capsys: pytest.CaptureFixt
     assert (done.returncode, done.stdout) == (0, "3\n")
 
 
+def test_spool_counts_the_messages_of_batch_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with spool.Client(tmp_path) as client:
+        client.put_many([b"a", b"b", b"c"], peer=PEER)
+        client.put(b"d", peer=PEER)
+    assert len(queued(tmp_path)) == 2
+    assert main(["spool", str(tmp_path), "count-queued"]) == 0
+    assert capsys.readouterr().out == "4\n"
+
+
 def test_spool_list_in_delivery_order(filled: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
     root, ids = filled
     assert main(["spool", str(root), "list"]) == 0
