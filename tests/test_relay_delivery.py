@@ -22,8 +22,9 @@ from dropr.relay import batches
 from dropr.relay.backoff import Backoff
 from dropr.relay.batches import Entry
 from dropr.relay.config import RelayConfig
-from dropr.relay.delivery import ONCE_ATTEMPTS, Delivery, Peer
+from dropr.relay.delivery import Delivery, Peer
 from dropr.relay.disposal import Disposal
+from dropr.relay.group import GroupBackoff
 from dropr.spool import Client, Spool
 
 PEER = "http://h/"
@@ -55,7 +56,7 @@ class Scripted:
         answer = self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
         return answer(batch)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         pass
 
 
@@ -222,14 +223,17 @@ def test_a_peer_answering_again_is_no_longer_backing_off(tmp_path: Path) -> None
     assert peer.backoff.failures == 0 and setup.sent() == setup.names
 
 
-def test_with_once_a_peer_failing_again_and_again_is_given_up(tmp_path: Path) -> None:
-    setup = Setup(tmp_path, 1, once=True)
+def test_with_once_a_peer_failing_for_retry_for_seconds_is_given_up(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 1, once=True, retry_for_seconds=5.0)
     peer, _ = setup.peer(down)
-    for _ in range(ONCE_ATTEMPTS - 1):
-        peer.backoff.fail()
-    assert setup.delivery.given_up() == []
+    peer.backoff.fail(time.monotonic() - 4.0)
     setup.dispatch(setup.names)
-    assert peer.gave_up and setup.delivery.given_up() == [PEER]
+    assert not peer.gave_up and setup.delivery.given_up() == []
+    assert peer.backoff.until <= peer.backoff.since + 5.0  # one last try at the end of --retry-for
+    peer.backoff.since -= 1.0
+    setup.dispatch(setup.names)
+    assert peer.gave_up and setup.delivery.given_up() == [peer]
+    assert peer.reason == "connection refused"
     assert setup.delivery.resting(0.0) == {setup.field}
 
 
@@ -274,3 +278,11 @@ def test_arrivals_give_known_peers_news_and_make_others_known(tmp_path: Path) ->
     assert sorted(setup.delivery.peers) == sorted([setup.field, codec.parse_spool_name(other)[2]])
     assert setup.delivery.peers[codec.parse_spool_name(other)[2]].url == "http://other/"
     setup.disposal.close()
+
+
+def test_without_once_a_failing_peer_is_never_given_up_even_when_it_may_be_tried_at_once(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 1)
+    peer, _ = setup.peer(down)
+    peer.backoff = GroupBackoff([Backoff(60.0, 60.0)])  # its one member's backoff long over: no delay
+    setup.dispatch(setup.names)
+    assert peer.backoff.failures == 1 and not peer.gave_up and setup.delivery.given_up() == []

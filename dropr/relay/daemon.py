@@ -22,6 +22,7 @@ runs inline instead (the policy says which). Only one scan runs at a time.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import os
@@ -97,10 +98,33 @@ class Relay:
             self._delivery.stop()
             await self._close(loop)
         failed = self._disposal.failed
-        log.info("relay stopped: %d delivered, %d failed", self._delivery.delivered, failed)
-        if self.config.once and not self._signalled and (failed or self._delivery.given_up()):
+        given_up = self._delivery.given_up()
+        summary = f"relay stopped: {self._delivery.delivered} delivered, {failed} failed"
+        if self.config.once and (given_up or self._signalled):
+            summary += "; " + self._still_queued()
+        log.info("%s", summary)
+        if self.config.once and not self._signalled and (failed or given_up):
             return 1
         return 0
+
+    def _still_queued(self) -> str:
+        """What the queue still holds, per peer: ``still queued: N for URL (why), ...``."""
+        queue_dir = self.spool.queue_dir
+        counts: collections.Counter[str] = collections.Counter()
+        for name in scan.scan_queue(queue_dir, scan.count_queue(queue_dir)):
+            try:
+                counts[codec.parse_spool_name(name)[2]] += 1
+            except ValueError:
+                continue
+        if not counts:
+            return "nothing still queued"
+        parts = []
+        for field, count in sorted(counts.items(), key=lambda item: -item[1]):
+            peer = self._delivery.peers.get(field)
+            url = peer.url if peer is not None else field
+            why = f" ({peer.reason})" if peer is not None and peer.reason else ""
+            parts.append(f"{count} for {url}{why}")
+        return "still queued: " + ", ".join(parts)
 
     def _crashed(self, exc: BaseException) -> None:
         self._crash = exc
