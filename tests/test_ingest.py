@@ -23,7 +23,7 @@ from storekit import CLIENT, put, stage, tree
 import dropr
 from dropr import InvalidMessage, _files
 from dropr._impl import codec
-from dropr.relay.batches import Entry
+from dropr.relay.batches import Entry, SpoolFiles
 from dropr.relay.local import LocalTransport
 from dropr.store import Store
 from dropr.store.ingest import Staged
@@ -338,14 +338,8 @@ def test_the_local_transport_commits_through_the_same_path(tmp_path: Path) -> No
 
     async def send(entries: list[Entry]) -> dict[str, tuple[str, str]]:
         with ThreadPoolExecutor(1) as executor:
-            transport = LocalTransport(
-                store_dir.as_uri(),
-                executor,
-                client="a",
-                locate=lambda name: str(spool / name),
-                resolve=resolve,
-                queue_dir=str(spool),
-            )
+            files = SpoolFiles("a", str(spool), lambda name: str(spool / name), resolve)
+            transport = LocalTransport(store_dir.as_uri(), executor, files)
             try:
                 return await transport.send(entries)
             finally:

@@ -6,14 +6,17 @@ either travels alone), so a request has a bounded size and the server stores eac
 with one flush. A batch file is never split: it counts as the messages it holds, travels as
 one part, and leaves the queue once each of its messages is acknowledged.
 
-Then, for every transport alike: the request's manifest (:func:`announce`) and what the
-peer's answer, per message, means for each queued file (:func:`verdict`).
+Then, for every transport alike: what it needs of the spool (:class:`SpoolFiles`), the
+request's manifest (:func:`announce`) and what the peer's answer, per message, means for each
+queued file (:func:`verdict`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
+
+import msgpack
 
 from .. import protocol
 from .._impl import codec, manifest
@@ -59,6 +62,28 @@ class Announcement(NamedTuple):
     manifest: bytes
     files: list[Entry]
     refused: Acks
+
+    def messages(self) -> list[protocol.Entry]:
+        """The messages the manifest announces, in order (a batch file's one by one)."""
+        return [protocol.Entry(*item) for item in msgpack.unpackb(self.manifest)]
+
+
+class SpoolFiles(NamedTuple):
+    """What a transport needs of the spool it sends from: its ``client`` id, its
+    ``queue_dir`` (batch files are read there for their index), the path of a queued name
+    (``locate``) and the text of a name's field (``resolve``)."""
+
+    client: str
+    queue_dir: str
+    locate: Callable[[str], str]
+    resolve: Callable[[str], str]
+
+    def announce(self, batch: list[Entry]) -> Announcement:
+        return announce(batch, self.resolve, self.queue_dir)
+
+    def paths(self, request: Announcement) -> dict[str, str]:
+        """The path of each file of ``request``, by its part name (its first id)."""
+        return {entry.id: self.locate(entry.name) for entry in request.files}
 
 
 def announce(batch: list[Entry], resolve: Callable[[str], str], queue_dir: str) -> Announcement:

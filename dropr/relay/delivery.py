@@ -34,7 +34,7 @@ from .._impl import codec
 from ..protocol import Acks, PeerFailure
 from . import batches
 from .backoff import Backoff
-from .batches import Entry
+from .batches import Entry, SpoolFiles
 from .config import RelayConfig
 from .disposal import Disposal
 from .group import GroupTransport
@@ -100,7 +100,7 @@ class Delivery:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._transports = Transports(
-            config, client=self.client, locate=spool.queued_path, resolve=spool.resolve, queue_dir=spool.queue_dir
+            config, SpoolFiles(self.client, spool.queue_dir, spool.queued_path, spool.resolve)
         )
 
     @property

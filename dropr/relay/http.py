@@ -11,13 +11,12 @@ reads a payload.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 
 import pycurl
 
 from .. import protocol
 from ..protocol import Acks, PeerFailure
-from .batches import Entry, announce
+from .batches import Entry, SpoolFiles
 from .config import PeerConfig
 
 USER_AGENT = "dropr-relay"
@@ -37,21 +36,15 @@ class HttpTransport:
         url: str,
         multi: pycurl.AsyncCurlMulti,
         settings: PeerConfig,
+        spool: SpoolFiles,
         *,
-        client: str,
-        locate: Callable[[str], str],
-        resolve: Callable[[str], str],
-        queue_dir: str,
         timeout: float,
         connect_timeout: float,
     ) -> None:
         self.url = url
         self._multi = multi
         self._settings = settings
-        self._client = client
-        self._locate = locate
-        self._resolve = resolve
-        self._queue_dir = queue_dir
+        self._spool = spool
         self._timeout_ms = max(1, int(timeout * 1000))
         self._connect_timeout_ms = max(1, int(connect_timeout * 1000))
         self._idle: list[pycurl.Curl] = []
@@ -76,7 +69,7 @@ class HttpTransport:
 
     def _form(self, built: bytes, batch: list[Entry]) -> list[tuple[str, object]]:
         form: list[tuple[str, object]] = [
-            (protocol.CLIENT, self._client),
+            (protocol.CLIENT, self._spool.client),
             (
                 protocol.MANIFEST,
                 (
@@ -86,7 +79,7 @@ class HttpTransport:
                 ),
             ),
         ]  # fmt: skip
-        locate = self._locate
+        locate = self._spool.locate
         for entry in batch:
             form.append(
                 (
@@ -102,7 +95,7 @@ class HttpTransport:
 
     async def send(self, batch: list[Entry]) -> Acks:
         """POST ``batch``; the peer's answer, or PeerFailure for the whole request."""
-        request = announce(batch, self._resolve, self._queue_dir)
+        request = self._spool.announce(batch)
         if not request.files:
             return request.refused
         curl = self._handle()

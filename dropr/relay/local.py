@@ -18,10 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.parse
-from collections.abc import Callable
 from concurrent.futures import Executor
-
-import msgpack
 
 from .. import protocol
 from ..errors import DroprError
@@ -29,7 +26,7 @@ from ..names import field
 from ..protocol import Acks, PeerFailure
 from ..store.ingest import IngestSide, Staged
 from ..store.staging import Staging, remove_staged
-from .batches import Entry, announce
+from .batches import Entry, SpoolFiles
 
 
 class LocalTransport:
@@ -39,21 +36,14 @@ class LocalTransport:
         self,
         url: str,
         executor: Executor,
-        *,
-        client: str,
-        locate: Callable[[str], str],
-        resolve: Callable[[str], str],
-        queue_dir: str,
+        spool: SpoolFiles,
     ) -> None:
         self.url = url
         self.path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
         self._executor = executor
-        self._client = client
-        self._locate = locate
-        self._resolve = resolve
-        self._queue_dir = queue_dir
+        self._spool = spool
         # No field holds "+": no other client's prefix starts with this one.
-        self._prefix = f"relay-{field(client)}+"
+        self._prefix = f"relay-{field(spool.client)}+"
         self._store: IngestSide | None = None
 
     async def send(self, batch: list[Entry]) -> Acks:
@@ -71,15 +61,15 @@ class LocalTransport:
     def _deliver(self, batch: list[Entry]) -> Acks:
         staged: list[Staged] = []
         try:
-            request = announce(batch, self._resolve, self._queue_dir)
+            request = self._spool.announce(batch)
             acks: Acks = dict(request.refused)
             store = self._open()
             staging = store.staging(self._prefix)
-            paths = {entry.id: self._locate(entry.name) for entry in request.files}
-            entries = [protocol.Entry(*item) for item in msgpack.unpackb(request.manifest)]
+            paths = self._spool.paths(request)
+            entries = request.messages()
             for part, messages in protocol.part_ranges(entries).items():
                 _stage(staging, paths[part], messages, staged)
-            acks.update(store.commit(self._client, staged))
+            acks.update(store.commit(self._spool.client, staged))
         except (OSError, DroprError) as exc:
             raise PeerFailure(f"store {self.path}: {exc}") from None
         finally:

@@ -36,11 +36,9 @@ import itertools
 import json
 import os
 import zlib
-from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-import msgpack
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import Header
@@ -49,7 +47,7 @@ from .. import protocol
 from .._impl import codec
 from ..names import nats_servers
 from ..protocol import Acks, PeerFailure
-from .batches import Entry, announce
+from .batches import Entry, SpoolFiles
 from .config import PeerConfig
 
 DEFAULT_SUBJECT_PREFIX = "dropr."
@@ -80,11 +78,8 @@ class NatsTransport:
         url: str,
         executor: Executor,
         settings: PeerConfig,
+        spool: SpoolFiles,
         *,
-        client: str,
-        locate: Callable[[str], str],
-        resolve: Callable[[str], str],
-        queue_dir: str,
         timeout: float,
         connect_timeout: float,
     ) -> None:
@@ -92,10 +87,7 @@ class NatsTransport:
         self._servers = nats_servers(url)
         self._executor = executor
         self._settings = settings
-        self._client = client
-        self._locate = locate
-        self._resolve = resolve
-        self._queue_dir = queue_dir
+        self._spool = spool
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._prefix = settings.subject_prefix or DEFAULT_SUBJECT_PREFIX
@@ -117,7 +109,7 @@ class NatsTransport:
         nc = NatsClient()
         options: dict[str, Any] = {
             "servers": self._servers,
-            "name": f"dropr-relay {self._client}",
+            "name": f"dropr-relay {self._spool.client}",
             "connect_timeout": self._connect_timeout,
             "max_reconnect_attempts": RECONNECT_ATTEMPTS,
             "reconnect_time_wait": RECONNECT_WAIT_SECONDS,
@@ -178,19 +170,19 @@ class NatsTransport:
 
     async def send(self, batch: list[Entry]) -> Acks:
         """Publish ``batch``; the acknowledgements, or PeerFailure for the whole request."""
-        request = announce(batch, self._resolve, self._queue_dir)
+        request = self._spool.announce(batch)
         if not request.files:
             return request.refused
         nc = await self._connect()
         lost = self._lost
         assert lost is not None
-        messages = [protocol.Entry(*item) for item in msgpack.unpackb(request.manifest)]
-        paths = {entry.id: self._locate(entry.name) for entry in request.files}
+        messages = request.messages()
+        paths = self._spool.paths(request)
         payloads = await asyncio.get_running_loop().run_in_executor(self._executor, self._read, messages, paths)
         token = str(next(self._sent))
         reply = f"{self._inbox}.{token}."
         pending = self._batches[token] = _Batch(len(messages))
-        client = self._client
+        client = self._spool.client
         try:
             for index, (entry, payload) in enumerate(zip(messages, payloads, strict=True)):
                 if lost.done():
