@@ -10,12 +10,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import DroprError, InvalidMessage, SpoolError, StoreError
-from .spool import Client, fastput
+from .spool import Client, fastput, fastput_many
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Client", "DroprError", "InvalidMessage", "SpoolError", "Store", "StoreError", "fastput"]
+__all__ = [
+    "Client",
+    "DroprError",
+    "InvalidMessage",
+    "SpoolError",
+    "Store",
+    "StoreError",
+    "fastput",
+    "fastput_many",
+]
 __version__ = "0.1.0"
 
 

@@ -27,4 +27,5 @@ def buckets(path: str | PathLike[str]) -> list[str]:
     """The bucket names of a spool's ``queue/`` directory ``path``, in order."""
 
 def count_queue(path: str | PathLike[str]) -> int:
-    """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
+    """The messages in the buckets of a spool's ``queue/`` directory ``path``: as :func:`count`
+    does, but a batch file counts as the messages it holds."""

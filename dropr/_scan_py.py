@@ -11,7 +11,8 @@ A spool's ``queue/`` holds buckets (see ``dropr._codec_py``) rather than message
 ``*_queue`` functions read its buckets in order and stop at the first bucket after which
 ``limit`` names are found, since every later bucket's names sort after them. A bucket that
 vanishes while being read (the relay removes empty ones) is passed over; a name in a bucket
-that is not its own is ignored.
+that is not its own is ignored. Counting a spool's queue counts messages: a batch file as the
+messages its name says it holds.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import os
 import re
 from collections.abc import Collection, Iterable
 
-from ._codec_py import BUCKET_LEN
+from ._codec_py import BUCKET_LEN, MAX_BATCH_COUNT
 
 _HEAD = re.compile(rb"[0-9][0-9a-f]{30}\+")
 _BUCKET = re.compile(rf"[0-9][0-9a-f]{{{BUCKET_LEN - 1}}}")
+_BATCH = re.compile(rb"[0-9][0-9a-f]{30}\+(?:[^+]*\+){4}n([1-9a-f][0-9a-f]{0,5})(?:\.|\Z)")
 
 
 def scan(path: str, limit: int, skip: Collection[str] = ()) -> list[str]:
@@ -59,10 +61,21 @@ def count(path: str) -> int:
 
 
 def count_queue(path: str) -> int:
-    """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
+    """The messages in the buckets of a spool's ``queue/`` directory ``path``: as :func:`count`
+    does, but a batch file counts as the messages it holds."""
     return sum(
-        1 for bucket in buckets(path) for name in _listdir(os.path.join(path, bucket), gone_ok=True) if name[:1] != b"."
+        _messages(name)
+        for bucket in buckets(path)
+        for name in _listdir(os.path.join(path, bucket), gone_ok=True)
+        if name[:1] != b"."
     )
+
+
+def _messages(name: bytes) -> int:
+    """How many messages a queued file holds: a batch file's count (its name's ``n``), else 1."""
+    batch = _BATCH.match(name)
+    count = int(batch.group(1), 16) if batch else 1
+    return count if 2 <= count <= MAX_BATCH_COUNT else 1
 
 
 def _check(limit: int) -> None:

@@ -3,7 +3,8 @@
 A directory is read with ``readdir`` without the GIL. The smallest ``limit`` names
 seen so far are kept as C strings in a max-heap, so a name that is not selected — skipped,
 not a message, or after the first ``limit`` — costs a byte comparison and no Python object,
-and memory stays bounded by ``limit`` however deep the queue is.
+and memory stays bounded by ``limit`` however deep the queue is. Counting a spool's queue
+reads each batch file's count from its name, in C too.
 """
 
 import os
@@ -12,7 +13,8 @@ from cpython.exc cimport PyErr_SetFromErrnoWithFilenameObject
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, strcmp, strcspn, strlen
 
-from _codec cimport DROPR_BUCKET_LEN, DROPR_ID_LEN, is_bucket_name, is_message_head
+from _codec cimport (DROPR_BUCKET_LEN, DROPR_ID_LEN, DROPR_MAX_BATCH_COUNT, hex_value,
+                     is_bucket_name, is_lower_hex, is_message_head)
 from _sys cimport DIR, ENOENT, closedir, dirent, errno, opendir, readdir
 
 cdef extern from "Python.h":
@@ -247,7 +249,28 @@ def buckets(path) -> list:
     return found
 
 
-cdef Py_ssize_t _count(path, bint gone_ok) except -1:
+cdef Py_ssize_t _messages(const char *name) noexcept nogil:
+    """How many messages a queued file holds: a batch file's count (its name's ``n``), else 1."""
+    cdef Py_ssize_t i = DROPR_ID_LEN + 2, count = 0, digits = 0
+    cdef int plus = 1
+    if not is_message_head(name):
+        return 1
+    while name[i] and plus < 5:
+        plus += name[i] == b'+'
+        i += 1
+    if plus < 5 or name[i] != b'n' or name[i + 1] == b'0':
+        return 1
+    i += 1
+    while is_lower_hex(<unsigned char>name[i]) and digits < 7:
+        count = count * 16 + hex_value(<unsigned char>name[i])
+        digits += 1
+        i += 1
+    if digits == 0 or digits > 6 or (name[i] != 0 and name[i] != b'.'):
+        return 1
+    return count if 2 <= count <= DROPR_MAX_BATCH_COUNT else 1
+
+
+cdef Py_ssize_t _count(path, bint gone_ok, bint messages) except -1:
     cdef DIR *directory = _open(path, gone_ok)
     cdef dirent *entry
     cdef Py_ssize_t total = 0
@@ -260,7 +283,7 @@ cdef Py_ssize_t _count(path, bint gone_ok) except -1:
             if entry == NULL:
                 break
             if entry.d_name[0] != b'.':
-                total += 1
+                total += _messages(entry.d_name) if messages else 1
         closedir(directory)
     if error:
         _raise(error, path)
@@ -269,9 +292,10 @@ cdef Py_ssize_t _count(path, bint gone_ok) except -1:
 
 def count(path) -> int:
     """The number of entries of directory ``path`` whose name does not start with ``.``."""
-    return _count(path, False)
+    return _count(path, False, False)
 
 
 def count_queue(path) -> int:
-    """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
-    return sum([_count(os.path.join(path, bucket), True) for bucket in buckets(path)])
+    """The messages in the buckets of a spool's ``queue/`` directory ``path``: as :func:`count`
+    does, but a batch file counts as the messages it holds."""
+    return sum([_count(os.path.join(path, bucket), True, True) for bucket in buckets(path)])

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from dropr import _codec_py, _drop_py
@@ -43,6 +44,35 @@ def test_a_message_larger_than_the_byte_limit_travels_alone() -> None:
     cut = list(batches.cut([entry(0, 10), entry(1, 5000), entry(2, 10)], count=10, max_bytes=100))
     assert [[e.size for e in b] for b in cut] == [[10], [5000], [10]]
     assert list(batches.cut([], 10, 100)) == []
+
+
+def test_a_batch_file_counts_as_its_messages_and_is_never_split() -> None:
+    files = [
+        batches.Entry(f"f{i}", f"{i:030x}", 9, "c", 100, 0, count) for i, count in enumerate([1, 60, 50, 3, 200, 1])
+    ]
+    cut = list(batches.cut(files, count=100, max_bytes=10_000))
+    assert [[e.messages for e in b] for b in cut] == [[1, 60], [50, 3], [200], [1]]
+
+
+def test_a_request_announces_each_message_and_leaves_out_a_file_not_as_named(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    with Client(spool) as client:
+        for payloads in ([b"a", b"b"], [b"alone"], [b"c", b"d", b"e"]):
+            client.put_many(payloads, peer="http://h/")
+    files = []
+    for name in scan.scan_queue(spool.queue_dir, 10):
+        priority, msg_id, _, channel, size, crc, count, delay_ms = _codec_py.parse_spool_name(name)
+        files.append(batches.Entry(name, msg_id, priority, channel, size, crc, count, delay_ms))
+    whole = batches.announce(files, spool.resolve, spool.queue_dir)
+    assert whole.files == files and whole.refused == {}
+    assert [entry[0] for entry in msgpack.unpackb(whole.manifest)] == [i for f in files for i in batches.ids(f)]
+    Path(spool.queued_path(files[2].name)).write_bytes(b"not a batch file")
+    partial = batches.announce(files, spool.resolve, spool.queue_dir)
+    assert partial.files == files[:2] and sorted(partial.refused) == batches.ids(files[2])
+    assert all(
+        status == "rejected" and "unreadable: batch file" in reason for status, reason in partial.refused.values()
+    )
+    assert [entry[0] for entry in msgpack.unpackb(partial.manifest)] == [i for f in files[:2] for i in batches.ids(f)]
 
 
 def test_backoff_grows_jittered_up_to_its_cap_and_resets() -> None:

@@ -18,6 +18,7 @@ import pytest
 from dropr import protocol
 from dropr._impl import codec, scan
 from dropr.protocol import Acks, PeerFailure
+from dropr.relay import batches
 from dropr.relay.backoff import Backoff
 from dropr.relay.batches import Entry
 from dropr.relay.config import RelayConfig
@@ -138,6 +139,70 @@ def test_an_answer_for_every_message_does_not_back_off_even_with_rejections(tmp_
     setup.dispatch(setup.names)
     assert setup.failed() == {setup.names[0]: "rejected by the peer"} and setup.sent() == setup.names[1:]
     assert peer.backoff.failures == 0
+
+
+def each_message(status: str, reason: str = "", but: dict[int, tuple[str, str]] | None = None) -> Answer:
+    """An answer giving every message of a batch ``status``, the n-th of them (counted
+    across its files) ``but[n]`` instead."""
+
+    def answer(batch: list[Entry]) -> Acks:
+        ids = [msg_id for entry in batch for msg_id in batches.ids(entry)]
+        return {msg_id: (but or {}).get(n, (status, reason)) for n, msg_id in enumerate(ids)}
+
+    return answer
+
+
+def batch_files(tmp_path: Path, sizes: list[int], **settings: Any) -> Setup:
+    """A Setup whose queue holds one file per size: a batch of that many messages."""
+    setup = Setup(tmp_path, 0, **settings)
+    with Client(setup.spool) as client:
+        for size in sizes:
+            client.put_many([b"m%d" % i for i in range(size)], peer=PEER)
+    setup.names = scan.scan_queue(setup.spool.queue_dir, len(sizes))
+    setup.field = codec.parse_spool_name(setup.names[0])[2]
+    return setup
+
+
+def test_a_batch_file_travels_whole_and_leaves_once_each_message_is_acknowledged(tmp_path: Path) -> None:
+    setup = batch_files(tmp_path, [40, 1, 70, 30], batch_count=100)
+    peer, transport = setup.peer(each_message(protocol.DUPLICATE, "already held", {5: (protocol.STORED, "")}))
+    setup.dispatch(setup.names)
+    assert transport.sent == [setup.names[:2], setup.names[2:]]  # 41 messages, then 100
+    assert setup.sent() == setup.names and scan.count_queue(setup.spool.queue_dir) == 0
+    assert setup.delivery.delivered == 141 and peer.backoff.failures == 0
+
+
+def test_a_batch_file_with_a_message_to_retry_stays_queued_whole(tmp_path: Path) -> None:
+    setup = batch_files(tmp_path, [3, 4])
+    peer, _ = setup.peer(each_message(protocol.STORED, but={1: (protocol.REJECTED, "bad"), 5: (protocol.RETRY, "")}))
+    setup.dispatch(setup.names)
+    assert setup.sent() == [] and setup.failed() == {setup.names[0]: f"{batches.ids(entry_of(setup, 0))[1]}: bad"}
+    assert scan.scan_queue(setup.spool.queue_dir, 10) == setup.names[1:]
+    assert peer.backoff.failures == 1 and setup.delivery.delivered == 0
+
+
+def test_a_batch_file_with_rejected_messages_fails_naming_each(tmp_path: Path) -> None:
+    setup = batch_files(tmp_path, [5])
+    ids = batches.ids(entry_of(setup, 0))
+    rejections = {0: (protocol.REJECTED, "no"), 2: (protocol.REJECTED, "bad crc"), 4: (protocol.REJECTED, "no")}
+    peer, _ = setup.peer(each_message(protocol.STORED, but=rejections))
+    setup.dispatch(setup.names)
+    assert setup.failed() == {setup.names[0]: f"{ids[0]}, {ids[4]}: no; {ids[2]}: bad crc"}
+    assert peer.backoff.failures == 0 and scan.count_queue(setup.spool.queue_dir) == 0
+
+
+def test_a_batch_file_answered_only_for_its_first_message_stays_queued(tmp_path: Path) -> None:
+    setup = batch_files(tmp_path, [3])
+    peer, _ = setup.peer(stored)
+    setup.dispatch(setup.names)
+    assert scan.scan_queue(setup.spool.queue_dir, 10) == setup.names and setup.failed() == {}
+    assert peer.backoff.failures == 1
+
+
+def entry_of(setup: Setup, index: int) -> Entry:
+    name = setup.names[index]
+    priority, msg_id, _, channel, size, crc, count, delay_ms = codec.parse_spool_name(name)
+    return Entry(name, msg_id, priority, channel, size, crc, count, delay_ms)
 
 
 def test_a_failed_request_backs_off_and_lets_the_waiting_batches_go(tmp_path: Path) -> None:

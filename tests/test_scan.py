@@ -195,6 +195,42 @@ def test_queue_ignores_what_is_not_a_bucketed_message(scan: ModuleType, tmp_path
     assert scan.count_queue(str(tmp_path)) == 20 + 2
 
 
+def test_names_with_extra_fields_are_scanned_and_skipped_as_others(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    names = _queue_names(100)
+    extra = [n + suffix for n, suffix in zip(names, ["+n2", "+d3e8", "+n64.d3e8"] * 40, strict=False)]
+    _fill_queue(tmp_path, extra)
+    assert scan.scan_queue(str(tmp_path), 100) == sorted(extra)
+    assert scan.scan_queue(str(tmp_path), 100, ["a"]) == sorted(n for n in extra if "+a+" not in n)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "messages"),
+    [
+        ("", 1),
+        ("+n2", 2),
+        ("+n64", 100),
+        ("+n64.d3e8", 100),
+        ("+d3e8", 1),
+        ("+n100000", 1 << 20),
+        ("+n100001", 1),
+        ("+n1000000", 1),
+        ("+n1", 1),
+        ("+n02", 1),
+        ("+n", 1),
+        ("+n2x", 1),
+        ("+nA", 1),
+    ],
+)
+def test_a_batch_file_counts_as_its_messages(
+    scan: ModuleType, tmp_path: pathlib.Path, suffix: str, messages: int
+) -> None:
+    names = _queue_names(3)
+    _fill_queue(tmp_path, [names[0] + suffix, *names[1:]])
+    _touch(str(tmp_path / names[1][: codec.BUCKET_LEN]), ["not-a-message+p+c+1+00000000+n64"])
+    assert scan.count_queue(str(tmp_path)) == messages + 3
+    assert scan.count(str(tmp_path / names[0][: codec.BUCKET_LEN])) >= 1
+
+
 def test_queue_reads_only_the_buckets_it_needs(scan: ModuleType, tmp_path: pathlib.Path) -> None:
     first = [f"0{0x18E00000:08x}{i:022x}+p+c+1+00000000" for i in range(10)]
     _fill_queue(tmp_path, first)

@@ -14,7 +14,7 @@ from .._files import DIR_MODE
 from .._impl import codec, scan
 from ..errors import InvalidMessage
 from ..limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
-from ..names import check_channel, check_peer, check_priority
+from ..names import check_channel, check_delay, check_peer, check_priority
 from ..spool import Client, Spool, SpoolMessage
 from ._common import CommandError, emit_json, minutes
 
@@ -39,6 +39,13 @@ def register(subparsers: Any) -> None:
     )
     put.add_argument("--channel", default=DEFAULT_CHANNEL, help="the channel")
     put.add_argument("--priority", type=int, default=DEFAULT_PRIORITY, help="0 (delivered first) to 9")
+    put.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="seconds after now before a consumer may take it (it is relayed and stored at once)",
+    )
     put.add_argument("--sync", action="store_true", help="return only once the message is on disk")
     put.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="the payload (default: standard input)")
     put.set_defaults(run=run_put)
@@ -82,9 +89,10 @@ def run_put(args: argparse.Namespace) -> int:
     check_peer(args.peer, limits)
     check_channel(args.channel, limits)
     priority = check_priority(args.priority)
+    check_delay(args.delay)
     payload = _read_payload(args.file, limits.max_payload)
     with Client(args.spool, sync=args.sync, limits=limits) as client:
-        print(client.put(payload, peer=args.peer, channel=args.channel, priority=priority))
+        print(client.put(payload, peer=args.peer, channel=args.channel, priority=priority, delay=args.delay))
     return 0
 
 

@@ -34,15 +34,13 @@ from .._impl import codec
 from ..protocol import Acks, PeerFailure
 from . import batches
 from .backoff import Backoff
-from .batches import Entry
+from .batches import Entry, SpoolFiles
 from .config import RelayConfig
 from .disposal import Disposal
 from .group import GroupTransport
 from .transport import Transport, Transports, Unavailable
 
 log = logging.getLogger("dropr.relay")
-
-_MISSING = (protocol.RETRY, "missing from the answer")
 
 
 class Peer:
@@ -101,7 +99,9 @@ class Delivery:
         self._crash = crash
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._transports = Transports(config, client=self.client, locate=spool.queued_path, resolve=spool.resolve)
+        self._transports = Transports(
+            config, SpoolFiles(self.client, spool.queue_dir, spool.queued_path, spool.resolve)
+        )
 
     @property
     def busy(self) -> bool:
@@ -141,7 +141,7 @@ class Delivery:
         cutoff = disposal.expiry_cutoff()
         for name in names:
             try:
-                priority, msg_id, peer_field, channel, size, crc = codec.parse_spool_name(name)
+                priority, msg_id, peer_field, channel, size, crc, count, delay_ms = codec.parse_spool_name(name)
             except ValueError:
                 fail(name, "not a message name")
                 continue
@@ -160,7 +160,7 @@ class Delivery:
                 except (OSError, ValueError) as exc:
                     fail(name, f"the text of channel {channel} is missing: {exc}")
                     continue
-            groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc))
+            groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc, count, delay_ms))
         locate = self._spool.queued_path
         for peer, entries in groups.items():
             for batch in batches.cut(entries, self._config.batch_count, self._config.batch_bytes):
@@ -255,13 +255,13 @@ class Delivery:
         counts: collections.Counter[str] = collections.Counter()
         acknowledged = []
         for entry in batch:
-            status, reason = acks.get(entry.id, _MISSING)
+            status, reason = batches.verdict(entry, acks)
             counts[status] += 1
             if status in protocol.ACKNOWLEDGED:
                 acknowledged.append(entry.name)
+                self.delivered += entry.messages
             elif status == protocol.REJECTED:
                 self._disposal.fail(entry.name, reason or "rejected by the peer")
-        self.delivered += len(acknowledged)
         log.debug("%s: %d sent in %.3f s: %s", peer.url, len(batch), seconds, dict(counts))
         retry = len(batch) - len(acknowledged) - counts[protocol.REJECTED]
         if retry:

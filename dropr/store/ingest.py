@@ -8,7 +8,12 @@ message held already, by client and id in any state, is a duplicate: acknowledge
 kept once), then the new directory entries synced (:mod:`.sync` picks how for the batch's
 size) — and only then **answer** (:data:`dropr.protocol.Acks`). The HTTP server (which
 stages each part as it streams in) and the local transport (which stages spool files by
-hard link) both commit through it.
+hard link, or a batch file's messages by copy) both commit through it.
+
+A message due later (its put time, the time in its id, plus its delay) goes into its
+channel's ``delayed/`` instead, its mtime that time, as a failed message waits for its retry:
+no consumer can claim it before, and the first to look after moves it into the queue. Its
+timestamp is made durable with the batch, by a flush of the file system.
 
 A commit blocks on the disk, and any number of threads may commit at once: the moves of
 one batch into the queues run under a lock (they are quick, and the duplicate checks need
@@ -21,6 +26,7 @@ import errno
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -30,7 +36,7 @@ from .._impl import codec
 from ..errors import InvalidMessage
 from ..names import check_channel, check_client_id, check_message_id, check_priority
 from ..protocol import DUPLICATE, REJECTED, STORED, Acks, mismatch
-from .layout import ATTEMPTS, QUEUE, STATES, PathLike, StoreDirectory, remember
+from .layout import ATTEMPTS, DELAYED, QUEUE, STATES, PathLike, StoreDirectory, remember
 from .staging import StagedFile, Staging
 from .sync import Syncer
 
@@ -42,6 +48,11 @@ _LIST_BYTES = 64
 _PROBE_MAX = 16
 _STORED = (STORED, "")
 _DUPLICATE = (DUPLICATE, "already held")
+_DELAYED_FD = STATES.index(DELAYED)
+
+Move = tuple[str, str, int, str] | tuple[str, str, int, str, float]
+"""A message for :meth:`IngestSide.ingest_many`: ``(channel, msg_id, priority, staged)``,
+and when it is due later, the time (seconds since the epoch) before which none may claim it."""
 
 
 class Staged(NamedTuple):
@@ -49,6 +60,7 @@ class Staged(NamedTuple):
 
     ``size`` and ``crc`` are the declared size and CRC-32; a ``size`` below zero declares
     nothing (the manifest-less form of the protocol), and the file is taken as it is.
+    ``delay_ms``: how long after its put time (the time in its id) it may be claimed.
     """
 
     id: str
@@ -57,6 +69,11 @@ class Staged(NamedTuple):
     size: int
     crc: int
     file: StagedFile
+    delay_ms: int = 0
+
+    def due(self) -> float:
+        """When the message may be claimed (seconds since the epoch); 0: at once."""
+        return codec.id_time_ns(self.id) / 1e9 + self.delay_ms / 1e3 if self.delay_ms else 0.0
 
 
 class Ingested(NamedTuple):
@@ -65,9 +82,9 @@ class Ingested(NamedTuple):
     The staged files' data must have been made durable before the call (for example
     :meth:`IngestSide.sync_data` on each, or :meth:`IngestSide.flush`). After it, syncing
     the ``directories`` (:meth:`IngestSide.sync_directory`) makes the new entries durable
-    — or :meth:`IngestSide.flush` when ``created`` says that new directories or ``names/``
-    texts came into being, whose entries lie elsewhere. :meth:`IngestSide.commit` does all
-    of that.
+    — or :meth:`IngestSide.flush` when ``created`` says that new directories, ``names/``
+    texts or delayed messages came into being, whose entries lie elsewhere or whose
+    timestamps only a flush makes durable. :meth:`IngestSide.commit` does all of that.
     """
 
     results: list[bool | str]
@@ -117,7 +134,7 @@ class IngestSide(StoreDirectory):
                 return acks
             if sync:
                 self._syncer.data([m.file.path for m in verified])
-            ingested = self.ingest_many(client, [(m.channel, m.id, m.priority, m.file.path) for m in verified])
+            ingested = self.ingest_many(client, [(m.channel, m.id, m.priority, m.file.path, m.due()) for m in verified])
             for message, result in zip(verified, ingested.results, strict=True):
                 if result is True or result is False:
                     message.file.handed_over()
@@ -144,14 +161,15 @@ class IngestSide(StoreDirectory):
             raise InvalidMessage(result)
         return result
 
-    def ingest_many(self, client: str, messages: Iterable[tuple[str, str, int, str]]) -> Ingested:
+    def ingest_many(self, client: str, messages: Iterable[Move]) -> Ingested:
         """Move complete staged files into their channels' queues, one batch of ``client``.
 
-        Each message is ``(channel, msg_id, priority, staged)``. Its result is True when
-        stored, False when already held in any state (``staged`` removed), or the reason it
-        was refused (``staged`` left alone, nothing changed for it). The client and each
-        distinct channel are checked once, and the state directories are probed through
-        open descriptors. Nothing is synced here: see :class:`Ingested`.
+        Each message is a :data:`Move`; one due later than now goes into ``delayed/``, its
+        mtime set to when it is due. Its result is True when stored, False when already held
+        in any state (``staged`` removed), or the reason it was refused (``staged`` left
+        alone, nothing changed for it). The client and each distinct channel are checked
+        once, and the state directories are probed through open descriptors. Nothing is
+        synced here: see :class:`Ingested`.
         """
         batch = list(messages)
         with self._moving:
@@ -161,9 +179,12 @@ class IngestSide(StoreDirectory):
                 except InvalidMessage as exc:
                     return Ingested([str(exc)] * len(batch), (), False)
             results: list[bool | str] = [False] * len(batch)
-            by_channel: dict[str, list[tuple[int, int, str, str]]] = {}
+            by_channel: dict[str, list[tuple[int, int, str, str, float]]] = {}
             refused: dict[str, str] = {}
-            for index, (channel, msg_id, priority, staged) in enumerate(batch):
+            now = time.time()
+            for index, message in enumerate(batch):
+                channel, msg_id, priority, staged = message[:4]
+                due = message[4] if len(message) > 4 and message[4] > now else 0.0
                 problem = _message_problem(msg_id, priority)
                 if not problem and channel not in by_channel:
                     problem = refused.get(channel) or self._channel_problem(channel)
@@ -174,7 +195,7 @@ class IngestSide(StoreDirectory):
                 if problem:
                     results[index] = problem
                 else:
-                    by_channel[channel].append((index, priority, msg_id, staged))
+                    by_channel[channel].append((index, priority, msg_id, staged, due))
             if not by_channel:
                 return Ingested(results, (), False)
             written = self.names.written
@@ -185,6 +206,9 @@ class IngestSide(StoreDirectory):
                 channel_dir = self._registered_dir(channel)
                 created |= self._move_in(channel_dir, client_field, items, results)
                 directories.append(os.path.join(channel_dir, QUEUE))
+                if any(item[4] for item in items):
+                    directories.append(os.path.join(channel_dir, DELAYED))
+                    created = True
             return Ingested(results, tuple(directories), created or self.names.written != written)
 
     def sync_data(self, path: str) -> None:
@@ -240,20 +264,22 @@ class IngestSide(StoreDirectory):
         self,
         channel_dir: str,
         client_field: str,
-        items: list[tuple[int, int, str, str]],
+        items: list[tuple[int, int, str, str, float]],
         results: list[bool | str],
     ) -> bool:
         """Ingest one channel's share of a batch (under the lock); True if the channel's
         directories had to be created."""
         fds, created = self._open_states(channel_dir)
-        names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _ in items]
+        names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _, _ in items]
         fresh = set(_unheld(fds, names))
-        for position, (index, _, _, staged) in enumerate(items):
+        for position, (index, _, _, staged, due) in enumerate(items):
             if position not in fresh:
                 _files.remove(staged)
                 continue
+            if due:
+                os.utime(staged, (due, due))  # before it shows in delayed/, which goes by mtime
             try:
-                results[index] = _move(staged, fds[0], names[position])
+                results[index] = _move(staged, fds[_DELAYED_FD if due else 0], names[position])
             except FileNotFoundError:
                 if not os.path.lexists(staged):
                     raise
@@ -261,7 +287,7 @@ class IngestSide(StoreDirectory):
                 self._close_states(channel_dir)
                 fds, made = self._open_states(channel_dir)
                 created |= made
-                results[index] = _move(staged, fds[0], names[position])
+                results[index] = _move(staged, fds[_DELAYED_FD if due else 0], names[position])
         return created
 
     def _open_states(self, channel_dir: str) -> tuple[tuple[int, ...], bool]:
