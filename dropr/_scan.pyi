@@ -28,3 +28,8 @@ def buckets(path: str | PathLike[str]) -> list[str]:
 
 def count_queue(path: str | PathLike[str]) -> int:
     """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
+
+def tally_queue(path: str | PathLike[str]) -> dict[str, tuple[int, int, str]]:
+    """Per peer field of the messages in a spool's ``queue/`` directory ``path``: how many,
+    their bytes (the sizes their names give) and the oldest id. A name without a peer, a
+    channel and a size (lower hex, at most 64 bits) is passed over."""

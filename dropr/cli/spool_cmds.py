@@ -15,6 +15,7 @@ from ..errors import InvalidMessage
 from ..limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
 from ..names import check_channel, check_peer, check_priority
 from ..spool import Client, Spool, SpoolMessage
+from . import spool_status
 from ._common import CommandError, emit_json, minutes
 
 _ONE_LINE = str.maketrans("\t\n\r", "   ")
@@ -59,6 +60,10 @@ def register(subparsers: Any) -> None:
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("--json", action="store_true", help="one JSON array of objects")
         action.set_defaults(run=run)
+    text = "per peer, what is queued (messages, bytes, the oldest's age) and what the relay is doing"
+    action = actions.add_parser("status", help=text, description=text)
+    action.add_argument("--json", action="store_true", help="one JSON object")
+    action.set_defaults(run=lambda args: spool_status.run(args, _open(args)))
 
 
 def run_put(args: argparse.Namespace) -> int:

@@ -34,11 +34,12 @@ from typing import Any
 from .. import spool as _spool
 from .._impl import codec, scan
 from ..errors import SpoolError
-from . import housekeeping, inotify, lock
+from . import housekeeping, inotify, lock, status
 from .config import RelayConfig
 from .delivery import Delivery
 from .disposal import Disposal
 from .policy import Scanned, ScanPlan, ScanPolicy
+from .status import RelayStatus
 
 log = logging.getLogger("dropr.relay")
 
@@ -53,8 +54,11 @@ class Relay:
         self._signalled = False
         self._crash: BaseException | None = None
         self._wake = asyncio.Event()
-        self._disposal = Disposal(config, spool)
-        self._delivery = Delivery(config, spool, self._disposal, wake=self._wake.set, crash=self._crashed)
+        self.status = RelayStatus(status.path(spool.path), spool.client_id)
+        self._disposal = Disposal(config, spool, self.status)
+        self._delivery = Delivery(
+            config, spool, self._disposal, status=self.status, wake=self._wake.set, crash=self._crashed
+        )
         self._policy = ScanPolicy(config, self._delivery.peers, self._delivery.held)
         self._scanner = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-scan")
         self._scan: asyncio.Future[Scanned] | None = None
@@ -84,6 +88,7 @@ class Relay:
                 now = time.monotonic()
                 self._disposal.chores(now, self._delivery.resting, self._delivery.held)
                 self._cycle(now)
+                self.status.publish()
                 if self.config.once and not self._delivery.busy and self._policy.drained(now):
                     break
                 await self._sleep(min(self._policy.due, self._disposal.due) - now)
@@ -96,6 +101,7 @@ class Relay:
             self._stopping = True
             self._delivery.stop()
             await self._close(loop)
+            self.status.publish(force=True)
         failed = self._disposal.failed
         log.info("relay stopped: %d delivered, %d failed", self._delivery.delivered, failed)
         if self.config.once and not self._signalled and (failed or self._delivery.given_up()):

@@ -10,6 +10,8 @@ rejected go to ``failed/`` (both ``disposal``'s work), the rest stay queued and 
 off; a request failing as a whole backs the peer off with all its messages queued, and the
 batches waiting for it are let go, to be read again from the queue once it is tried again.
 With ``--once``, a peer failing :data:`ONCE_ATTEMPTS` times in a row is given up for the run.
+Each request, its outcome and each failure of a peer are told to ``status``, which logs the
+peer's changes of state.
 
 The local transport's ingest is blocking file work that need not be ordered with scans: it
 runs on a worker thread.
@@ -35,6 +37,7 @@ from .backoff import Backoff
 from .batches import Entry
 from .config import RelayConfig
 from .disposal import Disposal
+from .status import RelayStatus
 from .transport import Transport
 
 log = logging.getLogger("dropr.relay")
@@ -77,6 +80,7 @@ class Delivery:
         spool: _spool.Spool,
         disposal: Disposal,
         *,
+        status: RelayStatus,
         wake: Callable[[], None],
         crash: Callable[[BaseException], None],
     ) -> None:
@@ -90,6 +94,7 @@ class Delivery:
         self._config = config
         self._spool = spool
         self._disposal = disposal
+        self._status = status
         self._wake = wake
         self._crash = crash
         self._tasks: set[asyncio.Task[None]] = set()
@@ -211,9 +216,9 @@ class Delivery:
         peer.news = True
         if self._config.once and peer.backoff.failures >= ONCE_ATTEMPTS:
             peer.gave_up = True
-            log.error("%s: %s; giving up after %d failures", peer.url, reason, peer.backoff.failures)
+            self._status.gave_up(peer, reason, peer.backoff.failures)
             return
-        log.warning("%s: %s; backing off %.2f s (failure %d)", peer.url, reason, delay, peer.backoff.failures)
+        self._status.backing_off(peer, reason, delay, peer.backoff.failures)
         asyncio.get_running_loop().call_later(delay, self._wake)
 
     # -- requests --------------------------------------------------------------------
@@ -232,9 +237,11 @@ class Delivery:
         assert peer.transport is not None
         started = time.monotonic()
         acks: Acks | None = None
+        self._status.sending(peer)
         try:
             acks = await peer.transport.send(batch)
         except PeerFailure as exc:
+            self._status.answered(peer, time.monotonic() - started, 0, len(batch))
             self._peer_failed(peer, str(exc))
         except Exception as exc:
             self._crash(exc)
@@ -265,10 +272,10 @@ class Delivery:
         self.delivered += len(acknowledged)
         log.debug("%s: %d sent in %.3f s: %s", peer.url, len(batch), seconds, dict(counts))
         retry = len(batch) - len(acknowledged) - counts[protocol.REJECTED]
+        self._status.answered(peer, seconds, len(acknowledged), retry)
         if retry:
             self._peer_failed(peer, f"{retry} of {len(batch)} messages to be retried")
         elif peer.backoff.failures:
-            log.info("%s: delivering again after %d failures", peer.url, peer.backoff.failures)
             peer.backoff.succeed()
         return acknowledged
 

@@ -35,6 +35,7 @@ from typing import Any
 from .. import spool as _spool
 from . import housekeeping
 from .config import RelayConfig
+from .status import RelayStatus
 
 log = logging.getLogger("dropr.relay")
 
@@ -47,8 +48,9 @@ TMP_CHORE_SECONDS = 600.0
 class Disposal:
     """Moves ``spool``'s messages out of its queue and keeps its chores, as ``config`` says."""
 
-    def __init__(self, config: RelayConfig, spool: _spool.Spool) -> None:
+    def __init__(self, config: RelayConfig, spool: _spool.Spool, status: RelayStatus) -> None:
         self.failed = 0
+        self._status = status
         self._config = config
         self._spool = spool
         self._max_age_ns = int(config.max_age_minutes * 60 * 1e9)
@@ -105,6 +107,7 @@ class Disposal:
         if self._finished is not None:
             self._finished.add(name)
         self.failed += 1
+        self._status.failed(name)
         log.warning("%s moved to failed/: %s", name, reason)
 
     def expire(self, name: str) -> None:
