@@ -80,6 +80,8 @@ class RelayConfig:
     backoff_min_seconds: float = 0.1
     backoff_max_seconds: float = 30.0
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
+    metrics: tuple[str, int] | None = None
+    """Where to serve Prometheus metrics (``--metrics HOST:PORT``); None: nowhere."""
 
     def peer(self, url: str) -> PeerConfig:
         """The settings for ``url``: its own entry, filled in with the general ones."""

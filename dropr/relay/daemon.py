@@ -22,18 +22,19 @@ runs inline instead (the policy says which). Only one scan runs at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import spool as _spool
 from .._impl import codec, scan
-from ..errors import SpoolError
+from ..errors import DroprError, SpoolError
 from . import housekeeping, inotify, lock, status
 from .config import RelayConfig
 from .delivery import Delivery
@@ -189,9 +190,29 @@ def run(config: RelayConfig) -> int:
     except OSError as exc:
         raise SpoolError(exc.errno, f"cannot lock {spool.path}: {exc.strerror or exc}") from None
     try:
-        return _run_loop(Relay(config, spool).run())
+        relay = Relay(config, spool)
+        with _metrics(config.metrics, relay, spool):
+            return _run_loop(relay.run())
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _metrics(address: tuple[str, int] | None, relay: Relay, spool: _spool.Spool) -> Iterator[None]:
+    """Serves ``relay``'s metrics on ``address`` (None: nowhere) while the block runs."""
+    if address is None:
+        yield
+        return
+    from .metrics import MetricsServer
+
+    try:
+        server = MetricsServer(address, relay.status, spool.queue_dir, spool.resolve)
+    except OSError as exc:
+        raise DroprError(f"cannot serve metrics on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        server.close()
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:
