@@ -1,27 +1,37 @@
 """The server alone: how many messages a second ``dropr-server`` takes in over loopback.
 
 A real ``dropr-server`` process on 127.0.0.1 with a fresh store in the system's temporary
-directory; this process posts batches (default 1000 messages of 200 bytes) one after the
-other on one keep-alive connection with pycurl, each part a buffer libcurl already holds,
-so the client's share of the time is small. Every batch has fresh ids and must be acked
-``stored`` in full. Per round it prints the wall-clock rate and the server's CPU time per
-message (user + system, from ``/proc``), of which user time is the figure the server's
-per-part code decides (system time is mostly the file system's); the last line gives the
-medians, with each request's latency (post to ack, seen by the client) at p50/p99 over
-every round: with ``--count 1`` that is the put-to-stored latency of a lone message.
+directory; this process posts batches (default 1000 messages of 200 bytes) on one
+keep-alive connection with pycurl, each part a buffer libcurl already holds, so the
+client's share of the time is small; ``--clients N`` posts N batches at a time on N
+connections (a thread each), as several relays do. Every batch has fresh ids and must be
+acked ``stored`` in full. Per round it prints the rate (messages over the time spent
+posting) and the server's CPU time per message (user + system, from ``/proc``), of which
+user time is the figure the server's per-part code decides (system time is mostly the file
+system's); the last lines give the medians, with each request's latency (post to ack, seen
+by the client) at p50/p99 over every round: with ``--count 1`` that is the put-to-stored
+latency of a lone message.
+
+``--baseline SRC`` runs a second server from another source tree (say, a checkout of an
+earlier commit, extensions built) beside this tree's, each on a store of its own, the two
+taking turns step by step (N batches to one, then N to the other, the order alternating),
+so both see the same load of a shared machine; the last line is then the median of the
+per-round ratios, this tree's over the baseline's.
 
     python bench/server.py [--rounds 3] [--batches 20] [--count 1000] [--size 200]
-                           [--fsync batch|none] [--dir DIR]
+                           [--clients 1] [--fsync batch|none] [--dir DIR] [--baseline SRC]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zlib
@@ -78,31 +88,83 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
-def post_all(server: ServerProcess, batches: list[tuple[list[str], Form]]) -> list[float]:
-    """Post the batches one after the other; each request's seconds from send to ack."""
-    latencies = []
+def connection(server: ServerProcess) -> pycurl.Curl:
+    """A keep-alive connection to ``server``."""
     curl = pycurl.Curl()
     curl.setopt(pycurl.URL, server.url)
     curl.setopt(pycurl.HTTPHEADER, ["Expect:"])
     curl.setopt(pycurl.NOSIGNAL, 1)
     curl.setopt(pycurl.TIMEOUT, 120)
-    try:
-        for ids, form in batches:
-            body = BytesIO()
-            curl.setopt(pycurl.WRITEDATA, body)
-            curl.setopt(pycurl.HTTPPOST, form)
-            started = time.perf_counter()
-            curl.perform()
-            latencies.append(time.perf_counter() - started)
-            status = curl.getinfo(pycurl.RESPONSE_CODE)
-            if status != 200:
-                raise SystemExit(f"server answered {status}: {body.getvalue()!r}")
-            acks = msgpack.unpackb(body.getvalue())
-            if len(acks) != len(ids) or any(a[0] != "stored" for a in acks.values()):
-                raise SystemExit(f"not all stored: {list(acks.items())[:3]}")
-    finally:
-        curl.close()
-    return latencies
+    return curl
+
+
+def post(curl: pycurl.Curl, ids: list[str], form: Form) -> float:
+    """Post one batch; the seconds from send to ack."""
+    body = BytesIO()
+    curl.setopt(pycurl.WRITEDATA, body)
+    curl.setopt(pycurl.HTTPPOST, form)
+    started = time.perf_counter()
+    curl.perform()
+    seconds = time.perf_counter() - started
+    status = curl.getinfo(pycurl.RESPONSE_CODE)
+    if status != 200:
+        raise SystemExit(f"server answered {status}: {body.getvalue()!r}")
+    acks = msgpack.unpackb(body.getvalue())
+    if len(acks) != len(ids) or any(a[0] != "stored" for a in acks.values()):
+        raise SystemExit(f"not all stored: {list(acks.items())[:3]}")
+    return seconds
+
+
+class Poster:
+    """Posts to one server on ``clients`` connections, and sums what a round cost it."""
+
+    def __init__(self, server: ServerProcess, clients: int) -> None:
+        self.server = server
+        self.curls = [connection(server) for _ in range(clients)]
+        self.latencies: list[float] = []
+        self.start_round()
+
+    def start_round(self) -> None:
+        self.messages = 0
+        self.seconds = 0.0
+        self._cpu_at_start = cpu_seconds(self.server.proc.pid)
+
+    def post(self, batches: list[tuple[list[str], Form]]) -> None:
+        """Post one batch on each connection at once (on threads when there are several)."""
+        latencies: list[float] = []
+        failures: list[BaseException] = []
+
+        def send(curl: pycurl.Curl, ids: list[str], form: Form) -> None:
+            try:
+                latencies.append(post(curl, ids, form))
+            except BaseException as exc:
+                failures.append(exc)
+
+        started = time.perf_counter()
+        if len(batches) == 1:
+            send(self.curls[0], *batches[0])
+        else:
+            threads = [threading.Thread(target=send, args=(c, *b)) for c, b in zip(self.curls, batches, strict=True)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        self.seconds += time.perf_counter() - started
+        if failures:
+            raise failures[0]
+        self.latencies += latencies
+        self.messages += sum(len(ids) for ids, _ in batches)
+
+    def end_round(self) -> tuple[float, float, float]:
+        """The round's messages a second, and CPU (user + system, user) us per message;
+        the server does nothing while the other one is posted to."""
+        (user0, sys0), (user1, sys1) = self._cpu_at_start, cpu_seconds(self.server.proc.pid)
+        user = (user1 - user0) / self.messages * 1e6
+        return self.messages / self.seconds, user + (sys1 - sys0) / self.messages * 1e6, user
+
+    def close(self) -> None:
+        for curl in self.curls:
+            curl.close()
 
 
 def main() -> None:
@@ -111,6 +173,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="batches per round")
     parser.add_argument("--count", type=int, default=1000, help="messages per batch")
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
+    parser.add_argument("--clients", type=int, default=1, help="connections posting at once")
     parser.add_argument("--fsync", choices=("batch", "none"), default="batch")
     parser.add_argument(
         "--dir",
@@ -118,38 +181,58 @@ def main() -> None:
         help="where the store goes (default: the system's temporary directory; a tmpfs such "
         "as /dev/shm leaves out the file system and shows the server's own cost)",
     )
+    parser.add_argument("--baseline", metavar="SRC", help="also run the server of this source tree, in turns")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="dropr-bench-server-", dir=args.dir)
-    rates, cpus, users, latencies = [], [], [], []
+    extra = ["--fsync", args.fsync]
+    figures: dict[str, list[tuple[float, float, float]]] = {}
     try:
-        with start_server(os.path.join(work, "store"), extra_args=["--fsync", args.fsync]) as srv:
-            post_all(srv, [make_batch(args.count, args.size)])  # warm up
+        with contextlib.ExitStack() as stack:
+            servers = {"this": stack.enter_context(start_server(os.path.join(work, "this"), extra_args=extra))}
+            if args.baseline:
+                env = {k: v for k, v in os.environ.items() if k != "DROPR_TOKEN"}
+                env["PYTHONPATH"] = os.path.abspath(args.baseline)
+                baseline = start_server(os.path.join(work, "baseline"), extra_args=extra, env=env)
+                servers["baseline"] = stack.enter_context(baseline)
+            posters = {name: Poster(srv, args.clients) for name, srv in servers.items()}
+            for poster in posters.values():
+                stack.callback(poster.close)
+                poster.post([make_batch(args.count, args.size) for _ in range(args.clients)])  # warm up
+                poster.latencies.clear()
             for round_no in range(1, args.rounds + 1):
-                batches = [make_batch(args.count, args.size) for _ in range(args.batches)]
-                messages = args.batches * args.count
-                (user0, sys0), t0 = cpu_seconds(srv.proc.pid), time.perf_counter()
-                latencies += post_all(srv, batches)
-                wall = time.perf_counter() - t0
-                user1, sys1 = cpu_seconds(srv.proc.pid)
-                rates.append(messages / wall)
-                users.append((user1 - user0) / messages * 1e6)
-                cpus.append(users[-1] + (sys1 - sys0) / messages * 1e6)
-                print(
-                    f"round {round_no}: {messages} messages in {wall:.2f} s = "
-                    f"{rates[-1]:,.0f} msg/s; server CPU {cpus[-1]:.0f} us/message "
-                    f"({users[-1]:.0f} user)"
-                )
-            srv.stop()
+                for poster in posters.values():
+                    poster.start_round()
+                for step in range(max(1, args.batches // args.clients)):
+                    turns = list(posters.values())
+                    for poster in turns if step % 2 == 0 else turns[::-1]:
+                        poster.post([make_batch(args.count, args.size) for _ in range(args.clients)])
+                line = []
+                for name, poster in posters.items():
+                    figures.setdefault(name, []).append(poster.end_round())
+                    rate, cpu, user = figures[name][-1]
+                    line.append(f"{name} {rate:,.0f} msg/s, server CPU {cpu:.0f} us/message ({user:.0f} user)")
+                print(f"round {round_no}: " + "; ".join(line), flush=True)
+            for srv in servers.values():
+                srv.stop()
+            latencies = {name: poster.latencies for name, poster in posters.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"median: {statistics.median(rates):,.0f} msg/s, server CPU "
-        f"{statistics.median(cpus):.0f} us/message ({statistics.median(users):.0f} user); "
-        f"request latency p50 {_percentile(latencies, 50):.2f} ms, "
-        f"p99 {_percentile(latencies, 99):.2f} ms "
-        f"({args.count} x {args.size} B per batch, fsync {args.fsync})"
-    )
+    settings = f"{args.count} x {args.size} B per batch, {args.clients} at once, fsync {args.fsync}"
+    for name, rounds in figures.items():
+        rate, cpu, user = (statistics.median(column) for column in zip(*rounds, strict=True))
+        print(
+            f"median{'' if name == 'this' else ' ' + name}: {rate:,.0f} msg/s, server CPU {cpu:.0f} us/message "
+            f"({user:.0f} user); request latency p50 {_percentile(latencies[name], 50):.2f} ms, "
+            f"p99 {_percentile(latencies[name], 99):.2f} ms ({settings})"
+        )
+    if args.baseline:
+        ratios = [(t[0] / b[0], t[1] / b[1]) for t, b in zip(figures["this"], figures["baseline"], strict=True)]
+        print(
+            f"this / baseline: rate {statistics.median(r for r, _ in ratios):.3f} "
+            f"(per round {', '.join(f'{r:.2f}' for r, _ in ratios)}), "
+            f"CPU per message {statistics.median(c for _, c in ratios):.3f}"
+        )
 
 
 def _percentile(seconds: list[float], percent: int) -> float:

@@ -1,5 +1,5 @@
-"""What the store, claim and consume tests share: putting messages into a store the way the
-server does (a staged file handed to ``Store.ingest``), and a consumer process to run.
+"""What the store, ingest, claim and consume tests share: putting messages into a store the
+way the server does (a staged file handed to ``Store.ingest``), and a consumer process to run.
 
 Run as a script, it is one consumer process::
 
@@ -24,6 +24,13 @@ from dropr.store import Store
 CLIENT = "tester"
 
 
+def stage(store: Store, payload: bytes = b"payload") -> str:
+    """A complete file in the store's staging directory, as an upload leaves it."""
+    path = os.path.join(store.staging_dir, os.urandom(6).hex())
+    Path(path).write_bytes(payload)
+    return path
+
+
 def put(
     store: Store,
     payload: bytes,
@@ -34,10 +41,7 @@ def put(
 ) -> str:
     """Ingest ``payload`` as a new message (or as ``msg_id``); returns its id."""
     msg_id = msg_id or codec.new_id()
-    staged = os.path.join(store.staging_dir, f"{msg_id}.{os.urandom(4).hex()}")
-    with open(staged, "wb") as file:
-        file.write(payload)
-    assert store.ingest(channel, client, msg_id, priority, staged)
+    assert store.ingest(channel, client, msg_id, priority, stage(store, payload))
     return msg_id
 
 

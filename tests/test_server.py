@@ -8,9 +8,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -39,7 +41,7 @@ class Reply(NamedTuple):
         return msgpack.unpackb(self.body, raw=False)
 
 
-def _perform(curl: pycurl.Curl, url: str, headers: Sequence[str], cafile: str | None) -> Reply:
+def _perform(curl: pycurl.Curl, url: str, headers: Sequence[str | bytes], cafile: str | None) -> Reply:
     body = io.BytesIO()
     got: dict[str, str] = {}
 
@@ -68,7 +70,7 @@ def post(
     parts: Sequence[Part],
     *,
     token: str | None = None,
-    headers: Sequence[str] = (),
+    headers: Sequence[str | bytes] = (),
     path: str = "",
 ) -> Reply:
     """A real multipart POST built by libcurl; bytes values become file parts."""
@@ -85,17 +87,26 @@ def post(
     return _perform(curl, server.url + path, headers, server.cafile)
 
 
-def post_raw(server: ServerProcess, body: bytes, content_type: str, *, chunked: bool = False) -> Reply:
-    """A POST of hand-made bytes (for malformed bodies), optionally chunked."""
+def post_raw(
+    server: ServerProcess,
+    body: bytes,
+    content_type: str | bytes,
+    *,
+    chunked: bool = False,
+    headers: Sequence[str | bytes] = (),
+) -> Reply:
+    """A POST of hand-made bytes (for malformed bodies), optionally chunked; a bytes
+    ``content_type`` or header is sent byte for byte."""
     curl = pycurl.Curl()
-    headers = [f"Content-Type: {content_type}"]
+    head = content_type if isinstance(content_type, bytes) else content_type.encode()
+    sent: list[str | bytes] = [b"Content-Type: " + head, *headers]
     if chunked:
         curl.setopt(pycurl.POST, 1)
         curl.setopt(pycurl.READFUNCTION, io.BytesIO(body).read)
-        headers.append("Transfer-Encoding: chunked")
+        sent.append("Transfer-Encoding: chunked")
     else:
         curl.setopt(pycurl.POSTFIELDS, body)
-    return _perform(curl, server.url, headers, server.cafile)
+    return _perform(curl, server.url, sent, server.cafile)
 
 
 class Msg(NamedTuple):
@@ -376,6 +387,82 @@ def test_malformed_requests_get_400_and_change_nothing(server: ServerProcess, ar
     assert snapshot(area) == before
 
 
+FORM = f"multipart/form-data; boundary={BOUNDARY}".encode()
+
+
+def requests_counted(server: ServerProcess, status: int) -> float:
+    return metric(server, f'dropr_requests_total{{status="{status}"}}')
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_not_in_its_content_encoding_gets_400(server: ServerProcess, area: Path, encoding: str) -> None:
+    before, counted, logged = snapshot(area), requests_counted(server, 400), len(server.stderr_text())
+    body = raw_body(("client", b"c"), ("payload", b"not compressed"))
+    reply = post_raw(server, body, FORM, headers=[f"Content-Encoding: {encoding}"])
+    assert_refused(reply, 400, "content-encoding")
+    assert reply.headers["connection"] == "close"  # what follows the body cannot be read either
+    assert snapshot(area) == before
+    assert requests_counted(server, 400) == counted + 1
+    assert "Traceback" not in server.stderr_text()[logged:]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_is_taken(server: ServerProcess, store: Path, encoding: str) -> None:
+    msg_id = new_id()
+    body = raw_body(("client", b"zipped"), ("id", msg_id.encode()), ("channel", b"zipped"), ("payload", b"x" * 999))
+    packer = zlib.compressobj(wbits=31 if encoding == "gzip" else 15)
+    packed = packer.compress(body) + packer.flush()
+    assert post_raw(server, packed, FORM, headers=[f"Content-Encoding: {encoding}"]).acks() == {msg_id: ["stored", ""]}
+    assert (queue_dir(store, "zipped") / f"9{msg_id}+zipped").read_bytes() == b"x" * 999
+
+
+NOT_UTF8_HEADERS = {
+    "accept": (FORM, [b"Accept: application/js\xffon"], 200),
+    "content-encoding": (FORM, [b"Content-Encoding: gz\xffip"], 200),
+    "after-the-boundary": (FORM + b"\xff", [], 200),
+    "media-type": (b"multipart/form-d\xffata; boundary=" + BOUNDARY.encode(), [], 400),
+    "boundary": (b'multipart/form-data; boundary="xY\xffzZy"', [], 400),
+    "expect": (FORM, [b"Expect: 100-continue\xff"], 417),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_UTF8_HEADERS))
+def test_headers_that_are_not_utf8_get_an_answer_not_a_5xx(server: ServerProcess, area: Path, case: str) -> None:
+    content_type, headers, status = NOT_UTF8_HEADERS[case]
+    before, logged = snapshot(area), len(server.stderr_text())
+    reply = post_raw(server, raw_body(("client", b"utf8"), ("payload", b"x")), content_type, headers=headers)
+    assert reply.status == status, reply
+    if status == 200:
+        (msg_id,) = reply.acks()
+        assert (queue_dir(server.store_dir, "common") / f"9{msg_id}+utf8").read_bytes() == b"x"
+    else:
+        assert snapshot(area) == before
+    assert "Traceback" not in server.stderr_text()[logged:]
+
+
+def test_a_client_gone_in_the_middle_of_its_body_is_a_refusal(server: ServerProcess, area: Path) -> None:
+    """Nobody reads the answer, but it is a refusal like any other: counted, logged in one
+    line, and nothing of the request stays."""
+    before, counted = snapshot(area), requests_counted(server, 400)
+    start = raw_body(("client", b"c"), ("payload", b"x" * 5000))[:-500]
+    head = (
+        f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(start) + 10_000}\r\n\r\n"
+    )
+    logged = len(server.stderr_text())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + start)
+        deadline = time.monotonic() + 30
+        while not staged_files(server.store_dir) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    deadline = time.monotonic() + 30
+    while requests_counted(server, 400) == counted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert requests_counted(server, 400) == counted + 1
+    assert snapshot(area) == before
+    assert "Traceback" not in server.stderr_text()[logged:]
+
+
 BAD_CLIENTS = [b"", b"a\x00b", b"tab\there", b"x" * 256, b"\xff\xfe"]
 
 
@@ -468,6 +555,14 @@ def test_missing_or_wrong_token_gets_401(guarded: ServerProcess, token: str | No
     reply = post(guarded, batch("t", [msg(b"x")]), token=token)
     assert_refused(reply, 401, "token")
     assert reply.headers["www-authenticate"].startswith("Bearer")
+    assert snapshot(guarded.store_dir) == before
+
+
+@pytest.mark.parametrize("given", [b"s3cret\xff", b"\xff\xfe", b"s3cr\xc3\xa9t"])
+def test_a_token_that_is_not_utf8_or_ascii_gets_401(guarded: ServerProcess, given: bytes) -> None:
+    before = snapshot(guarded.store_dir)
+    reply = post(guarded, batch("t", [msg(b"x")]), headers=[b"Authorization: Bearer " + given])
+    assert_refused(reply, 401, "token")
     assert snapshot(guarded.store_dir) == before
 
 

@@ -1,33 +1,27 @@
-"""The store as the server and a single consumer see it: ingest, duplicates, validation,
-delivery order, processed messages and their wiping."""
+"""The store as a consumer sees it, and the one object it is: its layout, delivery order,
+processed messages and their wiping, and the two sides it is made of (ingest is
+``test_ingest.py``'s, claims ``test_claims.py``'s)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from storekit import CLIENT, put, tree
+from storekit import CLIENT, put, stage
 
-from dropr import InvalidMessage, StoreError
-from dropr._impl import codec
+from dropr import StoreError
 from dropr.store import Message, Store
-
-STATES = ("queue", "claimed", "delayed", "processed", "dead")
+from dropr.store.consumer import ConsumerSide
+from dropr.store.ingest import IngestSide
+from dropr.store.layout import StoreDirectory
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "store", create=True)
-
-
-def stage(store: Store, payload: bytes = b"payload") -> str:
-    path = os.path.join(store.staging_dir, os.urandom(6).hex())
-    Path(path).write_bytes(payload)
-    return path
 
 
 def test_a_missing_store_is_an_error(tmp_path: Path) -> None:
@@ -72,156 +66,6 @@ def test_delivery_order_is_priority_then_time(store: Store) -> None:
     assert store.messages("common", limit=0) == []
 
 
-@pytest.mark.parametrize("state", STATES)
-def test_a_message_held_in_any_state_is_a_duplicate(store: Store, state: str) -> None:
-    msg_id = put(store, b"first")
-    [message] = store.messages("common")
-    channel_dir = Path(store.path, "channels", "common")
-    if state != "queue":
-        os.rename(message.path, channel_dir / state / message.name)
-    staged = stage(store, b"second")
-    assert store.ingest("common", CLIENT, msg_id, 9, staged) is False
-    assert not os.path.exists(staged)
-    held = [p for s in STATES for p in (channel_dir / s).iterdir()]
-    assert [p.read_bytes() for p in held] == [b"first"]
-
-
-def test_the_same_id_from_another_client_or_priority_is_another_message(store: Store) -> None:
-    msg_id = put(store, b"a")
-    assert store.ingest("common", "someone-else", msg_id, 9, stage(store))
-    assert store.ingest("common", CLIENT, msg_id, 4, stage(store))
-    assert store.count_queued("common") == 3
-
-
-BAD = [
-    ("channel", ""),
-    ("channel", "a\u2028b"),
-    ("channel", "\u200b"),
-    ("channel", "a\x00b"),
-    ("channel", "line\nbreak"),
-    ("channel", "x" * 256),
-    ("channel", "\udc80"),
-    ("channel", None),
-    ("client", ""),
-    ("client", "two words"),
-    ("client", "nul\x00"),
-    ("client", "c" * 256),
-    ("id", "xyz"),
-    ("id", "18EAB4AE509AEF7843F2E9A7000000"),
-    ("id", "18eab4ae509aef7843f2e9a700000"),
-    ("id", "../../../../etc/passwd"),
-    ("id", 5),
-    ("priority", 10),
-    ("priority", -1),
-    ("priority", True),
-    ("priority", "5"),
-    ("priority", 1.0),
-]
-
-
-@pytest.mark.parametrize(("what", "value"), BAD)
-def test_bad_input_is_refused_and_changes_nothing(store: Store, what: str, value: object) -> None:
-    put(store, b"already here")
-    staged = stage(store, b"new")
-    before = tree(store.path)
-    args: dict[str, object] = {
-        "channel": "common",
-        "client": CLIENT,
-        "msg_id": codec.new_id(),
-        "priority": 5,
-    }
-    args["msg_id" if what == "id" else what] = value
-    with pytest.raises(InvalidMessage):
-        store.ingest(staged=staged, **args)  # type: ignore[arg-type]
-    assert tree(store.path) == before
-
-
-def test_ingest_many_answers_each_message(store: Store) -> None:
-    held = put(store, b"held")
-    [message] = store.messages("common")
-    store.set_processed(message)
-    batch = [
-        ("common", codec.new_id(), 5, stage(store, b"new")),
-        ("common", held, 9, stage(store, b"again")),
-        ("other", codec.new_id(), 0, stage(store, b"elsewhere")),
-        ("common", "not-an-id", 5, stage(store, b"bad id")),
-        ("bad\nchannel", codec.new_id(), 5, stage(store, b"bad channel")),
-        ("common", codec.new_id(), 10, stage(store, b"bad priority")),
-    ]
-    ingested = store.ingest_many(CLIENT, batch)
-    stored, duplicate, elsewhere, *refused = ingested.results
-    assert (stored, duplicate, elsewhere) == (True, False, True)
-    assert all(isinstance(reason, str) and reason for reason in refused)
-    left = sorted(os.path.basename(staged) for *_, staged in batch[3:])
-    assert sorted(os.listdir(store.staging_dir)) == left
-    channels = Path(store.path, "channels")
-    assert set(ingested.directories) == {
-        store.staging_dir,
-        str(channels / "common" / "queue"),
-        str(channels / "other" / "queue"),
-    }
-    assert ingested.created  # "other" is new
-    assert store.channels() == ["common", "other"]
-    assert [m.read() for m in store.messages("common")] == [b"new"]
-    again = store.ingest_many(CLIENT, [("other", codec.new_id(), 1, stage(store))])
-    assert again.results == [True] and not again.created
-    for directory in again.directories:
-        store.sync_directory(directory)
-
-
-def test_ingest_many_with_a_bad_client_changes_nothing(store: Store) -> None:
-    put(store, b"already here")
-    batch = [("common", codec.new_id(), 5, stage(store)), ("new", codec.new_id(), 5, stage(store))]
-    before = tree(store.path)
-    ingested = store.ingest_many("two words", batch)
-    assert len(ingested.results) == 2 and all(isinstance(r, str) for r in ingested.results)
-    assert (ingested.directories, ingested.created) == ((), False)
-    assert tree(store.path) == before
-
-
-def test_ingest_many_finds_duplicates_in_large_batches(store: Store) -> None:
-    """Large batches list small state directories instead of probing each name: duplicates
-    in every state are still found, and so is a message sent twice in one batch."""
-    ids = [put(store, b"%d" % i) for i in range(50)]
-    channel_dir = Path(store.path, "channels", "common")
-    for index, message in enumerate(store.messages("common")):
-        state = STATES[index % len(STATES)]
-        if state != "queue":
-            os.rename(message.path, channel_dir / state / message.name)
-    fresh = [codec.new_id() for _ in range(30)]
-    batch = [("common", msg_id, 9, stage(store, b"again")) for msg_id in ids + fresh + fresh[:1]]
-    results = store.ingest_many(CLIENT, batch).results
-    assert results == [False] * 50 + [True] * 30 + [False]
-    assert os.listdir(store.staging_dir) == []
-    held = [p for s in STATES for p in (channel_dir / s).iterdir()]
-    assert len(held) == 80
-    assert b"again" not in {p.read_bytes() for p in held if p.name[1:31] in ids}
-
-
-def test_ingest_after_the_channel_was_removed_under_the_store(store: Store) -> None:
-    put(store, b"first", channel="gone")
-    shutil.rmtree(Path(store.path, "channels", "gone"))
-    msg_id = put(store, b"second", channel="gone")
-    assert [m.id for m in store.messages("gone")] == [msg_id]
-    store.close()
-    assert put(store, b"third", channel="gone")
-    assert store.count_queued("gone") == 2
-
-
-def test_sync_data_and_sync_directory(store: Store) -> None:
-    path = stage(store)
-    store.sync_data(path)
-    store.sync_directory(store.staging_dir)
-    with pytest.raises(FileNotFoundError):
-        store.sync_data(os.path.join(store.staging_dir, "gone"))
-    link = path + ".link"
-    os.symlink(path, link)
-    with pytest.raises(OSError):  # a symlink is refused
-        store.sync_data(link)
-    with pytest.raises(NotADirectoryError):
-        store.sync_directory(path)
-
-
 TRICKY_CHANNELS = [
     "..",
     ".",
@@ -250,22 +94,6 @@ def test_channels_stay_inside_the_store(tmp_path: Path) -> None:
     for channel in TRICKY_CHANNELS:
         [message] = reopened.messages(channel)
         assert (message.channel, message.read()) == (channel, channel.encode())
-
-
-def test_long_fields_are_kept_in_names(store: Store) -> None:
-    channel, client = "channel-" * 20, "client-" * 20
-    put(store, b"x", channel=channel, client=client)
-    names = os.listdir(Path(store.path, "names"))
-    assert len(names) == 2 and all(name.startswith("~") for name in names)
-    [message] = Store(store.path).messages(channel)
-    assert (message.channel, message.client) == (channel, client)
-
-
-def test_a_missing_staged_file_is_an_error(store: Store) -> None:
-    with pytest.raises(FileNotFoundError):
-        store.ingest("common", CLIENT, codec.new_id(), 9, os.path.join(store.staging_dir, "gone"))
-    with pytest.raises(FileNotFoundError):
-        store.ingest("new-channel", CLIENT, codec.new_id(), 9, os.path.join(store.staging_dir, "gone"))
 
 
 def test_unknown_channels_are_empty(store: Store) -> None:
@@ -316,10 +144,17 @@ def test_set_processed_twice_is_harmless_and_a_vanished_message_is_an_error(stor
         store.set_processed(message)
 
 
-def test_flush(store: Store) -> None:
-    put(store, b"x")
-    store.flush()
-    assert [m.read() for m in store.messages("common")] == [b"x"]
+def test_the_two_sides_share_nothing_but_the_directory(tmp_path: Path) -> None:
+    """A Store is both sides on one object: what each side keeps, and each of its methods,
+    must be its own, or one side would silently use the other's."""
+    shared = set(vars(StoreDirectory))
+    assert set(vars(IngestSide)) & set(vars(ConsumerSide)) <= shared | {"__init__"}
+    ingest = IngestSide(tmp_path / "store", create=True)
+    consumer = ConsumerSide(tmp_path / "store")
+    base = set(vars(StoreDirectory(tmp_path / "store")))
+    assert set(vars(ingest)) & set(vars(consumer)) == base
+    both = Store(tmp_path / "store")
+    assert set(vars(both)) == set(vars(ingest)) | set(vars(consumer))
 
 
 def test_importing_dropr_does_not_load_the_store() -> None:

@@ -7,7 +7,6 @@ stop it.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import ssl
 import sys
@@ -84,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     from ..server import DEFAULT_MAX_REQUEST, ServerConfig, listen, make_app, serve
-    from ..server.staging import remove_leftovers
     from ..store import Store
 
     token = args.token if args.token is not None else os.environ.get("DROPR_TOKEN") or None
@@ -103,9 +101,6 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
-    removed = remove_leftovers(store.staging_dir)
-    if removed:
-        logging.getLogger("dropr.server").info("removed %d unfinished uploads", removed)
     config = ServerConfig(
         token=token,
         fsync=args.fsync == "batch",

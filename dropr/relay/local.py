@@ -1,10 +1,11 @@
 """The local transport: ``file:///path/to/store`` peers, straight into a store on this host.
 
-The same guarantees as over HTTP, without a server: each spool file is hard-linked (copied
-when the store is on another file system, or links are refused) into the store's staging
-directory, its size and CRC-32 are checked against its name, the store is flushed, each
-message is ingested (a message the store already holds is a duplicate and kept once), the
-store is flushed again, and only then does the relay count the batch as acknowledged.
+The same guarantees as over HTTP, without a server, by the same path: each spool file is
+staged in the store by a hard link (a copy when the store is on another file system, or
+links are refused), and the batch goes through the store's one ingest path
+(:meth:`dropr.store.ingest.IngestSide.commit`), which checks each file's size and CRC-32
+against its name, makes the batch durable and answers for each message (one the store
+already holds is a duplicate, kept once); only then does the relay count it acknowledged.
 
 The file work blocks, so it runs on the relay's worker thread, never on the event loop.
 """
@@ -12,27 +13,17 @@ The file work blocks, so it runs on the relay's worker thread, never on the even
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
-import shutil
 import urllib.parse
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING
 
 from .. import protocol
-from .._files import remove
-from .._impl import codec
 from ..errors import DroprError, InvalidMessage
+from ..names import field
 from ..protocol import Acks, PeerFailure
+from ..store.ingest import IngestSide, Staged
+from ..store.staging import remove_staged
 from .batches import Entry
-
-if TYPE_CHECKING:
-    from ..store import Store
-
-_CHUNK = 1 << 20
-_COPY_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 class LocalTransport:
@@ -53,77 +44,43 @@ class LocalTransport:
         self._client = client
         self._locate = locate
         self._resolve = resolve
-        self._prefix = f"relay-{codec.escape(client)}-"
-        self._store: Store | None = None
+        # No field holds "+": no other client's prefix starts with this one.
+        self._prefix = f"relay-{field(client)}+"
+        self._store: IngestSide | None = None
 
     async def send(self, batch: list[Entry]) -> Acks:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._deliver, batch)
 
-    def _open(self) -> Store:
+    def _open(self) -> IngestSide:
         if self._store is None:
-            from ..store import Store
-
-            store = Store(self.path, create=True)
+            store = IngestSide(self.path, create=True)
             # What this spool's relay staged before a crash (no other process uses these names).
-            for name in os.listdir(store.staging_dir):
-                if name.startswith(self._prefix):
-                    remove(os.path.join(store.staging_dir, name))
+            remove_staged(store.staging_dir, self._prefix)
             self._store = store
         return self._store
 
     def _deliver(self, batch: list[Entry]) -> Acks:
         acks: Acks = {}
-        staged: list[tuple[Entry, str]] = []
+        staged: list[Staged] = []
         try:
             store = self._open()
+            staging = store.staging(self._prefix)
             for entry in batch:
-                path = os.path.join(store.staging_dir, self._prefix + entry.id)
-                self._stage(self._locate(entry.name), path)
-                staged.append((entry, path))
-                problem = _check(path, entry)
-                if problem:
-                    acks[entry.id] = (protocol.REJECTED, problem)
-            store.flush()
-            for entry, path in staged:
-                if entry.id in acks:
-                    remove(path)
-                    continue
                 try:
                     channel = self._resolve(entry.channel)
-                    stored = store.ingest(channel, self._client, entry.id, entry.priority, path)
                 except (InvalidMessage, ValueError) as exc:
-                    remove(path)
                     acks[entry.id] = (protocol.REJECTED, str(exc))
                     continue
-                acks[entry.id] = (protocol.STORED, "") if stored else (protocol.DUPLICATE, "already held")
-            store.flush()
+                file = staging.link(self._locate(entry.name))
+                staged.append(Staged(entry.id, channel, entry.priority, entry.size, entry.crc, file))
+            acks.update(store.commit(self._client, staged))
         except (OSError, DroprError) as exc:
-            for _, path in staged:
-                remove(path)
             raise PeerFailure(f"store {self.path}: {exc}") from None
+        finally:
+            for message in staged:
+                message.file.discard()
         return acks
-
-    @staticmethod
-    def _stage(source: str, target: str) -> None:
-        remove(target)
-        try:
-            os.link(source, target)
-        except OSError as exc:
-            if exc.errno not in _COPY_ERRNOS:
-                raise
-            shutil.copyfile(source, target)
 
     def close(self) -> None:
         self._store = None
-
-
-def _check(path: str, entry: Entry) -> str:
-    """Why the staged file does not match its name, or ``""`` when it does."""
-    crc = 0
-    size = 0
-    with open(path, "rb", buffering=0) as file:
-        while chunk := file.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-    return protocol.mismatch(entry.size, entry.crc, size, crc)

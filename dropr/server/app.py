@@ -1,18 +1,25 @@
 """The aiohttp application: the POST that receives batches, ``/health`` and ``/metrics``.
 
 A POST is handled in three steps: check the request as a whole (token, type, declared
-length) before reading its body; stream its parts into staged files
-(:mod:`.receive`); then commit — sync the staged data, one ``Store.ingest_many`` for the
-verified messages, sync the new directory entries (:mod:`.flush` picks how for the
-batch's size), and only then the acknowledgement. Any failure removes every staged file.
+length) before reading its body; stream its parts into staged files (:mod:`.receive`);
+then commit them through the store's one ingest path (:meth:`IngestSide.commit
+<dropr.store.ingest.IngestSide.commit>`: verified, made durable, answered), and only then
+the acknowledgement. Any failure removes every staged file.
+
+The commit blocks on the disk, so it runs on a thread of :data:`COMMIT_THREADS`, which the
+event loop awaits while it reads other requests; commits of concurrent requests overlap
+and share their file-system syncs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
@@ -21,15 +28,17 @@ from multipart import parse_options_header
 from .. import protocol as p
 from ..limits import DEFAULT, Limits
 from ..protocol import RequestError
-from .flush import Syncer
+from ..store.ingest import IngestSide
+from ..store.staging import remove_staged
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
-from .receive import Receiver, Upload, store_failure
-from .staging import StagedFile, Staging
+from .receive import UPLOADS, Receiver, Upload, store_failure
 
 log = logging.getLogger("dropr.server")
 
 DEFAULT_MAX_REQUEST = 64 * 1024 * 1024
+COMMIT_THREADS = 16
+"""Requests committed at once; more wait for a thread (their syncs would queue anyway)."""
 
 
 @dataclass(frozen=True)
@@ -43,23 +52,31 @@ class ServerConfig:
 
 
 class Handlers:
-    """The request handlers of one store; ``store`` is a :class:`dropr.store.Store`."""
+    """The request handlers of one store."""
 
-    def __init__(self, store: object, config: ServerConfig) -> None:
+    def __init__(self, store: IngestSide, config: ServerConfig) -> None:
         self.store = store
         self.config = config
-        self.staging_dir: str = store.staging_dir  # type: ignore[attr-defined]
         self.metrics = Metrics()
-        self.syncer = Syncer(store)  # type: ignore[arg-type]
-        self.receiver = Receiver(self.staging_dir, config.limits, config.max_request_bytes)
+        self.receiver = Receiver(store, config.limits, config.max_request_bytes)
+        self.commits = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="dropr-commit")
         self._token = config.token.encode() if config.token is not None else None
+
+    async def start(self, app: web.Application) -> None:
+        """Remove the uploads a previous server process left unfinished."""
+        removed = remove_staged(self.store.staging_dir, UPLOADS)
+        if removed:
+            log.info("removed %d unfinished uploads", removed)
+
+    async def stop(self, app: web.Application) -> None:
+        self.commits.shutdown(wait=True)
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: refuse before the client sends a body we would refuse."""
         try:
             self._precheck(request)
         except RequestError as err:
-            return self._answer_error(err, time.perf_counter())
+            return self._answer_error(err, time.perf_counter(), request)
         if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
             raise web.HTTPExpectationFailed(text="unknown Expect header")
         if request.version >= (1, 1):
@@ -75,7 +92,7 @@ class Handlers:
             await self.receiver.read(request, upload)
             await self._commit(upload)
         except RequestError as err:
-            return self._answer_error(err, started)
+            return self._answer_error(err, started, request)
         finally:
             upload.discard()
         self.metrics.received.inc(len(upload.entries))
@@ -91,7 +108,8 @@ class Handlers:
             scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
             if scheme.lower() != "bearer" or not given:
                 raise RequestError(401, "a bearer token is required")
-            if not hmac.compare_digest(given.strip().encode(), self._token):
+            # Header bytes that are not UTF-8 reach us as surrogates: compare the bytes sent.
+            if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
                 raise RequestError(401, "wrong token")
         # Not request.content_type: aiohttp parses it with the email package, ~1 ms a request.
         media_type = parse_options_header(request.headers.get(hdrs.CONTENT_TYPE, ""))[0]
@@ -102,31 +120,30 @@ class Handlers:
             raise RequestError(413, f"request of {length} bytes over the limit of {self.config.max_request_bytes}")
 
     async def _commit(self, upload: Upload) -> None:
-        """Move the verified messages into the store, durably, and record each verdict."""
-        verified = list(upload.verified.values())
+        """Commit the parts received whole, and set the answer of every entry in its order."""
+        staged = upload.take()
         verdicts: p.Acks = {}
-        if verified:
+        if staged:
+            commit = functools.partial(self.store.commit, upload.client, staged, sync=self.config.fsync)
             try:
-                if self.config.fsync:
-                    await self.syncer.data([staged.path for _, staged in verified])
-                ingested = self.store.ingest_many(  # type: ignore[attr-defined]
-                    upload.client, [(e.channel, e.id, e.priority, s.path) for e, s in verified]
-                )
-                for (entry, staged), result in zip(verified, ingested.results, strict=True):
-                    verdicts[entry.id] = _verdict(result, staged)
-                if self.config.fsync:
-                    await self.syncer.entries(ingested)
+                verdicts = await asyncio.get_running_loop().run_in_executor(self.commits, commit)
             except OSError as exc:
                 raise store_failure(exc) from None
         upload.acks = {e.id: verdicts.get(e.id) or upload.acks[e.id] for e in upload.entries}
 
-    def _answer_error(self, err: RequestError, started: float) -> web.Response:
+    def _answer_error(self, err: RequestError, started: float, request: web.Request) -> web.Response:
         level = logging.ERROR if err.status >= 500 else logging.INFO
         log.log(level, "refused a request: %d %s", err.status, err.reason)
         headers = {}
         if err.status == 401:
             headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="dropr"'
         resp = web.Response(status=err.status, text=err.reason + "\n", headers=headers)
+        if request.content.exception() is not None:
+            # The rest of the body cannot be read (say, not in its Content-Encoding): aiohttp
+            # would try to drain it, fail and log the failure, then wait for a next request
+            # that its parser can no longer see. Answer and close instead.
+            request.content.feed_eof()
+            resp.force_close()
         self._observe(err.status, started)
         return resp
 
@@ -143,9 +160,9 @@ class Handlers:
 
     def _store_problem(self) -> str:
         try:
-            if os.statvfs(self.staging_dir).f_bavail == 0:
+            if os.statvfs(self.store.staging_dir).f_bavail == 0:
                 return "store file system is full"
-            Staging(self.staging_dir).open().discard()
+            self.store.staging(UPLOADS).open().discard()
         except OSError as exc:
             return f"store not writable: {exc.strerror or exc}"
         return ""
@@ -156,18 +173,13 @@ class Handlers:
         return resp
 
 
-def _verdict(result: bool | str, staged: StagedFile) -> tuple[str, str]:
-    """The ack of one message from what ``Store.ingest_many`` said of it."""
-    if isinstance(result, str):
-        return p.REJECTED, result
-    staged.handed_over()
-    return (p.STORED, "") if result else (p.DUPLICATE, "already held")
-
-
-def make_app(store: object, config: ServerConfig | None = None) -> web.Application:
-    """The application for ``store``: GET /health, GET /metrics, POST on any other path."""
+def make_app(store: IngestSide, config: ServerConfig | None = None) -> web.Application:
+    """The application for ``store`` (a :class:`dropr.store.Store` is one): GET /health,
+    GET /metrics, POST on any other path. Starting it removes unfinished uploads."""
     handlers = Handlers(store, config or ServerConfig())
     app = web.Application()
+    app.on_startup.append(handlers.start)
+    app.on_cleanup.append(handlers.stop)
     app.router.add_get("/health", handlers.health, allow_head=True)
     app.router.add_get("/metrics", handlers.metrics_page, allow_head=True)
     app.router.add_route("POST", "/{path:.*}", handlers.post, expect_handler=handlers.expect)

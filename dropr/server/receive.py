@@ -1,10 +1,11 @@
-"""Reading one POST's multipart body into staged files, checked against what it declared.
+"""Reading one POST's multipart body into staged files, measured as they stream in.
 
 The body is streamed from the connection into ``multipart``'s push parser (bytes in,
 parts out, no I/O of its own). Its parts come in order: the text fields first
 (``client`` and ``manifest``, or the manifest-less ``id``/``channel``/``priority``), then
 one file part per message, each written to its own staged file while its size and CRC-32
-are computed. Nothing reaches the store here: a whole-request problem raises
+are computed; the store's ingest path checks them against the manifest when the request
+is committed. Nothing reaches the store here: a whole-request problem raises
 :class:`~.protocol.RequestError` and the caller removes every staged file.
 
 That parser, not aiohttp's multipart reader, because a batch is mostly small parts: it
@@ -16,6 +17,7 @@ of a relay.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
@@ -29,10 +31,15 @@ from multipart import (
 
 from .. import protocol as p
 from .._impl import codec
+from ..errors import InvalidMessage
 from ..limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY, Limits
+from ..names import check_channel, check_client_id
 from ..protocol import Entry, RequestError, bad
-from .staging import StagedFile, Staging
+from ..store.ingest import IngestSide, Staged
+from ..store.staging import StagedFile, Staging
 
+UPLOADS = "upload-"
+"""The prefix of the server's staged files, by which a restart finds what a crash left."""
 _SMALL_FIELD = 64  # id and priority of the manifest-less form
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -46,26 +53,31 @@ def store_failure(exc: OSError) -> RequestError:
 
 @dataclass
 class Upload:
-    """What one request brought: its client, its entries and their verified staged files."""
+    """What one request brought: its client, its entries and their staged files."""
 
     client: str = ""
     entries: list[Entry] = field(default_factory=list)
-    verified: dict[str, tuple[Entry, StagedFile]] = field(default_factory=dict)  # by id
+    staged: list[Staged] = field(default_factory=list)  # the parts received whole
     acks: p.Acks = field(default_factory=dict)  # verdicts known before the store is asked
     payload_bytes: int = 0
     files: list[StagedFile] = field(default_factory=list)  # every file staged, for cleanup
 
+    def take(self) -> list[Staged]:
+        """The messages to commit: their files are the store's from now on."""
+        staged, self.staged, self.files = self.staged, [], []
+        return staged
+
     def discard(self) -> None:
-        """Remove every staged file the store did not take (idempotent)."""
+        """Remove every staged file not handed over (idempotent)."""
         while self.files:
             self.files.pop().discard()
 
 
 class Receiver:
-    """Reads requests for one store's staging directory under the given limits."""
+    """Reads requests into one store's staged files under the given limits."""
 
-    def __init__(self, staging_dir: str, limits: Limits, max_request_bytes: int) -> None:
-        self.staging_dir = staging_dir
+    def __init__(self, store: IngestSide, limits: Limits, max_request_bytes: int) -> None:
+        self.store = store
         self.limits = limits
         self.max_request_bytes = max_request_bytes
 
@@ -89,6 +101,10 @@ class Receiver:
             parser.close()
         except (MultipartError, BadHttpMessage) as exc:
             raise bad(f"malformed multipart body: {exc}") from None
+        except web.RequestPayloadError as exc:  # for one, not in the Content-Encoding it declares
+            raise bad(f"unreadable body: {_one_line(exc.__cause__ or exc)}") from None
+        except ConnectionResetError:
+            raise bad("connection lost in the middle of the body") from None
         body.finish()
 
     def field_limit(self, name: str) -> int:
@@ -105,8 +121,7 @@ class Receiver:
         entries by the name of the file part that should carry each."""
         if p.CLIENT not in fields:
             raise bad("field 'client' is missing")
-        client = p.decode_text("client", fields[p.CLIENT])
-        upload.client = p.check_name("client", client, self.limits.max_client, spaces=False)
+        upload.client = self._checked(check_client_id, p.decode_text("client", fields[p.CLIENT]))
         entries = self._entries(fields)
         upload.entries = list(entries.values())
         return entries
@@ -120,10 +135,16 @@ class Receiver:
             entries = p.parse_manifest(fields[p.MANIFEST], self.limits, self.max_request_bytes)
             return {e.part: e for e in entries}
         msg_id = p.parse_id(_text(fields, p.ID)) if p.ID in fields else codec.new_id()
-        channel = _text(fields, p.CHANNEL) if p.CHANNEL in fields else DEFAULT_CHANNEL
-        p.check_name("channel", channel, self.limits.max_channel)
+        channel = self._checked(check_channel, _text(fields, p.CHANNEL)) if p.CHANNEL in fields else DEFAULT_CHANNEL
         priority = p.parse_priority(_text(fields, p.PRIORITY)) if p.PRIORITY in fields else DEFAULT_PRIORITY
-        return {p.PAYLOAD: Entry(msg_id, channel, priority, p.PAYLOAD, -1, -1)}
+        return {p.PAYLOAD: Entry(msg_id, channel, priority, p.PAYLOAD, -1, -1)}  # -1: nothing declared
+
+    def _checked(self, check: Callable[[str, Limits], str], text: str) -> str:
+        """``text`` if it passes ``check``, one of the rules of :mod:`dropr.names`; 400 if not."""
+        try:
+            return check(text, self.limits)
+        except InvalidMessage as exc:
+            raise bad(str(exc)) from None
 
 
 class _Body:
@@ -151,7 +172,7 @@ class _Body:
     def __init__(self, receiver: Receiver, upload: Upload) -> None:
         self.receiver = receiver
         self.upload = upload
-        self.staging = Staging(receiver.staging_dir)
+        self.staging: Staging = receiver.store.staging(UPLOADS)
         self.max_payload = receiver.limits.max_payload
         self.fields: dict[str, bytes] = {}
         self.expected: dict[str, Entry] | None = None  # known once the first file part begins
@@ -232,12 +253,7 @@ class _Body:
         except OSError as exc:
             raise store_failure(exc) from None
         self.upload.payload_bytes += staged.size
-        problem = _mismatch(entry, staged)
-        if problem:
-            self.upload.acks[entry.id] = (p.REJECTED, problem)
-            staged.discard()
-        else:
-            self.upload.verified[entry.id] = (entry, staged)
+        self.upload.staged.append(Staged(entry.id, entry.channel, entry.priority, entry.size, entry.crc, staged))
 
     def finish(self) -> None:
         """After the last part: what was announced but not sent gets "retry"."""
@@ -253,13 +269,14 @@ def _boundary(content_type: str) -> str:
     boundary = parse_options_header(content_type)[1].get("boundary")
     if not boundary:
         raise bad("malformed multipart body: no boundary in its Content-Type")
+    if not boundary.isascii():
+        raise bad("malformed multipart body: the boundary in its Content-Type is not ASCII")
     return str(boundary)
 
 
-def _mismatch(entry: Entry, staged: StagedFile) -> str:
-    if entry.size < 0:  # manifest-less form: nothing declared
-        return ""
-    return p.mismatch(entry.size, entry.crc, staged.size, staged.crc)
+def _one_line(exc: BaseException) -> str:
+    """The reason of one of aiohttp's errors (``message`` where it has one), on one line."""
+    return " ".join(str(getattr(exc, "message", exc)).split())
 
 
 def _text(fields: dict[str, bytes], name: str) -> str:

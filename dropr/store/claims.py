@@ -1,4 +1,4 @@
-"""How messages move between the state directories of one channel.
+"""Claims and leases, and every other move between the state directories of one channel.
 
 Every move is one ``rename`` of a fixed name, so when several consumer processes (and the
 server) work a channel at once, exactly one of them wins each move and the others see
@@ -6,6 +6,8 @@ server) work a channel at once, exactly one of them wins each move and the other
 file's mtime is the end of its lease, set *before* the rename, so a claimed file never
 shows an expired lease it does not have. Expired claims and delayed retries that are due
 go back to ``queue/`` by the same kind of rename, done by whichever process looks first.
+:class:`Claims` is what one process remembers between calls: when a channel may next hold
+something due, and the untried names of its last scan of a deep queue.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import dataclass
 
 from .. import _files
 from .._impl import scan
-from .layout import ATTEMPTS, CLAIMED, DEAD, DELAYED, QUEUE
+from .layout import ATTEMPTS, CLAIMED, DEAD, DELAYED, PROCESSED, QUEUE
 
 _MAX_ROUNDS = 16
 SCAN_WINDOW = 4096
+_SCAN_SHARE = 10  # reuse a scan ten times as long as it took: at most ~1/10 of the time scanning
 _KEPT_REASONS = 20
 _REASON_CHARS = 4000
 
@@ -45,6 +48,84 @@ class RetryPolicy:
 
     def wait(self, attempts: int) -> float:
         return float(min(self.delay * 2 ** min(attempts - 1, 64), self.max_delay))
+
+
+class Claims:
+    """The claims one process makes on a store's channels (each channel by its directory).
+
+    ``sweep_interval`` bounds how long it may take to notice other processes' expired
+    claims; a claim may use the names an earlier claim's scan saw for ``rescan_interval``
+    seconds (or ten times as long as that scan took, in a deep queue).
+    """
+
+    def __init__(self, retry: RetryPolicy, sweep_interval: float, rescan_interval: float) -> None:
+        self.retry = retry
+        self.sweep_interval = sweep_interval
+        self.rescan_interval = rescan_interval
+        self._next_sweep: dict[str, float] = {}
+        self._seen: dict[str, tuple[float, list[str]]] = {}
+
+    def take(self, channel_dir: str, limit: int, lease: float) -> list[str]:
+        """Claim up to ``limit`` queued messages for ``lease`` seconds; their names."""
+        now = time.time()
+        self.sweep(channel_dir, now)
+        until = now + lease
+        fresh_until, seen = self._seen.pop(channel_dir, (0.0, []))
+        if now >= fresh_until:
+            seen = []
+        names, untried, scanning = claim(channel_dir, limit, until, seen)
+        if scanning:
+            fresh_until = now + max(self.rescan_interval, _SCAN_SHARE * scanning)
+        if untried:
+            self._seen[channel_dir] = (fresh_until, untried)
+        if names:
+            self._next_sweep[channel_dir] = min(self._next_sweep[channel_dir], until)
+        return names
+
+    def release(self, channel_dir: str, name: str, path: str) -> str | None:
+        """Return the claimed message at ``path`` to the queue at once; its new path, or
+        None when it is no longer claimed."""
+        target = os.path.join(channel_dir, QUEUE, name)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        self._seen.pop(channel_dir, None)
+        return target
+
+    def fail(self, channel_dir: str, name: str, path: str, reason: str) -> str:
+        """Record a failed attempt of the message at ``path`` (FileNotFoundError when it is
+        gone): it waits for its retry, or becomes a dead letter. Its new path."""
+        due = record_failure(channel_dir, name, path, reason, time.time(), self.retry)
+        if due is None:
+            return os.path.join(channel_dir, DEAD, name)
+        if channel_dir in self._next_sweep:
+            self._next_sweep[channel_dir] = min(self._next_sweep[channel_dir], due)
+        return os.path.join(channel_dir, DELAYED, name)
+
+    def sweep(self, channel_dir: str, now: float | None = None) -> None:
+        """Requeue what is due in this channel, unless nothing can be due yet."""
+        if now is None:
+            now = time.time()
+        if now < self._next_sweep.get(channel_dir, 0.0):
+            return
+        moved, earliest = requeue_due(channel_dir, now)
+        self._next_sweep[channel_dir] = min(now + self.sweep_interval, earliest)
+        if moved:
+            self._seen.pop(channel_dir, None)
+
+
+def process(channel_dir: str, name: str, path: str) -> str | None:
+    """Move the message at ``path`` to ``processed/``; its new path, or None when it is in
+    neither ``path`` nor the queue (a lease that ran out sent it back there) nor processed."""
+    target = os.path.join(channel_dir, PROCESSED, name)
+    for source in (path, os.path.join(channel_dir, QUEUE, name)):
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            continue
+        return target
+    return target if os.path.lexists(target) else None
 
 
 def requeue_due(channel_dir: str, now: float) -> tuple[int, float]:
@@ -155,7 +236,9 @@ def read_attempts(channel_dir: str, name: str) -> tuple[int, list[str]]:
         return 0, ["(unreadable attempts record)"]
 
 
-def fail(channel_dir: str, name: str, path: str, reason: str, now: float, policy: RetryPolicy) -> float | None:
+def record_failure(
+    channel_dir: str, name: str, path: str, reason: str, now: float, policy: RetryPolicy
+) -> float | None:
     """Record a failed attempt of the message at ``path``, then delay it or make it dead.
 
     The record is written first, so a crash between the two steps keeps the count. Returns

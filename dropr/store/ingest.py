@@ -1,0 +1,375 @@
+"""The ingest side of a store, and the one path by which messages enter it.
+
+:meth:`IngestSide.commit` takes a batch of staged files (:mod:`.staging`) and answers for
+each message: **verify** its size and CRC-32 against what its sender declared
+(:func:`dropr.protocol.mismatch`), **make it durable** — the verified files' data synced,
+each moved into its channel's queue under its final name without replacing anything (a
+message held already, by client and id in any state, is a duplicate: acknowledged again,
+kept once), then the new directory entries synced (:mod:`.sync` picks how for the batch's
+size) — and only then **answer** (:data:`dropr.protocol.Acks`). The HTTP server (which
+stages each part as it streams in) and the local transport (which stages spool files by
+hard link) both commit through it.
+
+A commit blocks on the disk, and any number of threads may commit at once: the moves of
+one batch into the queues run under a lock (they are quick, and the duplicate checks need
+them to), while the syncs of different batches overlap and share each ``syncfs``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from .. import _files
+from .. import limits as _limits
+from .._impl import codec
+from ..errors import InvalidMessage
+from ..names import check_channel, check_client_id, check_message_id, check_priority
+from ..protocol import DUPLICATE, REJECTED, STORED, Acks, mismatch
+from .layout import ATTEMPTS, QUEUE, STATES, PathLike, StoreDirectory, remember
+from .staging import StagedFile, Staging
+from .sync import Syncer
+
+_OPEN_CHANNELS = 64  # channels whose state directories stay open, five descriptors each
+# A batch lists a state directory instead of probing each of its N names when the directory
+# is at most _LIST_BYTES * N bytes: an entry takes 20 bytes (tmpfs) to ~40 (ext4), and
+# reading one costs a small fraction of a probe. Up to _PROBE_MAX names are always probed.
+_LIST_BYTES = 64
+_PROBE_MAX = 16
+_STORED = (STORED, "")
+_DUPLICATE = (DUPLICATE, "already held")
+
+
+class Staged(NamedTuple):
+    """One message of a batch to commit: what its sender declared, and its staged file.
+
+    ``size`` and ``crc`` are the declared size and CRC-32; a ``size`` below zero declares
+    nothing (the manifest-less form of the protocol), and the file is taken as it is.
+    """
+
+    id: str
+    channel: str
+    priority: int
+    size: int
+    crc: int
+    file: StagedFile
+
+
+class Ingested(NamedTuple):
+    """What :meth:`IngestSide.ingest_many` did, and what to sync before acknowledging it.
+
+    The staged files' data must have been made durable before the call (for example
+    :meth:`IngestSide.sync_data` on each, or :meth:`IngestSide.flush`). After it, syncing
+    the ``directories`` (:meth:`IngestSide.sync_directory`) makes the new entries durable
+    — or :meth:`IngestSide.flush` when ``created`` says that new directories or ``names/``
+    texts came into being, whose entries lie elsewhere. :meth:`IngestSide.commit` does all
+    of that.
+    """
+
+    results: list[bool | str]
+    directories: tuple[str, ...]
+    created: bool
+
+
+class IngestSide(StoreDirectory):
+    """The side of a store that takes messages in (the server and the local transport).
+
+    Safe to use from several threads, and beside other processes using the same store.
+    """
+
+    def __init__(self, path: PathLike, create: bool = False, *, limits: _limits.Limits | None = None) -> None:
+        super().__init__(path, create, limits=limits)
+        self._syncer = Syncer(self.path)
+        self._moving = threading.Lock()  # held by one batch's checks and moves at a time
+        self._registered: dict[str, str] = {}  # channel -> its directory, its text in names/
+        self._client_fields: dict[str, str] = {}
+        self._state_fds: dict[str, tuple[int, ...]] = {}
+
+    def staging(self, prefix: str) -> Staging:
+        """Fresh staged files in this store, named ``prefix``… (the sender's own prefix, by
+        which what it left behind when it died is found again)."""
+        return Staging(self.staging_dir, prefix)
+
+    def commit(self, client: str, staged: Sequence[Staged], *, sync: bool = True) -> Acks:
+        """Verify, make durable and answer for one batch of ``client`` (see the module's
+        docstring); with ``sync`` false nothing is synced (fast, not crash-safe).
+
+        The staged files are the store's from this call on: each ends in a queue or is
+        removed, whatever happens. OSError (a full disk, a failing one): nothing of the
+        batch may be acknowledged; what of it got into a queue is a duplicate when resent.
+        """
+        acks: Acks = {}
+        verified: list[Staged] = []
+        try:
+            for message in staged:
+                file = message.file
+                problem = message.size >= 0 and mismatch(message.size, message.crc, file.size, file.crc)
+                if problem:
+                    acks[message.id] = (REJECTED, problem)
+                    file.discard()
+                else:
+                    verified.append(message)
+            if not verified:
+                return acks
+            if sync:
+                self._syncer.data([m.file.path for m in verified])
+            ingested = self.ingest_many(client, [(m.channel, m.id, m.priority, m.file.path) for m in verified])
+            for message, result in zip(verified, ingested.results, strict=True):
+                if result is True or result is False:
+                    message.file.handed_over()
+                    acks[message.id] = _STORED if result else _DUPLICATE
+                else:
+                    acks[message.id] = (REJECTED, result)
+            if sync:
+                self._syncer.entries(ingested.directories, len(verified), ingested.created)
+        finally:
+            for message in staged:
+                if message.file.path:
+                    message.file.discard()
+        return acks
+
+    def ingest(self, channel: str, client: str, msg_id: str, priority: int, staged: str) -> bool:
+        """Move the complete file ``staged`` into ``channel``'s queue as message ``msg_id``.
+
+        False (and ``staged`` removed) when this client's message is already held in any
+        state; InvalidMessage (and nothing changed) for a bad argument. One message of
+        :meth:`ingest_many`, which a caller with a batch should use instead.
+        """
+        [result] = self.ingest_many(client, [(channel, msg_id, priority, staged)]).results
+        if isinstance(result, str):
+            raise InvalidMessage(result)
+        return result
+
+    def ingest_many(self, client: str, messages: Iterable[tuple[str, str, int, str]]) -> Ingested:
+        """Move complete staged files into their channels' queues, one batch of ``client``.
+
+        Each message is ``(channel, msg_id, priority, staged)``. Its result is True when
+        stored, False when already held in any state (``staged`` removed), or the reason it
+        was refused (``staged`` left alone, nothing changed for it). The client and each
+        distinct channel are checked once, and the state directories are probed through
+        open descriptors. Nothing is synced here: see :class:`Ingested`.
+        """
+        batch = list(messages)
+        with self._moving:
+            if client not in self._client_fields:
+                try:
+                    check_client_id(client, self.limits)
+                except InvalidMessage as exc:
+                    return Ingested([str(exc)] * len(batch), (), False)
+            results: list[bool | str] = [False] * len(batch)
+            by_channel: dict[str, list[tuple[int, int, str, str]]] = {}
+            refused: dict[str, str] = {}
+            for index, (channel, msg_id, priority, staged) in enumerate(batch):
+                problem = _message_problem(msg_id, priority)
+                if not problem and channel not in by_channel:
+                    problem = refused.get(channel) or self._channel_problem(channel)
+                    if problem:
+                        refused[channel] = problem
+                    else:
+                        by_channel[channel] = []
+                if problem:
+                    results[index] = problem
+                else:
+                    by_channel[channel].append((index, priority, msg_id, staged))
+            if not by_channel:
+                return Ingested(results, (), False)
+            written = self.names.written
+            client_field = self._client_field(client)
+            directories = [self.staging_dir]
+            created = False
+            for channel, items in by_channel.items():
+                channel_dir = self._registered_dir(channel)
+                created |= self._move_in(channel_dir, client_field, items, results)
+                directories.append(os.path.join(channel_dir, QUEUE))
+            return Ingested(results, tuple(directories), created or self.names.written != written)
+
+    def sync_data(self, path: str) -> None:
+        """Make the content of one file (a staged upload) durable."""
+        _files.sync_data(path)
+
+    def sync_directory(self, path: str) -> None:
+        """Make the entries of one directory (see :attr:`Ingested.directories`) durable."""
+        _files.sync_directory(path)
+
+    def flush(self) -> None:
+        """Make everything written to the store so far durable: one ``syncfs`` of its file
+        system (other processes' writes included), shared with concurrent commits."""
+        self._syncer.flush()
+
+    def close(self) -> None:
+        """Close the directories :meth:`ingest_many` keeps open (reopened when needed)."""
+        with self._moving:
+            fds = [fd for dir_fds in self._state_fds.values() for fd in dir_fds]
+            self._state_fds.clear()
+        _close_all(fds)
+
+    def __del__(self) -> None:
+        if getattr(self, "_state_fds", None):
+            self.close()
+
+    def _client_field(self, client: str) -> str:
+        name = self._client_fields.get(client)
+        if name is None:
+            check_client_id(client, self.limits)
+            name = remember(self._client_fields, client, self.names.register(client))
+        return name
+
+    def _channel_problem(self, channel: str) -> str:
+        """Why ``channel`` cannot be one, or "" when it can."""
+        if channel in self._registered:
+            return ""
+        try:
+            check_channel(channel, self.limits)
+        except InvalidMessage as exc:
+            return str(exc)
+        return ""
+
+    def _registered_dir(self, channel: str) -> str:
+        """The directory of a valid channel (its text kept in names/ first when compact)."""
+        path = self._registered.get(channel)
+        if path is None:
+            path = os.path.join(self.channels_dir, self.names.register(check_channel(channel, self.limits)))
+            remember(self._registered, channel, path)
+        return path
+
+    def _move_in(
+        self,
+        channel_dir: str,
+        client_field: str,
+        items: list[tuple[int, int, str, str]],
+        results: list[bool | str],
+    ) -> bool:
+        """Ingest one channel's share of a batch (under the lock); True if the channel's
+        directories had to be created."""
+        fds, created = self._open_states(channel_dir)
+        names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _ in items]
+        fresh = set(_unheld(fds, names))
+        for position, (index, _, _, staged) in enumerate(items):
+            if position not in fresh:
+                _files.remove(staged)
+                continue
+            try:
+                results[index] = _move(staged, fds[0], names[position])
+            except FileNotFoundError:
+                if not os.path.lexists(staged):
+                    raise
+                # The channel's directories were removed under us: open (or make) them anew.
+                self._close_states(channel_dir)
+                fds, made = self._open_states(channel_dir)
+                created |= made
+                results[index] = _move(staged, fds[0], names[position])
+        return created
+
+    def _open_states(self, channel_dir: str) -> tuple[tuple[int, ...], bool]:
+        """Descriptors of a channel's state directories (queue first), made if missing."""
+        fds = self._state_fds.get(channel_dir)
+        if fds is not None:
+            return fds, False
+        created = False
+        try:
+            fds = _open_dirs(channel_dir, STATES)
+        except FileNotFoundError:
+            self._make_channel(channel_dir)
+            created = True
+            fds = _open_dirs(channel_dir, STATES)
+        if len(self._state_fds) >= _OPEN_CHANNELS:
+            for old in self._state_fds.values():
+                _close_all(old)
+            self._state_fds.clear()
+        self._state_fds[channel_dir] = fds
+        return fds, created
+
+    def _close_states(self, channel_dir: str) -> None:
+        _close_all(self._state_fds.pop(channel_dir, ()))
+
+    def _make_channel(self, channel_dir: str) -> None:
+        """Create a channel's directories all at once: built aside, then renamed into place."""
+        tmp = os.path.join(self.channels_dir, f".new.{os.getpid()}.{os.urandom(4).hex()}")
+        os.mkdir(tmp, _files.DIR_MODE)
+        try:
+            for state in (*STATES, ATTEMPTS):
+                os.mkdir(os.path.join(tmp, state), _files.DIR_MODE)
+            try:
+                os.rename(tmp, channel_dir)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _message_problem(msg_id: str, priority: int) -> str:
+    """Why ``(msg_id, priority)`` cannot name a message, or "" when it can."""
+    try:
+        check_message_id(msg_id)
+        check_priority(priority)
+    except InvalidMessage as exc:
+        return str(exc)
+    return ""
+
+
+def _open_dirs(parent: str, names: tuple[str, ...]) -> tuple[int, ...]:
+    fds: list[int] = []
+    try:
+        for name in names:
+            fds.append(os.open(os.path.join(parent, name), _files.DIR_FLAGS))
+    except BaseException:
+        _close_all(fds)
+        raise
+    return tuple(fds)
+
+
+def _close_all(fds: Iterable[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _unheld(state_fds: tuple[int, ...], names: list[str]) -> list[int]:
+    """The positions of ``names`` held in none of the state directories.
+
+    The states are looked at in the order messages flow forward (queue, claimed, then
+    delayed, processed, dead), each after the one before, so a message a consumer moves
+    forward meanwhile is seen in its next state; every move back ends in the queue, where
+    :func:`_move` refuses to replace. A directory small next to the names looked for is
+    listed once; otherwise each name is probed (``faccessat``: no exception when missing).
+    """
+    left = list(range(len(names)))
+    for fd in state_fds:
+        if not left:
+            break
+        if len(left) > _PROBE_MAX and os.fstat(fd).st_size <= _LIST_BYTES * len(left):
+            present = set(os.listdir(fd))
+            left = [i for i in left if names[i] not in present]
+        else:
+            left = [i for i in left if not _held_in(fd, names[i])]
+    return left
+
+
+def _held_in(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` exists in the directory ``dir_fd`` (a symlink is not followed)."""
+    return os.access(name, os.F_OK, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _move(staged: str, queue_fd: int, name: str) -> bool:
+    """Give the file ``staged`` the name ``name`` in the queue without replacing one that
+    exists there; the staged name goes either way. False if ``name`` was taken."""
+    try:
+        os.link(staged, name, dst_dir_fd=queue_fd, follow_symlinks=False)
+    except FileExistsError:
+        os.unlink(staged)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # A file system without hard links: the check just before is the guard.
+        if _held_in(queue_fd, name):
+            os.unlink(staged)
+            return False
+        os.rename(staged, name, dst_dir_fd=queue_fd)
+        return True
+    os.unlink(staged)
+    return True
