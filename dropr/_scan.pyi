@@ -15,6 +15,10 @@ def scan(path: str | PathLike[str], limit: int, skip: Collection[str] = ()) -> l
 def count(path: str | PathLike[str]) -> int:
     """The number of entries of directory ``path`` whose name does not start with ``.``."""
 
+def oldest(path: str | PathLike[str]) -> str:
+    """The smallest (earliest) id among the message names of directory ``path``; "" if none.
+    FileNotFoundError when ``path`` does not exist."""
+
 def scan_queue(
     path: str | PathLike[str], limit: int, skip: Collection[str] = (), listed: list[str] | None = None
 ) -> list[str]:

@@ -72,6 +72,11 @@ def count_queue(path: str) -> int:
     )
 
 
+def oldest(path: str) -> str:
+    """The smallest (earliest) id among the message names of directory ``path``; "" if none."""
+    return min((name[1:31].decode("ascii") for name in _listdir(path) if _HEAD.match(name)), default="")
+
+
 def tally_queue(path: str) -> dict[str, tuple[int, int, str]]:
     """Per peer field of the messages in a spool's ``queue/`` directory ``path``: how many,
     their bytes (the sizes their names give) and the oldest id."""

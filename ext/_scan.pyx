@@ -279,6 +279,27 @@ def count_queue(path) -> int:
     return sum([_count(os.path.join(path, bucket), True) for bucket in buckets(path)])
 
 
+def oldest(path) -> str:
+    """The smallest (earliest) id among the message names of directory ``path``; "" if none."""
+    cdef DIR *directory = _open(path, False)
+    cdef dirent *entry
+    cdef int error = 0
+    cdef char found[DROPR_ID_LEN]
+    cdef bint any = False
+    with nogil:
+        while True:
+            entry = _next(directory, &error)
+            if entry == NULL:
+                break
+            if is_message_head(entry.d_name) and (not any or memcmp(entry.d_name + 1, found, DROPR_ID_LEN) < 0):
+                memcpy(found, entry.d_name + 1, DROPR_ID_LEN)
+                any = True
+        closedir(directory)
+    if error:
+        _raise(error, path)
+    return found[:DROPR_ID_LEN].decode("ascii") if any else ""
+
+
 # -- the tally of a queue per peer ------------------------------------------------------
 
 ctypedef struct PeerTally:

@@ -127,6 +127,19 @@ def test_missing_directory(scan: ModuleType, tmp_path: pathlib.Path) -> None:
         scan.scan(str(tmp_path), -1)
 
 
+def test_oldest_id_of_a_directory(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    assert scan.oldest(str(tmp_path)) == ""
+    names = _names(300)
+    _touch(tmp_path, names + ["." + "0" * 40, "0" * 31, "5" + "A" * 30 + "+p"])
+    assert scan.oldest(tmp_path) == min(name[1:31] for name in names)
+    store_names = [codec.store_name(p, f"{p + 1:030x}", "client") for p in (9, 0, 5)]
+    (tmp_path / "store").mkdir()
+    _touch(str(tmp_path / "store"), store_names)
+    assert scan.oldest(str(tmp_path / "store")) == f"{1:030x}"
+    with pytest.raises(FileNotFoundError):
+        scan.oldest(str(tmp_path / "missing"))
+
+
 def test_deep_directory(scan: ModuleType, deep: tuple[str, list[str]]) -> None:
     path, names = deep
     ordered = sorted(names)
@@ -134,6 +147,7 @@ def test_deep_directory(scan: ModuleType, deep: tuple[str, list[str]]) -> None:
     assert scan.scan(path, 1) == ordered[:1]
     assert scan.scan(path, 1000, {"peer"}) == []
     assert scan.count(path) == 100_000
+    assert scan.oldest(path) == min(name[1:31] for name in names)
 
 
 @pytest.mark.skipif(compiled is None, reason="dropr._scan is not built")

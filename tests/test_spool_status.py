@@ -115,6 +115,10 @@ def test_while_a_relay_runs_what_it_is_doing_per_peer(tmp_path: Path) -> None:
             assert rows[down][1:3] == ["4", "24"] and rows[down][4] == "backing off"
             assert "failures: " in rows[down][9] and "curl error 7" in rows[down][9]
             assert relay.stop() == 0
+            log = relay.log().splitlines()
+        about_down = [line for line in log if down in line]
+        assert len(about_down) == 1 and "backing off" in about_down[0], log  # one line, not one per failure
+        assert len(log) == 4, log  # relaying, backing off, stopping, stopped: none per message
         assert status_json(spool)["relay"] is None  # stopped: the lock is free
         assert by_peer(status_json(spool))[down]["queued"] == 4
 
