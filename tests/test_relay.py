@@ -236,7 +236,7 @@ def _queued(tmp_path: Path, count: int) -> tuple[Spool, list[str]]:
 
 def test_names_finished_while_a_threaded_scan_reads_are_remembered_until_it_ends(tmp_path: Path) -> None:
     spool, names = _queued(tmp_path, 5)
-    disposal = Disposal(config.RelayConfig(spool=spool.path, keep_sent_minutes=1.0), spool, RelayStatus(None, "c"))
+    disposal = Disposal(config.RelayConfig(spool=spool.path, keep_sent_minutes=1.0), spool, RelayStatus(None, spool))
 
     async def finish() -> None:
         await disposal.remove([names[0]])
@@ -261,7 +261,7 @@ def test_names_finished_while_a_threaded_scan_reads_are_remembered_until_it_ends
 
 def test_without_a_retention_what_is_sent_is_deleted_in_the_background(tmp_path: Path) -> None:
     spool, names = _queued(tmp_path, 9)
-    disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, "c"))
+    disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, spool))
     try:
         asyncio.run(disposal.remove(names))
         assert scan.count_queue(spool.queue_dir) == 0

@@ -71,7 +71,7 @@ class Setup:
         self.names = scan.scan_queue(self.spool.queue_dir, count)
         self.field = codec.parse_spool_name(self.names[0])[2] if self.names else ""
         config = RelayConfig(spool=self.spool.path, keep_sent_minutes=1.0, **settings)
-        self.status = RelayStatus(None, "c")
+        self.status = RelayStatus(None, self.spool)
         self.disposal = Disposal(config, self.spool, self.status)
         self.crashes: list[BaseException] = []
         self.delivery = Delivery(
@@ -209,6 +209,8 @@ def test_messages_queued_for_longer_than_max_age_expire_as_they_are_read(tmp_pat
     setup.dispatch(setup.names)
     assert transport.sent == []
     assert setup.failed() == dict.fromkeys(setup.names, "expired: queued for more than 1e-06 minutes")
+    setup.status.publish(force=True)
+    assert setup.status.snapshot["peers"][PEER]["failed"] == 2  # by its URL, though no request went to it
 
 
 def test_arrivals_give_known_peers_news_and_make_others_known(tmp_path: Path) -> None:

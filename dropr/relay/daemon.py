@@ -55,7 +55,7 @@ class Relay:
         self._signalled = False
         self._crash: BaseException | None = None
         self._wake = asyncio.Event()
-        self.status = RelayStatus(status.path(spool.path), spool.client_id)
+        self.status = RelayStatus(status.path(spool.path), spool)
         self._disposal = Disposal(config, spool, self.status)
         self._delivery = Delivery(
             config, spool, self._disposal, status=self.status, wake=self._wake.set, crash=self._crashed

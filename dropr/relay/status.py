@@ -27,6 +27,7 @@ import time
 from typing import Any, Protocol
 
 from .. import _files
+from .. import spool as _spool
 from .._impl import codec
 
 log = logging.getLogger("dropr.relay")
@@ -101,14 +102,16 @@ class _Peer:
 
 
 class RelayStatus:
-    """The relay's state per peer field; ``file``: where :meth:`publish` writes it (None: nowhere)."""
+    """The relay's state per peer field of ``spool``'s messages; ``file``: where :meth:`publish`
+    writes it (None: nowhere)."""
 
-    def __init__(self, file: str | None, client: str) -> None:
+    def __init__(self, file: str | None, spool: _spool.Spool) -> None:
         self._file = file
+        self._resolve = spool.resolve
         self._peers: dict[str, _Peer] = {}
         self._head = {
             "pid": os.getpid(),
-            "client": client,
+            "client": spool.client_id,
             "started": round(time.time(), 3),
             "latency_buckets": list(LATENCY_BUCKETS),
         }
@@ -176,8 +179,12 @@ class RelayStatus:
         except ValueError:
             return
         state = self._peers.get(field)
-        if state is None:
-            state = self._peers[field] = _Peer(field, time.time())
+        if state is None:  # a peer no request went to: expired, or unusable
+            try:
+                url = self._resolve(field)
+            except (OSError, ValueError):
+                url = field
+            state = self._peers[field] = _Peer(url, time.time())
         state.failed += 1
         self._changed = True
 
