@@ -8,8 +8,10 @@ or accepted everywhere downstream. The rules:
   control, separator other than the space, format or unassigned characters), at most
   ``max_channel`` bytes of UTF-8. Dots and slashes are just characters: ``..`` is a channel.
 - **client id**: the same, without any white space, at most ``max_client`` bytes.
-- **peer**: ``http://host[:port]/path``, ``https://…`` or ``file:///absolute/path``, at most
-  ``max_peer`` bytes, no white space or control characters.
+- **peer**: ``http://host[:port]/path``, ``https://…``, ``file:///absolute/path``,
+  ``nats://host:port[,host:port...]`` (a NATS cluster: no credentials, no path) or
+  ``group:NAME`` (a peer group of the relay's configuration, ``NAME`` by the client id's
+  rule), at most ``max_peer`` bytes, no white space or control characters.
 - **priority**: an ``int`` from 0 (first) to 9 (``bool`` is not one).
 - **message id**: 30 lower-case hex digits.
 
@@ -35,6 +37,9 @@ from .errors import InvalidMessage
 
 PRIORITIES = range(10)
 PEER_SCHEMES = ("http", "https", "file")
+"""The schemes of peers that are URLs; ``nats://`` and ``group:`` peers are told by their prefix."""
+GROUP_PREFIX = "group:"
+NATS_PREFIX = "nats://"
 
 _WHITE_SPACE = re.compile(r"\s")
 _COMPACT_FIELD = re.compile(r"~[0-9a-f]{32}")
@@ -90,20 +95,27 @@ def check_message_id(msg_id: object) -> str:
 
 
 def check_peer(peer: object, limits: _limits.Limits = _limits.DEFAULT) -> str:
-    """``peer`` if it is an ``http://``, ``https://`` or ``file:///`` URL dropr can use."""
+    """``peer`` if it is an ``http://``, ``https://``, ``file:///``, ``nats://`` or ``group:``
+    peer dropr can use."""
     if not isinstance(peer, str) or not peer:
         raise InvalidMessage(f"peer must be a URL, not {peer!r}")
     if len(peer.encode("utf-8", "surrogatepass")) > limits.max_peer:
         raise InvalidMessage(f"peer URL is longer than {limits.max_peer} bytes")
     if _WHITE_SPACE.search(peer) or not peer.isprintable():
         raise InvalidMessage(f"peer URL holds white space or control characters: {peer!r}")
+    if peer.startswith(GROUP_PREFIX):
+        check_name("peer group name", peer[len(GROUP_PREFIX) :], limits.max_peer, spaces=False)
+        return peer
+    if peer.startswith(NATS_PREFIX):
+        nats_servers(peer)
+        return peer
     try:
         url = urllib.parse.urlsplit(peer)
         port = url.port
     except ValueError as exc:
         raise InvalidMessage(f"bad peer URL {peer!r}: {exc}") from None
     if url.scheme not in PEER_SCHEMES:
-        raise InvalidMessage(f"peer must be an http://, https:// or file:/// URL, not {peer!r}")
+        raise InvalidMessage(f"peer must be an http://, https://, file:///, nats:// or group: peer, not {peer!r}")
     if url.scheme == "file":
         if url.netloc or not url.path.startswith("/") or url.query or url.fragment:
             raise InvalidMessage(f"a file peer is file:///absolute/path, not {peer!r}")
@@ -112,6 +124,25 @@ def check_peer(peer: object, limits: _limits.Limits = _limits.DEFAULT) -> str:
     elif port == 0:
         raise InvalidMessage(f"peer URL has port 0: {peer!r}")
     return peer
+
+
+def nats_servers(peer: str) -> list[str]:
+    """The server URLs of a ``nats://host:port[,host:port...]`` peer, each ``host:port``
+    checked; InvalidMessage for a peer that is not one (credentials belong in the relay's
+    configuration, not in every message's name)."""
+    servers = []
+    for part in peer[len(NATS_PREFIX) :].split(","):
+        try:
+            url = urllib.parse.urlsplit(NATS_PREFIX + part)
+            port = url.port
+        except ValueError as exc:
+            raise InvalidMessage(f"bad NATS server {part!r} in {peer!r}: {exc}") from None
+        if not url.hostname or not port or url.username is not None or url.password is not None:
+            raise InvalidMessage(f"a NATS peer is nats://host:port[,host:port...], not {peer!r}")
+        if url.path or url.query or url.fragment or part.endswith(":"):
+            raise InvalidMessage(f"a NATS peer is nats://host:port[,host:port...], not {peer!r}")
+        servers.append(NATS_PREFIX + part)
+    return servers
 
 
 def field(text: str) -> str:

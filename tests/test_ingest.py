@@ -322,7 +322,7 @@ def test_the_local_transport_commits_through_the_same_path(tmp_path: Path) -> No
             try:
                 return await transport.send(entries)
             finally:
-                transport.close()
+                await transport.aclose()
 
     def resolve(channel_field: str) -> str:
         if channel_field.startswith("~"):

@@ -22,8 +22,9 @@ from dropr.protocol import Acks, PeerFailure
 from dropr.relay.backoff import Backoff
 from dropr.relay.batches import Entry
 from dropr.relay.config import RelayConfig
-from dropr.relay.delivery import ONCE_ATTEMPTS, Delivery, Peer
+from dropr.relay.delivery import Delivery, Peer
 from dropr.relay.disposal import Disposal
+from dropr.relay.group import GroupBackoff
 from dropr.relay.status import RelayStatus
 from dropr.spool import Client, Spool
 
@@ -56,7 +57,7 @@ class Scripted:
         answer = self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
         return answer(batch)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         pass
 
 
@@ -166,18 +167,21 @@ def test_a_peer_answering_again_is_no_longer_backing_off(tmp_path: Path) -> None
     assert peer.backoff.failures == 0 and setup.sent() == setup.names
 
 
-def test_with_once_a_peer_failing_again_and_again_is_given_up(tmp_path: Path) -> None:
-    setup = Setup(tmp_path, 1, once=True)
+def test_with_once_a_peer_failing_for_retry_for_seconds_is_given_up(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 1, once=True, retry_for_seconds=5.0)
     peer, _ = setup.peer(down)
-    for _ in range(ONCE_ATTEMPTS - 1):
-        peer.backoff.fail()
-    assert setup.delivery.given_up() == []
+    peer.backoff.fail(time.monotonic() - 4.0)
     setup.dispatch(setup.names)
-    assert peer.gave_up and setup.delivery.given_up() == [PEER]
+    assert not peer.gave_up and setup.delivery.given_up() == []
+    assert peer.backoff.until <= peer.backoff.since + 5.0  # one last try at the end of --retry-for
+    peer.backoff.since -= 1.0
+    setup.dispatch(setup.names)
+    assert peer.gave_up and setup.delivery.given_up() == [peer]
+    assert peer.reason == "connection refused"
     assert setup.delivery.resting(0.0) == {setup.field}
     setup.status.publish(force=True)
     record = setup.status.snapshot["peers"][PEER]
-    assert (record["state"], record["reason"], record["failures"]) == ("given up", "connection refused", ONCE_ATTEMPTS)
+    assert (record["state"], record["reason"], record["failures"]) == ("given up", "connection refused", 3)
 
 
 def test_names_that_cannot_be_sent_are_failed_at_once(tmp_path: Path) -> None:
@@ -257,3 +261,11 @@ def test_the_status_follows_the_peer_and_logs_each_change_of_state_once(
     assert lines[0].startswith(f"{PEER}: connection refused; backing off (next try in ")
     assert lines[1].startswith(f"{PEER}: delivering again after 3 failures in ")
     assert setup.sent() == setup.names
+
+
+def test_without_once_a_failing_peer_is_never_given_up_even_when_it_may_be_tried_at_once(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, 1)
+    peer, _ = setup.peer(down)
+    peer.backoff = GroupBackoff([Backoff(60.0, 60.0)])  # its one member's backoff long over: no delay
+    setup.dispatch(setup.names)
+    assert peer.backoff.failures == 1 and not peer.gave_up and setup.delivery.given_up() == []

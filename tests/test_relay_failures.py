@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from relaykit import (
     peer_for,
     queued,
     queued_path,
+    relay_command,
     run_relay,
     server_on,
     stored_count,
@@ -186,7 +188,17 @@ def test_a_wrong_token_leaves_messages_queued(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     with start_server(tmp_path / "store", token="right") as server:
         sent = put(spool, server.url, 5)
-        done = run_relay(spool, "--once", "--no-supervise", "--token", "wrong", "--config", fast_config(tmp_path))
+        done = run_relay(
+            spool,
+            "--once",
+            "--no-supervise",
+            "--token",
+            "wrong",
+            "--config",
+            fast_config(tmp_path),
+            "--retry-for",
+            "0.5",
+        )
         assert done.returncode == 1
         assert "HTTP 401" in done.stderr
         assert len(queued(spool)) == 5 and stored_count(tmp_path / "store") == 0
@@ -236,13 +248,37 @@ def test_expired_messages_go_to_failed(tmp_path: Path) -> None:
     assert len(reasons) == 3 and all(r.startswith("expired") for r in reasons)
 
 
-def test_once_exits_non_zero_when_a_peer_is_down(tmp_path: Path) -> None:
+def test_once_exits_non_zero_when_a_peer_is_down_and_names_what_is_still_queued(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    put(spool, f"http://127.0.0.1:{free_port()}/", 4)
-    done = run_relay(spool, "--once", "--config", fast_config(tmp_path))
+    down = f"http://127.0.0.1:{free_port()}/"
+    put(spool, down, 4)
+    with start_server(tmp_path / "store") as server:
+        sent = put(spool, server.url, 3)
+        done = run_relay(spool, "--once", "--config", fast_config(tmp_path), "--retry-for", "1")
     assert done.returncode == 1
-    assert "giving up after 3 failures" in done.stderr
+    assert f"{down}: " in done.stderr and "giving up after" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"relay stopped: 3 delivered, 0 failed; still queued: 4 for {down} (" in last, last
+    assert "curl error 7" in last
     assert len(queued(spool)) == 4
+    check_stored_once([tmp_path / "store"], sent)
+
+
+def test_once_keeps_retrying_a_restarting_server_for_retry_for_seconds(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    port = free_port()
+    sent = put(spool, f"http://127.0.0.1:{port}/", 20)
+    relay = subprocess.Popen(
+        relay_command(spool, "--once", "--no-supervise", "--config", fast_config(tmp_path), "--retry-for", "60"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.5)  # the old --once gave up after three failures, ~0.3 s
+    assert relay.poll() is None, "gave up while the server was restarting"
+    with server_on(tmp_path / "store", port):
+        _, stderr = relay.communicate(timeout=60)
+    assert relay.returncode == 0, stderr
+    assert "relay stopped: 20 delivered, 0 failed" in stderr.splitlines()[-1]
+    check_stored_once([tmp_path / "store"], sent)
 
 
 def test_a_second_relay_refuses_to_start(tmp_path: Path) -> None:
@@ -301,7 +337,9 @@ def test_https_peer_with_a_ca_file(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     with start_server(tmp_path / "store", tls=(cert, key)) as server:
         sent = put(spool, server.url, 5)
-        untrusted = run_relay(spool, "--once", "--no-supervise", "--config", fast_config(tmp_path))
+        untrusted = run_relay(
+            spool, "--once", "--no-supervise", "--config", fast_config(tmp_path), "--retry-for", "0.5"
+        )
         assert untrusted.returncode == 1 and "curl error 60" in untrusted.stderr
         done = run_relay(spool, "--once", "--no-supervise", "--ca-file", cert)
         assert done.returncode == 0, done.stderr

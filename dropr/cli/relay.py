@@ -48,7 +48,16 @@ def _default(setting: str) -> object:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description=__doc__)
     parser.add_argument("--spool", required=True, metavar="DIR", help="the spool to relay")
-    parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
+    parser.add_argument(
+        "--once", action="store_true", help="drain the queue, then exit (0 only if every message was accepted)"
+    )
+    parser.add_argument(
+        "--retry-for",
+        type=positive_number,
+        metavar="SECONDS",
+        help="with --once: keep retrying a failing peer this long after its first failure before giving up"
+        f" on it (default: {_default('retry_for_seconds')})",
+    )
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -120,6 +129,7 @@ def load_config(args: argparse.Namespace) -> _config.RelayConfig:
         token = os.environ.get("DROPR_TOKEN") or None
     options = {
         "once": args.once or None,
+        "retry_for_seconds": args.retry_for,
         "token": token,
         "ca_file": args.ca_file,
         "max_age_minutes": args.max_age,

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import limits as _limits
-from .._impl import scan
+from .._files import DIR_MODE
+from .._impl import codec, scan
 from ..errors import InvalidMessage
 from ..limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
 from ..names import check_channel, check_peer, check_priority
@@ -19,6 +20,7 @@ from . import spool_status
 from ._common import CommandError, emit_json, minutes
 
 _ONE_LINE = str.maketrans("\t\n\r", "   ")
+_BUCKET_ATTEMPTS = 5
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +34,9 @@ def register(subparsers: Any) -> None:
         help="the spool directory (default: $DROPR_SPOOL)",
     )
     put.add_argument(
-        "--peer", required=True, help="where to deliver: http://host:port/path, https://... or file:///path"
+        "--peer",
+        required=True,
+        help="where to deliver: http://host:port/path, https://..., file:///path, nats://host:port[,...] or group:NAME",
     )
     put.add_argument("--channel", default=DEFAULT_CHANNEL, help="the channel")
     put.add_argument("--priority", type=int, default=DEFAULT_PRIORITY, help="0 (delivered first) to 9")
@@ -53,6 +57,16 @@ def register(subparsers: Any) -> None:
     wipe = actions.add_parser("wipe-sent", help=text, description=text)
     wipe.add_argument("minutes", type=minutes, metavar="MINUTES", help="the age in minutes")
     wipe.set_defaults(run=run_wipe_sent)
+    text = "move messages kept in sent/ back into the queue, to be sent again; prints how many"
+    resend = actions.add_parser("resend", help=text, description=text)
+    resend.add_argument(
+        "--since",
+        required=True,
+        type=_iso_time,
+        metavar="TIME",
+        help="those acknowledged at or after TIME: ISO 8601, such as 2025-06-01T12:00 (local time without an offset)",
+    )
+    resend.set_defaults(run=run_resend)
     for name, run, text in (
         ("list", run_list, "queued messages in delivery order: id priority channel peer size time"),
         ("list-failed", run_list_failed, "failed messages: id priority channel peer size time reason"),
@@ -88,6 +102,62 @@ def run_count(args: argparse.Namespace) -> int:
 def run_wipe_sent(args: argparse.Namespace) -> int:
     print(_open(args).wipe_sent(args.minutes))
     return 0
+
+
+def run_resend(args: argparse.Namespace) -> int:
+    """Moves back into the queue what ``sent/`` kept (``--keep-sent``) from ``--since`` on.
+
+    A file's change time is when it moved to ``sent/``: when its peer acknowledged it. Sent
+    again, a message keeps its id, so a dropr server answers ``duplicate`` for what it holds
+    and JetStream drops what it holds within its duplicate window.
+    """
+    spool = _open(args)
+    since_ns = int(args.since.timestamp() * 1e9)
+    moved = 0
+    with os.scandir(spool.sent_dir) as entries:
+        names = [entry.name for entry in entries if _acknowledged_since(entry, since_ns)]
+    for name in sorted(names):
+        if _requeue(spool, name):
+            moved += 1
+    print(moved)
+    return 0
+
+
+def _acknowledged_since(entry: os.DirEntry[str], since_ns: int) -> bool:
+    if entry.name.startswith("."):
+        return False
+    try:
+        codec.parse_spool_name(entry.name)
+        return entry.stat(follow_symlinks=False).st_ctime_ns >= since_ns
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def _requeue(spool: Spool, name: str) -> bool:
+    """Renames ``sent/NAME`` into its bucket of the queue (made again if the relay removed it
+    meanwhile); False when the file went away (its retention ended)."""
+    source = os.path.join(spool.sent_dir, name)
+    target = spool.queued_path(name)
+    for _ in range(_BUCKET_ATTEMPTS):
+        try:
+            os.rename(source, target)
+            return True
+        except FileNotFoundError:
+            if not os.path.exists(source):
+                return False
+        os.makedirs(os.path.dirname(target), DIR_MODE, exist_ok=True)
+    raise CommandError(f"cannot move {name} back into the queue: its bucket keeps disappearing")
+
+
+def _iso_time(text: str) -> datetime.datetime:
+    """An argparse type: an ISO 8601 time, local when it has no offset."""
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"TIME must be an ISO 8601 time such as 2025-06-01T12:00, not {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.astimezone()
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -93,6 +93,8 @@ def _detail(state: dict[str, Any], now: float) -> str:
         text += f", until {_when(state['until'])} (in {max(0.0, state['until'] - now):.1f} s)"
     if state["state"] in (_status.BACKING_OFF, _status.GIVEN_UP):
         text += f", {state['failures']} failures: {state['reason']}"
+    elif state["state"] == _status.HELD:
+        text += f": {state['reason']}"
     elif state.get("last_batch_seconds") is not None:
         text += f", last batch {state['last_batch_seconds']:.3f} s"
     return text

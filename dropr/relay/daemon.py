@@ -104,10 +104,27 @@ class Relay:
             await self._close(loop)
             self.status.publish(force=True)
         failed = self._disposal.failed
-        log.info("relay stopped: %d delivered, %d failed", self._delivery.delivered, failed)
-        if self.config.once and not self._signalled and (failed or self._delivery.given_up()):
+        given_up = self._delivery.given_up()
+        summary = f"relay stopped: {self._delivery.delivered} delivered, {failed} failed"
+        if self.config.once and (given_up or self._signalled):
+            summary += "; " + self._still_queued()
+        log.info("%s", summary)
+        if self.config.once and not self._signalled and (failed or given_up):
             return 1
         return 0
+
+    def _still_queued(self) -> str:
+        """What the queue still holds, per peer: ``still queued: N for URL (why), ...``."""
+        counts = {field: messages for field, (messages, _, _) in scan.tally_queue(self.spool.queue_dir).items()}
+        if not counts:
+            return "nothing still queued"
+        parts = []
+        for field, count in sorted(counts.items(), key=lambda item: -item[1]):
+            peer = self._delivery.peers.get(field)
+            url = peer.url if peer is not None else field
+            why = f" ({peer.reason})" if peer is not None and peer.reason else ""
+            parts.append(f"{count} for {url}{why}")
+        return "still queued: " + ", ".join(parts)
 
     def _crashed(self, exc: BaseException) -> None:
         self._crash = exc

@@ -1,17 +1,20 @@
 """Delivery: the relay's peers, the requests it sends them and what their answers do.
 
-A peer is known by the field its messages carry; it has a transport (``http`` or ``local``,
-behind the :class:`~dropr.relay.transport.Transport` protocol), a backoff, and the batches
-cut from the names a scan found for it (``batches``), which wait until one of its
-``parallel`` request slots is free. A scanned name stays held from its batch until its
-request is answered and what was acknowledged has left the queue, so that a scan meanwhile
-does not take it again. An answer counts per message: the acknowledged leave the queue, the
-rejected go to ``failed/`` (both ``disposal``'s work), the rest stay queued and the peer backs
-off; a request failing as a whole backs the peer off with all its messages queued, and the
-batches waiting for it are let go, to be read again from the queue once it is tried again.
-With ``--once``, a peer failing :data:`ONCE_ATTEMPTS` times in a row is given up for the run.
-Each request, its outcome and each failure of a peer are told to ``status``, which logs the
-peer's changes of state.
+A peer is known by the field its messages carry; it has a transport (by its scheme, from
+:class:`~dropr.relay.transport.Transports`), a backoff, and the batches cut from the names a
+scan found for it (``batches``), which wait until one of its ``parallel`` request slots is
+free. A scanned name stays held from its batch until its request is answered and what was
+acknowledged has left the queue, so that a scan meanwhile does not take it again. An answer
+counts per message: the acknowledged leave the queue, the rejected go to ``failed/`` (both
+``disposal``'s work), the rest stay queued and the peer backs off; a request failing as a
+whole backs the peer off with all its messages queued, and the batches waiting for it are
+let go, to be read again from the queue once it is tried again. A peer the relay cannot send
+to while it runs (a group the configuration does not define, a client library missing) is
+said so once in the log and held: its messages wait, until their maximum age. With
+``--once``, a peer still failing ``retry_for_seconds`` after its first failure in a row (or
+held) is given up for the run.
+Each request, its outcome and each change in a peer's fortunes are told to ``status``,
+which logs the peer's changes of state.
 
 The local transport's ingest is blocking file work that need not be ordered with scans: it
 runs on a worker thread.
@@ -22,10 +25,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
-import urllib.parse
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import names, protocol
@@ -37,13 +39,12 @@ from .backoff import Backoff
 from .batches import Entry
 from .config import RelayConfig
 from .disposal import Disposal
+from .group import GroupTransport
 from .status import RelayStatus
-from .transport import Transport
+from .transport import Transport, Transports, Unavailable
 
 log = logging.getLogger("dropr.relay")
 
-ONCE_ATTEMPTS = 3
-"""With ``--once``, a peer failing this many times in a row is given up for the run."""
 _MISSING = (protocol.RETRY, "missing from the answer")
 
 
@@ -55,18 +56,24 @@ class Peer:
     scan for it.
     """
 
-    __slots__ = ("backoff", "field", "gave_up", "inflight", "news", "pending", "problem", "transport", "url")
+    __slots__ = (
+        "backoff", "field", "gave_up", "inflight", "news", "pending", "problem", "reason", "transport", "url",
+    )  # fmt: skip
 
     def __init__(self, field: str, url: str, transport: Transport | None, problem: str, backoff: Backoff):
         self.field = field
         self.url = url
         self.transport = transport
+        """None for a peer held: its messages wait."""
         self.problem = problem
+        """Why its messages cannot be sent at all ("" when they can): they go to failed/."""
         self.backoff = backoff
         self.pending: collections.deque[list[Entry]] = collections.deque()
         self.inflight = 0
         self.news = True
         self.gave_up = False
+        self.reason = ""
+        """Why it failed last."""
 
 
 class Delivery:
@@ -99,17 +106,16 @@ class Delivery:
         self._crash = crash
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._multi: Any = None
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay")
+        self._transports = Transports(config, client=self.client, locate=spool.queued_path, resolve=spool.resolve)
 
     @property
     def busy(self) -> bool:
         """Whether requests are in flight."""
         return bool(self._tasks)
 
-    def given_up(self) -> list[str]:
-        """The URLs of the peers given up for the run (``--once``)."""
-        return [peer.url for peer in self.peers.values() if peer.gave_up]
+    def given_up(self) -> list[Peer]:
+        """The peers given up for the run (``--once``)."""
+        return [peer for peer in self.peers.values() if peer.gave_up]
 
     def resting(self, now: float) -> set[str]:
         """The fields of the peers left alone at ``now``: given up or backing off."""
@@ -151,6 +157,8 @@ class Delivery:
             if peer.problem:
                 fail(name, peer.problem)
                 continue
+            if peer.transport is None:
+                continue  # held: the name waits in the queue
             if channel[0] == "~":
                 try:
                     self._spool.resolve(channel)
@@ -170,55 +178,44 @@ class Delivery:
     # -- peers -----------------------------------------------------------------------
 
     def _add_peer(self, field: str) -> Peer:
+        transports = self._transports
         transport: Transport | None = None
-        problem = ""
+        problem = held = ""
         url = field
         try:
             url = names.check_peer(self._spool.resolve(field))
-            transport = self._transport(url)
+            transport = transports.open(url)
+        except Unavailable as exc:
+            held = str(exc)
         except (OSError, ValueError) as exc:
             problem = f"unusable peer {url}: {exc}"
-        config = self._config
-        peer = Peer(field, url, transport, problem, Backoff(config.backoff_min_seconds, config.backoff_max_seconds))
+        backoff = transport.backoff if isinstance(transport, GroupTransport) else transports.backoff()
+        peer = Peer(field, url, transport, problem, backoff)
         self.peers[field] = peer
+        if held:
+            backoff.hold()
+            peer.reason = held
+            peer.gave_up = self._config.once
+            self._status.held(peer, held)
         return peer
 
-    def _transport(self, url: str) -> Transport:
-        locate = self._spool.queued_path
-        client = self.client
-        resolve = self._spool.resolve
-        if urllib.parse.urlsplit(url).scheme == "file":
-            from .local import LocalTransport
-
-            return LocalTransport(url, self._worker, client=client, locate=locate, resolve=resolve)
-        if self._multi is None:
-            import pycurl
-
-            self._multi = pycurl.AsyncCurlMulti()
-        from .http import HttpTransport
-
-        return HttpTransport(
-            url,
-            self._multi,
-            self._config.peer(url),
-            client=client,
-            locate=locate,
-            resolve=resolve,
-            timeout=self._config.timeout_seconds,
-            connect_timeout=self._config.connect_timeout_seconds,
-        )
-
     def _peer_failed(self, peer: Peer, reason: str) -> None:
-        delay = peer.backoff.fail()
+        now = time.monotonic()
+        backoff = peer.backoff
+        deadline = math.inf
+        if self._config.once:
+            deadline = (backoff.since if backoff.failures else now) + self._config.retry_for_seconds
+        delay = backoff.fail(now, deadline)
         for batch in peer.pending:
             self.held.difference_update(entry.name for entry in batch)
         peer.pending.clear()
         peer.news = True
-        if self._config.once and peer.backoff.failures >= ONCE_ATTEMPTS:
+        peer.reason = reason
+        if now >= deadline:
             peer.gave_up = True
-            self._status.gave_up(peer, reason, peer.backoff.failures)
+            self._status.gave_up(peer, reason, backoff.failures)
             return
-        self._status.backing_off(peer, reason, delay, peer.backoff.failures)
+        self._status.backing_off(peer, reason, delay, backoff.failures)
         asyncio.get_running_loop().call_later(delay, self._wake)
 
     # -- requests --------------------------------------------------------------------
@@ -274,7 +271,8 @@ class Delivery:
         retry = len(batch) - len(acknowledged) - counts[protocol.REJECTED]
         self._status.answered(peer, seconds, len(acknowledged), retry)
         if retry:
-            self._peer_failed(peer, f"{retry} of {len(batch)} messages to be retried")
+            why = next((acks[e.id][1] for e in batch if e.id in acks and acks[e.id][0] == protocol.RETRY), "")
+            self._peer_failed(peer, f"{retry} of {len(batch)} messages to be retried" + (f" ({why})" if why else ""))
         elif peer.backoff.failures:
             peer.backoff.succeed()
         return acknowledged
@@ -291,10 +289,8 @@ class Delivery:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        """Close the transports; wait for the local transport's work under way."""
+        """Close the transports; wait for their file work under way."""
         for peer in self.peers.values():
             if peer.transport is not None:
-                peer.transport.close()
-        if self._multi is not None:
-            await self._multi.aclose()
-        self._worker.shutdown(wait=True)
+                await peer.transport.aclose()
+        await self._transports.aclose()

@@ -24,6 +24,11 @@ USER_AGENT = "dropr-relay"
 _MAX_ANSWER_LINE = 200
 
 
+def open_multi() -> pycurl.AsyncCurlMulti:
+    """The multi handle every HTTP peer of a relay shares (and its connection cache)."""
+    return pycurl.AsyncCurlMulti()
+
+
 class HttpTransport:
     """Sends batches to one ``http://`` or ``https://`` peer."""
 
@@ -115,7 +120,7 @@ class HttpTransport:
             raise PeerFailure(f"HTTP {status}: {_first_line(data)}")
         return protocol.decode_acks(data)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         for curl in self._idle:
             curl.close()
         self._idle.clear()

@@ -82,5 +82,5 @@ class LocalTransport:
                 message.file.discard()
         return acks
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self._store = None

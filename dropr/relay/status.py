@@ -2,10 +2,10 @@
 
 Delivery and disposal report events — a request sent, a request answered, a peer backing
 off or given up, a message failed — a few calls per batch and none per message delivered.
-:class:`RelayStatus` keeps per peer its state (idle, delivering, backing off, given up),
+:class:`RelayStatus` keeps per peer its state (idle, delivering, backing off, given up, held),
 since when and why, what it delivered, failed and retried, the requests in flight and the
 latency of its batches; it logs one line per change of state (backing off, delivering
-again, giving up), and the relay's loop calls :meth:`RelayStatus.publish` on each turn,
+again, giving up, held), and the relay's loop calls :meth:`RelayStatus.publish` on each turn,
 which writes the whole as JSON at most once a second while anything changed (written whole
 under another name and renamed, so a reader never sees half of it). ``dropr spool DIR
 status`` reads the file while the relay holds the spool's lock; ``--metrics`` serves the
@@ -44,6 +44,7 @@ IDLE = "idle"
 DELIVERING = "delivering"
 BACKING_OFF = "backing off"
 GIVEN_UP = "given up"
+HELD = "held"
 
 
 def path(spool_path: str) -> str:
@@ -169,8 +170,17 @@ class RelayStatus:
     def gave_up(self, peer: PeerName, reason: str, failures: int) -> None:
         """``peer`` is given up for the run (``--once``) after ``failures`` failures in a row."""
         state = self._peer(peer)
-        log.error("%s: %s; giving up after %d failures", state.url, reason, failures)
-        state.state, state.since, state.reason, state.failures = GIVEN_UP, time.time(), reason, failures
+        now = time.time()
+        began = state.since if state.state == BACKING_OFF else now
+        log.error("%s: %s; giving up after %d failures in %.1f s", state.url, reason, failures, now - began)
+        state.state, state.since, state.reason, state.failures = GIVEN_UP, now, reason, failures
+
+    def held(self, peer: PeerName, reason: str) -> None:
+        """``peer`` cannot be sent to while the relay runs (say, a group the configuration does
+        not define) for ``reason``: its messages wait."""
+        state = self._peer(peer)
+        log.error("%s: %s; its messages wait in the queue (until their maximum age)", state.url, reason)
+        state.state, state.since, state.reason = HELD, time.time(), reason
 
     def failed(self, name: str) -> None:
         """The queued message ``name`` went to ``failed/``."""

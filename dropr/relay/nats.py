@@ -1,0 +1,288 @@
+"""The NATS JetStream transport: ``nats://host:port[,host:port...]`` peers.
+
+For users who want a replicated, clustered store behind their relays: each message is
+published to the subject ``PREFIX`` + its channel (``dropr.`` by default; bytes of the
+channel outside ``A-Za-z0-9_-`` written as ``%XX``, so a channel is one subject token), with
+the headers ``Nats-Msg-Id: CLIENT:ID`` — JetStream's duplicate window then keeps a message
+sent again once — and ``Dropr-Client``, ``Dropr-Id``, ``Dropr-Channel``, ``Dropr-Priority``,
+``Dropr-Time`` (the put time, seconds since the epoch). A message counts as delivered only
+once JetStream acknowledged it.
+
+A batch is published without waiting in between, each message with a reply subject of its
+own under one inbox the transport subscribes to, where JetStream acknowledges it; the
+acknowledgements are awaited together, so a batch costs about one round trip, not one per
+message. (nats-py's ``publish_async`` does the same with a future per message: 37 µs of the
+client's CPU per message here, where this costs 17 µs.) Each message has its own outcome:
+acknowledged (``stored``, or ``duplicate`` when the stream had it already), or to be retried
+— no stream takes its subject (no responders), the stream refused it, no acknowledgement
+within ``timeout_seconds``, or the connection went away before its acknowledgement came
+(nats-py then moves to another server of the list by itself, and the next batch goes there).
+A batch of which nothing was acknowledged fails as a whole, and so does one that cannot be
+published: the peer backs off, the messages stay queued. Rejected for good are a message
+that does not match the size and CRC-32 its name declares (checked here, as a dropr server
+checks them) and one larger than the server's ``max_payload``.
+
+nats-py needs each payload as bytes, so unlike the HTTP transport this one reads the spool
+files, on the relay's worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.api import Header
+
+from .. import protocol
+from .._impl import codec
+from ..names import nats_servers
+from ..protocol import Acks, PeerFailure
+from .batches import Entry
+from .config import PeerConfig
+
+DEFAULT_SUBJECT_PREFIX = "dropr."
+RECONNECT_ATTEMPTS = 2
+"""Attempts per server when the connection is lost, before the client gives up (the relay's
+backoff takes over and the next batch connects afresh)."""
+RECONNECT_WAIT_SECONDS = 0.1
+_NO_RESPONDERS = "503"
+"""The status of the answer when nothing (no stream) takes a subject."""
+_SUBJECT_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def subject_token(channel: str) -> str:
+    """``channel`` as one subject token: bytes outside ``A-Za-z0-9_-`` as ``%XX``."""
+    return "".join(chr(b) if b in _SUBJECT_SAFE else f"%{b:02X}" for b in channel.encode("utf-8"))
+
+
+def header_time(msg_id: str) -> str:
+    """The ``Dropr-Time`` of a message: its put time in seconds, to the microsecond."""
+    return f"{codec.id_time_ns(msg_id) / 1e9:.6f}"
+
+
+class NatsTransport:
+    """Publishes batches to one JetStream peer, over one connection kept open."""
+
+    def __init__(
+        self,
+        url: str,
+        executor: Executor,
+        settings: PeerConfig,
+        *,
+        client: str,
+        locate: Callable[[str], str],
+        resolve: Callable[[str], str],
+        timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.url = url
+        self._servers = nats_servers(url)
+        self._executor = executor
+        self._settings = settings
+        self._client = client
+        self._locate = locate
+        self._resolve = resolve
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._prefix = settings.subject_prefix or DEFAULT_SUBJECT_PREFIX
+        self._subjects: dict[str, tuple[str, str]] = {}
+        self._nc: Any = None
+        self._inbox = ""
+        self._batches: dict[str, _Batch] = {}
+        self._sent = itertools.count()
+        self._lost: asyncio.Future[None] | None = None
+        self._trouble: BaseException | None = None
+
+    async def _connect(self) -> Any:
+        """A live connection, its acknowledgements subscribed to; PeerFailure when there is none."""
+        nc = self._nc
+        if nc is not None and not nc.is_closed:
+            if not nc.is_connected:
+                raise PeerFailure("connection lost, reconnecting")
+            return nc
+        nc = NatsClient()
+        options: dict[str, Any] = {
+            "servers": self._servers,
+            "name": f"dropr-relay {self._client}",
+            "connect_timeout": self._connect_timeout,
+            "max_reconnect_attempts": RECONNECT_ATTEMPTS,
+            "reconnect_time_wait": RECONNECT_WAIT_SECONDS,
+            "error_cb": self._noted,
+            "disconnected_cb": self._disconnected,
+            "reconnected_cb": self._reconnected,
+        }
+        settings = self._settings
+        if settings.user:
+            options["user"] = settings.user
+            options["password"] = settings.password or ""
+        elif settings.token:
+            options["token"] = settings.token
+        self._trouble = None
+        try:
+            await nc.connect(**options)
+        except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            await nc.close()
+            cause = self._trouble if isinstance(exc, nats.errors.NoServersError) and self._trouble else exc
+            raise PeerFailure(f"cannot connect: {_reason(cause)}") from None
+        self._inbox = nc.new_inbox()
+        try:
+            await nc.subscribe(self._inbox + ".>", cb=self._answered)
+        except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            await nc.close()
+            raise PeerFailure(f"cannot subscribe to the acknowledgements: {_reason(exc)}") from None
+        self._nc = nc
+        self._lost = asyncio.get_running_loop().create_future()
+        return nc
+
+    async def _noted(self, exc: Exception) -> None:
+        """nats-py reports connection trouble here while it tries the servers: the last one
+        says why a connection failed (its own error then says only "no servers available")."""
+        self._trouble = exc
+
+    async def _disconnected(self) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _reconnected(self) -> None:
+        self._lost = asyncio.get_running_loop().create_future()
+
+    def _subject(self, channel_field: str) -> tuple[str, str]:
+        """The subject and the channel's text of a channel field, cached."""
+        known = self._subjects.get(channel_field)
+        if known is None:
+            if len(self._subjects) >= 4096:
+                self._subjects.clear()
+            channel = self._resolve(channel_field)
+            known = self._subjects[channel_field] = (self._prefix + subject_token(channel), channel)
+        return known
+
+    async def _answered(self, msg: Any) -> None:
+        """JetStream's answer to one message of a batch, on its reply subject INBOX.BATCH.INDEX."""
+        token, _, index = msg.subject[len(self._inbox) + 1 :].partition(".")
+        batch = self._batches.get(token)
+        if batch is not None and index.isdigit() and int(index) < len(batch.answers):
+            batch.answer(int(index), _outcome(msg, batch.subjects[int(index)]))
+
+    async def send(self, batch: list[Entry]) -> Acks:
+        """Publish ``batch``; the acknowledgements, or PeerFailure for the whole request."""
+        nc = await self._connect()
+        lost = self._lost
+        assert lost is not None
+        payloads = await asyncio.get_running_loop().run_in_executor(self._executor, self._read, batch)
+        token = str(next(self._sent))
+        reply = f"{self._inbox}.{token}."
+        pending = self._batches[token] = _Batch(len(batch))
+        client = self._client
+        try:
+            for index, (entry, payload) in enumerate(zip(batch, payloads, strict=True)):
+                if lost.done():
+                    break
+                if isinstance(payload, tuple):
+                    pending.answer(index, payload)
+                    continue
+                subject, channel = self._subject(entry.channel)
+                pending.subjects[index] = subject
+                headers = {
+                    "Nats-Msg-Id": f"{client}:{entry.id}",
+                    "Dropr-Client": client,
+                    "Dropr-Id": entry.id,
+                    "Dropr-Channel": channel,
+                    "Dropr-Priority": str(entry.priority),
+                    "Dropr-Time": header_time(entry.id),
+                }
+                try:
+                    await nc.publish(subject, payload, reply=f"{reply}{index}", headers=headers)
+                except nats.errors.MaxPayloadError:
+                    pending.answer(
+                        index, (protocol.REJECTED, f"larger than the server's max_payload ({entry.size} bytes)")
+                    )
+            if pending.left:
+                await asyncio.wait((pending.done, lost), timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+        except (OSError, nats.errors.Error) as exc:
+            raise PeerFailure(_reason(exc)) from None
+        finally:
+            del self._batches[token]
+        late = (protocol.RETRY, "connection lost" if lost.done() else f"no acknowledgement within {self._timeout:g} s")
+        acks = {entry.id: answer or late for entry, answer in zip(batch, pending.answers, strict=True)}
+        if not any(status != protocol.RETRY for status, _ in acks.values()):
+            raise PeerFailure(acks[batch[0].id][1])
+        return acks
+
+    def _read(self, batch: list[Entry]) -> list[bytes | tuple[str, str]]:
+        """Each message's payload, or its answer when it cannot be sent: rejected when it does
+        not match the size and CRC-32 its name declares (JetStream checks nothing, so the
+        check a dropr server makes is made here), to be retried when it cannot be read."""
+        payloads: list[bytes | tuple[str, str]] = []
+        for entry in batch:
+            try:
+                payload = _read_file(self._locate(entry.name), entry.size)
+            except OSError as exc:
+                payloads.append((protocol.RETRY, f"cannot read {entry.name}: {exc.strerror or exc}"))
+                continue
+            problem = protocol.mismatch(entry.size, entry.crc, len(payload), zlib.crc32(payload))
+            payloads.append((protocol.REJECTED, problem) if problem else payload)
+        return payloads
+
+    async def aclose(self) -> None:
+        """Close the connection (what was acknowledged is delivered already)."""
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            await nc.close()
+
+
+def _read_file(path: str, size: int) -> bytes:
+    """The file at ``path``, read to ``size`` + 1 bytes at most (one more tells a longer one)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size + 1)
+        while len(data) <= size and (more := os.read(fd, size + 1 - len(data))):
+            data += more
+        return data
+    finally:
+        os.close(fd)
+
+
+class _Batch:
+    """The answers to a batch in flight, by index; ``done`` once each has one."""
+
+    __slots__ = ("answers", "done", "left", "subjects")
+
+    def __init__(self, size: int) -> None:
+        self.answers: list[tuple[str, str] | None] = [None] * size
+        self.subjects = [""] * size
+        self.left = size
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def answer(self, index: int, answer: tuple[str, str]) -> None:
+        if self.answers[index] is None:
+            self.answers[index] = answer
+            self.left -= 1
+            if not self.left:
+                self.done.set_result(None)
+
+
+def _outcome(msg: Any, subject: str) -> tuple[str, str]:
+    """The status of a message published to ``subject`` from JetStream's answer ``msg``."""
+    if msg.headers and msg.headers.get(Header.STATUS) == _NO_RESPONDERS:
+        return protocol.RETRY, f"no JetStream stream takes the subject {subject}"
+    try:
+        answer = json.loads(msg.data)
+    except ValueError:
+        return protocol.RETRY, f"not an acknowledgement: {msg.data[:80]!r}"
+    if not isinstance(answer, dict) or "error" in answer or "seq" not in answer:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        why = error.get("description") if isinstance(error, dict) else None
+        return protocol.RETRY, f"JetStream refused it: {why or answer!r}"
+    return (protocol.DUPLICATE, "already in the stream") if answer.get("duplicate") else (protocol.STORED, "")
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
