@@ -134,3 +134,23 @@ def test_after_a_relay_is_killed_none_is_said_to_run(tmp_path: Path) -> None:
     assert os.path.exists(relay_status.path(str(spool)))
     assert status_json(spool)["relay"] is None
     assert status(spool).stdout.startswith("relay: not running\n")
+
+
+def test_a_peer_the_relay_cannot_send_to_is_shown_held(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with dropr.Client(spool) as client:
+        for _ in range(3):
+            client.put(b"x", peer="group:elsewhere")
+    with RelayProcess(spool, "--no-supervise") as relay:
+
+        def held() -> dict[str, Any] | None:
+            record = by_peer(status_json(spool)).get("group:elsewhere", {})
+            return record if record.get("relay", {}).get("state") == "held" else None
+
+        wait_until(held)
+        record = held()
+        assert record is not None and record["queued"] == 3
+        assert "not defined" in record["relay"]["reason"]
+        row = next(line for line in status(spool).stdout.splitlines() if line.startswith("group:elsewhere\t"))
+        assert row.split("\t")[4] == "held" and "not defined" in row.split("\t")[9]
+        assert relay.stop() == 0
