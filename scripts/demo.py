@@ -102,7 +102,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def interrupt(signum: int, frame: object) -> None:
-    """SIGTERM and SIGHUP stop the demo as Ctrl-C does: its children do not outlive it."""
+    """Each stop signal stops the demo as Ctrl-C does: its children do not outlive it. SIGINT
+    too, even where it came in ignored (a shell's ``./scripts/demo &`` ignores it, and Python
+    then leaves ``kill -INT`` without effect)."""
     raise KeyboardInterrupt
 
 
@@ -223,7 +225,7 @@ def remove_tree(top: Path) -> None:
 
 
 def main() -> int:
-    for signum in STOP_SIGNALS[1:]:
+    for signum in STOP_SIGNALS:
         signal.signal(signum, interrupt)
     demo = Demo(parse_args())
     status = 130
