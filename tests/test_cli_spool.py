@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,29 @@ def test_wipe_sent_refuses_negative_minutes(tmp_path: Path) -> None:
     spool.Spool(tmp_path)
     done = dropr("spool", str(tmp_path), "wipe-sent", "-5")
     assert done.returncode == 2 and "minutes" in done.stderr
+
+
+def test_spool_list_shows_every_message_queued_all_along_while_higher_priorities_arrive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Puts of a higher priority during a listing sort before what it is reading: the
+    listing must still show every message that was queued for the whole of it."""
+    with spool.Client(tmp_path) as client:
+        queued_all_along = {client.put(b"x", peer=PEER, priority=9) for _ in range(3000)}
+    stop = threading.Event()
+
+    def put_higher() -> None:
+        with spool.Client(tmp_path) as producer:
+            while not stop.is_set():
+                producer.put(b"y", peer=PEER, priority=random.randrange(9))
+
+    producer = threading.Thread(target=put_higher)
+    producer.start()
+    try:
+        for _ in range(5):
+            assert main(["spool", str(tmp_path), "list"]) == 0
+            listed = {line.split("\t", 1)[0] for line in capsys.readouterr().out.splitlines()}
+            assert queued_all_along <= listed, f"{len(queued_all_along - listed)} missing"
+    finally:
+        stop.set()
+        producer.join()

@@ -8,7 +8,9 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from dropr.cli import relay as relay_cli
 from dropr.protocol import PeerFailure, parse_acks
 from dropr.relay import backoff, batches, config, housekeeping, inotify, lock
 from dropr.relay.disposal import Disposal
+from dropr.relay.status import RelayStatus
 from dropr.spool import Client, Spool
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -263,7 +266,7 @@ def _queued(tmp_path: Path, count: int) -> tuple[Spool, list[str]]:
 
 def test_names_finished_while_a_threaded_scan_reads_are_remembered_until_it_ends(tmp_path: Path) -> None:
     spool, names = _queued(tmp_path, 5)
-    disposal = Disposal(config.RelayConfig(spool=spool.path, keep_sent_minutes=1.0), spool)
+    disposal = Disposal(config.RelayConfig(spool=spool.path, keep_sent_minutes=1.0), spool, RelayStatus(None, spool))
 
     async def finish() -> None:
         await disposal.remove([names[0]])
@@ -288,7 +291,7 @@ def test_names_finished_while_a_threaded_scan_reads_are_remembered_until_it_ends
 
 def test_without_a_retention_what_is_sent_is_deleted_in_the_background(tmp_path: Path) -> None:
     spool, names = _queued(tmp_path, 9)
-    disposal = Disposal(config.RelayConfig(spool=spool.path), spool)
+    disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, spool))
     try:
         asyncio.run(disposal.remove(names))
         assert scan.count_queue(spool.queue_dir) == 0
@@ -305,6 +308,38 @@ def test_lock_refuses_a_second_holder_with_the_pid(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     os.close(lock.acquire(str(tmp_path)))
+
+
+def test_the_lock_holder_is_read_from_the_kernel(tmp_path: Path) -> None:
+    assert lock.holder(str(tmp_path)) is None  # no lock file
+    os.close(lock.acquire(str(tmp_path)))
+    assert lock.holder(str(tmp_path)) is None  # the file stays, unlocked
+    code = "import sys; from dropr.relay import lock; lock.acquire(sys.argv[1]); print(flush=True); sys.stdin.read()"
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as other:
+        assert other.stdout is not None and other.stdin is not None
+        other.stdout.readline()
+        assert lock.holder(str(tmp_path)) == other.pid
+        other.stdin.close()
+    assert lock.holder(str(tmp_path)) is None
+
+
+def test_reading_the_lock_holder_never_makes_a_starting_relay_refuse(tmp_path: Path) -> None:
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            lock.holder(str(tmp_path))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(2000):
+            os.close(lock.acquire(str(tmp_path)))
+    finally:
+        stop.set()
+        reader.join()
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ the event loop until no request is in flight; the transport answers as the test 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from dropr.relay.config import RelayConfig
 from dropr.relay.delivery import Delivery, Peer
 from dropr.relay.disposal import Disposal
 from dropr.relay.group import GroupBackoff
+from dropr.relay.status import RelayStatus
 from dropr.spool import Client, Spool
 
 PEER = "http://h/"
@@ -71,9 +73,12 @@ class Setup:
         self.names = scan.scan_queue(self.spool.queue_dir, count)
         self.field = codec.parse_spool_name(self.names[0])[2] if self.names else ""
         config = RelayConfig(spool=self.spool.path, keep_sent_minutes=1.0, **settings)
-        self.disposal = Disposal(config, self.spool)
+        self.status = RelayStatus(None, self.spool)
+        self.disposal = Disposal(config, self.spool, self.status)
         self.crashes: list[BaseException] = []
-        self.delivery = Delivery(config, self.spool, self.disposal, wake=lambda: None, crash=self.crashes.append)
+        self.delivery = Delivery(
+            config, self.spool, self.disposal, status=self.status, wake=lambda: None, crash=self.crashes.append
+        )
 
     def peer(self, *answers: Answer) -> tuple[Peer, Scripted]:
         transport = Scripted(self.delivery.peers, list(answers))
@@ -127,6 +132,10 @@ def test_rejected_go_to_failed_and_those_missing_from_the_answer_stay_queued(tmp
     assert scan.scan_queue(setup.spool.queue_dir, 10) == [missing]
     assert peer.backoff.failures == 1 and peer.news and setup.delivery.held == set()
     assert setup.delivery.delivered == 1 and setup.disposal.failed == 1
+    setup.status.publish(force=True)
+    record = setup.status.snapshot["peers"][PEER]
+    assert (record["delivered"], record["failed"], record["retried"], record["inflight"]) == (1, 1, 1, 0)
+    assert record["state"] == "backing off" and record["reason"] == "1 of 3 messages to be retried"
 
 
 def test_an_answer_for_every_message_does_not_back_off_even_with_rejections(tmp_path: Path) -> None:
@@ -170,6 +179,9 @@ def test_a_batch_file_travels_whole_and_leaves_once_each_message_is_acknowledged
     assert transport.sent == [setup.names[:2], setup.names[2:]]  # 41 messages, then 100
     assert setup.sent() == setup.names and scan.count_queue(setup.spool.queue_dir) == 0
     assert setup.delivery.delivered == 141 and peer.backoff.failures == 0
+    setup.status.publish(force=True)
+    record = setup.status.snapshot["peers"][PEER]
+    assert (record["delivered"], record["failed"], record["retried"]) == (141, 0, 0)
 
 
 def test_a_batch_file_with_a_message_to_retry_stays_queued_whole(tmp_path: Path) -> None:
@@ -179,6 +191,10 @@ def test_a_batch_file_with_a_message_to_retry_stays_queued_whole(tmp_path: Path)
     assert setup.sent() == [] and setup.failed() == {setup.names[0]: f"{batches.ids(entry_of(setup, 0))[1]}: bad"}
     assert scan.scan_queue(setup.spool.queue_dir, 10) == setup.names[1:]
     assert peer.backoff.failures == 1 and setup.delivery.delivered == 0
+    assert setup.disposal.failed == 3  # counted as messages, a batch file's each
+    setup.status.publish(force=True)
+    record = setup.status.snapshot["peers"][PEER]
+    assert (record["delivered"], record["failed"], record["retried"]) == (0, 3, 4)
 
 
 def test_a_batch_file_with_rejected_messages_fails_naming_each(tmp_path: Path) -> None:
@@ -235,6 +251,9 @@ def test_with_once_a_peer_failing_for_retry_for_seconds_is_given_up(tmp_path: Pa
     assert peer.gave_up and setup.delivery.given_up() == [peer]
     assert peer.reason == "connection refused"
     assert setup.delivery.resting(0.0) == {setup.field}
+    setup.status.publish(force=True)
+    record = setup.status.snapshot["peers"][PEER]
+    assert (record["state"], record["reason"], record["failures"]) == ("given up", "connection refused", 3)
 
 
 def test_names_that_cannot_be_sent_are_failed_at_once(tmp_path: Path) -> None:
@@ -266,6 +285,8 @@ def test_messages_queued_for_longer_than_max_age_expire_as_they_are_read(tmp_pat
     setup.dispatch(setup.names)
     assert transport.sent == []
     assert setup.failed() == dict.fromkeys(setup.names, "expired: queued for more than 1e-06 minutes")
+    setup.status.publish(force=True)
+    assert setup.status.snapshot["peers"][PEER]["failed"] == 2  # by its URL, though no request went to it
 
 
 def test_arrivals_give_known_peers_news_and_make_others_known(tmp_path: Path) -> None:
@@ -278,6 +299,40 @@ def test_arrivals_give_known_peers_news_and_make_others_known(tmp_path: Path) ->
     assert sorted(setup.delivery.peers) == sorted([setup.field, codec.parse_spool_name(other)[2]])
     assert setup.delivery.peers[codec.parse_spool_name(other)[2]].url == "http://other/"
     setup.disposal.close()
+
+
+def test_the_status_follows_the_peer_and_logs_each_change_of_state_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup = Setup(tmp_path, 3, batch_count=1)
+    peer, _ = setup.peer(down, down, down, stored)
+    snapshots = []
+
+    async def run() -> None:
+        for names in ([setup.names[0]], [setup.names[0]], [setup.names[0]], setup.names):
+            setup.delivery.dispatch(names, prefetch=False)
+            while setup.delivery.busy:
+                await setup.delivery.finish()
+            setup.status.publish(force=True)
+            snapshots.append(setup.status.snapshot["peers"][PEER])
+
+    caplog.set_level(logging.INFO, "dropr.relay")
+    try:
+        asyncio.run(run())
+    finally:
+        setup.disposal.close()
+    backing_off, delivering = snapshots[2], snapshots[3]
+    assert backing_off["state"] == "backing off" and backing_off["failures"] == 3
+    assert backing_off["reason"] == "connection refused" and backing_off["until"] > time.time() + 10
+    assert backing_off["since"] == snapshots[0]["since"] and backing_off["retried"] == 3
+    assert delivering["state"] == "delivering" and delivering["since"] >= backing_off["since"]
+    assert (delivering["delivered"], delivering["retried"], delivering["failures"]) == (3, 3, 0)
+    assert sum(delivering["latency_counts"]) == 6 and delivering["last_batch_seconds"] is not None
+    lines = [record.getMessage() for record in caplog.records]  # one a change of state, none per failure
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{PEER}: connection refused; backing off (next try in ")
+    assert lines[1].startswith(f"{PEER}: delivering again after 3 failures in ")
+    assert setup.sent() == setup.names
 
 
 def test_without_once_a_failing_peer_is_never_given_up_even_when_it_may_be_tried_at_once(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from ..errors import InvalidMessage
 from ..limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
 from ..names import check_channel, check_delay, check_peer, check_priority
 from ..spool import Client, Spool, SpoolMessage
+from . import spool_status
 from ._common import CommandError, emit_json, minutes
 
 _ONE_LINE = str.maketrans("\t\n\r", "   ")
@@ -80,6 +81,10 @@ def register(subparsers: Any) -> None:
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("--json", action="store_true", help="one JSON array of objects")
         action.set_defaults(run=run)
+    text = "per peer, what is queued (messages, bytes, the oldest's age) and what the relay is doing"
+    action = actions.add_parser("status", help=text, description=text)
+    action.add_argument("--json", action="store_true", help="one JSON object")
+    action.set_defaults(run=lambda args: spool_status.run(args, _open(args)))
 
 
 def run_put(args: argparse.Namespace) -> int:
@@ -165,7 +170,9 @@ def _iso_time(text: str) -> datetime.datetime:
 
 def run_list(args: argparse.Namespace) -> int:
     spool = _open(args)
-    names = scan.scan_queue(spool.queue_dir, scan.count_queue(spool.queue_dir))
+    # No limit: a limit counted beforehand would be filled by puts of a higher priority made
+    # during the listing, leaving out messages queued all along.
+    names = scan.scan_queue(spool.queue_dir, sys.maxsize)
     _emit(args, ((message, None) for message in _decoded(spool, names)))
     return 0
 

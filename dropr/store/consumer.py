@@ -19,8 +19,11 @@ from ..errors import StoreError
 from ..names import check_channel, field
 from . import claims
 from .claims import Claims, RetryPolicy
-from .layout import ATTEMPTS, CLAIMED, DEAD, PROCESSED, QUEUE, PathLike, StoreDirectory, remember
+from .layout import ATTEMPTS, CLAIMED, DEAD, DELAYED, PROCESSED, QUEUE, PathLike, StoreDirectory, remember
 from .message import Message
+
+STATUSES = {QUEUE: "queued", CLAIMED: "claimed", DELAYED: "delayed", PROCESSED: "processed", DEAD: "dead"}
+"""The word for a message in each state directory."""
 
 
 class ConsumerSide(StoreDirectory):
@@ -155,6 +158,21 @@ class ConsumerSide(StoreDirectory):
         channel_dir = self._channel_dir(channel)
         self._claims.sweep(channel_dir)
         return _count_dir(os.path.join(channel_dir, QUEUE))
+
+    def counts(self, channel: str) -> dict[str, int]:
+        """How many messages of ``channel`` each state holds, by the words of :data:`STATUSES`."""
+        channel_dir = self._channel_dir(channel)
+        self._claims.sweep(channel_dir)
+        return {word: _count_dir(os.path.join(channel_dir, state)) for state, word in STATUSES.items()}
+
+    def oldest_queued(self, channel: str) -> float | None:
+        """When the oldest message waiting in ``channel``'s queue was put (seconds since the
+        epoch, from its id); None when none waits. Read from the names, in C."""
+        try:
+            oldest = scan.oldest(os.path.join(self._channel_dir(channel), QUEUE))
+        except FileNotFoundError:
+            return None
+        return codec.id_time_ns(oldest) / 1e9 if oldest else None
 
     def count_processed(self, channel: str) -> int:
         """How many processed messages of ``channel`` are kept."""
