@@ -10,7 +10,9 @@ The C floor runs the same four stages as four processes at once, doing the same 
 operations per message and per batch, and nothing more:
 
 - producer: create, write, close, rename into its bucket of the queue, making the bucket
-  when it is missing (``fdatasync`` and the bucket's ``fsync`` with ``--sync``);
+  when it is missing (``fdatasync`` and the bucket's ``fsync`` with ``--sync``); with
+  ``--put-many N`` (dropr's ``fastput_many``) one such file holds N messages, and the
+  forwarder sends it as one record, which the receiver stages as N files;
 - forwarder: list the queue's buckets in order (removing the empty ones), open, read and
   close each file of a batch, write the batch to a loopback TCP socket (up to
   ``--parallel`` batches back to back, as the relay keeps that many requests in flight),
@@ -123,13 +125,15 @@ static long list(int dirfd, char (*names)[NAME_MAX_], long max) {
     return n;
 }
 
-static int produce(const char *tmp_dir, const char *queue_dir, long count, long size, int sync) {
+/* One file per message, or with per_file above 1 one file per that many (a batch). */
+static int produce(const char *tmp_dir, const char *queue_dir, long count, long size, int sync, long per_file) {
     int tmp = opendirfd(tmp_dir), queue = opendirfd(queue_dir);
+    size *= per_file;
     char *buf = malloc(size + 1); memset(buf, 'x', size);
     char tmp_name[64], name[NAME_MAX_], path[NAME_MAX_ + 16];
     struct timespec t;
     printf("%.9f\n", now()); fflush(stdout);
-    for (long i = 0; i < count; i++) {
+    for (long i = 0; i < count / per_file; i++) {
         clock_gettime(CLOCK_REALTIME, &t);
         snprintf(tmp_name, sizeof tmp_name, "%016llx%08x%06lx",
                  (long long)t.tv_sec * 1000000000LL + t.tv_nsec, 0x1234abcdU, i & 0xFFFFFF);
@@ -177,14 +181,17 @@ static size_t pack(int queue, char (*names)[NAME_MAX_], long n, char **out, size
 }
 
 /* Lists up to parallel batches at once and sends them back to back (as the relay keeps
-   several requests in flight), then waits for their acknowledgements. */
-static int forward(const char *queue_dir, const char *sent_dir, int port, long count, long batch, int parallel) {
+   several requests in flight), then waits for their acknowledgements; a file holds per_file
+   messages. */
+static int forward(const char *queue_dir, const char *sent_dir, int port, long count, long batch, int parallel,
+                   long per_file) {
     int queue = opendirfd(queue_dir), sent = opendirfd(sent_dir);
     int sock = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(sock, (struct sockaddr *)&addr, sizeof addr)) die("connect");
     setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    batch = batch / per_file > 0 ? batch / per_file : 1;
     char (*names)[NAME_MAX_] = malloc(batch * parallel * NAME_MAX_);
     size_t cap = 1 << 20; char *out = malloc(cap);
     for (long done = 0; done < count;) {
@@ -201,14 +208,15 @@ static int forward(const char *queue_dir, const char *sent_dir, int port, long c
             if (renameat(queue, names[i], sent, base)) die("renameat sent");
             if (unlinkat(sent, base, 0)) die("unlinkat");
         }
-        done += n;
+        done += n * per_file;
     }
     return 0;
 }
 
 /* Stages every batch that has arrived, then makes them durable together (group commit, as
-   the server shares a flush between requests in flight) and acknowledges each. */
-static int receive(int port, const char *stage_dir, const char *store_dir, long count) {
+   the server shares a flush between requests in flight) and acknowledges each; each file
+   received holds per_file messages, each staged as a file of its own. */
+static int receive(int port, const char *stage_dir, const char *store_dir, long count, long per_file) {
     int stage = opendirfd(stage_dir), store = opendirfd(store_dir);
     int lsock = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(lsock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -218,20 +226,24 @@ static int receive(int port, const char *stage_dir, const char *store_dir, long 
     printf("ready\n"); fflush(stdout);
     int sock = accept(lsock, NULL, NULL); if (sock < 0) die("accept");
     setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    char (*names)[NAME_MAX_] = NULL; long names_cap = 0; char data[65536];
+    char (*names)[NAME_MAX_] = NULL; long names_cap = 0; char *data = malloc(1 << 24);
     for (long done = 0; done < count;) {
         long total = 0, batches = 0; char peek;
         do {
-            uint32_t v; get_all(sock, &v, 4); long n = ntohl(v);
+            uint32_t v; get_all(sock, &v, 4); long n = ntohl(v) * per_file;
             if (total + n > names_cap) { names_cap = 2 * (total + n); names = realloc(names, names_cap * NAME_MAX_); }
-            for (long i = total; i < total + n; i++) {
+            for (long i = total; i < total + n; i += per_file) {
+                char name[NAME_MAX_];
                 get_all(sock, &v, 4); uint32_t len = ntohl(v);
-                get_all(sock, names[i], len); names[i][len] = 0;
+                get_all(sock, name, len); name[len] = 0;
                 get_all(sock, &v, 4); uint32_t size = ntohl(v);
                 get_all(sock, data, size);
-                int fd = openat(stage, names[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-                if (fd < 0) die("openat stage");
-                put_all(fd, data, size); close(fd);
+                for (long j = 0; j < per_file; j++) {
+                    snprintf(names[i + j], NAME_MAX_, "%s.%lx", name, j);
+                    int fd = openat(stage, names[i + j], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+                    if (fd < 0) die("openat stage");
+                    put_all(fd, data + j * (size / per_file), size / per_file); close(fd);
+                }
             }
             total += n; batches++;
         } while (recv(sock, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 1);
@@ -271,12 +283,12 @@ static int consume(const char *queue_dir, const char *claimed_dir, const char *p
 }
 
 int main(int argc, char **argv) {
-    if (argc == 7 && !strcmp(argv[1], "produce"))
-        return produce(argv[2], argv[3], atol(argv[4]), atol(argv[5]), atoi(argv[6]));
-    if (argc == 8 && !strcmp(argv[1], "forward"))
-        return forward(argv[2], argv[3], atoi(argv[4]), atol(argv[5]), atol(argv[6]), atoi(argv[7]));
-    if (argc == 6 && !strcmp(argv[1], "receive"))
-        return receive(atoi(argv[2]), argv[3], argv[4], atol(argv[5]));
+    if (argc == 8 && !strcmp(argv[1], "produce"))
+        return produce(argv[2], argv[3], atol(argv[4]), atol(argv[5]), atoi(argv[6]), atol(argv[7]));
+    if (argc == 9 && !strcmp(argv[1], "forward"))
+        return forward(argv[2], argv[3], atoi(argv[4]), atol(argv[5]), atol(argv[6]), atoi(argv[7]), atol(argv[8]));
+    if (argc == 7 && !strcmp(argv[1], "receive"))
+        return receive(atoi(argv[2]), argv[3], argv[4], atol(argv[5]), atol(argv[6]));
     if (argc == 7 && !strcmp(argv[1], "consume"))
         return consume(argv[2], argv[3], argv[4], atol(argv[5]), atol(argv[6]));
     fprintf(stderr, "usage: floor produce|forward|receive|consume ...\n");
@@ -289,11 +301,17 @@ PRODUCER = textwrap.dedent(
     import os, sys, time
     import dropr
     spool, peer, count, size, sync = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
-    payload, fastput = os.urandom(size), dropr.fastput
+    per_put = int(sys.argv[6])
+    payload, fastput, fastput_many = os.urandom(size), dropr.fastput, dropr.fastput_many
     dropr.Client(spool).close()
     print(f"{time.monotonic():.9f}", flush=True)
-    for _ in range(count):
-        fastput(payload, peer, spool=spool, sync=sync)
+    if per_put == 1:
+        for _ in range(count):
+            fastput(payload, peer, spool=spool, sync=sync)
+    else:
+        payloads = [payload] * per_put
+        for _ in range(count // per_put):
+            fastput_many(payloads, peer, spool=spool, sync=sync)
     """
 )
 
@@ -363,11 +381,12 @@ def floor_cell(binary: str, root: str, args: argparse.Namespace) -> Cell:
     def run(*argv: str) -> subprocess.Popen[str]:
         return subprocess.Popen([binary, *argv], stdout=subprocess.PIPE, text=True)
 
-    receiver = run("receive", port, d["stage"], d["store"], count)
+    per_put = str(args.put_many)
+    receiver = run("receive", port, d["stage"], d["store"], count, per_put)
     assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
     consumer = run("consume", d["store"], d["claimed"], d["done"], count, str(args.claim))
-    forwarder = run("forward", d["queue"], d["sent"], port, count, str(args.batch_count), str(args.parallel))
-    producer = run("produce", d["tmp"], d["queue"], count, str(args.size), "1" if args.sync else "0")
+    forwarder = run("forward", d["queue"], d["sent"], port, count, str(args.batch_count), str(args.parallel), per_put)
+    producer = run("produce", d["tmp"], d["queue"], count, str(args.size), "1" if args.sync else "0", per_put)
     assert producer.stdout is not None and consumer.stdout is not None
     started = float(producer.stdout.readline())
     ended = float(consumer.stdout.readline())
@@ -397,7 +416,7 @@ def dropr_cell(root: str, args: argparse.Namespace) -> Cell:
         )  # fmt: skip
         producer = subprocess.Popen(
             [sys.executable, "-c", PRODUCER, spool, server.url, str(args.count), str(args.size),
-             "1" if args.sync else "0"],
+             "1" if args.sync else "0", str(args.put_many)],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert producer.stdout is not None and consumer.stdout is not None
@@ -433,8 +452,16 @@ def main() -> None:
     parser.add_argument("--batch-count", type=int, default=1000, help="messages per request (default 1000)")
     parser.add_argument("--parallel", type=int, default=2, help="relay requests in flight (default 2)")
     parser.add_argument("--claim", type=int, default=1000, help="messages per claim (default 1000)")
+    parser.add_argument(
+        "--put-many",
+        type=int,
+        default=1,
+        metavar="N",
+        help="messages per put: fastput_many of N (one file a batch in the floor too; default 1: fastput)",
+    )
     parser.add_argument("--dir", default=None, help="where work directories go (default: temp dir)")
     args = parser.parse_args()
+    args.count -= args.count % args.put_many
     root = tempfile.mkdtemp(prefix="dropr-pipeline-", dir=args.dir)
     cells: dict[str, Callable[[], Cell]] = {}
     results: dict[str, list[Cell]] = {"floor": [], "dropr": []}
@@ -450,8 +477,8 @@ def main() -> None:
     ratios = [d.rate / f.rate for d, f in zip(results["dropr"], results["floor"], strict=True)]
     print()
     print(f"settings: {args.count} messages of {args.size} bytes per cell, {args.rounds} rounds, "
-          f"{'sync' if args.sync else 'relaxed'} puts, batch {args.batch_count}, claim {args.claim}, "
-          f"hot path {IMPLEMENTATION}, {os.cpu_count()} CPUs")  # fmt: skip
+          f"{'sync' if args.sync else 'relaxed'} puts of {args.put_many}, batch {args.batch_count}, "
+          f"claim {args.claim}, hot path {IMPLEMENTATION}, {os.cpu_count()} CPUs")  # fmt: skip
     print("| pipeline, median of rounds | msg/s | producer | relay | server | consumer | CPU µs/msg |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for kind, cells_of in results.items():

@@ -11,13 +11,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import DroprError, InvalidMessage, SpoolError, StoreError
-from .spool import Client, fastput
+from .spool import Client, fastput, fastput_many
 
 if TYPE_CHECKING:
     from .remote import RemoteStore
     from .store import Store
 
-__all__ = ["Client", "DroprError", "InvalidMessage", "RemoteStore", "SpoolError", "Store", "StoreError", "fastput"]
+__all__ = [
+    "Client",
+    "DroprError",
+    "InvalidMessage",
+    "RemoteStore",
+    "SpoolError",
+    "Store",
+    "StoreError",
+    "fastput",
+    "fastput_many",
+]
 __version__ = "0.1.0"
 
 

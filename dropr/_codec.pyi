@@ -1,5 +1,6 @@
 """File-name codec, compiled (``dropr._codec``); the format is documented in ``dropr._codec_py``."""
 
+from collections.abc import Sequence
 from typing import Final
 
 ID_LEN: Final[int]
@@ -7,6 +8,24 @@ BUCKET_LEN: Final[int]
 MAX_FIELD: Final[int]
 SEPARATOR: Final[str]
 COMPACT: Final[str]
+MAX_BATCH_COUNT: Final[int]
+BATCH_MAGIC: Final[bytes]
+
+def new_ids(count: int) -> list[str]:
+    """``count`` fresh consecutive ids (a batch's): one put time, ascending sequence numbers."""
+
+def batch_ids(first_id: str, count: int) -> list[str]:
+    """The ids of the ``count`` messages of a batch file whose first id is ``first_id``."""
+
+def batch_index_size(count: int) -> int:
+    """The bytes of a batch file's index for ``count`` messages: where its payloads start."""
+
+def batch_index(entries: Sequence[tuple[str, int, int]]) -> bytes:
+    """The index of a batch file holding messages ``(id, size, crc32)``, in this order."""
+
+def parse_batch_index(data: bytes) -> list[tuple[str, int, int, int]]:
+    """``(id, offset, size, crc32)`` of each message of a batch file that starts with
+    ``data`` (its index at least); ValueError when that is no batch file's index."""
 
 def new_id() -> str:
     """A fresh message id: time-ordered, unique per process without any lookup."""
@@ -23,8 +42,11 @@ def compact(text: str) -> str:
 def unescape(field: str) -> str:
     """The text of an escaped field; a compact field is returned as it is."""
 
-def spool_name(priority: int, msg_id: str, peer: str, channel: str, size: int, crc: int) -> str:
-    """The spool file name of a message; ``peer`` and ``channel`` are already escaped.
+def spool_name(
+    priority: int, msg_id: str, peer: str, channel: str, size: int, crc: int, count: int = 1, delay_ms: int = 0
+) -> str:
+    """The spool file name of a message, or with ``count`` above 1 of a batch file, due
+    ``delay_ms`` after its put time; ``peer`` and ``channel`` are already escaped.
 
     ValueError for a priority outside 0-9, a malformed id or a field that is not escaped.
     """
@@ -32,8 +54,9 @@ def spool_name(priority: int, msg_id: str, peer: str, channel: str, size: int, c
 def store_name(priority: int, msg_id: str, client: str) -> str:
     """The store file name of a message; ``client`` is already escaped (ValueError as above)."""
 
-def parse_spool_name(name: str) -> tuple[int, str, str, str, int, int]:
-    """``(priority, id, peer, channel, size, crc)`` of a spool name (fields still escaped)."""
+def parse_spool_name(name: str) -> tuple[int, str, str, str, int, int, int, int]:
+    """``(priority, id, peer, channel, size, crc, count, delay_ms)`` of a spool name (fields
+    still escaped; ``count`` is 1 for a plain message, ``delay_ms`` 0 when due at once)."""
 
 def parse_store_name(name: str) -> tuple[int, str, str]:
     """``(priority, id, client)`` of a store name (client still escaped)."""

@@ -3,7 +3,9 @@
 A message is written under its id in the spool's ``tmp/`` and renamed into its queue bucket,
 ``queue/BUCKET/NAME``, under its full spool name only once complete, so the queue never shows
 a partial file. A missing bucket is made on the way (it is new, or the relay removed it as
-empty meanwhile) and the rename tried again.
+empty meanwhile) and the rename tried again. A batch of messages is one file the same way, a
+batch file (its format is in ``dropr._codec_py``), so it shows whole or not at all; a batch
+of one is a plain message.
 
 With ``sync``, the file's data, then its bucket, then the bucket's entry in ``queue/`` are
 flushed before the put returns. The last flush is skipped when this process already flushed
@@ -22,7 +24,7 @@ import os
 from time import time_ns
 from zlib import crc32
 
-from ._codec_py import BUCKET_LEN, new_id, spool_name
+from ._codec_py import BUCKET_LEN, batch_index, new_id, new_ids, spool_name
 from ._files import DIR_FLAGS, DIR_MODE, FILE_MODE, write_and_close
 
 STALE_PUT_NS = 1_000_000_000
@@ -40,21 +42,58 @@ def put(
     priority: int,
     payload: bytes,
     sync: bool,
+    delay_ms: int = 0,
 ) -> str:
-    """Write ``payload`` as a new queued message and return its id.
+    """Write ``payload`` as a new queued message, due ``delay_ms`` after its put time, and
+    return its id.
 
     ``peer_field`` and ``channel_field`` are already escaped. With ``sync`` the file data,
     its bucket and the bucket's entry in ``queue/`` are flushed to disk before returning. On
     failure nothing is left in ``tmp/`` or ``queue/`` and the ``OSError`` is raised with its
-    errno; a field or priority outside the name format raises ValueError before anything is
-    written.
+    errno; a field, priority or delay outside the name format raises ValueError before
+    anything is written.
     """
     msg_id = new_id()
     data = memoryview(payload).cast("B")
+    name = _name(priority, msg_id, peer_field, channel_field, len(data), crc32(data), 1, delay_ms)
+    _publish(tmp_fd, queue_fd, msg_id, name, data, sync)
+    return msg_id
+
+
+def put_many(
+    tmp_fd: int,
+    queue_fd: int,
+    peer_field: str,
+    channel_field: str,
+    priority: int,
+    payloads: list[bytes],
+    sync: bool,
+    delay_ms: int = 0,
+) -> list[str]:
+    """Write ``payloads`` as one batch file of new queued messages and return their ids, as
+    :func:`put` does for one (and with ``sync`` with the same flushes, one for the batch)."""
+    if len(payloads) <= 1:
+        return [put(tmp_fd, queue_fd, peer_field, channel_field, priority, p, sync, delay_ms) for p in payloads]
+    ids = new_ids(len(payloads))
+    views = [memoryview(payload).cast("B") for payload in payloads]
+    data = b"".join([batch_index([(i, len(v), crc32(v)) for i, v in zip(ids, views, strict=True)]), *views])
+    name = _name(priority, ids[0], peer_field, channel_field, len(data), crc32(data), len(ids), delay_ms)
+    _publish(tmp_fd, queue_fd, ids[0], name, data, sync)
+    return ids
+
+
+def _name(priority: int, msg_id: str, peer: str, channel: str, size: int, crc: int, count: int, delay_ms: int) -> str:
     try:
-        name = spool_name(priority, msg_id, peer_field, channel_field, len(data), crc32(data))
+        return spool_name(priority, msg_id, peer, channel, size, crc, count, delay_ms)
     except ValueError:
-        raise ValueError(f"not a spool name: priority {priority!r}, fields {peer_field!r}, {channel_field!r}") from None
+        raise ValueError(
+            f"not a spool name: priority {priority!r}, fields {peer!r}, {channel!r}, delay {delay_ms!r} ms"
+        ) from None
+
+
+def _publish(tmp_fd: int, queue_fd: int, msg_id: str, name: str, data: bytes | memoryview, sync: bool) -> None:
+    """Write ``data`` as ``tmp/ID``, then rename it to ``queue/BUCKET/NAME``; with ``sync``
+    flush it there; nothing left of it on failure."""
     bucket = name[:BUCKET_LEN]
     path = f"{bucket}/{name}"
     fd = os.open(msg_id, _CREATE, FILE_MODE, dir_fd=tmp_fd)
@@ -66,11 +105,10 @@ def put(
         raise
     if sync:
         try:
-            _sync_entry(queue_fd, bucket, msg_id, priority, made)
+            _sync_entry(queue_fd, bucket, msg_id, int(name[0]), made)
         except BaseException:
             _unlink(path, queue_fd)
             raise
-    return msg_id
 
 
 def _enter(tmp_fd: int, queue_fd: int, msg_id: str, bucket: str, path: str) -> bool:

@@ -3,8 +3,10 @@
 
 from collections.abc import Mapping, Sequence
 
-def build(names: Sequence[str], texts: Mapping[str, str]) -> bytes:
-    """The msgpack manifest of the messages with these spool names: one entry
-    ``[id, channel, priority, part, size, crc32]`` each, ``channel`` unescaped, a compact
-    channel field looked up in ``texts`` (KeyError when missing). ValueError on a bad name.
+def build(names: Sequence[str], texts: Mapping[str, str], queue_dir: str | None = None) -> bytes:
+    """The msgpack manifest of the messages of the files with these spool names: one entry
+    ``[id, channel, priority, part, size, crc32, offset, delay_ms]`` each (see
+    ``dropr.protocol.MANIFEST_FIELDS``), ``channel`` unescaped, a compact channel field looked
+    up in ``texts`` (KeyError when missing); a batch file's messages each, its index read in
+    ``queue_dir``. ValueError on a bad name or batch file.
     """

@@ -1,30 +1,82 @@
 """Batch manifests, plain-Python reference of ``dropr._manifest``.
 
-A manifest tells the server what each part of a batch is: a msgpack array with one entry
-``[id, channel, priority, part, size, crc32]`` per spool name, in the order given. The part
-name is the id. ``channel`` is the channel's text: an escaped field is unescaped, a compact
-(``~``) one is looked up in ``texts`` (KeyError when it is not there).
+A manifest tells the server what each part of a request is: a msgpack array with one entry
+per message, ``[id, channel, priority, part, size, crc32]`` (``dropr.protocol``'s
+``MANIFEST_FIELDS``), in the order of the spool names given. A plain message travels as
+its own part, named by its id. A batch file (see ``dropr._codec_py``) travels whole as one
+part, named by its first id, and its messages' entries, read from its index, add their
+``offset`` into that part. A message due later adds ``delay_ms`` (after ``offset``, which is
+0 for a plain message). ``channel`` is the channel's text: an escaped field is unescaped, a
+compact (``~``) one is looked up in ``texts`` (KeyError when it is not there).
+
+A batch file is read at ``queue_dir/BUCKET/NAME`` for its index alone, never its payloads,
+and checked against its name: its length, its count, its ids (consecutive from the name's)
+and its payloads' sizes adding up to the file. ValueError names the file that is not right,
+OSError the one that cannot be read.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgpack
 
-from dropr._codec_py import COMPACT, parse_spool_name, unescape
+from dropr._codec_py import (
+    BUCKET_LEN,
+    COMPACT,
+    batch_ids,
+    batch_index_size,
+    parse_batch_index,
+    parse_spool_name,
+    unescape,
+)
 
 _SIZE_LIMIT = 1 << 64
 
 
-def build(names: Sequence[str], texts: Mapping[str, str]) -> bytes:
-    """The msgpack manifest of the messages with these spool names (ValueError on a bad one)."""
-    entries = []
+def build(names: Sequence[str], texts: Mapping[str, str], queue_dir: str | None = None) -> bytes:
+    """The msgpack manifest of the messages of the files with these spool names, queued in
+    ``queue_dir`` (read for batch files only); ValueError on a bad name or batch file."""
+    entries: list[list[Any]] = []
     for name in names:
-        priority, msg_id, _peer, channel, size, crc = parse_spool_name(name)
+        priority, msg_id, _peer, channel, size, crc, count, delay_ms = parse_spool_name(name)
         if size >= _SIZE_LIMIT:
             raise ValueError(f"size out of range in {name!r}")
         text = texts[channel] if channel.startswith(COMPACT) else unescape(channel)
-        entries.append([msg_id, text, priority, msg_id, size, crc])
+        tail = [0, delay_ms] if delay_ms else []
+        if count == 1:
+            entries.append([msg_id, text, priority, msg_id, size, crc, *tail])
+            continue
+        for entry_id, offset, entry_size, entry_crc in _read_index(queue_dir, name, msg_id, size, count):
+            entries.append([entry_id, text, priority, msg_id, entry_size, entry_crc, offset, *tail[1:]])
     manifest: bytes = msgpack.packb(entries, use_bin_type=True)
     return manifest
+
+
+def _read_index(
+    queue_dir: str | None, name: str, first_id: str, size: int, count: int
+) -> list[tuple[str, int, int, int]]:
+    if queue_dir is None:
+        raise ValueError(f"batch file {name}: no queue directory to read it from")
+    fd = os.open(os.path.join(queue_dir, name[:BUCKET_LEN], name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        length = os.fstat(fd).st_size
+        data = os.pread(fd, batch_index_size(count), 0)
+    finally:
+        os.close(fd)
+    if length != size:
+        raise ValueError(f"batch file {name}: {length} bytes, not the {size} its name says")
+    try:
+        entries = parse_batch_index(data)
+    except ValueError as exc:
+        raise ValueError(f"batch file {name}: {exc}") from None
+    if len(entries) != count:
+        raise ValueError(f"batch file {name}: {len(entries)} messages, not the {count} its name says")
+    if [entry[0] for entry in entries] != batch_ids(first_id, count):
+        raise ValueError(f"batch file {name}: its ids are not those of its name")
+    _, offset, last_size, _ = entries[-1]
+    if offset + last_size != size:
+        raise ValueError(f"batch file {name}: its payloads take {offset + last_size} bytes, not {size}")
+    return entries

@@ -3,12 +3,12 @@
 
 cimport cython
 
-from dropr._drop cimport put
+from dropr._drop cimport put, put_many
 
 
 cdef class Putter:
     cdef int _tmp_fd, _queue_fd
-    cdef Py_ssize_t _max_payload
+    cdef Py_ssize_t _max_payload, _batch_count, _batch_bytes
     cdef object _fields, _coerce, _failed
     cdef dict _known
     cdef object _closer
@@ -17,7 +17,13 @@ cdef class Putter:
     cpdef close(self)
 
     @cython.locals(fields=tuple)
-    cpdef str put(self, payload, peer, channel, priority, bint sync)
+    cpdef str put(self, payload, peer, channel, priority, delay, bint sync)
+
+    @cython.locals(fields=tuple, items=list, count=Py_ssize_t, i=Py_ssize_t, total=Py_ssize_t)
+    cpdef list put_many(self, payloads, peer, channel, priority, delay, bint sync)
+
+    @cython.locals(fields=tuple)
+    cdef tuple _fields_of(self, peer, channel)
 
 
 cdef class Spools:

@@ -22,8 +22,9 @@ import os
 import weakref
 from collections.abc import Callable
 
-from ._drop_py import put
-from .limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
+from ._drop_py import put, put_many
+from .errors import InvalidMessage
+from .limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY, Limits
 
 FIELDS_CACHE = 4096
 
@@ -35,11 +36,12 @@ def _close(*fds: int) -> None:
 
 class Putter:
     """One spool's put path, held open: ``tmp_fd`` and ``queue_fd`` (closed with it) and the
-    file-name fields of each (peer, channel) used so far.
+    file-name fields of each (peer, channel) used so far, within ``limits``.
 
-    ``coerce(payload, priority, max_payload)`` is called for a payload that is not ``bytes``
-    within ``max_payload`` or a priority that is not an ``int`` 0-9, and returns them usable
-    or raises; ``fields(peer, channel)`` checks a pair not seen yet and returns its fields;
+    ``coerce(payload, priority, delay, max_payload)`` is called for a payload that is not
+    ``bytes`` within ``max_payload``, a priority that is not an ``int`` 0-9 or a delay that
+    is not ``0``, and returns them usable (the delay in milliseconds) or raises;
+    ``fields(peer, channel)`` checks a pair not seen yet and returns its fields;
     ``failed(exc)`` turns the OSError of a failed put into the exception to raise.
     """
 
@@ -47,12 +49,17 @@ class Putter:
         self,
         tmp_fd: int,
         queue_fd: int,
-        max_payload: int,
+        limits: Limits,
         fields: Callable[[object, object], tuple[str, str]],
-        coerce: Callable[[object, object, int], tuple[bytes | memoryview, int]],
+        coerce: Callable[[object, object, object, int], tuple[bytes | memoryview, int, int]],
         failed: Callable[[OSError], BaseException],
     ) -> None:
-        self._tmp_fd, self._queue_fd, self._max_payload = tmp_fd, queue_fd, max_payload
+        self._tmp_fd, self._queue_fd = tmp_fd, queue_fd
+        self._max_payload, self._batch_count, self._batch_bytes = (
+            limits.max_payload,
+            limits.batch_count,
+            limits.batch_bytes,
+        )
         self._fields, self._coerce, self._failed = fields, coerce, failed
         self._known: dict[tuple[object, object], tuple[str, str]] = {}
         # Not __del__: a finalizer also runs at exit, before modules are torn down, and never twice.
@@ -63,15 +70,56 @@ class Putter:
         self._tmp_fd = self._queue_fd = -1
         self._closer()
 
-    def put(self, payload: object, peer: object, channel: object, priority: object, sync: bool) -> str:
+    def put(self, payload: object, peer: object, channel: object, priority: object, delay: object, sync: bool) -> str:
         """Queue ``payload`` for ``peer`` in ``channel``; returns the message id."""
+        delay_ms = 0
         if not (
             type(payload) is bytes
             and len(payload) <= self._max_payload
             and type(priority) is int
             and 0 <= priority <= 9
+            and type(delay) is int
+            and delay == 0
         ):
-            payload, priority = self._coerce(payload, priority, self._max_payload)
+            payload, priority, delay_ms = self._coerce(payload, priority, delay, self._max_payload)
+        fields = self._fields_of(peer, channel)
+        try:
+            return put(self._tmp_fd, self._queue_fd, fields[0], fields[1], priority, payload, sync, delay_ms)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def put_many(
+        self, payloads: object, peer: object, channel: object, priority: object, delay: object, sync: bool
+    ) -> list[str]:
+        """Queue ``payloads`` for ``peer`` in ``channel`` as one batch; returns their ids."""
+        if isinstance(payloads, (str, bytes, bytearray, memoryview)):
+            raise InvalidMessage(f"payloads must be a list of payloads, not one {type(payloads).__name__}")
+        try:
+            items = list(payloads)  # type: ignore[call-overload]
+        except TypeError:
+            raise InvalidMessage(f"payloads must be a list of payloads, not {type(payloads).__name__}") from None
+        count = len(items)
+        if count > self._batch_count:
+            raise InvalidMessage(f"a batch of {count} messages is over the limit of {self._batch_count}")
+        delay_ms = 0
+        if not (type(priority) is int and 0 <= priority <= 9 and type(delay) is int and delay == 0):
+            _, priority, delay_ms = self._coerce(b"", priority, delay, self._max_payload)
+        total = 0
+        for i in range(count):
+            item = items[i]
+            if not (type(item) is bytes and len(item) <= self._max_payload):
+                item = items[i] = self._coerce(item, priority, 0, self._max_payload)[0]
+            total += len(item)
+        if total > self._batch_bytes:
+            raise InvalidMessage(f"a batch of {total} payload bytes is over the limit of {self._batch_bytes}")
+        fields = self._fields_of(peer, channel)
+        try:
+            return put_many(self._tmp_fd, self._queue_fd, fields[0], fields[1], priority, items, sync, delay_ms)
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def _fields_of(self, peer: object, channel: object) -> tuple[str, str]:
+        """The file-name fields of (peer, channel), checked when first seen."""
         try:
             fields = self._known.get((peer, channel))
         except TypeError:
@@ -81,10 +129,7 @@ class Putter:
             if len(self._known) >= FIELDS_CACHE:
                 self._known.clear()
             self._known[peer, channel] = fields
-        try:
-            return put(self._tmp_fd, self._queue_fd, fields[0], fields[1], priority, payload, sync)  # type: ignore[arg-type]
-        except OSError as exc:
-            raise self._failed(exc) from exc
+        return fields
 
 
 class Spools:
@@ -104,6 +149,7 @@ class Spools:
         *,
         spool: object = None,
         sync: bool = False,
+        delay: object = 0,
     ) -> str:
         """Queue ``payload`` for ``peer`` in ``spool`` and return the message id.
 
@@ -113,12 +159,33 @@ class Spools:
         """
         putter: Putter = self.putters.get(spool) or self._open(spool)
         try:
-            return putter.put(payload, peer, channel, priority, sync)
+            return putter.put(payload, peer, channel, priority, delay, sync)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
         # The spool was removed or replaced since its directories were opened: open it anew.
-        return self._open(spool).put(payload, peer, channel, priority, sync)
+        return self._open(spool).put(payload, peer, channel, priority, delay, sync)
+
+    def fastput_many(
+        self,
+        payloads: object,
+        peer: object,
+        channel: object = DEFAULT_CHANNEL,
+        priority: object = DEFAULT_PRIORITY,
+        *,
+        spool: object = None,
+        sync: bool = False,
+        delay: object = 0,
+    ) -> list[str]:
+        """Queue ``payloads`` for ``peer`` in ``spool`` as one batch and return their ids, as
+        :meth:`fastput` does for one message: one file, so one file system's work."""
+        putter: Putter = self.putters.get(spool) or self._open(spool)
+        try:
+            return putter.put_many(payloads, peer, channel, priority, delay, sync)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        return self._open(spool).put_many(payloads, peer, channel, priority, delay, sync)
 
     def _open(self, spool: object) -> Putter:
         putter = self._open_putter(spool)

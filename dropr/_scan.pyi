@@ -15,6 +15,10 @@ def scan(path: str | PathLike[str], limit: int, skip: Collection[str] = ()) -> l
 def count(path: str | PathLike[str]) -> int:
     """The number of entries of directory ``path`` whose name does not start with ``.``."""
 
+def oldest(path: str | PathLike[str]) -> str:
+    """The smallest (earliest) id among the message names of directory ``path``; "" if none.
+    FileNotFoundError when ``path`` does not exist."""
+
 def scan_queue(
     path: str | PathLike[str], limit: int, skip: Collection[str] = (), listed: list[str] | None = None
 ) -> list[str]:
@@ -27,7 +31,14 @@ def buckets(path: str | PathLike[str]) -> list[str]:
     """The bucket names of a spool's ``queue/`` directory ``path``, in order."""
 
 def count_queue(path: str | PathLike[str]) -> int:
-    """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
+    """The messages in the buckets of a spool's ``queue/`` directory ``path``: as :func:`count`
+    does, but a batch file counts as the messages it holds."""
+
+def tally_queue(path: str | PathLike[str]) -> dict[str, tuple[int, int, str]]:
+    """Per peer field of the messages in a spool's ``queue/`` directory ``path``: how many (a
+    batch file as the messages it holds), their bytes (the sizes their names give) and the
+    oldest id. A name without a peer, a channel and a size (lower hex, at most 64 bits) is
+    passed over."""
 
 def find(path: str | PathLike[str], msg_id: str) -> list[str]:
     """The message names of directory ``path`` whose id is ``msg_id``, in byte order (one

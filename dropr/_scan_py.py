@@ -11,7 +11,12 @@ A spool's ``queue/`` holds buckets (see ``dropr._codec_py``) rather than message
 ``*_queue`` functions read its buckets in order and stop at the first bucket after which
 ``limit`` names are found, since every later bucket's names sort after them. A bucket that
 vanishes while being read (the relay removes empty ones) is passed over; a name in a bucket
-that is not its own is ignored.
+that is not its own is ignored. Counting a spool's queue counts messages: a batch file as the
+messages its name says it holds.
+
+:func:`tally_queue` sums a spool's queue per peer field: the messages, the bytes their names
+give (the ``SIZE`` field, summed up to 2**64 - 1) and the oldest id, for names with a peer,
+a channel and a size of at most 64 bits; others are passed over.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ import os
 import re
 from collections.abc import Collection, Iterable
 
-from ._codec_py import BUCKET_LEN
+from ._codec_py import BUCKET_LEN, MAX_BATCH_COUNT, MAX_FIELD
 
 _HEAD = re.compile(rb"[0-9][0-9a-f]{30}\+")
 _BUCKET = re.compile(rf"[0-9][0-9a-f]{{{BUCKET_LEN - 1}}}")
 _ID = re.compile(r"[0-9a-f]{30}")
+_BATCH = re.compile(rb"[0-9][0-9a-f]{30}\+(?:[^+]*\+){4}n([1-9a-f][0-9a-f]{0,5})(?:\.|\Z)")
+_TOP = (1 << 64) - 1
+"""Where a tally's sum of sizes stops (as the compiled twin's 64-bit one does)."""
+_TALLIED = re.compile(rb"[0-9]([0-9a-f]{30})\+([^+]{1,%d})\+[^+]*\+([0-9a-f]+)\+" % MAX_FIELD)
 
 
 def scan(path: str, limit: int, skip: Collection[str] = ()) -> list[str]:
@@ -60,10 +69,46 @@ def count(path: str) -> int:
 
 
 def count_queue(path: str) -> int:
-    """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
+    """The messages in the buckets of a spool's ``queue/`` directory ``path``: as :func:`count`
+    does, but a batch file counts as the messages it holds."""
     return sum(
-        1 for bucket in buckets(path) for name in _listdir(os.path.join(path, bucket), gone_ok=True) if name[:1] != b"."
+        _messages(name)
+        for bucket in buckets(path)
+        for name in _listdir(os.path.join(path, bucket), gone_ok=True)
+        if name[:1] != b"."
     )
+
+
+def _messages(name: bytes) -> int:
+    """How many messages a queued file holds: a batch file's count (its name's ``n``), else 1."""
+    batch = _BATCH.match(name)
+    count = int(batch.group(1), 16) if batch else 1
+    return count if 2 <= count <= MAX_BATCH_COUNT else 1
+
+
+def oldest(path: str) -> str:
+    """The smallest (earliest) id among the message names of directory ``path``; "" if none."""
+    return min((name[1:31].decode("ascii") for name in _listdir(path) if _HEAD.match(name)), default="")
+
+
+def tally_queue(path: str) -> dict[str, tuple[int, int, str]]:
+    """Per peer field of the messages in a spool's ``queue/`` directory ``path``: how many (a
+    batch file as the messages it holds), their bytes (the sizes their names give) and the
+    oldest id."""
+    found: dict[bytes, tuple[int, int, bytes]] = {}
+    for bucket in buckets(path):
+        prefix = bucket.encode("ascii")
+        for name in _listdir(os.path.join(path, bucket), gone_ok=True):
+            match = _TALLIED.match(name)
+            if match is None or not name.startswith(prefix):
+                continue
+            msg_id, field, size_text = match.groups()
+            size = int(size_text, 16)
+            if size >> 64:
+                continue
+            messages, total, oldest = found.get(field, (0, 0, msg_id))
+            found[field] = (messages + _messages(name), min(total + size, _TOP), min(oldest, msg_id))
+    return {os.fsdecode(field): (n, size, oldest.decode("ascii")) for field, (n, size, oldest) in found.items()}
 
 
 def _check(limit: int) -> None:

@@ -11,6 +11,9 @@ from typing import NamedTuple
 
 DEFAULT_CHANNEL = "common"
 DEFAULT_PRIORITY = 9
+MAX_DELAY_SECONDS = 100 * 365 * 86400
+"""The longest delay a put may ask for: a hundred years, well within every timestamp the
+store's file systems keep."""
 
 
 def _env_int(name: str, default: int) -> int:

@@ -13,6 +13,8 @@ or accepted everywhere downstream. The rules:
   ``group:NAME`` (a peer group of the relay's configuration, ``NAME`` by the client id's
   rule), at most ``max_peer`` bytes, no white space or control characters.
 - **priority**: an ``int`` from 0 (first) to 9 (``bool`` is not one).
+- **delay**: an ``int`` or ``float`` of seconds, zero up to ``MAX_DELAY_SECONDS`` (``bool``
+  is not one); a file name carries it in whole milliseconds, rounded up so that it is never due early.
 - **message id**: 30 lower-case hex digits.
 
 Every such text becomes a file-name *field* by :func:`field`: bytes of its UTF-8 outside
@@ -25,6 +27,7 @@ directory it is made in.
 from __future__ import annotations
 
 import errno
+import math
 import operator
 import os
 import re
@@ -56,6 +59,15 @@ def check_priority(priority: object) -> int:
         if value in PRIORITIES:
             return value
     raise InvalidMessage(f"priority must be a whole number from 0 to 9, not {priority!r}")
+
+
+def check_delay(delay: object) -> int:
+    """``delay`` (seconds) in whole milliseconds, rounded up; InvalidMessage for anything but
+    an int or float from 0 to ``MAX_DELAY_SECONDS`` (NaN, infinities and ``bool`` included)."""
+    if isinstance(delay, (int, float)) and not isinstance(delay, bool) and 0 <= delay <= _limits.MAX_DELAY_SECONDS:
+        # Rounded to the nanosecond first, so 0.1 s is 100 ms and not 101.
+        return math.ceil(round(float(delay) * 1000, 6))
+    raise InvalidMessage(f"delay must be a number of seconds from 0 to {_limits.MAX_DELAY_SECONDS:.0f}, not {delay!r}")
 
 
 def check_name(what: str, text: object, max_bytes: int, *, spaces: bool = True) -> str:

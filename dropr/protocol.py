@@ -18,7 +18,7 @@ import msgpack
 from . import names
 from ._impl import codec
 from .errors import InvalidMessage
-from .limits import Limits
+from .limits import MAX_DELAY_SECONDS, Limits
 
 STORED = "stored"
 DUPLICATE = "duplicate"
@@ -42,9 +42,12 @@ PART_TYPE = "application/octet-stream"
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 
-MANIFEST_FIELDS = ("id", "channel", "priority", "part", "size", "crc32")
-"""The elements of a manifest entry, in order (``dropr._manifest`` writes them so)."""
+MANIFEST_FIELDS = ("id", "channel", "priority", "part", "size", "crc32", "offset", "delay_ms")
+"""The elements of a manifest entry, in order (``dropr._manifest`` writes them so); the last
+:data:`OPTIONAL_FIELDS` may be left out, the later first."""
+OPTIONAL_FIELDS = 2
 MAX_PART_NAME = 255
+MAX_DELAY_MS = MAX_DELAY_SECONDS * 1000
 # A manifest entry is six small msgpack values; this bounds its bytes generously.
 _ENTRY_OVERHEAD = 128
 
@@ -67,7 +70,9 @@ class PeerFailure(Exception):
 
 
 class Entry(NamedTuple):
-    """One message announced by a manifest (or by the manifest-less form)."""
+    """One message announced by a manifest (or by the manifest-less form): the whole of its
+    part, or with an ``offset`` the ``size`` bytes from there (several messages share a
+    part so); due ``delay_ms`` after its put time (the time in its id)."""
 
     id: str
     channel: str
@@ -75,6 +80,9 @@ class Entry(NamedTuple):
     part: str
     size: int
     crc: int
+    offset: int = -1
+    """-1: the message is its whole part."""
+    delay_ms: int = 0
 
 
 def bad(reason: str) -> RequestError:
@@ -111,42 +119,70 @@ def parse_manifest(data: bytes, limits: Limits, max_total: int) -> list[Entry]:
         raise bad("manifest is not a msgpack array")
     if len(raw) > limits.batch_count:
         raise RequestError(413, f"manifest has {len(raw)} entries, over the limit {limits.batch_count}")
-    channels: set[str] = set()  # checked already: a batch mostly repeats a few
-    entries = [_entry(i, item, limits, channels) for i, item in enumerate(raw)]
+    checked: set[str] = set()  # channels and part names found valid: a batch repeats a few
+    entries = [_entry(i, item, limits, checked) for i, item in enumerate(raw)]
     if len({e.id for e in entries}) != len(entries):
         raise bad("manifest repeats a message id")
-    if len({e.part for e in entries}) != len(entries):
-        raise bad("manifest repeats a part name")
+    _check_parts(entries)
     total = sum(e.size for e in entries)
     if total > max_total:
         raise RequestError(413, f"manifest declares {total} bytes, over the limit {max_total}")
     return entries
 
 
-def _entry(index: int, item: Any, limits: Limits, channels: set[str]) -> Entry:
-    """One manifest entry, checked; ``channels`` holds the channels found valid so far.
+def _entry(index: int, item: Any, limits: Limits, checked: set[str]) -> Entry:
+    """One manifest entry, checked; ``checked`` holds the channels and part names found valid
+    so far (a channel and a part name are told apart by their part in the message's checks).
 
     A part named by its message id (as dropr's relay names them) is valid once the id is.
     """
-    if not isinstance(item, list) or len(item) != len(MANIFEST_FIELDS):
-        raise bad(f"manifest entry {index} is not [{', '.join(MANIFEST_FIELDS)}]")
-    msg_id, channel, priority, part, size, crc = item
+    if not isinstance(item, list) or not len(MANIFEST_FIELDS) - OPTIONAL_FIELDS <= len(item) <= len(MANIFEST_FIELDS):
+        raise bad(f"manifest entry {index} is not [{', '.join(MANIFEST_FIELDS)}] (the last two optional)")
+    msg_id, channel, priority, part, size, crc = item[:6]
     if not (isinstance(msg_id, str) and codec.is_message_id(msg_id)):
         raise bad(f"manifest entry {index}: id is not 30 lower-case hex digits")
     if not isinstance(channel, str):
         raise bad(f"manifest entry {index}: channel is not text")
-    if channel not in channels:
+    if channel not in checked:
         check_name(f"manifest entry {index}: channel", channel, limits.max_channel)
-        channels.add(channel)
+        checked.add(channel)
     if not _is_int(priority) or not 0 <= priority <= 9:
         raise bad(f"manifest entry {index}: priority is not a whole number from 0 to 9")
-    if part != msg_id:
+    if part != msg_id and part not in checked:
         _check_part(index, part)
+        checked.add(part)
     if not _is_int(size) or size < 0:
         raise bad(f"manifest entry {index}: size is not a whole number of bytes")
     if not _is_int(crc) or not 0 <= crc <= 0xFFFFFFFF:
         raise bad(f"manifest entry {index}: crc32 is not a 32-bit unsigned number")
-    return Entry(msg_id, channel, priority, part, size, crc)
+    offset = item[6] if len(item) > 6 else -1
+    delay_ms = item[7] if len(item) > 7 else 0
+    if len(item) > 6 and (not _is_int(offset) or offset < 0):
+        raise bad(f"manifest entry {index}: offset is not a whole number of bytes")
+    if not _is_int(delay_ms) or not 0 <= delay_ms <= MAX_DELAY_MS:
+        raise bad(f"manifest entry {index}: delay_ms is not a whole number of milliseconds up to {MAX_DELAY_MS}")
+    return Entry(msg_id, channel, priority, part, size, crc, offset, delay_ms)
+
+
+def part_ranges(entries: list[Entry]) -> dict[str, list[Entry]]:
+    """The entries of each part, in the order of their bytes in it (an empty one first)."""
+    ranges: dict[str, list[Entry]] = {}
+    for entry in entries:
+        ranges.setdefault(entry.part, []).append(entry)
+    for shared in ranges.values():
+        if len(shared) > 1:
+            shared.sort(key=lambda entry: (entry.offset, entry.size))
+    return ranges
+
+
+def _check_parts(entries: list[Entry]) -> None:
+    """A part is one message's whole, or holds messages at offsets whose bytes do not overlap."""
+    for part, shared in part_ranges(entries).items():
+        if len(shared) > 1 and shared[0].offset < 0:
+            raise bad(f"manifest repeats part {part!r} without an offset for each message in it")
+        for before, after in zip(shared, shared[1:]):  # noqa: B905 (one shorter by design)
+            if before.offset + before.size > after.offset:
+                raise bad(f"manifest gives messages {before.id} and {after.id} overlapping bytes of part {part!r}")
 
 
 def _check_part(index: int, part: Any) -> None:

@@ -1,7 +1,7 @@
 """The producer side: a spool directory, :class:`Client` and :func:`fastput`.
 
-A spool holds one file per message; the file name carries the message's metadata (see
-``dropr._codec_py``), so the directory listing is the queue::
+A spool holds one file per message, or per batch of messages (``put_many``); the file name
+carries the metadata (see ``dropr._codec_py``), so the directory listing is the queue::
 
     SPOOL/queue/BUCKET/  ready messages, in delivery order by name; BUCKET is the name's
                       priority digit and first 8 id digits (a 4.3 s slice of time)
@@ -13,7 +13,7 @@ A spool holds one file per message; the file name carries the message's metadata
     SPOOL/relay.lock  held by the running relay
 
 A put is one file created in ``tmp/`` and renamed into its bucket in ``queue/`` (made on
-demand): the relay and any reader see a message complete or not at all. Buckets keep the
+demand): the relay and any reader see a message, or a whole batch, complete or not at all. Buckets keep the
 first messages of a deep queue in a few small directories; the relay removes the empty ones.
 """
 
@@ -24,7 +24,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import limits as _limits
@@ -32,7 +32,7 @@ from ._files import DIR_FLAGS, DIR_MODE, publish, remove, remove_all
 from ._impl import codec, putter
 from .errors import InvalidMessage, SpoolError
 from .limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
-from .names import Names, check_channel, check_client_id, check_peer, check_priority
+from .names import Names, check_channel, check_client_id, check_delay, check_peer, check_priority
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -53,7 +53,9 @@ _REASONS = {
 
 
 class SpoolMessage(NamedTuple):
-    """A queued message as its file name describes it (peer and channel as text)."""
+    """A queued message, or a batch file of that many ``messages``, as its file name
+    describes it (peer and channel as text; ``size`` and ``crc`` of the whole file; ``delay``
+    in seconds)."""
 
     priority: int
     id: str
@@ -63,6 +65,8 @@ class SpoolMessage(NamedTuple):
     crc: int
     name: str
     time: float
+    messages: int = 1
+    delay: float = 0.0
 
 
 class Spool:
@@ -143,7 +147,7 @@ class Spool:
 
     def decode(self, name: str) -> SpoolMessage:
         """A queued message's metadata from its file name; ValueError if it is not one."""
-        priority, msg_id, peer, channel, size, crc = codec.parse_spool_name(name)
+        priority, msg_id, peer, channel, size, crc, count, delay_ms = codec.parse_spool_name(name)
         return SpoolMessage(
             priority,
             msg_id,
@@ -153,6 +157,8 @@ class Spool:
             crc,
             name,
             codec.id_time_ns(msg_id) / 1e9,
+            count,
+            delay_ms / 1e3,
         )
 
     def queued_path(self, name: str) -> str:
@@ -242,11 +248,33 @@ class Client:
         self._putter.close()
 
     def put(
-        self, payload: Payload, *, peer: str, channel: str = DEFAULT_CHANNEL, priority: int = DEFAULT_PRIORITY
+        self,
+        payload: Payload,
+        *,
+        peer: str,
+        channel: str = DEFAULT_CHANNEL,
+        priority: int = DEFAULT_PRIORITY,
+        delay: float = 0,
     ) -> str:
-        """Queue ``payload`` for ``peer`` and return the message id once it is in the spool."""
-        msg_id: str = self._putter.put(payload, peer, channel, priority, self.sync)
+        """Queue ``payload`` for ``peer`` and return the message id once it is in the spool;
+        no consumer can claim it before ``delay`` seconds after now."""
+        msg_id: str = self._putter.put(payload, peer, channel, priority, delay, self.sync)
         return msg_id
+
+    def put_many(
+        self,
+        payloads: Iterable[Payload],
+        *,
+        peer: str,
+        channel: str = DEFAULT_CHANNEL,
+        priority: int = DEFAULT_PRIORITY,
+        delay: float = 0,
+    ) -> list[str]:
+        """Queue ``payloads`` for ``peer`` as one batch and return their ids, in order, once
+        the whole batch is in the spool (one file, shown at once or not at all); each is its
+        own message downstream. At most ``batch_count`` messages of ``batch_bytes`` bytes."""
+        ids: list[str] = self._putter.put_many(payloads, peer, channel, priority, delay, self.sync)
+        return ids
 
 
 def _open_putter(spool: Spool, limits: _limits.Limits) -> Any:
@@ -262,7 +290,7 @@ def _open_putter(spool: Spool, limits: _limits.Limits) -> Any:
         raise spool_error(exc, spool.path) from exc
     fields = functools.partial(_fields, spool, limits)
     failed = functools.partial(spool_error, path=spool.path)
-    return putter.Putter(tmp_fd, queue_fd, limits.max_payload, fields, _coerce, failed)
+    return putter.Putter(tmp_fd, queue_fd, limits, fields, _coerce, failed)
 
 
 def _fields(spool: Spool, limits: _limits.Limits, peer: object, channel: object) -> tuple[str, str]:
@@ -270,13 +298,15 @@ def _fields(spool: Spool, limits: _limits.Limits, peer: object, channel: object)
     return spool.register(check_peer(peer, limits)), spool.register(check_channel(channel, limits))
 
 
-def _coerce(payload: object, priority: object, max_payload: int) -> tuple[bytes | memoryview, int]:
-    """``payload`` as bytes and ``priority`` as an int, checked; InvalidMessage if they are not."""
+def _coerce(payload: object, priority: object, delay: object, max_payload: int) -> tuple[bytes | memoryview, int, int]:
+    """``payload`` as bytes, ``priority`` as an int and ``delay`` in milliseconds, checked;
+    InvalidMessage if they are not."""
     priority = check_priority(priority)
+    delay_ms = check_delay(delay)
     data = payload if type(payload) is bytes else _as_buffer(payload)
     if len(data) > max_payload:
         raise InvalidMessage(f"payload of {len(data)} bytes is over the limit of {max_payload}")
-    return data, priority
+    return data, priority, delay_ms
 
 
 def _open_for_fastput(spool: PathLike | None) -> Any:
@@ -299,11 +329,25 @@ if TYPE_CHECKING:
         *,
         spool: PathLike | None = None,
         sync: bool = False,
+        delay: float = 0,
     ) -> str:
         """Queue ``payload`` for ``peer`` in ``spool`` and return the message id."""
 
+    def fastput_many(
+        payloads: Iterable[Payload],
+        peer: str,
+        channel: str = DEFAULT_CHANNEL,
+        priority: int = DEFAULT_PRIORITY,
+        *,
+        spool: PathLike | None = None,
+        sync: bool = False,
+        delay: float = 0,
+    ) -> list[str]:
+        """Queue ``payloads`` for ``peer`` in ``spool`` as one batch and return their ids."""
+
 else:
     fastput = _spools.fastput
+    fastput_many = _spools.fastput_many
 
 
 def default_client_id(path: PathLike) -> str:

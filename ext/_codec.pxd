@@ -12,16 +12,17 @@
 #     cdef char msg_id[DROPR_ID_LEN + 1]
 #     cdef char name[DROPR_NAME_MAX + 1]
 #     codec.new_id(msg_id)          # without the GIL too; writes DROPR_ID_LEN chars and a NUL
+#     codec.new_ids(ids, count)     # a batch's: count consecutive ids, DROPR_ID_LEN chars each
 #     length = format_spool_name(name, priority, msg_id, peer, peer_len,
-#                                channel, channel_len, size, crc)
-#     if length < 0: ...            # priority not 0-9, or a field that is not escaped
+#                                channel, channel_len, size, crc, count, delay_ms)
+#     if length < 0: ...            # priority not 0-9, a field that is not escaped, a bad count
 #
 # Fields passed in are already escaped (ASCII bytes, not NUL-terminated, given by length).
 # A name written here is NUL-terminated and at most DROPR_NAME_MAX bytes, since each text
 # field is checked to be 1 to DROPR_MAX_FIELD escaped bytes.
 
 from cpython.pycapsule cimport PyCapsule_Import
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_KIND, PyUnicode_READ
 
 cdef enum:
@@ -30,10 +31,18 @@ cdef enum:
     DROPR_COMPACT_LEN = 33
     DROPR_NAME_MAX = 255
     DROPR_BUCKET_LEN = 9    # a spool name's queue bucket: its priority digit and 8 id digits
+    DROPR_SEQUENCE_AT = 24  # where an id's 6 digits of sequence start
+    DROPR_SEQUENCE_SPAN = 0x1000000
+    DROPR_MAX_BATCH_COUNT = 0x100000
+    DROPR_BATCH_HEADER = 12  # a batch file's magic and count, then its index entries:
+    DROPR_BATCH_ENTRY = 42   # the id's digits, size (8 bytes) and CRC-32 (4), big-endian
 
 ctypedef struct CodecAPI:
     # Writes a fresh message id (DROPR_ID_LEN lower-hex chars) and a NUL into out.
     void (*new_id)(char *out) noexcept nogil
+    # Writes count (1 to DROPR_MAX_BATCH_COUNT) fresh consecutive ids, one put time and
+    # ascending sequence numbers, DROPR_ID_LEN chars each with no NUL, into out.
+    void (*new_ids)(char *out, Py_ssize_t count) noexcept nogil
 
 cdef inline const CodecAPI *import_codec() except NULL:
     """The id generator of dropr._codec (imports the module)."""
@@ -118,15 +127,30 @@ cdef inline Py_ssize_t _put_field(char *out, const char *field, Py_ssize_t lengt
     memcpy(out, field, length)
     return length
 
+cdef inline unsigned long long id_sequence(const char *msg_id) noexcept nogil:
+    """The value of an id's 6 sequence digits (the id is known to be lower hex)."""
+    cdef unsigned long long value = 0
+    cdef int i
+    for i in range(DROPR_SEQUENCE_AT, DROPR_ID_LEN):
+        value = value * 16 + <unsigned long long>hex_value(<unsigned char>msg_id[i])
+    return value
+
+cdef inline bint batch_fits(const char *msg_id, unsigned long long count) noexcept nogil:
+    """Whether a batch of ``count`` (at most DROPR_MAX_BATCH_COUNT) can start at ``msg_id``:
+    its sequence numbers run without wrapping."""
+    return count <= DROPR_MAX_BATCH_COUNT and id_sequence(msg_id) + count <= DROPR_SEQUENCE_SPAN
+
 cdef inline Py_ssize_t format_spool_name(
         char *out, int priority, const char *msg_id,
         const char *peer, Py_ssize_t peer_len, const char *channel, Py_ssize_t channel_len,
-        unsigned long long size, unsigned int crc) noexcept nogil:
-    """Writes ``{P}{ID}+{PEER}+{CHANNEL}+{SIZE}+{CRC}`` and a NUL into out (room for
-    DROPR_NAME_MAX + 1 bytes); returns its length, or -1 (nothing usable written) when an
-    argument is out of the format."""
+        unsigned long long size, unsigned int crc, unsigned long long count,
+        unsigned long long delay_ms) noexcept nogil:
+    """Writes ``{P}{ID}+{PEER}+{CHANNEL}+{SIZE}+{CRC}[+{EXTRA}]`` and a NUL into out (room
+    for DROPR_NAME_MAX + 1 bytes: 219 without EXTRA, which takes at most 28 more); returns
+    its length, or -1 (nothing usable written) when an argument is out of the format."""
     cdef Py_ssize_t n = _put_head(out, priority, msg_id)
-    if n < 0 or not is_field(peer, peer_len) or not is_field(channel, channel_len):
+    if (n < 0 or not is_field(peer, peer_len) or not is_field(channel, channel_len)
+            or count < 1 or (count > 1 and not batch_fits(msg_id, count))):
         return -1
     n += _put_field(out + n, peer, peer_len)
     out[n] = b'+'
@@ -138,6 +162,14 @@ cdef inline Py_ssize_t format_spool_name(
     out[n] = b'+'
     put_hex(out + n + 1, crc, 8)
     n += 9
+    if count > 1:
+        out[n] = b'+'
+        out[n + 1] = b'n'
+        n += 2 + put_hex_min(out + n + 2, count)
+    if delay_ms:
+        out[n] = b'.' if count > 1 else b'+'
+        out[n + 1] = b'd'
+        n += 2 + put_hex_min(out + n + 2, delay_ms)
     out[n] = 0
     return n
 
@@ -201,6 +233,8 @@ ctypedef struct SpoolParts:
     Py_ssize_t channel_start, channel_end
     Py_ssize_t size_start, size_end
     unsigned int crc
+    unsigned long long count     # 1 for a plain message
+    unsigned long long delay_ms  # 0 when due at once
 
 cdef enum:
     PARSE_OK = 0
@@ -230,33 +264,86 @@ cdef inline bint _is_hex_run(int kind, void *data, Py_ssize_t start, Py_ssize_t 
             return False
     return True
 
+cdef inline bint _parse_extra(int kind, void *data, Py_ssize_t start, Py_ssize_t end,
+                              SpoolParts *parts) noexcept:
+    """Reads EXTRA, ``n{count}`` and ``d{delay}`` in this order separated by ``.``, each
+    once at most, as lower hex without a leading zero; False when it is not that."""
+    cdef Py_ssize_t i = start, digits
+    cdef unsigned int tag
+    cdef int next_tag = 0   # 0: n or d may come, 1: d only, 2: nothing more
+    cdef unsigned long long value
+    while True:
+        if i >= end:
+            return False
+        tag = PyUnicode_READ(kind, data, i)
+        if tag == 110 and next_tag == 0:      # n
+            digits, next_tag = 6, 1
+        elif tag == 100 and next_tag <= 1:    # d
+            digits, next_tag = 16, 2
+        else:
+            return False
+        i += 1
+        if i >= end or PyUnicode_READ(kind, data, i) == 48:
+            return False
+        value = 0
+        while i < end and PyUnicode_READ(kind, data, i) != 46:
+            if digits == 0 or not is_lower_hex(PyUnicode_READ(kind, data, i)):
+                return False
+            value = value * 16 + <unsigned int>hex_value(PyUnicode_READ(kind, data, i))
+            digits -= 1
+            i += 1
+        if tag == 110:
+            if value < 2 or value > DROPR_MAX_BATCH_COUNT:
+                return False
+            parts.count = value
+        else:
+            parts.delay_ms = value
+        if i == end:
+            return True
+        i += 1  # the "."
+
+cdef inline bint _sequence_holds(int kind, void *data, unsigned long long count) noexcept:
+    """Whether the id of a name (at [1, 1 + DROPR_ID_LEN)) can start a batch of ``count``."""
+    cdef unsigned long long value = 0
+    cdef Py_ssize_t i
+    for i in range(1 + DROPR_SEQUENCE_AT, 1 + DROPR_ID_LEN):
+        value = value * 16 + <unsigned int>hex_value(PyUnicode_READ(kind, data, i))
+    return value + count <= DROPR_SEQUENCE_SPAN
+
 cdef inline int parse_spool(str name, SpoolParts *parts) noexcept:
     """Splits a spool name (any str) into zeroed ``parts``: PARSE_OK, or which error applies, in the
     order the reference checks them. The id is always at [1, 1 + DROPR_ID_LEN)."""
     cdef int kind = PyUnicode_KIND(name)
     cdef void *data = PyUnicode_DATA(name)
-    cdef Py_ssize_t length = len(name), i
-    cdef Py_ssize_t plus[4]
+    cdef Py_ssize_t length = len(name), i, crc_end
+    cdef Py_ssize_t plus[5]
     cdef int found = 0
     cdef unsigned int crc = 0
     for i in range(length):
         if PyUnicode_READ(kind, data, i) == 43:
-            if found == 4:
+            if found == 5:
                 return PARSE_NOT_SPOOL
             plus[found] = i
             found += 1
-    if found != 4:
+    if found < 4:
         return PARSE_NOT_SPOOL
     if not _is_head(kind, data, plus[0]):
         return PARSE_NOT_MESSAGE
+    crc_end = plus[4] if found == 5 else length
     parts.peer_start, parts.peer_end = plus[0] + 1, plus[1]
     parts.channel_start, parts.channel_end = plus[1] + 1, plus[2]
     parts.size_start, parts.size_end = plus[2] + 1, plus[3]
     if (parts.peer_start == parts.peer_end or parts.channel_start == parts.channel_end
             or not _is_hex_run(kind, data, parts.size_start, parts.size_end)
-            or length - plus[3] - 1 != 8 or not _is_hex_run(kind, data, plus[3] + 1, length)):
+            or crc_end - plus[3] - 1 != 8 or not _is_hex_run(kind, data, plus[3] + 1, crc_end)):
         return PARSE_NOT_SPOOL
-    for i in range(plus[3] + 1, length):
+    parts.count = 1
+    parts.delay_ms = 0
+    if found == 5 and not _parse_extra(kind, data, plus[4] + 1, length, parts):
+        return PARSE_NOT_SPOOL
+    if parts.count > 1 and not _sequence_holds(kind, data, parts.count):
+        return PARSE_NOT_SPOOL
+    for i in range(plus[3] + 1, crc_end):
         crc = crc * 16 + <unsigned int>hex_value(PyUnicode_READ(kind, data, i))
     parts.crc = crc
     parts.priority = <int>PyUnicode_READ(kind, data, 0) - 48
@@ -292,3 +379,49 @@ cdef inline int hex_digits_value(str text, Py_ssize_t start, Py_ssize_t end,
         v = v * 16 + <unsigned int>hex_value(PyUnicode_READ(kind, data, i))
     value[0] = v
     return 1
+
+
+# Batch files (the format is documented in dropr/_codec_py.py).
+
+cdef inline void put_be(char *out, unsigned long long value, int width) noexcept nogil:
+    """``value`` as ``width`` bytes, big-endian."""
+    cdef int i
+    for i in range(width - 1, -1, -1):
+        out[i] = <char>(value & 0xFF)
+        value >>= 8
+
+cdef inline unsigned long long get_be(const char *data, int width) noexcept nogil:
+    cdef unsigned long long value = 0
+    cdef int i
+    for i in range(width):
+        value = (value << 8) | <unsigned char>data[i]
+    return value
+
+cdef inline Py_ssize_t batch_index_bytes(Py_ssize_t count) noexcept nogil:
+    """The bytes of a batch file's index for ``count`` messages: where its payloads start."""
+    return DROPR_BATCH_HEADER + count * DROPR_BATCH_ENTRY
+
+cdef inline void put_batch_header(char *out, Py_ssize_t count) noexcept nogil:
+    memcpy(out, b"dropr-b1", 8)
+    put_be(out + 8, <unsigned long long>count, 4)
+
+cdef inline Py_ssize_t batch_header_count(const char *data) noexcept nogil:
+    """The count of a batch file's header, -1 when the magic is not there."""
+    if memcmp(data, b"dropr-b1", 8) != 0:
+        return -1
+    return <Py_ssize_t>get_be(data + 8, 4)
+
+cdef inline void put_batch_entry(char *out, const char *msg_id, unsigned long long size,
+                                 unsigned int crc) noexcept nogil:
+    memcpy(out, msg_id, DROPR_ID_LEN)
+    put_be(out + DROPR_ID_LEN, size, 8)
+    put_be(out + DROPR_ID_LEN + 8, crc, 4)
+
+cdef inline void next_batch_id(char *msg_id) noexcept nogil:
+    """Turns a batch's id into the next one's: the sequence digits plus one (the caller
+    knows they do not overflow)."""
+    cdef int i = DROPR_ID_LEN - 1
+    while msg_id[i] == b'f':
+        msg_id[i] = b'0'
+        i -= 1
+    msg_id[i] = b'a' if msg_id[i] == b'9' else msg_id[i] + 1

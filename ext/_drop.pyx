@@ -3,20 +3,24 @@
 One call makes the id, the CRC-32 and the spool name in C and does openat, write,
 [fdatasync], close, renameat into the queue bucket (mkdirat first if the bucket is new),
 [fsync of the bucket and, when needed, of queue/] with the GIL released, so a put costs what
-the file system charges and threads putting at once run in parallel. ``put`` is declared in
-``dropr/_drop.pxd`` for the compiled front, ``dropr._putter``, which calls it in C.
+the file system charges and threads putting at once run in parallel. A batch is the same
+steps for one file, its index built in C and written with its payloads by ``writev``.
+``put`` and ``put_many`` are declared in ``dropr/_drop.pxd`` for the compiled front,
+``dropr._putter``, which calls them in C.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, strerror
 
-from _codec cimport (DROPR_BUCKET_LEN, DROPR_ID_LEN, DROPR_NAME_MAX, CodecAPI, format_spool_name,
-                     hex_value, import_codec)
-from _sys cimport (CLOCK_REALTIME, EEXIST, EINTR, ENOENT, ENOSPC, O_CLOEXEC, O_CREAT, O_DIRECTORY,
-                   O_EXCL, O_RDONLY, O_WRONLY, clock_gettime, close, errno, fdatasync, fsync,
-                   mkdirat, openat, renameat, ssize_t, timespec, unlinkat, write)
+from _codec cimport (DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_BUCKET_LEN, DROPR_ID_LEN,
+                     DROPR_MAX_BATCH_COUNT, DROPR_NAME_MAX, CodecAPI, batch_index_bytes,
+                     format_spool_name, hex_value, import_codec, put_batch_entry, put_batch_header)
+from _sys cimport (CLOCK_REALTIME, EEXIST, EINTR, ENOENT, ENOSPC, IOV_MAX, O_CLOEXEC, O_CREAT,
+                   O_DIRECTORY, O_EXCL, O_RDONLY, O_WRONLY, clock_gettime, close, errno,
+                   fdatasync, fsync, iovec, mkdirat, openat, renameat, ssize_t, timespec, unlinkat, write, writev)
 
 cdef extern from * nogil:
     uint32_t __atomic_load_n(uint32_t *ptr, int order)
@@ -58,9 +62,10 @@ cdef inline uint32_t _load32(const uint8_t *p) noexcept nogil:
     return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
 
 
-cdef uint32_t crc32(const uint8_t *p, size_t n) noexcept nogil:
-    """CRC-32 as zlib computes it, eight bytes a step (slicing-by-8)."""
-    cdef uint32_t c = 0xFFFFFFFFu, a, b
+cdef inline uint32_t crc32(uint32_t crc, const uint8_t *p, size_t n) noexcept nogil:
+    """CRC-32 as zlib's ``crc32(data, crc)`` computes it (``crc`` 0 to start), eight bytes a
+    step (slicing-by-8)."""
+    cdef uint32_t c = crc ^ 0xFFFFFFFFu, a, b
     while n >= 8:
         a = _load32(p) ^ c
         b = _load32(p + 4)
@@ -136,25 +141,45 @@ cdef int _sync_entry(int queue_fd, char *path, const char *msg_id, int priority,
     return 0
 
 
-cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, char *path, int priority,
-               const char *data, size_t left, bint sync) noexcept nogil:
-    """Writes the message; returns 0, or the errno of the failed step with nothing left."""
+cdef int _write_all(int fd, iovec *iov, Py_ssize_t count) noexcept nogil:
+    """Writes the ``count`` buffers of ``iov`` (consumed on the way); 0 or the errno."""
     cdef ssize_t n
+    while True:
+        while count and iov[0].iov_len == 0:
+            iov += 1
+            count -= 1
+        if not count:
+            return 0
+        # One buffer (a plain message) by write: what the floor of bench/put.py does.
+        n = write(fd, iov[0].iov_base, iov[0].iov_len) if count == 1 else writev(
+            fd, iov, <int>min(count, <Py_ssize_t>IOV_MAX))
+        if n < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if n == 0:
+            return ENOSPC
+        while count and <size_t>n >= iov[0].iov_len:
+            n -= iov[0].iov_len
+            iov += 1
+            count -= 1
+        if n:
+            iov[0].iov_base = <char *>iov[0].iov_base + n
+            iov[0].iov_len -= <size_t>n
+
+
+cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, char *path, int priority,
+               iovec *iov, Py_ssize_t iov_count, bint sync) noexcept nogil:
+    """Writes the file of ``iov``'s buffers; returns 0, or the errno of the failed step with
+    nothing left."""
     cdef int err
     cdef bint made = False
     cdef int fd = openat(tmp_fd, msg_id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
     if fd < 0:
         return errno
-    while left:
-        n = write(fd, data, left)
-        if n < 0:
-            if errno == EINTR:
-                continue
-            return _undo(errno, fd, tmp_fd, msg_id)
-        if n == 0:
-            return _undo(ENOSPC, fd, tmp_fd, msg_id)
-        data += n
-        left -= <size_t>n
+    err = _write_all(fd, iov, iov_count)
+    if err:
+        return _undo(err, fd, tmp_fd, msg_id)
     if sync and fdatasync(fd) != 0:
         return _undo(errno, fd, tmp_fd, msg_id)
     if close(fd) != 0:
@@ -170,32 +195,116 @@ cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, char *path, int pri
     return 0
 
 
-cpdef str put(int tmp_fd, int queue_fd, str peer_field, str channel_field, int priority, payload, bint sync):
+cdef int _drop_named(int tmp_fd, int queue_fd, const char *msg_id, char *path, Py_ssize_t name_len,
+                     int priority, iovec *iov, Py_ssize_t iov_count, bint sync) noexcept nogil:
+    """As ``_drop`` once the name is made (at ``path + DROPR_BUCKET_LEN + 1``); -1 when
+    ``name_len`` says it could not be."""
+    if name_len < 0:
+        return -1
+    memcpy(path, path + DROPR_BUCKET_LEN + 1, DROPR_BUCKET_LEN)
+    path[DROPR_BUCKET_LEN] = b'/'
+    return _drop(tmp_fd, queue_fd, msg_id, path, priority, iov, iov_count, sync)
+
+
+cdef int _raise(int err, str peer_field, str channel_field, int priority,
+                unsigned long long delay_ms) except -1:
+    if err < 0:
+        raise ValueError(f"not a spool name: priority {priority!r}, fields {peer_field!r}, "
+                         f"{channel_field!r}, delay {delay_ms!r} ms")
+    raise OSError(err, strerror(err).decode("utf-8", "replace"))
+
+
+cpdef str put(int tmp_fd, int queue_fd, str peer_field, str channel_field, int priority, payload,
+              bint sync, unsigned long long delay_ms=0):
     """Write ``payload`` as a new queued message and return its id (see ``dropr._drop_py.put``)."""
-    cdef Py_ssize_t peer_len, channel_len, name_len = -1
+    cdef Py_ssize_t peer_len, channel_len
     cdef const char *peer = PyUnicode_AsUTF8AndSize(peer_field, &peer_len)
     cdef const char *channel = PyUnicode_AsUTF8AndSize(channel_field, &channel_len)
     cdef char msg_id[DROPR_ID_LEN + 1]
     cdef char path[DROPR_BUCKET_LEN + 1 + DROPR_NAME_MAX + 1]  # BUCKET/NAME
-    cdef char *name = path + DROPR_BUCKET_LEN + 1
     cdef Py_buffer view
+    cdef iovec iov
     cdef int err = 0
     PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
     try:
         with nogil:
             _codec.new_id(msg_id)
-            name_len = format_spool_name(
-                name, priority, msg_id, peer, peer_len, channel, channel_len, <unsigned long long>view.len,
-                crc32(<const uint8_t *>view.buf, <size_t>view.len))
-            if name_len >= 0:
-                memcpy(path, name, DROPR_BUCKET_LEN)
-                path[DROPR_BUCKET_LEN] = b'/'
-                err = _drop(tmp_fd, queue_fd, msg_id, path, priority, <const char *>view.buf,
-                            <size_t>view.len, sync)
+            iov.iov_base, iov.iov_len = view.buf, <size_t>view.len
+            err = _drop_named(tmp_fd, queue_fd, msg_id, path, format_spool_name(
+                path + DROPR_BUCKET_LEN + 1, priority, msg_id, peer, peer_len, channel, channel_len,
+                <unsigned long long>view.len, crc32(0, <const uint8_t *>view.buf, <size_t>view.len),
+                1, delay_ms), priority, &iov, 1, sync)
     finally:
         PyBuffer_Release(&view)
-    if name_len < 0:
-        raise ValueError(f"not a spool name: priority {priority!r}, fields {peer_field!r}, {channel_field!r}")
     if err:
-        raise OSError(err, strerror(err).decode("utf-8", "replace"))
+        _raise(err, peer_field, channel_field, priority, delay_ms)
     return msg_id[:DROPR_ID_LEN].decode("ascii")
+
+
+cdef int _drop_batch(int tmp_fd, int queue_fd, const char *peer, Py_ssize_t peer_len,
+                     const char *channel, Py_ssize_t channel_len, int priority, Py_buffer *views,
+                     Py_ssize_t count, char *ids, char *index, iovec *iov, bint sync,
+                     unsigned long long delay_ms) noexcept nogil:
+    """Builds the batch file of ``views`` (ids into ``ids``, its index into ``index``, both
+    sized for ``count``; ``iov`` for ``count + 1`` buffers) and writes it as ``_drop`` does."""
+    cdef char first[DROPR_ID_LEN + 1]
+    cdef char path[DROPR_BUCKET_LEN + 1 + DROPR_NAME_MAX + 1]
+    cdef Py_ssize_t i, index_len = batch_index_bytes(count)
+    cdef unsigned long long size = <unsigned long long>index_len
+    cdef uint32_t crc
+    _codec.new_ids(ids, count)
+    memcpy(first, ids, DROPR_ID_LEN)
+    first[DROPR_ID_LEN] = 0
+    put_batch_header(index, count)
+    for i in range(count):
+        put_batch_entry(index + DROPR_BATCH_HEADER + i * DROPR_BATCH_ENTRY, ids + i * DROPR_ID_LEN,
+                        <unsigned long long>views[i].len,
+                        crc32(0, <const uint8_t *>views[i].buf, <size_t>views[i].len))
+        size += <unsigned long long>views[i].len
+    crc = crc32(0, <const uint8_t *>index, <size_t>index_len)
+    iov[0].iov_base, iov[0].iov_len = index, <size_t>index_len
+    for i in range(count):
+        crc = crc32(crc, <const uint8_t *>views[i].buf, <size_t>views[i].len)
+        iov[i + 1].iov_base, iov[i + 1].iov_len = views[i].buf, <size_t>views[i].len
+    return _drop_named(tmp_fd, queue_fd, first, path, format_spool_name(
+        path + DROPR_BUCKET_LEN + 1, priority, first, peer, peer_len, channel, channel_len, size, crc,
+        <unsigned long long>count, delay_ms), priority, iov, count + 1, sync)
+
+
+cpdef list put_many(int tmp_fd, int queue_fd, str peer_field, str channel_field, int priority,
+                    list payloads, bint sync, unsigned long long delay_ms=0):
+    """Write ``payloads`` as one batch file of new queued messages and return their ids (see
+    ``dropr._drop_py.put_many``)."""
+    cdef Py_ssize_t count = len(payloads), got = 0, i
+    if count <= 1:
+        return [put(tmp_fd, queue_fd, peer_field, channel_field, priority, p, sync, delay_ms)
+                for p in payloads]
+    if count > DROPR_MAX_BATCH_COUNT:
+        raise ValueError(f"a batch holds at most {DROPR_MAX_BATCH_COUNT} messages, not {count}")
+    cdef Py_ssize_t peer_len, channel_len
+    cdef const char *peer = PyUnicode_AsUTF8AndSize(peer_field, &peer_len)
+    cdef const char *channel = PyUnicode_AsUTF8AndSize(channel_field, &channel_len)
+    cdef Py_buffer *views = <Py_buffer *>malloc(count * sizeof(Py_buffer))
+    cdef char *ids = <char *>malloc(count * DROPR_ID_LEN)
+    cdef char *index = <char *>malloc(batch_index_bytes(count))
+    cdef iovec *iov = <iovec *>malloc((count + 1) * sizeof(iovec))
+    cdef int err = 0
+    try:
+        if views == NULL or ids == NULL or index == NULL or iov == NULL:
+            raise MemoryError()
+        for i in range(count):
+            PyObject_GetBuffer(payloads[i], &views[i], PyBUF_SIMPLE)
+            got += 1
+        with nogil:
+            err = _drop_batch(tmp_fd, queue_fd, peer, peer_len, channel, channel_len, priority, views,
+                              count, ids, index, iov, sync, delay_ms)
+        if err:
+            _raise(err, peer_field, channel_field, priority, delay_ms)
+        return [ids[i * DROPR_ID_LEN:(i + 1) * DROPR_ID_LEN].decode("ascii") for i in range(count)]
+    finally:
+        for i in range(got):
+            PyBuffer_Release(&views[i])
+        free(views)
+        free(ids)
+        free(index)
+        free(iov)

@@ -1,19 +1,26 @@
 """Batch manifests, compiled twin of ``dropr._manifest_py`` (the format is documented there).
 
-The msgpack bytes are written directly from the names' characters into one growing C
-buffer — the same bytes ``msgpack.packb(entries, use_bin_type=True)`` gives, without
-building the entries as Python objects.
+The msgpack bytes are written directly from the names' characters, and a batch file's
+index, into one growing C buffer — the same bytes ``msgpack.packb(entries,
+use_bin_type=True)`` gives, without building the entries as Python objects. A batch file's
+index is read and checked in C (open, fstat, pread, close), so its messages cost no Python
+object each.
 """
+
+import os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from _codec cimport (
-    DROPR_ID_LEN, PARSE_NOT_SPOOL, PARSE_OK, PyUnicode_DATA, PyUnicode_KIND, PyUnicode_READ,
-    SpoolParts, hex_digits_value, parse_spool, unescape_into,
+    DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_BUCKET_LEN, DROPR_ID_LEN,
+    DROPR_MAX_BATCH_COUNT, PARSE_NOT_SPOOL, PARSE_OK, PyUnicode_DATA, PyUnicode_KIND,
+    PyUnicode_READ, SpoolParts, batch_header_count, batch_index_bytes, get_be, hex_digits_value,
+    is_id, next_batch_id, parse_spool, unescape_into,
 )
+from _sys cimport EINTR, O_CLOEXEC, O_RDONLY, close, errno, fstat, open, pread, ssize_t, stat
 
 ctypedef struct Buffer:
     char *data
@@ -126,21 +133,152 @@ cdef int _put_channel(Buffer *buf, Buffer *scratch, str name, Py_ssize_t start,
     return _put_str(buf, scratch.data, length)
 
 
-def build(names, texts) -> bytes:
-    """The msgpack manifest of the messages with these spool names (ValueError on a bad one)."""
+cdef int _read_head(const char *path, char *data, Py_ssize_t wanted, Py_ssize_t *got,
+                    unsigned long long *length) noexcept nogil:
+    """Reads up to ``wanted`` bytes of the file at ``path`` from its start into ``data`` and
+    its ``length``; 0 or the errno."""
+    global errno
+    cdef stat info
+    cdef ssize_t n
+    cdef int err = 0
+    cdef int fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        return errno
+    if fstat(fd, &info) != 0:
+        err = errno
+    else:
+        length[0] = <unsigned long long>info.st_size
+        got[0] = 0
+        while got[0] < wanted:
+            n = pread(fd, data + got[0], wanted - got[0], got[0])
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                err = errno
+                break
+            if n == 0:
+                break
+            got[0] += n
+    close(fd)
+    return err
+
+
+cdef object _index_problem(const char *data, Py_ssize_t got, Py_ssize_t count,
+                           const char *first_id, unsigned long long size, unsigned long long length):
+    """Why a batch file's first ``got`` bytes and ``length`` do not match its name, or None;
+    the checks in the order of the reference."""
+    cdef Py_ssize_t header_count, i
+    cdef unsigned long long offset, entry_size
+    cdef char expected[DROPR_ID_LEN]
+    if length != size:
+        return f"{length} bytes, not the {size} its name says"
+    if got < DROPR_BATCH_HEADER:
+        return "too short for a batch file"
+    header_count = batch_header_count(data)
+    if header_count < 0:
+        return "not a batch file (bad magic)"
+    if not 2 <= header_count <= DROPR_MAX_BATCH_COUNT:
+        return f"batch file of {header_count} messages"
+    if got < batch_index_bytes(header_count):
+        return f"batch file index cut short: {got} of {batch_index_bytes(header_count)} bytes"
+    offset = batch_index_bytes(header_count)
+    for i in range(header_count):
+        if not is_id(data + DROPR_BATCH_HEADER + i * DROPR_BATCH_ENTRY):
+            return "batch file index holds a bad id"
+        entry_size = get_be(data + DROPR_BATCH_HEADER + i * DROPR_BATCH_ENTRY + DROPR_ID_LEN, 8)
+        if entry_size > 0xFFFFFFFFFFFFFFFFULL - offset:
+            return "batch file index: sizes add up to more than 64 bits"
+        offset += entry_size
+    if header_count != count:
+        return f"{header_count} messages, not the {count} its name says"
+    memcpy(expected, first_id, DROPR_ID_LEN)
+    for i in range(count):
+        if memcmp(data + DROPR_BATCH_HEADER + i * DROPR_BATCH_ENTRY, expected, DROPR_ID_LEN) != 0:
+            return "its ids are not those of its name"
+        next_batch_id(expected)
+    if offset != size:
+        return f"its payloads take {offset} bytes, not {size}"
+    return None
+
+
+cdef int _put_batch(Buffer *buf, Buffer *scratch, str name, SpoolParts *parts, const char *first_id,
+                    unsigned long long size, bytes queue_dir, texts) except -1:
+    """The entries of a batch file's messages, from its index."""
+    cdef Py_ssize_t count = <Py_ssize_t>parts.count, wanted = batch_index_bytes(count), got = 0, i
+    cdef Py_ssize_t channel_at, channel_len
+    cdef unsigned long long length = 0, offset = <unsigned long long>wanted
+    cdef const char *entry
+    cdef int err
+    cdef bytes path = b"%s/%s/%s" % (queue_dir, name[:DROPR_BUCKET_LEN].encode("ascii"), os.fsencode(name))
+    cdef const char *c_path = path
+    cdef Buffer index
+    memset(&index, 0, sizeof(index))
+    try:
+        _reserve(&index, wanted)
+        with nogil:
+            err = _read_head(c_path, index.data, wanted, &got, &length)
+        if err:
+            raise OSError(err, os.strerror(err), os.fsdecode(path))
+        problem = _index_problem(index.data, got, count, first_id, size, length)
+        if problem is not None:
+            raise ValueError(f"batch file {name}: {problem}")
+        channel_at = channel_len = 0
+        for i in range(count):
+            entry = index.data + DROPR_BATCH_HEADER + i * DROPR_BATCH_ENTRY
+            _put_array(buf, 8 if parts.delay_ms else 7)
+            _put_str(buf, entry, DROPR_ID_LEN)
+            if i == 0:
+                channel_at = buf.size
+                _put_channel(buf, scratch, name, parts.channel_start, parts.channel_end, texts)
+                channel_len = buf.size - channel_at
+            else:
+                _reserve(buf, channel_len)
+                memcpy(buf.data + buf.size, buf.data + channel_at, channel_len)
+                buf.size += channel_len
+            _put_uint(buf, parts.priority)
+            _put_str(buf, first_id, DROPR_ID_LEN)
+            _put_uint(buf, get_be(entry + DROPR_ID_LEN, 8))
+            _put_uint(buf, get_be(entry + DROPR_ID_LEN + 8, 4))
+            _put_uint(buf, offset)
+            if parts.delay_ms:
+                _put_uint(buf, parts.delay_ms)
+            offset += get_be(entry + DROPR_ID_LEN, 8)
+        return 0
+    finally:
+        free(index.data)
+
+
+cdef Py_ssize_t _entry_count(list names) except -1:
+    """How many entries the names make: a batch file's count of messages each."""
+    cdef Py_ssize_t total = 0
+    cdef SpoolParts parts
+    cdef str name
+    for name in names:
+        if name is None:
+            raise TypeError("a spool name must be str, not None")
+        memset(&parts, 0, sizeof(parts))
+        if parse_spool(name, &parts) != PARSE_OK:
+            parts.count = 1  # refused with its reason by build
+        total += <Py_ssize_t>parts.count
+    return total
+
+
+def build(names, texts, queue_dir=None) -> bytes:
+    """The msgpack manifest of the messages of the files with these spool names, queued in
+    ``queue_dir`` (read for batch files only); ValueError on a bad name or batch file."""
     cdef Buffer buf, scratch
     cdef SpoolParts parts
     cdef unsigned long long size
     cdef char msg_id[DROPR_ID_LEN]
     cdef int result, kind, i
     cdef str name
+    cdef list listed = list(names)
+    cdef bytes queue_raw = None if queue_dir is None else os.fsencode(queue_dir)
     memset(&buf, 0, sizeof(buf))
     memset(&scratch, 0, sizeof(scratch))
     try:
-        _put_array(&buf, len(names))
-        for name in names:
-            if name is None:
-                raise TypeError("a spool name must be str, not None")
+        _put_array(&buf, _entry_count(listed))
+        for name in listed:
             memset(&parts, 0, sizeof(parts))
             result = parse_spool(name, &parts)
             if result != PARSE_OK:
@@ -151,13 +289,21 @@ def build(names, texts) -> bytes:
             kind = PyUnicode_KIND(name)
             for i in range(DROPR_ID_LEN):
                 msg_id[i] = <char>PyUnicode_READ(kind, PyUnicode_DATA(name), i + 1)
-            _put_array(&buf, 6)
+            if parts.count > 1:
+                if queue_raw is None:
+                    raise ValueError(f"batch file {name}: no queue directory to read it from")
+                _put_batch(&buf, &scratch, name, &parts, msg_id, size, queue_raw, texts)
+                continue
+            _put_array(&buf, 8 if parts.delay_ms else 6)
             _put_str(&buf, msg_id, DROPR_ID_LEN)
             _put_channel(&buf, &scratch, name, parts.channel_start, parts.channel_end, texts)
             _put_uint(&buf, parts.priority)
             _put_str(&buf, msg_id, DROPR_ID_LEN)
             _put_uint(&buf, size)
             _put_uint(&buf, parts.crc)
+            if parts.delay_ms:
+                _put_uint(&buf, 0)
+                _put_uint(&buf, parts.delay_ms)
         return PyBytes_FromStringAndSize(buf.data, buf.size)
     finally:
         free(buf.data)

@@ -3,16 +3,19 @@
 A directory is read with ``readdir`` without the GIL. The smallest ``limit`` names
 seen so far are kept as C strings in a max-heap, so a name that is not selected — skipped,
 not a message, or after the first ``limit`` — costs a byte comparison and no Python object,
-and memory stays bounded by ``limit`` however deep the queue is.
+and memory stays bounded by ``limit`` however deep the queue is. Counting a spool's queue
+reads each batch file's count from its name, in C too. A tally of the queue per peer is kept
+in a C hash table of the peer fields, so it too costs no Python object per name.
 """
 
 import os
 
 from cpython.exc cimport PyErr_SetFromErrnoWithFilenameObject
-from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, strcmp, strcspn, strlen
 
-from _codec cimport DROPR_BUCKET_LEN, DROPR_ID_LEN, is_bucket_name, is_id, is_message_head
+from _codec cimport (DROPR_BUCKET_LEN, DROPR_ID_LEN, DROPR_MAX_BATCH_COUNT, DROPR_MAX_FIELD,
+                     hex_value, is_bucket_name, is_id, is_lower_hex, is_message_head)
 from _sys cimport DIR, ENOENT, closedir, dirent, errno, opendir, readdir
 
 cdef extern from "Python.h":
@@ -247,7 +250,28 @@ def buckets(path) -> list:
     return found
 
 
-cdef Py_ssize_t _count(path, bint gone_ok) except -1:
+cdef Py_ssize_t _messages(const char *name) noexcept nogil:
+    """How many messages a queued file holds: a batch file's count (its name's ``n``), else 1."""
+    cdef Py_ssize_t i = DROPR_ID_LEN + 2, count = 0, digits = 0
+    cdef int plus = 1
+    if not is_message_head(name):
+        return 1
+    while name[i] and plus < 5:
+        plus += name[i] == b'+'
+        i += 1
+    if plus < 5 or name[i] != b'n' or name[i + 1] == b'0':
+        return 1
+    i += 1
+    while is_lower_hex(<unsigned char>name[i]) and digits < 7:
+        count = count * 16 + hex_value(<unsigned char>name[i])
+        digits += 1
+        i += 1
+    if digits == 0 or digits > 6 or (name[i] != 0 and name[i] != b'.'):
+        return 1
+    return count if 2 <= count <= DROPR_MAX_BATCH_COUNT else 1
+
+
+cdef Py_ssize_t _count(path, bint gone_ok, bint messages) except -1:
     cdef DIR *directory = _open(path, gone_ok)
     cdef dirent *entry
     cdef Py_ssize_t total = 0
@@ -260,7 +284,7 @@ cdef Py_ssize_t _count(path, bint gone_ok) except -1:
             if entry == NULL:
                 break
             if entry.d_name[0] != b'.':
-                total += 1
+                total += _messages(entry.d_name) if messages else 1
         closedir(directory)
     if error:
         _raise(error, path)
@@ -269,12 +293,173 @@ cdef Py_ssize_t _count(path, bint gone_ok) except -1:
 
 def count(path) -> int:
     """The number of entries of directory ``path`` whose name does not start with ``.``."""
-    return _count(path, False)
+    return _count(path, False, False)
 
 
 def count_queue(path) -> int:
-    """As :func:`count`, summed over the buckets of a spool's ``queue/`` directory ``path``."""
-    return sum([_count(os.path.join(path, bucket), True) for bucket in buckets(path)])
+    """The messages in the buckets of a spool's ``queue/`` directory ``path``: as :func:`count`
+    does, but a batch file counts as the messages it holds."""
+    return sum([_count(os.path.join(path, bucket), True, True) for bucket in buckets(path)])
+
+
+def oldest(path) -> str:
+    """The smallest (earliest) id among the message names of directory ``path``; "" if none."""
+    cdef DIR *directory = _open(path, False)
+    cdef dirent *entry
+    cdef int error = 0
+    cdef char found[DROPR_ID_LEN]
+    cdef bint any = False
+    with nogil:
+        while True:
+            entry = _next(directory, &error)
+            if entry == NULL:
+                break
+            if is_message_head(entry.d_name) and (not any or memcmp(entry.d_name + 1, found, DROPR_ID_LEN) < 0):
+                memcpy(found, entry.d_name + 1, DROPR_ID_LEN)
+                any = True
+        closedir(directory)
+    if error:
+        _raise(error, path)
+    return found[:DROPR_ID_LEN].decode("ascii") if any else ""
+
+
+# -- the tally of a queue per peer ------------------------------------------------------
+
+ctypedef struct PeerTally:
+    char field[DROPR_MAX_FIELD]
+    size_t length               # 0: a free slot
+    Py_ssize_t messages
+    unsigned long long size
+    char oldest[DROPR_ID_LEN]
+
+
+cdef inline size_t _hash(const char *data, size_t length) noexcept nogil:
+    """FNV-1a."""
+    cdef size_t h = 14695981039346656037ULL
+    cdef size_t i
+    for i in range(length):
+        h = (h ^ <unsigned char>data[i]) * 1099511628211ULL
+    return h
+
+
+cdef class _Tally:
+    """Per peer field, the messages, bytes and oldest id offered so far: an open-addressing
+    table that doubles at half full (a spool has a few peers, rarely thousands)."""
+    cdef PeerTally *slots
+    cdef size_t capacity
+    cdef size_t used
+
+    def __cinit__(self):
+        self.capacity = 16
+        self.slots = <PeerTally *>calloc(self.capacity, sizeof(PeerTally))
+        if self.slots == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.slots)
+
+    cdef PeerTally *_slot(self, const char *field, size_t length) noexcept nogil:
+        cdef size_t i = _hash(field, length) & (self.capacity - 1)
+        while self.slots[i].length and not (self.slots[i].length == length
+                                            and memcmp(self.slots[i].field, field, length) == 0):
+            i = (i + 1) & (self.capacity - 1)
+        return &self.slots[i]
+
+    cdef bint _grow(self) noexcept nogil:
+        cdef PeerTally *old = self.slots
+        cdef size_t old_capacity = self.capacity, i
+        cdef PeerTally *grown = <PeerTally *>calloc(2 * old_capacity, sizeof(PeerTally))
+        if grown == NULL:
+            return False
+        self.slots, self.capacity = grown, 2 * old_capacity
+        for i in range(old_capacity):
+            if old[i].length:
+                self._slot(old[i].field, old[i].length)[0] = old[i]
+        free(old)
+        return True
+
+    cdef bint offer(self, const char *name) noexcept nogil:
+        """Counts the message ``name`` (a message head already checked) for its peer; a name
+        without the peer, channel and size fields is passed over. False when out of memory."""
+        cdef const char *field = name + DROPR_ID_LEN + 2
+        cdef size_t length = strcspn(field, b"+")
+        cdef const char *rest = field + length
+        cdef unsigned long long size = 0
+        cdef int digit
+        cdef PeerTally *tally
+        if length == 0 or length > DROPR_MAX_FIELD or rest[0] != b'+':
+            return True
+        rest += 1
+        rest += strcspn(rest, b"+")
+        if rest[0] != b'+':
+            return True
+        rest += 1
+        if not is_lower_hex(<unsigned char>rest[0]):
+            return True
+        while is_lower_hex(<unsigned char>rest[0]) and size >> 60 == 0:
+            size = size * 16 + <unsigned int>hex_value(<unsigned char>rest[0])
+            rest += 1
+        if rest[0] != b'+':
+            return True  # not a size, or one over 64 bits
+        if 2 * (self.used + 1) > self.capacity and not self._grow():
+            return False
+        tally = self._slot(field, length)
+        if tally.length == 0:
+            memcpy(tally.field, field, length)
+            tally.length = length
+            memcpy(tally.oldest, name + 1, DROPR_ID_LEN)
+            self.used += 1
+        elif memcmp(name + 1, tally.oldest, DROPR_ID_LEN) < 0:
+            memcpy(tally.oldest, name + 1, DROPR_ID_LEN)
+        tally.messages += _messages(name)
+        tally.size = tally.size + size if tally.size + size >= size else <unsigned long long>-1
+        return True
+
+    cdef int read(self, path, const char *bucket) except -1:
+        """Offers the message names of bucket ``path`` (named ``bucket``); one gone offers none."""
+        cdef DIR *directory = _open(path, True)
+        cdef dirent *entry
+        cdef int error = 0
+        cdef bint ok = True
+        if directory == NULL:
+            return 0
+        with nogil:
+            while True:
+                entry = _next(directory, &error)
+                if entry == NULL:
+                    break
+                if is_message_head(entry.d_name) and memcmp(entry.d_name, bucket, DROPR_BUCKET_LEN) == 0:
+                    ok = self.offer(entry.d_name)
+                    if not ok:
+                        break
+            closedir(directory)
+        if not ok:
+            raise MemoryError()
+        if error:
+            return _raise(error, path)
+        return 0
+
+    cdef dict result(self):
+        cdef size_t i
+        found = {}
+        for i in range(self.capacity):
+            if self.slots[i].length:
+                found[PyUnicode_DecodeFSDefaultAndSize(self.slots[i].field, self.slots[i].length)] = (
+                    self.slots[i].messages, self.slots[i].size,
+                    self.slots[i].oldest[:DROPR_ID_LEN].decode("ascii"))
+        return found
+
+
+def tally_queue(path) -> dict:
+    """Per peer field of the messages in a spool's ``queue/`` directory ``path``: how many (a
+    batch file as the messages it holds), their bytes (the sizes their names give) and the
+    oldest id."""
+    cdef _Tally tally = _Tally()
+    cdef bytes raw
+    for bucket in buckets(path):
+        raw = bucket.encode("ascii")
+        tally.read(os.path.join(path, bucket), raw)
+    return tally.result()
 
 
 def find(path, msg_id) -> list:

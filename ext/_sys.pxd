@@ -4,6 +4,7 @@ cdef extern from "<sys/types.h>" nogil:
     ctypedef long ssize_t
     ctypedef unsigned int mode_t
     ctypedef unsigned long ino_t
+    ctypedef long off_t
 
 cdef extern from "<errno.h>" nogil:
     # A function that assigns errno must say `global errno`, or Cython makes it a local.
@@ -44,18 +45,35 @@ cdef extern from "<fcntl.h>" nogil:
         O_NOFOLLOW
         AT_FDCWD
 
+    int open(const char *pathname, int flags, ...)
     int openat(int dirfd, const char *pathname, int flags, ...)
 
 cdef extern from "<sys/stat.h>" nogil:
+    struct stat:
+        off_t st_size
+
     int mkdirat(int dirfd, const char *pathname, mode_t mode)
+    int fstat(int fd, stat *buf)
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t write(int fd, const void *buf, size_t count)
+    ssize_t pread(int fd, void *buf, size_t count, off_t offset)
     int close(int fd)
     int fsync(int fd)
     int fdatasync(int fd)
     int unlinkat(int dirfd, const char *pathname, int flags)
     int getpid()
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
+cdef extern from "<limits.h>" nogil:
+    enum:
+        IOV_MAX
 
 cdef extern from "<stdio.h>" nogil:
     int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)

@@ -1,13 +1,17 @@
 """dropr's main job on loopback: producers -> spool -> dropr-relay -> HTTP -> dropr-server -> store.
 
 Starts a server and a relay in fresh temporary directories, runs producer processes calling
-``dropr.fastput`` for a while, shows the flow as it goes, waits until every message is stored,
-checks the store holds each one, and prints the rates.
+``dropr.fastput`` for a while, shows the flow once a second until every message is stored,
+checks the store holds each one, prints the rates, then stops the relay and the server and
+removes what it made, saying so as it goes. Ctrl-C (or SIGTERM, SIGHUP) stops it at any
+point: the children are stopped and the directories removed (a second Ctrl-C leaves them),
+exit status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -18,12 +22,19 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dropr
+from dropr._files import remove_all
 from dropr._impl import IMPLEMENTATION, scan
 
 CHANNELS = ("orders", "mail", "audit")
+DRAIN_TIMEOUT = 120.0
+STOP_TIMEOUT = 10.0
+REMOVE_CHUNK = 10_000
+"""Files removed between two looks at the clock."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,16 +67,17 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 15.0)
     raise SystemExit("demo: dropr-server did not become healthy")
 
 
-def produce(spool: str, peer: str, size: int, sync: bool, until: float, counter: object) -> None:
+def produce(spool: str, peer: str, size: int, sync: bool, until: float, stop: Any, counter: Any) -> None:
+    """A producer process: puts until ``until`` or ``stop``."""
     payload = os.urandom(size // 2).hex().encode()[:size].ljust(size, b".")
     put = dropr.fastput
     done = 0
-    while time.monotonic() < until:
+    while time.monotonic() < until and not stop.is_set():
         for n in range(100):
             put(payload, peer, CHANNELS[n % 3], n % 10, spool=spool, sync=sync)
         done += 100
-    with counter.get_lock():  # type: ignore[attr-defined]
-        counter.value += done  # type: ignore[attr-defined]
+    with counter.get_lock():
+        counter.value += done
 
 
 def stored(store: dropr.Store) -> int:
@@ -76,85 +88,157 @@ def spooled(spool: Path) -> int:
     return scan.count_queue(str(spool / "queue")) if (spool / "queue").is_dir() else 0
 
 
-def main() -> int:
-    args = parse_args()
-    work = Path(tempfile.mkdtemp(prefix="dropr-demo-"))
-    spool, store_dir = work / "spool", work / "store"
-    port = free_port()
-    peer = f"http://127.0.0.1:{port}/"
-    python = sys.executable
-    print(
-        f"dropr demo ({IMPLEMENTATION} hot path): {args.producers} producers, "
-        f"{args.size}-byte messages, sync={'on' if args.sync else 'off'}, {args.seconds:g} s"
-    )
-    print(f"  spool {spool}\n  store {store_dir}\n  peer  {peer}")
-    server = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "dropr.cli.server",
-            "--store",
-            str(store_dir),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-        ]
-    )
-    relay = None
+def every_second() -> Iterator[float]:
+    """Yields the seconds since the first call, once a second."""
+    start = time.monotonic()
+    tick = start
+    while True:
+        tick += 1.0
+        time.sleep(max(0.0, tick - time.monotonic()))
+        yield time.monotonic() - start
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """Each stop signal stops the demo as Ctrl-C does: its children do not outlive it. SIGINT
+    too, even where it came in ignored (a shell's ``./scripts/demo &`` ignores it, and Python
+    then leaves ``kill -INT`` without effect)."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def no_interrupt() -> Iterator[None]:
+    """The stop signals are ignored inside, and by the processes started inside (an ignored
+    signal stays ignored in a child)."""
+    previous = [signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS]
     try:
-        wait_healthy(peer, server)
-        relay = subprocess.Popen([python, "-m", "dropr.cli.relay", "--spool", str(spool), "--log-level", "warning"])
-        store = dropr.Store(str(store_dir))
-        counter = multiprocessing.Value("q", 0)
-        start = time.monotonic()
-        until = start + args.seconds
-        producers = [
-            multiprocessing.Process(target=produce, args=(str(spool), peer, args.size, args.sync, until, counter))
-            for _ in range(args.producers)
-        ]
-        for proc in producers:
-            proc.start()
+        yield
+    finally:
+        for signum, handler in zip(STOP_SIGNALS, previous, strict=True):
+            signal.signal(signum, handler)
+
+
+class Demo:
+    """The processes of one run and the directory they work in."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="dropr-demo-"))
+        self.spool, self.store_dir = self.work / "spool", self.work / "store"
+        self.port = free_port()
+        self.peer = f"http://127.0.0.1:{self.port}/"
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.producers: list[multiprocessing.Process] = []
+        self.stop = multiprocessing.Event()
+        self.counter = multiprocessing.Value("q", 0)
+
+    def start(self, *command: str) -> subprocess.Popen[bytes]:
+        """Start a child in a session of its own: a Ctrl-C reaches the demo alone, which stops it in order."""
+        child = subprocess.Popen([sys.executable, "-m", *command], stdin=subprocess.DEVNULL, start_new_session=True)
+        self.children.append(child)
+        return child
+
+    def run(self) -> int:
+        args = self.args
+        print(
+            f"dropr demo ({IMPLEMENTATION} hot path): {args.producers} producers, "
+            f"{args.size}-byte messages, sync={'on' if args.sync else 'off'}, {args.seconds:g} s"
+        )
+        print(f"  spool {self.spool}\n  store {self.store_dir}\n  peer  {self.peer}", flush=True)
+        server = self.start("dropr.cli.server", "--store", str(self.store_dir), "--listen", f"127.0.0.1:{self.port}",
+                            "--log-level", "warning")  # fmt: skip
+        wait_healthy(self.peer, server)
+        relay = self.start("dropr.cli.relay", "--spool", str(self.spool), "--log-level", "warning")
+        store = dropr.Store(str(self.store_dir))
+        until = time.monotonic() + args.seconds
+        produce_args = (str(self.spool), self.peer, args.size, args.sync, until, self.stop, self.counter)
+        self.producers = [multiprocessing.Process(target=produce, args=produce_args) for _ in range(args.producers)]
+        with no_interrupt():  # a Ctrl-C is the demo's to handle: it stops them
+            for proc in self.producers:
+                proc.start()
         last = 0
-        while any(proc.is_alive() for proc in producers):
-            time.sleep(1.0)
+        for elapsed in every_second():
             now_stored = stored(store)
-            elapsed = time.monotonic() - start
+            putting = any(proc.is_alive() for proc in self.producers)
+            phase = "putting " if putting else "draining"
             print(
-                f"  {elapsed:5.1f} s  spooled {spooled(spool):>8,}  stored {now_stored:>9,}  ({now_stored - last:,}/s)",
+                f"  {elapsed:5.1f} s  {phase}  spooled {spooled(self.spool):>9,}  stored {now_stored:>9,}"
+                f"  ({now_stored - last:,}/s)",
                 flush=True,
             )
             last = now_stored
-        for proc in producers:
-            proc.join()
-        put_seconds = time.monotonic() - start
-        total = counter.value
-        deadline = time.monotonic() + 120
-        while stored(store) < total and time.monotonic() < deadline:
+            if putting:
+                continue
+            if now_stored >= self.counter.value or elapsed > args.seconds + DRAIN_TIMEOUT:
+                break
             if relay.poll() is not None:
                 raise SystemExit(f"demo: dropr-relay exited with status {relay.returncode}")
-            time.sleep(0.05)
-        flow_seconds = time.monotonic() - start
-        held = stored(store)
-        print(f"put {total:,} messages in {put_seconds:.1f} s: {total / put_seconds:,.0f} msg/s")
-        print(f"stored {held:,} on the server after {flow_seconds:.1f} s: {held / flow_seconds:,.0f} msg/s end to end")
+        for proc in self.producers:
+            proc.join()
+        total, held = self.counter.value, stored(store)
+        print(f"put {total:,} messages in {args.seconds:g} s: {total / args.seconds:,.0f} msg/s")
+        print(f"stored {held:,} on the server after {elapsed:.1f} s: {held / elapsed:,.0f} msg/s end to end")
         if held != total:
             print(f"demo: {total - held:,} messages did not arrive", file=sys.stderr)
             return 1
-        print("every message arrived, stored once.")
+        print("every message arrived, stored once.", flush=True)
         return 0
-    finally:
-        for proc in (relay, server):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """Stop the producers and the children (Ctrl-C cannot cut that short, it would leave
+        them running), then remove the directories (unless --keep)."""
+        with no_interrupt():
+            self.stop.set()
+            for proc in self.producers:
+                proc.join()
+            running = [child for child in self.children if child.poll() is None]
+            if running:
+                print("stopping the relay and the server", flush=True)
+            for child in reversed(running):  # the relay first, while its server still answers
+                child.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=10)
+                    child.wait(STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+                    child.kill()
+                    child.wait()
+        if self.args.keep:
+            print(f"kept {self.work}")
+            return
+        remove_tree(self.work)
+
+
+def remove_tree(top: Path) -> None:
+    """Remove ``top`` and everything in it, with the count of files removed once a second."""
+    print(f"removing {top}", flush=True)
+    removed = 0
+    shown = time.monotonic()
+    for directory, _, files in os.walk(top, topdown=False):
+        for start in range(0, len(files), REMOVE_CHUNK):
+            removed += remove_all([os.path.join(directory, name) for name in files[start : start + REMOVE_CHUNK]])
+            if time.monotonic() - shown >= 1.0:
+                shown = time.monotonic()
+                print(f"  {removed:,} files removed", flush=True)
+    shutil.rmtree(top, ignore_errors=True)
+    print(f"removed {removed:,} files", flush=True)
+
+
+def main() -> int:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, interrupt)
+    demo = Demo(parse_args())
+    status = 130
+    try:
+        status = demo.run()
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted; stopping", flush=True)
+    try:
+        demo.close()
+    except KeyboardInterrupt:
+        print(f"\ndemo: interrupted again; left {demo.work}", flush=True)
+        status = 130
+    return status
 
 
 if __name__ == "__main__":

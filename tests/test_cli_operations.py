@@ -84,7 +84,7 @@ WITHOUT = (
 @pytest.mark.parametrize(
     ("program", "hidden", "extra", "args"),
     [
-        ("dropr-relay", "pycurl", "relay", []),
+        *(("dropr-relay", name, "relay", []) for name in EXTRAS["relay"]),
         ("dropr-relay", "pycurl", "relay", ["--no-supervise"]),
         *(("dropr-server", name, "server", []) for name in EXTRAS["server"]),
     ],

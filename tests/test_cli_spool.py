@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,9 @@ def test_put_takes_the_spool_from_the_environment(tmp_path: Path) -> None:
         (["--peer", PEER, "--channel", ""], "channel"),
         (["--peer", PEER, "--channel", "a\tb"], "channel"),
         (["--peer", PEER, "missing-file"], "missing-file"),
+        (["--peer", PEER, "--delay", "-1"], "delay"),
+        (["--peer", PEER, "--delay", "nan"], "delay"),
+        (["--peer", PEER, "--delay", "inf"], "delay"),
     ],
 )
 def test_put_with_bad_input_fails_in_one_line_and_creates_nothing(tmp_path: Path, args: list[str], stderr: str) -> None:
@@ -77,8 +82,17 @@ def test_put_over_the_payload_limit_fails(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+def test_put_with_a_delay_names_it(tmp_path: Path) -> None:
+    done = dropr("put", "--spool", str(tmp_path), "--peer", PEER, "--delay", "2.5", stdin=b"later")
+    assert done.returncode == 0, done.stderr
+    (name,) = queued(tmp_path)
+    assert name.startswith(f"9{done.stdout.strip()}+") and name.endswith("+d9c4")
+
+
 def test_put_usage_errors_exit_2(tmp_path: Path) -> None:
     done = dropr("put", "--spool", str(tmp_path), "--peer", PEER, "--priority", "high")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    done = dropr("put", "--spool", str(tmp_path), "--peer", PEER, "--delay", "soon")
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
     assert dropr("put", "--spool", str(tmp_path)).returncode == 2
     assert os.listdir(tmp_path) == []
@@ -116,6 +130,15 @@ def test_spool_counts(filled: tuple[Path, list[str]], capsys: pytest.CaptureFixt
     assert capsys.readouterr().out.split() == ["3", "1"]
     done = dropr("spool", str(root), "count-queued")
     assert (done.returncode, done.stdout) == (0, "3\n")
+
+
+def test_spool_counts_the_messages_of_batch_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with spool.Client(tmp_path) as client:
+        client.put_many([b"a", b"b", b"c"], peer=PEER)
+        client.put(b"d", peer=PEER)
+    assert len(queued(tmp_path)) == 2
+    assert main(["spool", str(tmp_path), "count-queued"]) == 0
+    assert capsys.readouterr().out == "4\n"
 
 
 def test_spool_list_in_delivery_order(filled: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,3 +189,29 @@ def test_wipe_sent_refuses_negative_minutes(tmp_path: Path) -> None:
     spool.Spool(tmp_path)
     done = dropr("spool", str(tmp_path), "wipe-sent", "-5")
     assert done.returncode == 2 and "minutes" in done.stderr
+
+
+def test_spool_list_shows_every_message_queued_all_along_while_higher_priorities_arrive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Puts of a higher priority during a listing sort before what it is reading: the
+    listing must still show every message that was queued for the whole of it."""
+    with spool.Client(tmp_path) as client:
+        queued_all_along = {client.put(b"x", peer=PEER, priority=9) for _ in range(3000)}
+    stop = threading.Event()
+
+    def put_higher() -> None:
+        with spool.Client(tmp_path) as producer:
+            while not stop.is_set():
+                producer.put(b"y", peer=PEER, priority=random.randrange(9))
+
+    producer = threading.Thread(target=put_higher)
+    producer.start()
+    try:
+        for _ in range(5):
+            assert main(["spool", str(tmp_path), "list"]) == 0
+            listed = {line.split("\t", 1)[0] for line in capsys.readouterr().out.splitlines()}
+            assert queued_all_along <= listed, f"{len(queued_all_along - listed)} missing"
+    finally:
+        stop.set()
+        producer.join()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import socket
 import time
 import urllib.error
@@ -81,6 +83,19 @@ def test_the_raw_answer_for_curl(served: tuple[Store, ServerProcess]) -> None:
     assert status == 200 and json.loads(answer) == {receipt: ["processed", ""]}
     status, _, answer = call(server, "/v1/status", {"channel": "raw/chan nel", "id": msg_id})
     assert json.loads(answer) == {"id": msg_id, "status": "processed"}
+
+
+def test_the_curl_examples_of_protocol_md_work_verbatim(served: tuple[Store, ServerProcess], tmp_path: Path) -> None:
+    store, server = served
+    msg_id = put(store, b"an order\n", channel="orders")
+    text = (Path(__file__).parent.parent / "PROTOCOL.md").read_text()
+    (example,) = [b for b in re.findall(r"```sh\n(.*?)```", text, re.DOTALL) if "/v1/" in b]
+    assert "http://127.0.0.1:8080" in example and "Bearer TOKEN" in example
+    script = example.replace("http://127.0.0.1:8080", server.url.rstrip("/")).replace("Bearer TOKEN", f"Bearer {TOKEN}")
+    done = subprocess.run(["bash", "-euc", script], cwd=tmp_path, capture_output=True, timeout=120, check=True)
+    assert done.stdout.startswith(b"an order\n") and done.stderr == b""
+    assert store.status("orders", msg_id) == "processed"
+    assert store.groups("orders") == ["billing"]
 
 
 def test_json_answers_and_a_msgpack_claim(served: tuple[Store, ServerProcess]) -> None:

@@ -23,7 +23,7 @@ from storekit import CLIENT, put, stage, tree
 import dropr
 from dropr import InvalidMessage, _files
 from dropr._impl import codec
-from dropr.relay.batches import Entry
+from dropr.relay.batches import Entry, SpoolFiles
 from dropr.relay.local import LocalTransport
 from dropr.store import Store
 from dropr.store.ingest import Staged
@@ -88,6 +88,28 @@ def test_commit_answers_each_message_and_takes_every_staged_file(store: Store) -
     assert queued_payloads(store) == [b"as it is", b"held", b"new"]
     assert queued_payloads(store, "other") == [b"elsewhere"]
     assert store.commit(CLIENT, []) == {}
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_message_due_later_waits_in_delayed_until_its_time(store: Store, sync: bool) -> None:
+    later, past, now = arrival(store, b"later"), arrival(store, b"past"), arrival(store, b"now")
+    batch = [later._replace(delay_ms=1500), past._replace(delay_ms=1), now]
+    time.sleep(0.005)
+    assert store.commit(CLIENT, batch, sync=sync) == dict.fromkeys((later.id, past.id, now.id), ("stored", ""))
+    due = codec.id_time_ns(later.id) / 1e9 + 1.5
+    (name,) = os.listdir(os.path.join(store.path, "channels", "common", "delayed"))
+    assert name[1:31] == later.id
+    assert os.stat(os.path.join(store.path, "channels", "common", "delayed", name)).st_mtime == pytest.approx(
+        due, abs=1e-3
+    )
+    assert [m.id for m in store.claim("common", 10, 60)] == sorted([past.id, now.id])
+    again = arrival(store, b"later", msg_id=later.id)
+    assert store.commit(CLIENT, [again._replace(delay_ms=1500)]) == {later.id: ("duplicate", "already held")}
+    while time.time() < due:
+        assert store.claim("common", 10, 60) == []
+        time.sleep(0.05)
+    wait_until(lambda: store.count_queued("common") == 1, timeout=5)
+    assert [m.read() for m in store.claim("common", 10, 60)] == [b"later"]
 
 
 def test_commit_for_a_client_the_store_refuses_changes_nothing(store: Store) -> None:
@@ -294,11 +316,11 @@ def test_leftovers_are_found_by_their_prefix_only(store: Store) -> None:
 
 
 def entry_of(spool: Path, payload: bytes, channel: str = "common", **lie: int) -> Entry:
-    """A spool file and the relay's entry for it (``size`` or ``crc`` may lie)."""
+    """A spool file and the relay's entry for it (its name's ``size`` or ``crc`` may lie)."""
     msg_id = codec.new_id()
-    name = f"5{msg_id}"
-    (spool / name).write_bytes(payload)
     size, crc = lie.get("size", len(payload)), lie.get("crc", zlib.crc32(payload))
+    name = codec.spool_name(5, msg_id, "p", channel, size, crc)
+    (spool / name).write_bytes(payload)
     return Entry(name, msg_id, 5, channel, size, crc)
 
 
@@ -316,9 +338,8 @@ def test_the_local_transport_commits_through_the_same_path(tmp_path: Path) -> No
 
     async def send(entries: list[Entry]) -> dict[str, tuple[str, str]]:
         with ThreadPoolExecutor(1) as executor:
-            transport = LocalTransport(
-                store_dir.as_uri(), executor, client="a", locate=lambda name: str(spool / name), resolve=resolve
-            )
+            files = SpoolFiles("a", str(spool), lambda name: str(spool / name), resolve)
+            transport = LocalTransport(store_dir.as_uri(), executor, files)
             try:
                 return await transport.send(entries)
             finally:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
+import zlib
+from pathlib import Path
 from types import ModuleType
 
 import msgpack
@@ -10,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dropr import _codec_py as codec
+from dropr import _drop_py
 from dropr import _manifest_py as reference
 
 try:
@@ -103,3 +109,115 @@ def test_invalid_name_rejected(manifest: ModuleType, name: str) -> None:
     good = codec.spool_name(1, MSG_ID, "peer", "ch", 1, 1)
     with pytest.raises(ValueError):
         manifest.build([good, name], {})
+
+
+# -- batch files and delays --------------------------------------------------------------
+
+
+def _queue_batch(root: Path, payloads: list[bytes], channel: str = "ch", priority: int = 4, delay_ms: int = 0) -> str:
+    """Write a batch file with the plain-Python put path; its name."""
+    for sub in ("tmp", "queue"):
+        (root / sub).mkdir(exist_ok=True)
+    tmp_fd = os.open(root / "tmp", os.O_RDONLY | os.O_DIRECTORY)
+    queue_fd = os.open(root / "queue", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids = _drop_py.put_many(tmp_fd, queue_fd, "peer", codec.escape(channel), priority, payloads, False, delay_ms)
+    finally:
+        os.close(tmp_fd)
+        os.close(queue_fd)
+    return next(p.name for p in (root / "queue" / f"{priority}{ids[0][:8]}").iterdir() if ids[0] in p.name)
+
+
+def test_a_batch_file_is_one_part_with_an_entry_per_message(manifest: ModuleType, tmp_path: Path) -> None:
+    payloads = [b"first", b"", b"x" * 300]
+    name = _queue_batch(tmp_path, payloads, delay_ms=1500)
+    first = codec.parse_spool_name(name)[1]
+    ids = codec.batch_ids(first, 3)
+    plain = codec.spool_name(2, MSG_ID, "peer", "other", 7, 8, 1, 250)
+    decoded = msgpack.unpackb(manifest.build([plain, name], {}, str(tmp_path / "queue")))
+    start = codec.batch_index_size(3)
+    assert decoded == [
+        [MSG_ID, "other", 2, MSG_ID, 7, 8, 0, 250],
+        [ids[0], "ch", 4, first, 5, zlib.crc32(b"first"), start, 1500],
+        [ids[1], "ch", 4, first, 0, 0, start + 5, 1500],
+        [ids[2], "ch", 4, first, 300, zlib.crc32(b"x" * 300), start + 5, 1500],
+    ]
+    data = (tmp_path / "queue" / name[: codec.BUCKET_LEN] / name).read_bytes()
+    for entry, payload in zip(decoded[1:], payloads, strict=True):
+        assert data[entry[6] : entry[6] + entry[4]] == payload
+
+
+def test_entries_without_offset_or_delay_keep_six_elements(manifest: ModuleType, tmp_path: Path) -> None:
+    name = _queue_batch(tmp_path, [b"a", b"b"])
+    decoded = msgpack.unpackb(
+        manifest.build([name, codec.spool_name(1, MSG_ID, "p", "c", 1, 1)], {}, str(tmp_path / "queue"))
+    )
+    assert [len(entry) for entry in decoded] == [7, 7, 6]
+
+
+@pytest.mark.skipif(compiled is None, reason="dropr._manifest is not built")
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.lists(st.binary(max_size=300), min_size=1, max_size=30),
+            st.sampled_from(["ch", "é/ü", "x" * 100]),
+            st.integers(0, 9),
+            st.integers(0, 2**64 - 1) | st.just(0),
+        ),
+        max_size=6,
+    )
+)
+def test_compiled_is_byte_identical_on_batch_files(batches: list) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        names, texts = [], {}
+        for payloads, channel, priority, delay_ms in batches:
+            if codec.escape(channel).startswith(codec.COMPACT):
+                texts[codec.escape(channel)] = channel
+            names.append(_queue_batch(Path(root), payloads, channel, priority, delay_ms))
+        queue = os.path.join(root, "queue")
+        assert compiled.build(names, texts, queue) == reference.build(names, texts, queue)
+
+
+def _corrupt(data: bytes, how: str) -> bytes:
+    if how == "truncated":
+        return data[:-1]
+    if how == "magic":
+        return b"x" + data[1:]
+    if how == "count":
+        return data[:8] + (3).to_bytes(4, "big") + data[12:]
+    if how == "id":
+        return data[:12] + b"0" * 30 + data[42:]
+    if how == "sizes":
+        return data[:42] + (1).to_bytes(8, "big") + data[50:]
+    return data[:12]
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("truncated", "117 bytes, not the 118 its name says"),
+        ("magic", "bad magic"),
+        ("count", "cut short"),
+        ("id", "its ids are not those of its name"),
+        ("sizes", "its payloads take 108 bytes, not 118"),
+        ("index-only", "12 bytes, not the 118"),
+    ],
+)
+def test_a_batch_file_not_as_named_is_refused_naming_it(
+    manifest: ModuleType, tmp_path: Path, how: str, reason: str
+) -> None:
+    name = _queue_batch(tmp_path, [b"payload one", b"payload two"])
+    path = tmp_path / "queue" / name[: codec.BUCKET_LEN] / name
+    path.write_bytes(_corrupt(path.read_bytes(), how))
+    with pytest.raises(ValueError, match=re.escape(f"batch file {name}: ") + ".*" + re.escape(reason)):
+        manifest.build([name], {}, str(tmp_path / "queue"))
+
+
+def test_a_batch_file_needs_its_queue(manifest: ModuleType, tmp_path: Path) -> None:
+    name = _queue_batch(tmp_path, [b"a", b"b"])
+    with pytest.raises(ValueError, match="batch file"):
+        manifest.build([name], {})
+    os.unlink(tmp_path / "queue" / name[: codec.BUCKET_LEN] / name)
+    with pytest.raises(FileNotFoundError):
+        manifest.build([name], {}, str(tmp_path / "queue"))

@@ -204,3 +204,23 @@ def test_a_payload_that_does_not_match_its_name_is_rejected_and_the_rest_deliver
     assert (spool / "failed" / f"{bad}.reason").read_text().startswith("checksum mismatch")
     del sent[bad[1:31]]
     check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)
+
+
+def test_batch_files_are_published_message_by_message_with_their_delay(cluster: Cluster, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    sent = put(spool, cluster.url, 30)
+    delays: dict[str, int] = {}
+    with dropr.Client(spool) as client:
+        for n, channel in enumerate(CHANNELS):
+            payloads = [f"{channel} {i}".encode() * (i + 1) for i in range(1 + 40 * n % 97)]
+            ids = client.put_many(payloads, peer=cluster.url, channel=channel, priority=n, delay=n * 1.5)
+            sent.update({msg_id: (channel, n, payload) for msg_id, payload in zip(ids, payloads, strict=True)})
+            delays.update(dict.fromkeys(ids, n * 1500))
+    done = run_relay(spool, "--once", "--no-supervise", "--batch-count", "50")
+    assert done.returncode == 0, done.stderr
+    assert not queued(spool) and os.listdir(spool / "failed") == []
+    check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)
+    published = {msg.headers["Dropr-Id"]: (msg.headers or {}).get("Dropr-Delay") for msg in cluster.messages()}
+    assert {msg_id: int(delay) for msg_id, delay in published.items() if delay} == {
+        msg_id: delay for msg_id, delay in delays.items() if delay
+    }

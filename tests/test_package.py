@@ -42,6 +42,7 @@ def test_public_names_are_few_and_present() -> None:
         "Store",
         "StoreError",
         "fastput",
+        "fastput_many",
     ]
     for name in dropr.__all__:
         assert getattr(dropr, name) is not None

@@ -84,7 +84,7 @@ def test_put_takes_any_byte_buffer(drop: ModuleType, dirs: tuple, kind: type) ->
     drop.put(tmp_fd, queue_fd, "p", "c", 0, kind(b"abc"), False)
     path = only_file(queue)
     assert path.read_bytes() == b"abc"
-    assert _codec_py.parse_spool_name(path.name)[4:] == (3, zlib.crc32(b"abc"))
+    assert _codec_py.parse_spool_name(path.name)[4:] == (3, zlib.crc32(b"abc"), 1, 0)
 
 
 def test_put_crc_matches_zlib_on_every_length(drop: ModuleType, dirs: tuple) -> None:
@@ -93,7 +93,7 @@ def test_put_crc_matches_zlib_on_every_length(drop: ModuleType, dirs: tuple) -> 
     for size in range(len(data) + 1):
         drop.put(tmp_fd, queue_fd, "p", "c", 9, data[:size], False)
     for path in queued_files(queue):
-        _, _, _, _, size, crc = _codec_py.parse_spool_name(path.name)
+        _, _, _, _, size, crc, _, _ = _codec_py.parse_spool_name(path.name)
         assert crc == zlib.crc32(data[:size]) and path.read_bytes() == data[:size]
 
 
@@ -215,7 +215,7 @@ def test_full_disk_raises_and_shows_nothing(tiny_fs: Path, putter: ModuleType, m
     queue = tiny_fs / "spool" / "queue"
     assert 0 < len(queued_files(queue)) == stored
     for path in queued_files(queue):
-        _, _, _, _, size, crc = _codec_py.parse_spool_name(path.name)
+        _, _, _, _, size, crc, _, _ = _codec_py.parse_spool_name(path.name)
         data = path.read_bytes()
         assert (len(data), zlib.crc32(data)) == (size, crc)
     assert os.listdir(tiny_fs / "spool" / "tmp") == []

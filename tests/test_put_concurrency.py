@@ -55,7 +55,7 @@ def queued_ids(root: Path) -> list[str]:
     """Ids of the queued messages, after checking each file is whole."""
     ids = []
     for path in queued_files(root / "queue"):
-        _, msg_id, _, _, size, crc = _codec_py.parse_spool_name(path.name)
+        _, msg_id, _, _, size, crc, _, _ = _codec_py.parse_spool_name(path.name)
         data = path.read_bytes()
         assert (len(data), zlib.crc32(data)) == (size, crc), path.name
         ids.append(msg_id)

@@ -8,10 +8,13 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from dropr import _codec_py, _drop_py
@@ -20,6 +23,7 @@ from dropr.cli import relay as relay_cli
 from dropr.protocol import PeerFailure, parse_acks
 from dropr.relay import backoff, batches, config, housekeeping, inotify, lock
 from dropr.relay.disposal import Disposal
+from dropr.relay.status import RelayStatus
 from dropr.spool import Client, Spool
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -43,6 +47,35 @@ def test_a_message_larger_than_the_byte_limit_travels_alone() -> None:
     cut = list(batches.cut([entry(0, 10), entry(1, 5000), entry(2, 10)], count=10, max_bytes=100))
     assert [[e.size for e in b] for b in cut] == [[10], [5000], [10]]
     assert list(batches.cut([], 10, 100)) == []
+
+
+def test_a_batch_file_counts_as_its_messages_and_is_never_split() -> None:
+    files = [
+        batches.Entry(f"f{i}", f"{i:030x}", 9, "c", 100, 0, count) for i, count in enumerate([1, 60, 50, 3, 200, 1])
+    ]
+    cut = list(batches.cut(files, count=100, max_bytes=10_000))
+    assert [[e.messages for e in b] for b in cut] == [[1, 60], [50, 3], [200], [1]]
+
+
+def test_a_request_announces_each_message_and_leaves_out_a_file_not_as_named(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    with Client(spool) as client:
+        for payloads in ([b"a", b"b"], [b"alone"], [b"c", b"d", b"e"]):
+            client.put_many(payloads, peer="http://h/")
+    files = []
+    for name in scan.scan_queue(spool.queue_dir, 10):
+        priority, msg_id, _, channel, size, crc, count, delay_ms = _codec_py.parse_spool_name(name)
+        files.append(batches.Entry(name, msg_id, priority, channel, size, crc, count, delay_ms))
+    whole = batches.announce(files, spool.resolve, spool.queue_dir)
+    assert whole.files == files and whole.refused == {}
+    assert [entry[0] for entry in msgpack.unpackb(whole.manifest)] == [i for f in files for i in batches.ids(f)]
+    Path(spool.queued_path(files[2].name)).write_bytes(b"not a batch file")
+    partial = batches.announce(files, spool.resolve, spool.queue_dir)
+    assert partial.files == files[:2] and sorted(partial.refused) == batches.ids(files[2])
+    assert all(
+        status == "rejected" and "unreadable: batch file" in reason for status, reason in partial.refused.values()
+    )
+    assert [entry[0] for entry in msgpack.unpackb(partial.manifest)] == [i for f in files[:2] for i in batches.ids(f)]
 
 
 def test_backoff_grows_jittered_up_to_its_cap_and_resets() -> None:
@@ -233,7 +266,7 @@ def _queued(tmp_path: Path, count: int) -> tuple[Spool, list[str]]:
 
 def test_names_finished_while_a_threaded_scan_reads_are_remembered_until_it_ends(tmp_path: Path) -> None:
     spool, names = _queued(tmp_path, 5)
-    disposal = Disposal(config.RelayConfig(spool=spool.path, keep_sent_minutes=1.0), spool)
+    disposal = Disposal(config.RelayConfig(spool=spool.path, keep_sent_minutes=1.0), spool, RelayStatus(None, spool))
 
     async def finish() -> None:
         await disposal.remove([names[0]])
@@ -258,7 +291,7 @@ def test_names_finished_while_a_threaded_scan_reads_are_remembered_until_it_ends
 
 def test_without_a_retention_what_is_sent_is_deleted_in_the_background(tmp_path: Path) -> None:
     spool, names = _queued(tmp_path, 9)
-    disposal = Disposal(config.RelayConfig(spool=spool.path), spool)
+    disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, spool))
     try:
         asyncio.run(disposal.remove(names))
         assert scan.count_queue(spool.queue_dir) == 0
@@ -275,6 +308,38 @@ def test_lock_refuses_a_second_holder_with_the_pid(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     os.close(lock.acquire(str(tmp_path)))
+
+
+def test_the_lock_holder_is_read_from_the_kernel(tmp_path: Path) -> None:
+    assert lock.holder(str(tmp_path)) is None  # no lock file
+    os.close(lock.acquire(str(tmp_path)))
+    assert lock.holder(str(tmp_path)) is None  # the file stays, unlocked
+    code = "import sys; from dropr.relay import lock; lock.acquire(sys.argv[1]); print(flush=True); sys.stdin.read()"
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as other:
+        assert other.stdout is not None and other.stdin is not None
+        other.stdout.readline()
+        assert lock.holder(str(tmp_path)) == other.pid
+        other.stdin.close()
+    assert lock.holder(str(tmp_path)) is None
+
+
+def test_reading_the_lock_holder_never_makes_a_starting_relay_refuse(tmp_path: Path) -> None:
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            lock.holder(str(tmp_path))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(2000):
+            os.close(lock.acquire(str(tmp_path)))
+    finally:
+        stop.set()
+        reader.join()
 
 
 @pytest.mark.parametrize(

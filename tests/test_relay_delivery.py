@@ -7,6 +7,7 @@ the event loop until no request is in flight; the transport answers as the test 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,12 +19,14 @@ import pytest
 from dropr import protocol
 from dropr._impl import codec, scan
 from dropr.protocol import Acks, PeerFailure
+from dropr.relay import batches
 from dropr.relay.backoff import Backoff
 from dropr.relay.batches import Entry
 from dropr.relay.config import RelayConfig
 from dropr.relay.delivery import Delivery, Peer
 from dropr.relay.disposal import Disposal
 from dropr.relay.group import GroupBackoff
+from dropr.relay.status import RelayStatus
 from dropr.spool import Client, Spool
 
 PEER = "http://h/"
@@ -70,9 +73,12 @@ class Setup:
         self.names = scan.scan_queue(self.spool.queue_dir, count)
         self.field = codec.parse_spool_name(self.names[0])[2] if self.names else ""
         config = RelayConfig(spool=self.spool.path, keep_sent_minutes=1.0, **settings)
-        self.disposal = Disposal(config, self.spool)
+        self.status = RelayStatus(None, self.spool)
+        self.disposal = Disposal(config, self.spool, self.status)
         self.crashes: list[BaseException] = []
-        self.delivery = Delivery(config, self.spool, self.disposal, wake=lambda: None, crash=self.crashes.append)
+        self.delivery = Delivery(
+            config, self.spool, self.disposal, status=self.status, wake=lambda: None, crash=self.crashes.append
+        )
 
     def peer(self, *answers: Answer) -> tuple[Peer, Scripted]:
         transport = Scripted(self.delivery.peers, list(answers))
@@ -126,6 +132,10 @@ def test_rejected_go_to_failed_and_those_missing_from_the_answer_stay_queued(tmp
     assert scan.scan_queue(setup.spool.queue_dir, 10) == [missing]
     assert peer.backoff.failures == 1 and peer.news and setup.delivery.held == set()
     assert setup.delivery.delivered == 1 and setup.disposal.failed == 1
+    setup.status.publish(force=True)
+    record = setup.status.snapshot["peers"][PEER]
+    assert (record["delivered"], record["failed"], record["retried"], record["inflight"]) == (1, 1, 1, 0)
+    assert record["state"] == "backing off" and record["reason"] == "1 of 3 messages to be retried"
 
 
 def test_an_answer_for_every_message_does_not_back_off_even_with_rejections(tmp_path: Path) -> None:
@@ -138,6 +148,77 @@ def test_an_answer_for_every_message_does_not_back_off_even_with_rejections(tmp_
     setup.dispatch(setup.names)
     assert setup.failed() == {setup.names[0]: "rejected by the peer"} and setup.sent() == setup.names[1:]
     assert peer.backoff.failures == 0
+
+
+def each_message(status: str, reason: str = "", but: dict[int, tuple[str, str]] | None = None) -> Answer:
+    """An answer giving every message of a batch ``status``, the n-th of them (counted
+    across its files) ``but[n]`` instead."""
+
+    def answer(batch: list[Entry]) -> Acks:
+        ids = [msg_id for entry in batch for msg_id in batches.ids(entry)]
+        return {msg_id: (but or {}).get(n, (status, reason)) for n, msg_id in enumerate(ids)}
+
+    return answer
+
+
+def batch_files(tmp_path: Path, sizes: list[int], **settings: Any) -> Setup:
+    """A Setup whose queue holds one file per size: a batch of that many messages."""
+    setup = Setup(tmp_path, 0, **settings)
+    with Client(setup.spool) as client:
+        for size in sizes:
+            client.put_many([b"m%d" % i for i in range(size)], peer=PEER)
+    setup.names = scan.scan_queue(setup.spool.queue_dir, len(sizes))
+    setup.field = codec.parse_spool_name(setup.names[0])[2]
+    return setup
+
+
+def test_a_batch_file_travels_whole_and_leaves_once_each_message_is_acknowledged(tmp_path: Path) -> None:
+    setup = batch_files(tmp_path, [40, 1, 70, 30], batch_count=100)
+    peer, transport = setup.peer(each_message(protocol.DUPLICATE, "already held", {5: (protocol.STORED, "")}))
+    setup.dispatch(setup.names)
+    assert transport.sent == [setup.names[:2], setup.names[2:]]  # 41 messages, then 100
+    assert setup.sent() == setup.names and scan.count_queue(setup.spool.queue_dir) == 0
+    assert setup.delivery.delivered == 141 and peer.backoff.failures == 0
+    setup.status.publish(force=True)
+    record = setup.status.snapshot["peers"][PEER]
+    assert (record["delivered"], record["failed"], record["retried"]) == (141, 0, 0)
+
+
+def test_a_batch_file_with_a_message_to_retry_stays_queued_whole(tmp_path: Path) -> None:
+    setup = batch_files(tmp_path, [3, 4])
+    peer, _ = setup.peer(each_message(protocol.STORED, but={1: (protocol.REJECTED, "bad"), 5: (protocol.RETRY, "")}))
+    setup.dispatch(setup.names)
+    assert setup.sent() == [] and setup.failed() == {setup.names[0]: f"{batches.ids(entry_of(setup, 0))[1]}: bad"}
+    assert scan.scan_queue(setup.spool.queue_dir, 10) == setup.names[1:]
+    assert peer.backoff.failures == 1 and setup.delivery.delivered == 0
+    assert setup.disposal.failed == 3  # counted as messages, a batch file's each
+    setup.status.publish(force=True)
+    record = setup.status.snapshot["peers"][PEER]
+    assert (record["delivered"], record["failed"], record["retried"]) == (0, 3, 4)
+
+
+def test_a_batch_file_with_rejected_messages_fails_naming_each(tmp_path: Path) -> None:
+    setup = batch_files(tmp_path, [5])
+    ids = batches.ids(entry_of(setup, 0))
+    rejections = {0: (protocol.REJECTED, "no"), 2: (protocol.REJECTED, "bad crc"), 4: (protocol.REJECTED, "no")}
+    peer, _ = setup.peer(each_message(protocol.STORED, but=rejections))
+    setup.dispatch(setup.names)
+    assert setup.failed() == {setup.names[0]: f"{ids[0]}, {ids[4]}: no; {ids[2]}: bad crc"}
+    assert peer.backoff.failures == 0 and scan.count_queue(setup.spool.queue_dir) == 0
+
+
+def test_a_batch_file_answered_only_for_its_first_message_stays_queued(tmp_path: Path) -> None:
+    setup = batch_files(tmp_path, [3])
+    peer, _ = setup.peer(stored)
+    setup.dispatch(setup.names)
+    assert scan.scan_queue(setup.spool.queue_dir, 10) == setup.names and setup.failed() == {}
+    assert peer.backoff.failures == 1
+
+
+def entry_of(setup: Setup, index: int) -> Entry:
+    name = setup.names[index]
+    priority, msg_id, _, channel, size, crc, count, delay_ms = codec.parse_spool_name(name)
+    return Entry(name, msg_id, priority, channel, size, crc, count, delay_ms)
 
 
 def test_a_failed_request_backs_off_and_lets_the_waiting_batches_go(tmp_path: Path) -> None:
@@ -170,6 +251,9 @@ def test_with_once_a_peer_failing_for_retry_for_seconds_is_given_up(tmp_path: Pa
     assert peer.gave_up and setup.delivery.given_up() == [peer]
     assert peer.reason == "connection refused"
     assert setup.delivery.resting(0.0) == {setup.field}
+    setup.status.publish(force=True)
+    record = setup.status.snapshot["peers"][PEER]
+    assert (record["state"], record["reason"], record["failures"]) == ("given up", "connection refused", 3)
 
 
 def test_names_that_cannot_be_sent_are_failed_at_once(tmp_path: Path) -> None:
@@ -201,6 +285,8 @@ def test_messages_queued_for_longer_than_max_age_expire_as_they_are_read(tmp_pat
     setup.dispatch(setup.names)
     assert transport.sent == []
     assert setup.failed() == dict.fromkeys(setup.names, "expired: queued for more than 1e-06 minutes")
+    setup.status.publish(force=True)
+    assert setup.status.snapshot["peers"][PEER]["failed"] == 2  # by its URL, though no request went to it
 
 
 def test_arrivals_give_known_peers_news_and_make_others_known(tmp_path: Path) -> None:
@@ -213,6 +299,40 @@ def test_arrivals_give_known_peers_news_and_make_others_known(tmp_path: Path) ->
     assert sorted(setup.delivery.peers) == sorted([setup.field, codec.parse_spool_name(other)[2]])
     assert setup.delivery.peers[codec.parse_spool_name(other)[2]].url == "http://other/"
     setup.disposal.close()
+
+
+def test_the_status_follows_the_peer_and_logs_each_change_of_state_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup = Setup(tmp_path, 3, batch_count=1)
+    peer, _ = setup.peer(down, down, down, stored)
+    snapshots = []
+
+    async def run() -> None:
+        for names in ([setup.names[0]], [setup.names[0]], [setup.names[0]], setup.names):
+            setup.delivery.dispatch(names, prefetch=False)
+            while setup.delivery.busy:
+                await setup.delivery.finish()
+            setup.status.publish(force=True)
+            snapshots.append(setup.status.snapshot["peers"][PEER])
+
+    caplog.set_level(logging.INFO, "dropr.relay")
+    try:
+        asyncio.run(run())
+    finally:
+        setup.disposal.close()
+    backing_off, delivering = snapshots[2], snapshots[3]
+    assert backing_off["state"] == "backing off" and backing_off["failures"] == 3
+    assert backing_off["reason"] == "connection refused" and backing_off["until"] > time.time() + 10
+    assert backing_off["since"] == snapshots[0]["since"] and backing_off["retried"] == 3
+    assert delivering["state"] == "delivering" and delivering["since"] >= backing_off["since"]
+    assert (delivering["delivered"], delivering["retried"], delivering["failures"]) == (3, 3, 0)
+    assert sum(delivering["latency_counts"]) == 6 and delivering["last_batch_seconds"] is not None
+    lines = [record.getMessage() for record in caplog.records]  # one a change of state, none per failure
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{PEER}: connection refused; backing off (next try in ")
+    assert lines[1].startswith(f"{PEER}: delivering again after 3 failures in ")
+    assert setup.sent() == setup.names
 
 
 def test_without_once_a_failing_peer_is_never_given_up_even_when_it_may_be_tried_at_once(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import dropr
 from dropr import protocol
 from dropr.protocol import Acks, PeerFailure
 from dropr.relay.backoff import Backoff
-from dropr.relay.batches import Entry
+from dropr.relay.batches import Entry, SpoolFiles
 from dropr.relay.config import GroupConfig, RelayConfig
 from dropr.relay.group import GroupBackoff, GroupTransport, Member
 from dropr.relay.transport import Transports, Unavailable
@@ -226,7 +226,7 @@ def test_a_group_none_of_whose_members_can_be_used_is_held(monkeypatch: pytest.M
         monkeypatch.setitem(sys.modules, module, None)  # as if nats-py were not installed
     monkeypatch.delitem(sys.modules, "dropr.relay.nats", raising=False)
     config = RelayConfig(spool="/nonexistent", groups={"g": GroupConfig(("nats://n:4222",))})
-    transports = Transports(config, client="c", locate=str, resolve=str)
+    transports = Transports(config, SpoolFiles("c", "/nonexistent", str, str))
     try:
         with pytest.raises(Unavailable, match="no member of peer group 'g' can be used: nats:// peers need nats-py"):
             transports.open("group:g")

@@ -127,6 +127,19 @@ def test_missing_directory(scan: ModuleType, tmp_path: pathlib.Path) -> None:
         scan.scan(str(tmp_path), -1)
 
 
+def test_oldest_id_of_a_directory(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    assert scan.oldest(str(tmp_path)) == ""
+    names = _names(300)
+    _touch(tmp_path, names + ["." + "0" * 40, "0" * 31, "5" + "A" * 30 + "+p"])
+    assert scan.oldest(tmp_path) == min(name[1:31] for name in names)
+    store_names = [codec.store_name(p, f"{p + 1:030x}", "client") for p in (9, 0, 5)]
+    (tmp_path / "store").mkdir()
+    _touch(str(tmp_path / "store"), store_names)
+    assert scan.oldest(str(tmp_path / "store")) == f"{1:030x}"
+    with pytest.raises(FileNotFoundError):
+        scan.oldest(str(tmp_path / "missing"))
+
+
 def test_deep_directory(scan: ModuleType, deep: tuple[str, list[str]]) -> None:
     path, names = deep
     ordered = sorted(names)
@@ -134,6 +147,7 @@ def test_deep_directory(scan: ModuleType, deep: tuple[str, list[str]]) -> None:
     assert scan.scan(path, 1) == ordered[:1]
     assert scan.scan(path, 1000, {"peer"}) == []
     assert scan.count(path) == 100_000
+    assert scan.oldest(path) == min(name[1:31] for name in names)
 
 
 @pytest.mark.skipif(compiled is None, reason="dropr._scan is not built")
@@ -193,6 +207,42 @@ def test_queue_ignores_what_is_not_a_bucketed_message(scan: ModuleType, tmp_path
     assert scan.scan_queue(str(tmp_path), 100) == sorted(names)
     assert scan.buckets(str(tmp_path)) == sorted({n[: codec.BUCKET_LEN] for n in names})
     assert scan.count_queue(str(tmp_path)) == 20 + 2
+
+
+def test_names_with_extra_fields_are_scanned_and_skipped_as_others(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    names = _queue_names(100)
+    extra = [n + suffix for n, suffix in zip(names, ["+n2", "+d3e8", "+n64.d3e8"] * 40, strict=False)]
+    _fill_queue(tmp_path, extra)
+    assert scan.scan_queue(str(tmp_path), 100) == sorted(extra)
+    assert scan.scan_queue(str(tmp_path), 100, ["a"]) == sorted(n for n in extra if "+a+" not in n)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "messages"),
+    [
+        ("", 1),
+        ("+n2", 2),
+        ("+n64", 100),
+        ("+n64.d3e8", 100),
+        ("+d3e8", 1),
+        ("+n100000", 1 << 20),
+        ("+n100001", 1),
+        ("+n1000000", 1),
+        ("+n1", 1),
+        ("+n02", 1),
+        ("+n", 1),
+        ("+n2x", 1),
+        ("+nA", 1),
+    ],
+)
+def test_a_batch_file_counts_as_its_messages(
+    scan: ModuleType, tmp_path: pathlib.Path, suffix: str, messages: int
+) -> None:
+    names = _queue_names(3)
+    _fill_queue(tmp_path, [names[0] + suffix, *names[1:]])
+    _touch(str(tmp_path / names[1][: codec.BUCKET_LEN]), ["not-a-message+p+c+1+00000000+n64"])
+    assert scan.count_queue(str(tmp_path)) == messages + 3
+    assert scan.count(str(tmp_path / names[0][: codec.BUCKET_LEN])) >= 1
 
 
 def test_queue_reads_only_the_buckets_it_needs(scan: ModuleType, tmp_path: pathlib.Path) -> None:
@@ -263,3 +313,63 @@ def test_find_in_a_deep_directory(scan: ModuleType, deep: tuple[str, list[str]])
     path, names = deep
     for name in (names[0], names[-1], names[50_000]):
         assert scan.find(path, name[1:31]) == [name]
+
+
+def _expected_tally(names: list[str]) -> dict[str, tuple[int, int, str]]:
+    """The tally of ``names`` worked out from their fields, as a reader of the format would."""
+    tally: dict[str, tuple[int, int, str]] = {}
+    for name in names:
+        head, peer, _channel, size, _crc = name.split("+")
+        messages, total, oldest = tally.get(peer, (0, 0, head[1:]))
+        tally[peer] = (messages + 1, total + int(size, 16), min(oldest, head[1:]))
+    return tally
+
+
+def test_queue_tally_per_peer(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    names = _queue_names(600)
+    _fill_queue(tmp_path, names)
+    tally = scan.tally_queue(str(tmp_path))
+    assert tally == _expected_tally(names)
+    assert sum(messages for messages, _, _ in tally.values()) == scan.count_queue(str(tmp_path))
+
+
+def test_queue_tally_of_many_peers_and_what_it_passes_over(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    peers = tuple(f"peer{i}" for i in range(300)) + ("~" + "ab" * 16, "x" * 80)
+    names = _names(3000, peers=peers, slots=("18e00000", "18e00001"), priorities="19")
+    _fill_queue(tmp_path, names)
+    bucket = tmp_path / names[0][: codec.BUCKET_LEN]
+    head = names[0][: 1 + codec.ID_LEN]
+    _touch(str(bucket), [
+        head + "+" + "y" * 81 + "+c+1+00000000",  # a peer field too long
+        head + "+p+c+1",  # no crc
+        head + "+p+c+X+00000000",  # not a size
+        head + "+p+c+10000000000000000+00000000",  # a size over 64 bits
+        head + "+p",
+        "." + names[0],
+        "9ffffffff" + names[0][codec.BUCKET_LEN :],  # in a bucket not its own
+    ])  # fmt: skip
+    _touch(str(bucket), [head + "+q+c+fffffffffffffff0+00000000", head + "+q++0000000000000000001+00000000"])
+    _touch(str(bucket), [head + "+r+c+ffffffffffffffff+00000000", head + "+r+c+ffffffffffffffff+00000001"])
+    tally = scan.tally_queue(str(tmp_path))
+    top = (1 << 64) - 1  # sums stop there
+    assert tally == {**_expected_tally(names), "q": (2, top - 14, head[1:]), "r": (2, top, head[1:])}
+    assert len(tally) == len(peers) + 2
+
+
+def test_queue_tally_of_an_empty_or_missing_queue(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    assert scan.tally_queue(str(tmp_path)) == {}
+    (tmp_path / "018e00000").mkdir()
+    assert scan.tally_queue(tmp_path) == {}
+    with pytest.raises(FileNotFoundError):
+        scan.tally_queue(str(tmp_path / "missing"))
+
+
+@pytest.mark.skipif(compiled is None, reason="dropr._scan is not built")
+def test_compiled_tally_matches_reference_on_odd_names(tmp_path: pathlib.Path) -> None:
+    names = _queue_names(100)
+    _fill_queue(tmp_path, names)
+    bucket = names[0][: codec.BUCKET_LEN]
+    raw = os.fsencode(tmp_path / bucket)
+    head = names[0][: 1 + codec.ID_LEN].encode()
+    _touch(raw, [head + b"+\xff+c+1+0", head + b"+\xc3\xa9+c+2+0", head + b"+\xed\xb2\x80+c+3+0", head + b"+p+c+a+"])
+    assert compiled.tally_queue(str(tmp_path)) == reference.tally_queue(str(tmp_path))

@@ -125,6 +125,23 @@ def test_processed_messages_are_counted_and_wiped(store: Store) -> None:
         store.wipe_processed(-1)
 
 
+def test_counts_of_each_state_and_the_oldest_queued(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", create=True, max_attempts=1)
+    assert store.counts("none") == dict.fromkeys(("queued", "claimed", "delayed", "processed", "dead"), 0)
+    assert store.oldest_queued("none") is None
+    ids = [put(store, b"%d" % i, priority=i % 3) for i in range(8)]
+    oldest = min(int(msg_id[:16], 16) for msg_id in ids) / 1e9
+    assert store.oldest_queued("common") == oldest
+    first, second, third, *_ = store.claim("common", 4, lease=60)
+    store.set_processed(first)
+    store.set_failed(second, "no")  # max_attempts=1: dead at once
+    again = Store(tmp_path / "store", max_attempts=3)
+    again.set_failed(third, "later")
+    assert store.counts("common") == {"queued": 4, "claimed": 1, "delayed": 1, "processed": 1, "dead": 1}
+    remaining = {m.id for m in store.messages("common")}
+    assert store.oldest_queued("common") == min(int(msg_id[:16], 16) for msg_id in remaining) / 1e9
+
+
 def test_a_wiped_message_is_forgotten_and_a_resend_is_stored_again(store: Store) -> None:
     msg_id = put(store, b"x")
     store.set_processed(store.messages("common")[0])

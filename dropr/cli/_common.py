@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 """Bad usage or a missing optional dependency: a run cannot help (argparse exits with it too)."""
 
 EXTRAS = {
-    "relay": ("pycurl",),
+    "relay": ("pycurl", "prometheus_client"),
     "server": ("aiohttp", "multipart", "uvloop", "prometheus_client"),
     "remote": ("urllib3",),
 }
@@ -77,6 +77,16 @@ def positive_int(text: str) -> int:
 def positive_number(text: str) -> float:
     """An argparse type: a finite number above zero (seconds, say)."""
     return _number(text, float, "", "a number", lambda value: 0 < value < math.inf, "more than zero")
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """An argparse type: ``HOST:PORT`` (``[v6]:PORT`` for IPv6) as ``(host, port)``."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host, int(port)
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -24,6 +24,7 @@ from ._common import (
     CommandError,
     MissingExtra,
     Parser,
+    listen_address,
     log_to,
     minutes,
     positive_int,
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         f" (default: {_default('rescan_seconds')})",
     )
     parser.add_argument(
+        "--metrics",
+        type=listen_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)",
+    )
+    parser.add_argument(
         "--no-supervise", action="store_true", help="run the worker in this process, with no supervisor to restart it"
     )
     parser.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
@@ -131,6 +138,7 @@ def load_config(args: argparse.Namespace) -> _config.RelayConfig:
         "batch_bytes": args.batch_bytes,
         "parallel": args.parallel,
         "rescan_seconds": args.rescan,
+        "metrics": args.metrics,
     }
     return _config.build(args.spool, settings, options)
 

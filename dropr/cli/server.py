@@ -18,6 +18,7 @@ from ._common import (
     CommandError,
     MissingExtra,
     Parser,
+    listen_address,
     log_to,
     positive_int,
     positive_number,
@@ -70,16 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", type=str.lower, choices=LEVELS, default="info", help="log messages of this importance and above"
     )
     return parser
-
-
-def listen_address(text: str) -> tuple[str, int]:
-    """An argparse type: ``HOST:PORT`` (``[v6]:PORT`` for IPv6) as ``(host, port)``."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
-    return host, int(port)
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:

@@ -14,8 +14,9 @@ from .._files import DIR_MODE
 from .._impl import codec, scan
 from ..errors import InvalidMessage
 from ..limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY
-from ..names import check_channel, check_peer, check_priority
+from ..names import check_channel, check_delay, check_peer, check_priority
 from ..spool import Client, Spool, SpoolMessage
+from . import spool_status
 from ._common import CommandError, emit_json, minutes
 
 _ONE_LINE = str.maketrans("\t\n\r", "   ")
@@ -39,6 +40,13 @@ def register(subparsers: Any) -> None:
     )
     put.add_argument("--channel", default=DEFAULT_CHANNEL, help="the channel")
     put.add_argument("--priority", type=int, default=DEFAULT_PRIORITY, help="0 (delivered first) to 9")
+    put.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="seconds after now before a consumer may take it (it is relayed and stored at once)",
+    )
     put.add_argument("--sync", action="store_true", help="return only once the message is on disk")
     put.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="the payload (default: standard input)")
     put.set_defaults(run=run_put)
@@ -73,6 +81,10 @@ def register(subparsers: Any) -> None:
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("--json", action="store_true", help="one JSON array of objects")
         action.set_defaults(run=run)
+    text = "per peer, what is queued (messages, bytes, the oldest's age) and what the relay is doing"
+    action = actions.add_parser("status", help=text, description=text)
+    action.add_argument("--json", action="store_true", help="one JSON object")
+    action.set_defaults(run=lambda args: spool_status.run(args, _open(args)))
 
 
 def run_put(args: argparse.Namespace) -> int:
@@ -82,9 +94,10 @@ def run_put(args: argparse.Namespace) -> int:
     check_peer(args.peer, limits)
     check_channel(args.channel, limits)
     priority = check_priority(args.priority)
+    check_delay(args.delay)
     payload = _read_payload(args.file, limits.max_payload)
     with Client(args.spool, sync=args.sync, limits=limits) as client:
-        print(client.put(payload, peer=args.peer, channel=args.channel, priority=priority))
+        print(client.put(payload, peer=args.peer, channel=args.channel, priority=priority, delay=args.delay))
     return 0
 
 
@@ -157,7 +170,9 @@ def _iso_time(text: str) -> datetime.datetime:
 
 def run_list(args: argparse.Namespace) -> int:
     spool = _open(args)
-    names = scan.scan_queue(spool.queue_dir, scan.count_queue(spool.queue_dir))
+    # No limit: a limit counted beforehand would be filled by puts of a higher priority made
+    # during the listing, leaving out messages queued all along.
+    names = scan.scan_queue(spool.queue_dir, sys.maxsize)
     _emit(args, ((message, None) for message in _decoded(spool, names)))
     return 0
 

@@ -110,6 +110,8 @@ class RelayConfig:
     retry_for_seconds: float = 30.0
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
     groups: Mapping[str, GroupConfig] = field(default_factory=dict)
+    metrics: tuple[str, int] | None = None
+    """Where to serve Prometheus metrics (``--metrics HOST:PORT``); None: nowhere."""
 
     def peer(self, url: str) -> PeerConfig:
         """The settings for ``url``: its own entry, filled in with the general ones."""

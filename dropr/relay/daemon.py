@@ -22,24 +22,25 @@ runs inline instead (the policy says which). Only one scan runs at a time.
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import spool as _spool
 from .._impl import codec, scan
-from ..errors import SpoolError
-from . import housekeeping, inotify, lock
+from ..errors import DroprError, SpoolError
+from . import housekeeping, inotify, lock, status
 from .config import RelayConfig
 from .delivery import Delivery
 from .disposal import Disposal
 from .policy import Scanned, ScanPlan, ScanPolicy
+from .status import RelayStatus
 
 log = logging.getLogger("dropr.relay")
 
@@ -54,8 +55,11 @@ class Relay:
         self._signalled = False
         self._crash: BaseException | None = None
         self._wake = asyncio.Event()
-        self._disposal = Disposal(config, spool)
-        self._delivery = Delivery(config, spool, self._disposal, wake=self._wake.set, crash=self._crashed)
+        self.status = RelayStatus(status.path(spool.path), spool)
+        self._disposal = Disposal(config, spool, self.status)
+        self._delivery = Delivery(
+            config, spool, self._disposal, status=self.status, wake=self._wake.set, crash=self._crashed
+        )
         self._policy = ScanPolicy(config, self._delivery.peers, self._delivery.held)
         self._scanner = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay-scan")
         self._scan: asyncio.Future[Scanned] | None = None
@@ -85,6 +89,7 @@ class Relay:
                 now = time.monotonic()
                 self._disposal.chores(now, self._delivery.resting, self._delivery.held)
                 self._cycle(now)
+                self.status.publish()
                 if self.config.once and not self._delivery.busy and self._policy.drained(now):
                     break
                 await self._sleep(min(self._policy.due, self._disposal.due) - now)
@@ -97,6 +102,7 @@ class Relay:
             self._stopping = True
             self._delivery.stop()
             await self._close(loop)
+            self.status.publish(force=True)
         failed = self._disposal.failed
         given_up = self._delivery.given_up()
         summary = f"relay stopped: {self._delivery.delivered} delivered, {failed} failed"
@@ -109,13 +115,7 @@ class Relay:
 
     def _still_queued(self) -> str:
         """What the queue still holds, per peer: ``still queued: N for URL (why), ...``."""
-        queue_dir = self.spool.queue_dir
-        counts: collections.Counter[str] = collections.Counter()
-        for name in scan.scan_queue(queue_dir, scan.count_queue(queue_dir)):
-            try:
-                counts[codec.parse_spool_name(name)[2]] += 1
-            except ValueError:
-                continue
+        counts = {field: messages for field, (messages, _, _) in scan.tally_queue(self.spool.queue_dir).items()}
         if not counts:
             return "nothing still queued"
         parts = []
@@ -207,9 +207,29 @@ def run(config: RelayConfig) -> int:
     except OSError as exc:
         raise SpoolError(exc.errno, f"cannot lock {spool.path}: {exc.strerror or exc}") from None
     try:
-        return _run_loop(Relay(config, spool).run())
+        relay = Relay(config, spool)
+        with _metrics(config.metrics, relay, spool):
+            return _run_loop(relay.run())
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _metrics(address: tuple[str, int] | None, relay: Relay, spool: _spool.Spool) -> Iterator[None]:
+    """Serves ``relay``'s metrics on ``address`` (None: nowhere) while the block runs."""
+    if address is None:
+        yield
+        return
+    from .metrics import MetricsServer
+
+    try:
+        server = MetricsServer(address, relay.status, spool.queue_dir, spool.resolve)
+    except OSError as exc:
+        raise DroprError(f"cannot serve metrics on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        server.close()
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:

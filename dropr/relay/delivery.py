@@ -13,6 +13,8 @@ to while it runs (a group the configuration does not define, a client library mi
 said so once in the log and held: its messages wait, until their maximum age. With
 ``--once``, a peer still failing ``retry_for_seconds`` after its first failure in a row (or
 held) is given up for the run.
+Each request, its outcome and each change in a peer's fortunes are told to ``status``,
+which logs the peer's changes of state.
 
 The local transport's ingest is blocking file work that need not be ordered with scans: it
 runs on a worker thread.
@@ -34,15 +36,14 @@ from .._impl import codec
 from ..protocol import Acks, PeerFailure
 from . import batches
 from .backoff import Backoff
-from .batches import Entry
+from .batches import Entry, SpoolFiles
 from .config import RelayConfig
 from .disposal import Disposal
 from .group import GroupTransport
+from .status import RelayStatus
 from .transport import Transport, Transports, Unavailable
 
 log = logging.getLogger("dropr.relay")
-
-_MISSING = (protocol.RETRY, "missing from the answer")
 
 
 class Peer:
@@ -84,6 +85,7 @@ class Delivery:
         spool: _spool.Spool,
         disposal: Disposal,
         *,
+        status: RelayStatus,
         wake: Callable[[], None],
         crash: Callable[[BaseException], None],
     ) -> None:
@@ -97,11 +99,14 @@ class Delivery:
         self._config = config
         self._spool = spool
         self._disposal = disposal
+        self._status = status
         self._wake = wake
         self._crash = crash
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._transports = Transports(config, client=self.client, locate=spool.queued_path, resolve=spool.resolve)
+        self._transports = Transports(
+            config, SpoolFiles(self.client, spool.queue_dir, spool.queued_path, spool.resolve)
+        )
 
     @property
     def busy(self) -> bool:
@@ -141,7 +146,7 @@ class Delivery:
         cutoff = disposal.expiry_cutoff()
         for name in names:
             try:
-                priority, msg_id, peer_field, channel, size, crc = codec.parse_spool_name(name)
+                priority, msg_id, peer_field, channel, size, crc, count, delay_ms = codec.parse_spool_name(name)
             except ValueError:
                 fail(name, "not a message name")
                 continue
@@ -160,7 +165,7 @@ class Delivery:
                 except (OSError, ValueError) as exc:
                     fail(name, f"the text of channel {channel} is missing: {exc}")
                     continue
-            groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc))
+            groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc, count, delay_ms))
         locate = self._spool.queued_path
         for peer, entries in groups.items():
             for batch in batches.cut(entries, self._config.batch_count, self._config.batch_bytes):
@@ -191,7 +196,7 @@ class Delivery:
             backoff.hold()
             peer.reason = held
             peer.gave_up = self._config.once
-            log.error("%s: %s; its messages wait in the queue (until their maximum age)", url, held)
+            self._status.held(peer, held)
         return peer
 
     def _peer_failed(self, peer: Peer, reason: str) -> None:
@@ -208,11 +213,9 @@ class Delivery:
         peer.reason = reason
         if now >= deadline:
             peer.gave_up = True
-            log.error(
-                "%s: %s; giving up after %d failures in %.1f s", peer.url, reason, backoff.failures, now - backoff.since
-            )
+            self._status.gave_up(peer, reason, backoff.failures)
             return
-        log.warning("%s: %s; backing off %.2f s (failure %d)", peer.url, reason, delay, backoff.failures)
+        self._status.backing_off(peer, reason, delay, backoff.failures)
         asyncio.get_running_loop().call_later(delay, self._wake)
 
     # -- requests --------------------------------------------------------------------
@@ -231,9 +234,11 @@ class Delivery:
         assert peer.transport is not None
         started = time.monotonic()
         acks: Acks | None = None
+        self._status.sending(peer)
         try:
             acks = await peer.transport.send(batch)
         except PeerFailure as exc:
+            self._status.answered(peer, time.monotonic() - started, 0, sum(entry.messages for entry in batch))
             self._peer_failed(peer, str(exc))
         except Exception as exc:
             self._crash(exc)
@@ -252,23 +257,25 @@ class Delivery:
 
     def _answer(self, peer: Peer, batch: list[Entry], acks: Acks, seconds: float) -> list[str]:
         """Counts the peer's answer and fails the rejected; returns the acknowledged names."""
-        counts: collections.Counter[str] = collections.Counter()
+        counts: collections.Counter[str] = collections.Counter()  # messages, a batch file's each
         acknowledged = []
         for entry in batch:
-            status, reason = acks.get(entry.id, _MISSING)
-            counts[status] += 1
+            status, reason = batches.verdict(entry, acks)
+            counts[status] += entry.messages
             if status in protocol.ACKNOWLEDGED:
                 acknowledged.append(entry.name)
             elif status == protocol.REJECTED:
                 self._disposal.fail(entry.name, reason or "rejected by the peer")
-        self.delivered += len(acknowledged)
-        log.debug("%s: %d sent in %.3f s: %s", peer.url, len(batch), seconds, dict(counts))
-        retry = len(batch) - len(acknowledged) - counts[protocol.REJECTED]
+        messages = sum(counts.values())
+        delivered = sum(counts[status] for status in protocol.ACKNOWLEDGED)
+        self.delivered += delivered
+        log.debug("%s: %d sent in %.3f s: %s", peer.url, messages, seconds, dict(counts))
+        retry = messages - delivered - counts[protocol.REJECTED]
+        self._status.answered(peer, seconds, delivered, retry)
         if retry:
             why = next((acks[e.id][1] for e in batch if e.id in acks and acks[e.id][0] == protocol.RETRY), "")
-            self._peer_failed(peer, f"{retry} of {len(batch)} messages to be retried" + (f" ({why})" if why else ""))
+            self._peer_failed(peer, f"{retry} of {messages} messages to be retried" + (f" ({why})" if why else ""))
         elif peer.backoff.failures:
-            log.info("%s: delivering again after %d failures", peer.url, peer.backoff.failures)
             peer.backoff.succeed()
         return acknowledged
 

@@ -33,8 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import spool as _spool
+from .._impl import codec
 from . import housekeeping
 from .config import RelayConfig
+from .status import RelayStatus
 
 log = logging.getLogger("dropr.relay")
 
@@ -47,8 +49,9 @@ TMP_CHORE_SECONDS = 600.0
 class Disposal:
     """Moves ``spool``'s messages out of its queue and keeps its chores, as ``config`` says."""
 
-    def __init__(self, config: RelayConfig, spool: _spool.Spool) -> None:
+    def __init__(self, config: RelayConfig, spool: _spool.Spool, status: RelayStatus) -> None:
         self.failed = 0
+        self._status = status
         self._config = config
         self._spool = spool
         self._max_age_ns = int(config.max_age_minutes * 60 * 1e9)
@@ -104,7 +107,12 @@ class Disposal:
             return
         if self._finished is not None:
             self._finished.add(name)
-        self.failed += 1
+        try:
+            messages = codec.parse_spool_name(name)[6]
+        except ValueError:
+            messages = 1  # not a message name: counted as one
+        self.failed += messages
+        self._status.failed(name, messages)
         log.warning("%s moved to failed/: %s", name, reason)
 
     def expire(self, name: str) -> None:

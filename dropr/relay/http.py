@@ -4,20 +4,19 @@ Every peer's requests share one :class:`pycurl.AsyncCurlMulti`, so several peers
 flight at once on the relay's event loop and connections are kept alive between batches
 (the multi handle owns the connection cache). Each peer keeps a small pool of easy handles
 set up once (URL, token, timeouts, TLS). libcurl streams each message straight from its
-spool file (``FORM_FILE``): Python passes names and never reads a payload.
+spool file (``FORM_FILE``), a batch file whole as one part: Python passes names and never
+reads a payload.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 
 import pycurl
 
 from .. import protocol
-from .._impl import manifest
 from ..protocol import Acks, PeerFailure
-from .batches import Entry
+from .batches import Entry, SpoolFiles
 from .config import PeerConfig
 
 USER_AGENT = "dropr-relay"
@@ -37,19 +36,15 @@ class HttpTransport:
         url: str,
         multi: pycurl.AsyncCurlMulti,
         settings: PeerConfig,
+        spool: SpoolFiles,
         *,
-        client: str,
-        locate: Callable[[str], str],
-        resolve: Callable[[str], str],
         timeout: float,
         connect_timeout: float,
     ) -> None:
         self.url = url
         self._multi = multi
         self._settings = settings
-        self._client = client
-        self._locate = locate
-        self._resolve = resolve
+        self._spool = spool
         self._timeout_ms = max(1, int(timeout * 1000))
         self._connect_timeout_ms = max(1, int(connect_timeout * 1000))
         self._idle: list[pycurl.Curl] = []
@@ -72,11 +67,9 @@ class HttpTransport:
             curl.setopt(pycurl.CAINFO, self._settings.ca_file)
         return curl
 
-    def _form(self, batch: list[Entry]) -> list[tuple[str, object]]:
-        texts = {e.channel: self._resolve(e.channel) for e in batch if e.channel[0] == "~"}
-        built = manifest.build([entry.name for entry in batch], texts)
+    def _form(self, built: bytes, batch: list[Entry]) -> list[tuple[str, object]]:
         form: list[tuple[str, object]] = [
-            (protocol.CLIENT, self._client),
+            (protocol.CLIENT, self._spool.client),
             (
                 protocol.MANIFEST,
                 (
@@ -86,7 +79,7 @@ class HttpTransport:
                 ),
             ),
         ]  # fmt: skip
-        locate = self._locate
+        locate = self._spool.locate
         for entry in batch:
             form.append(
                 (
@@ -102,10 +95,13 @@ class HttpTransport:
 
     async def send(self, batch: list[Entry]) -> Acks:
         """POST ``batch``; the peer's answer, or PeerFailure for the whole request."""
+        request = self._spool.announce(batch)
+        if not request.files:
+            return request.refused
         curl = self._handle()
         body = io.BytesIO()
         try:
-            curl.setopt(pycurl.HTTPPOST, self._form(batch))
+            curl.setopt(pycurl.HTTPPOST, self._form(request.manifest, request.files))
             curl.setopt(pycurl.WRITEDATA, body)
             try:
                 await self._multi.perform(curl)
@@ -118,7 +114,7 @@ class HttpTransport:
         data = body.getvalue()
         if status != 200:
             raise PeerFailure(f"HTTP {status}: {_first_line(data)}")
-        return protocol.decode_acks(data)
+        return {**protocol.decode_acks(data), **request.refused}
 
     async def aclose(self) -> None:
         for curl in self._idle:

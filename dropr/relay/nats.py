@@ -23,7 +23,10 @@ that does not match the size and CRC-32 its name declares (checked here, as a dr
 checks them) and one larger than the server's ``max_payload``.
 
 nats-py needs each payload as bytes, so unlike the HTTP transport this one reads the spool
-files, on the relay's worker thread, never on the event loop.
+files, on the relay's worker thread, never on the event loop. A batch file (``put_many``)
+is read once and each of its messages published on its own, as the request's manifest
+announces them (:func:`~dropr.relay.batches.announce`, as for a server): JetStream holds
+messages, not files.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import itertools
 import json
 import os
 import zlib
-from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -45,7 +47,7 @@ from .. import protocol
 from .._impl import codec
 from ..names import nats_servers
 from ..protocol import Acks, PeerFailure
-from .batches import Entry
+from .batches import Entry, SpoolFiles
 from .config import PeerConfig
 
 DEFAULT_SUBJECT_PREFIX = "dropr."
@@ -76,10 +78,8 @@ class NatsTransport:
         url: str,
         executor: Executor,
         settings: PeerConfig,
+        spool: SpoolFiles,
         *,
-        client: str,
-        locate: Callable[[str], str],
-        resolve: Callable[[str], str],
         timeout: float,
         connect_timeout: float,
     ) -> None:
@@ -87,13 +87,11 @@ class NatsTransport:
         self._servers = nats_servers(url)
         self._executor = executor
         self._settings = settings
-        self._client = client
-        self._locate = locate
-        self._resolve = resolve
+        self._spool = spool
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._prefix = settings.subject_prefix or DEFAULT_SUBJECT_PREFIX
-        self._subjects: dict[str, tuple[str, str]] = {}
+        self._subjects: dict[str, str] = {}
         self._nc: Any = None
         self._inbox = ""
         self._batches: dict[str, _Batch] = {}
@@ -111,7 +109,7 @@ class NatsTransport:
         nc = NatsClient()
         options: dict[str, Any] = {
             "servers": self._servers,
-            "name": f"dropr-relay {self._client}",
+            "name": f"dropr-relay {self._spool.client}",
             "connect_timeout": self._connect_timeout,
             "max_reconnect_attempts": RECONNECT_ATTEMPTS,
             "reconnect_time_wait": RECONNECT_WAIT_SECONDS,
@@ -154,15 +152,14 @@ class NatsTransport:
     async def _reconnected(self) -> None:
         self._lost = asyncio.get_running_loop().create_future()
 
-    def _subject(self, channel_field: str) -> tuple[str, str]:
-        """The subject and the channel's text of a channel field, cached."""
-        known = self._subjects.get(channel_field)
-        if known is None:
+    def _subject(self, channel: str) -> str:
+        """The subject of a channel, cached."""
+        subject = self._subjects.get(channel)
+        if subject is None:
             if len(self._subjects) >= 4096:
                 self._subjects.clear()
-            channel = self._resolve(channel_field)
-            known = self._subjects[channel_field] = (self._prefix + subject_token(channel), channel)
-        return known
+            subject = self._subjects[channel] = self._prefix + subject_token(channel)
+        return subject
 
     async def _answered(self, msg: Any) -> None:
         """JetStream's answer to one message of a batch, on its reply subject INBOX.BATCH.INDEX."""
@@ -173,31 +170,37 @@ class NatsTransport:
 
     async def send(self, batch: list[Entry]) -> Acks:
         """Publish ``batch``; the acknowledgements, or PeerFailure for the whole request."""
+        request = self._spool.announce(batch)
+        if not request.files:
+            return request.refused
         nc = await self._connect()
         lost = self._lost
         assert lost is not None
-        payloads = await asyncio.get_running_loop().run_in_executor(self._executor, self._read, batch)
+        messages = request.messages()
+        paths = self._spool.paths(request)
+        payloads = await asyncio.get_running_loop().run_in_executor(self._executor, self._read, messages, paths)
         token = str(next(self._sent))
         reply = f"{self._inbox}.{token}."
-        pending = self._batches[token] = _Batch(len(batch))
-        client = self._client
+        pending = self._batches[token] = _Batch(len(messages))
+        client = self._spool.client
         try:
-            for index, (entry, payload) in enumerate(zip(batch, payloads, strict=True)):
+            for index, (entry, payload) in enumerate(zip(messages, payloads, strict=True)):
                 if lost.done():
                     break
                 if isinstance(payload, tuple):
                     pending.answer(index, payload)
                     continue
-                subject, channel = self._subject(entry.channel)
-                pending.subjects[index] = subject
+                subject = pending.subjects[index] = self._subject(entry.channel)
                 headers = {
                     "Nats-Msg-Id": f"{client}:{entry.id}",
                     "Dropr-Client": client,
                     "Dropr-Id": entry.id,
-                    "Dropr-Channel": channel,
+                    "Dropr-Channel": entry.channel,
                     "Dropr-Priority": str(entry.priority),
                     "Dropr-Time": header_time(entry.id),
                 }
+                if entry.delay_ms:
+                    headers["Dropr-Delay"] = str(entry.delay_ms)
                 try:
                     await nc.publish(subject, payload, reply=f"{reply}{index}", headers=headers)
                 except nats.errors.MaxPayloadError:
@@ -211,22 +214,31 @@ class NatsTransport:
         finally:
             del self._batches[token]
         late = (protocol.RETRY, "connection lost" if lost.done() else f"no acknowledgement within {self._timeout:g} s")
-        acks = {entry.id: answer or late for entry, answer in zip(batch, pending.answers, strict=True)}
+        acks = {entry.id: answer or late for entry, answer in zip(messages, pending.answers, strict=True)}
         if not any(status != protocol.RETRY for status, _ in acks.values()):
-            raise PeerFailure(acks[batch[0].id][1])
-        return acks
+            raise PeerFailure(next(iter(acks.values()))[1])
+        return {**acks, **request.refused}
 
-    def _read(self, batch: list[Entry]) -> list[bytes | tuple[str, str]]:
+    def _read(self, messages: list[protocol.Entry], paths: dict[str, str]) -> list[bytes | tuple[str, str]]:
         """Each message's payload, or its answer when it cannot be sent: rejected when it does
-        not match the size and CRC-32 its name declares (JetStream checks nothing, so the
-        check a dropr server makes is made here), to be retried when it cannot be read."""
+        not match the size and CRC-32 announced (JetStream checks nothing, so the check a
+        dropr server makes is made here), to be retried when its file cannot be read. A file
+        is read once, its messages taken from their offsets."""
         payloads: list[bytes | tuple[str, str]] = []
-        for entry in batch:
-            try:
-                payload = _read_file(self._locate(entry.name), entry.size)
-            except OSError as exc:
-                payloads.append((protocol.RETRY, f"cannot read {entry.name}: {exc.strerror or exc}"))
+        read: dict[str, bytes | tuple[str, str]] = {}
+        for entry in messages:
+            data = read.get(entry.part)
+            if data is None:
+                path = paths[entry.part]
+                try:
+                    data = _read_file(path, entry.size if entry.offset < 0 else None)
+                except OSError as exc:
+                    data = (protocol.RETRY, f"cannot read {os.path.basename(path)}: {exc.strerror or exc}")
+                read[entry.part] = data
+            if isinstance(data, tuple):
+                payloads.append(data)
                 continue
+            payload = data if entry.offset < 0 else data[entry.offset : entry.offset + entry.size]
             problem = protocol.mismatch(entry.size, entry.crc, len(payload), zlib.crc32(payload))
             payloads.append((protocol.REJECTED, problem) if problem else payload)
         return payloads
@@ -238,12 +250,14 @@ class NatsTransport:
             await nc.close()
 
 
-def _read_file(path: str, size: int) -> bytes:
-    """The file at ``path``, read to ``size`` + 1 bytes at most (one more tells a longer one)."""
+def _read_file(path: str, size: int | None) -> bytes:
+    """The file at ``path``, read to ``size`` + 1 bytes at most (one more tells a longer one),
+    or whole when ``size`` is None."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        data = os.read(fd, size + 1)
-        while len(data) <= size and (more := os.read(fd, size + 1 - len(data))):
+        limit = os.fstat(fd).st_size if size is None else size + 1
+        data = os.read(fd, limit)
+        while len(data) < limit and (more := os.read(fd, limit - len(data))):
             data += more
         return data
     finally:

@@ -15,14 +15,13 @@ library missing, a group the configuration does not define) is :class:`Unavailab
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from .. import names
 from ..protocol import Acks
 from .backoff import Backoff
-from .batches import Entry
+from .batches import Entry, SpoolFiles
 from .config import RelayConfig
 
 
@@ -39,16 +38,11 @@ class Unavailable(Exception):
 
 
 class Transports:
-    """Opens the transports of a relay's peers; ``client``, ``locate`` and ``resolve`` are the
-    spool's client id, the path of a queued name and the text of a name's field."""
+    """Opens the transports of a relay's peers, all sending from the spool ``spool``."""
 
-    def __init__(
-        self, config: RelayConfig, *, client: str, locate: Callable[[str], str], resolve: Callable[[str], str]
-    ) -> None:
+    def __init__(self, config: RelayConfig, spool: SpoolFiles) -> None:
         self._config = config
-        self._client = client
-        self._locate = locate
-        self._resolve = resolve
+        self._spool = spool
         self._multi: Any = None
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="dropr-relay")
         """The thread for transports' blocking file work (the local ingest, NATS payload reads)."""
@@ -60,7 +54,7 @@ class Transports:
     def open(self, url: str) -> Transport:
         """The transport for peer ``url`` (checked by :func:`dropr.names.check_peer`)."""
         config = self._config
-        client, locate, resolve = self._client, self._locate, self._resolve
+        spool = self._spool
         timeout, connect_timeout = config.timeout_seconds, config.connect_timeout_seconds
         if url.startswith(names.GROUP_PREFIX):
             from .group import GroupTransport, Member
@@ -79,13 +73,12 @@ class Transports:
             except ImportError:
                 raise Unavailable("nats:// peers need nats-py: pip install 'dropr[nats]'") from None
             return NatsTransport(
-                url, self.worker, config.peer(url), client=client, locate=locate, resolve=resolve,
-                timeout=timeout, connect_timeout=connect_timeout,
-            )  # fmt: skip
+                url, self.worker, config.peer(url), spool, timeout=timeout, connect_timeout=connect_timeout
+            )
         if url.startswith("file:"):
             from .local import LocalTransport
 
-            return LocalTransport(url, self.worker, client=client, locate=locate, resolve=resolve)
+            return LocalTransport(url, self.worker, spool)
         try:
             from .http import HttpTransport, open_multi
         except ImportError:
@@ -93,9 +86,8 @@ class Transports:
         if self._multi is None:
             self._multi = open_multi()
         return HttpTransport(
-            url, self._multi, config.peer(url), client=client, locate=locate, resolve=resolve,
-            timeout=timeout, connect_timeout=connect_timeout,
-        )  # fmt: skip
+            url, self._multi, config.peer(url), spool, timeout=timeout, connect_timeout=connect_timeout
+        )
 
     def _member(self, url: str) -> Transport | str:
         """A group member's transport, or why it cannot be had."""

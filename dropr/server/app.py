@@ -1,5 +1,5 @@
-"""The aiohttp application: the POST that receives batches, ``/health``, ``/metrics``, and
-the consumer API (:mod:`.consume`) when the store has a consumer side.
+"""The aiohttp application: the POST that receives batches, ``/health``, ``/metrics``,
+``/status`` (:mod:`.status_page`) and the consumer API under ``/v1/`` (:mod:`.consume`).
 
 A POST is handled in three steps: check the request as a whole (token, type, declared
 length) before reading its body; stream its parts into staged files (:mod:`.receive`);
@@ -15,8 +15,8 @@ and share their file-system syncs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import hmac
 import logging
 import os
 import time
@@ -30,13 +30,15 @@ from multipart import parse_options_header
 from .. import protocol as p
 from ..limits import DEFAULT, Limits
 from ..protocol import RequestError
-from ..store.consumer import ConsumerSide
-from ..store.ingest import IngestSide
+from ..store import Store
 from ..store.staging import remove_staged
+from . import status_page
+from .auth import Token
 from .consume import ConsumerAPI
 from .metrics import CONTENT_TYPE as METRICS_TYPE
-from .metrics import Metrics
+from .metrics import Metrics, census
 from .receive import UPLOADS, Receiver, Upload, store_failure
+from .refusals import RefusalLog
 
 log = logging.getLogger("dropr.server")
 
@@ -58,23 +60,32 @@ class ServerConfig:
 class Handlers:
     """The request handlers of one store."""
 
-    def __init__(self, store: IngestSide, config: ServerConfig) -> None:
+    def __init__(self, store: Store, config: ServerConfig) -> None:
         self.store = store
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(store)
         self.receiver = Receiver(store, config.limits, config.max_request_bytes)
         self.commits = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="dropr-commit")
-        self._token = config.token.encode() if config.token is not None else None
+        self.token = Token(config.token)
+        self.refusals = RefusalLog()
+        self.activity = status_page.Activity()
+        self._sampler: asyncio.Task[None] | None = None
         self.stored: Callable[[Iterable[str]], None] = lambda channels: None
         """Told the channels of each batch that stored messages (claims may wait on them)."""
 
     async def start(self, app: web.Application) -> None:
-        """Remove the uploads a previous server process left unfinished."""
+        """Remove the uploads a previous server process left unfinished; start the census
+        behind the status page."""
         removed = remove_staged(self.store.staging_dir, UPLOADS)
         if removed:
             log.info("removed %d unfinished uploads", removed)
+        self._sampler = asyncio.ensure_future(self.activity.run(functools.partial(census, self.store)))
 
     async def stop(self, app: web.Application) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         self.commits.shutdown(wait=True)
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
@@ -98,10 +109,11 @@ class Handlers:
             await self.receiver.read(request, upload)
             await self._commit(upload)
         except RequestError as err:
-            return self._answer_error(err, started, request)
+            return self._answer_error(err, started, request, upload.client)
         finally:
             upload.discard()
         self.stored({e.channel for e in upload.entries if upload.acks[e.id][0] == p.STORED})
+        self.activity.received(upload.client, request.remote or "", upload.entries, upload.acks)
         self.metrics.received.inc(len(upload.entries))
         self.metrics.bytes.inc(upload.payload_bytes)
         self.metrics.count_acks(status for status, _ in upload.acks.values())
@@ -132,9 +144,8 @@ class Handlers:
                 raise store_failure(exc) from None
         upload.acks = {e.id: verdicts.get(e.id) or upload.acks[e.id] for e in upload.entries}
 
-    def _answer_error(self, err: RequestError, started: float, request: web.Request) -> web.Response:
-        level = logging.ERROR if err.status >= 500 else logging.INFO
-        log.log(level, "refused a request: %d %s", err.status, err.reason)
+    def _answer_error(self, err: RequestError, started: float, request: web.Request, client: str = "") -> web.Response:
+        self._refused(request, err, client)
         headers = {}
         if err.status == 401:
             headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="dropr"'
@@ -149,14 +160,14 @@ class Handlers:
         return resp
 
     def authorize(self, request: web.Request) -> None:
-        """RequestError 401 unless the request carries the token (when the server has one)."""
-        if self._token is not None:
-            scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-            if scheme.lower() != "bearer" or not given:
-                raise RequestError(401, "a bearer token is required")
-            # Header bytes that are not UTF-8 reach us as surrogates: compare the bytes sent.
-            if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
-                raise RequestError(401, "wrong token")
+        """RequestError 401 unless the request carries the bearer token (when one is set)."""
+        problem = self.token.problem(request.headers.get(hdrs.AUTHORIZATION, ""))
+        if problem:
+            raise RequestError(401, problem)
+
+    def _refused(self, request: web.Request, err: RequestError, client: str = "") -> None:
+        who = request.remote or "?"
+        self.refusals.refused(f"{who} (client {client})" if client else who, err.status, err.reason)
 
     def _observe(self, status: int, started: float) -> None:
         self.metrics.requests.labels(str(status)).inc()
@@ -179,24 +190,36 @@ class Handlers:
         return ""
 
     async def metrics_page(self, request: web.Request) -> web.Response:
-        resp = web.Response(body=self.metrics.render())
+        body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.render)  # counts the store
+        resp = web.Response(body=body)
         resp.headers[hdrs.CONTENT_TYPE] = METRICS_TYPE
         return resp
 
+    async def status(self, request: web.Request) -> web.Response:
+        """The status page; with a token set, for a request carrying it (Basic or bearer)."""
+        problem = self.token.problem(request.headers.get(hdrs.AUTHORIZATION, ""), basic=True)
+        if problem:
+            self._refused(request, RequestError(401, problem))
+            return web.Response(
+                status=401, text=problem + "\n", headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="dropr", charset="UTF-8"'}
+            )
+        counted = await asyncio.get_running_loop().run_in_executor(None, census, self.store)
+        page = status_page.render(self.store.path, counted, self.activity, time.time())
+        return web.Response(text=page, content_type="text/html", headers={hdrs.CACHE_CONTROL: "no-store"})
 
-def make_app(store: IngestSide, config: ServerConfig | None = None) -> web.Application:
-    """The application for ``store`` (a :class:`dropr.store.Store` is one): GET /health,
-    GET /metrics, the consumer API under ``/v1/`` (for a store with a consumer side), POST on
-    any other path. Starting it removes unfinished uploads."""
+
+def make_app(store: Store, config: ServerConfig | None = None) -> web.Application:
+    """The application for ``store``: GET /health, GET /metrics, GET /status, the consumer
+    API under ``/v1/``, POST on any other path. Starting it removes unfinished uploads."""
     handlers = Handlers(store, config or ServerConfig())
     app = web.Application()
     app.on_startup.append(handlers.start)
     app.on_cleanup.append(handlers.stop)
     app.router.add_get("/health", handlers.health, allow_head=True)
     app.router.add_get("/metrics", handlers.metrics_page, allow_head=True)
-    if isinstance(store, ConsumerSide):
-        consumers = ConsumerAPI(store, handlers.authorize)
-        consumers.add_routes(app)
-        handlers.stored = consumers.wakeups.arrived
+    app.router.add_get("/status", handlers.status, allow_head=True)
+    consumers = ConsumerAPI(store, handlers.authorize)
+    consumers.add_routes(app)
+    handlers.stored = consumers.wakeups.arrived
     app.router.add_route("POST", "/{path:.*}", handlers.post, expect_handler=handlers.expect)
     return app

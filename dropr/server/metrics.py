@@ -1,21 +1,75 @@
-"""The server's Prometheus metrics, in a registry of its own (no process-global state)."""
+"""The server's Prometheus metrics, in a registry of its own (no process-global state).
+
+Beside the counters of requests and messages, gauges per channel of what the store holds:
+messages in each state and the age of the oldest queued one, read from the store on each
+scrape (:func:`census`: counts of names, in C), so a scrape is rendered off the event loop.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from ..protocol import DUPLICATE, REJECTED, RETRY, STORED
+from ..store.consumer import ConsumerSide
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-class Metrics:
-    """Counters of messages and requests, and the latency of batches."""
+class ChannelCensus(NamedTuple):
+    """What a store holds for one channel: messages per state, and when its oldest queued one was put."""
 
-    def __init__(self) -> None:
+    channel: str
+    counts: dict[str, int]
+    oldest: float | None
+
+
+def census(store: ConsumerSide) -> list[ChannelCensus]:
+    """Each channel of ``store``, counted (blocking: a directory read per state)."""
+    return [ChannelCensus(channel, store.counts(channel), store.oldest_queued(channel)) for channel in store.channels()]
+
+
+class StoreCollector(Collector):
+    """The gauges of ``store``'s channels, counted at each scrape."""
+
+    def __init__(self, store: ConsumerSide) -> None:
+        self._store = store
+
+    def describe(self) -> Iterator[Any]:
+        """The families without samples: registering counts nothing."""
+        return iter(self._families())
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        messages = GaugeMetricFamily(
+            "dropr_store_messages", "Messages the store holds, per channel and state.", labels=["channel", "state"]
+        )
+        oldest = GaugeMetricFamily(
+            "dropr_store_oldest_queued_age_seconds", "Age of the channel's oldest queued message.", labels=["channel"]
+        )
+        return messages, oldest
+
+    def collect(self) -> Iterator[Any]:
+        messages, oldest = self._families()
+        now = time.time()
+        for channel, counts, put_time in census(self._store):
+            for state, count in counts.items():
+                messages.add_metric([channel, state], count)
+            if put_time is not None:
+                oldest.add_metric([channel], max(0.0, now - put_time))
+        yield messages
+        yield oldest
+
+
+class Metrics:
+    """Counters of messages and requests, the latency of batches, and the store's gauges."""
+
+    def __init__(self, store: ConsumerSide) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter("dropr_messages_received", "Messages announced in requests.", registry=r)
@@ -33,10 +87,12 @@ class Metrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        r.register(StoreCollector(store))
 
     def count_acks(self, statuses: Iterable[str]) -> None:
         for status in statuses:
             self.by_status[status].inc()
 
     def render(self) -> bytes:
+        """The text of a scrape; blocks while the store is counted."""
         return generate_latest(self.registry)

@@ -3,9 +3,11 @@
 The body is streamed from the connection into ``multipart``'s push parser (bytes in,
 parts out, no I/O of its own). Its parts come in order: the text fields first
 (``client`` and ``manifest``, or the manifest-less ``id``/``channel``/``priority``), then
-one file part per message, each written to its own staged file while its size and CRC-32
-are computed; the store's ingest path checks them against the manifest when the request
-is committed. Nothing reaches the store here: a whole-request problem raises
+one file part per message, or per batch of messages at the offsets the manifest gives (a
+batch file of the relay, sent whole); each message is written to its own staged file as its
+bytes stream by, its size and CRC-32 computed on the way (the bytes of a part outside every
+message are only counted), and the store's ingest path checks them against the manifest
+when the request is committed. Nothing reaches the store here: a whole-request problem raises
 :class:`~.protocol.RequestError` and the caller removes every staged file.
 
 That parser, not aiohttp's multipart reader, because a batch is mostly small parts: it
@@ -16,6 +18,7 @@ of a relay.
 
 from __future__ import annotations
 
+import collections
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,28 +119,26 @@ class Receiver:
             return self.limits.max_channel
         return _SMALL_FIELD
 
-    def expected(self, fields: dict[str, bytes], upload: Upload) -> dict[str, Entry]:
+    def expected(self, fields: dict[str, bytes], upload: Upload) -> dict[str, list[Entry]]:
         """Check the text fields, fill in ``upload``'s client and entries, and return the
-        entries by the name of the file part that should carry each."""
+        entries by the name of the file part that should carry them, in their order in it."""
         if p.CLIENT not in fields:
             raise bad("field 'client' is missing")
         upload.client = self._checked(check_client_id, p.decode_text("client", fields[p.CLIENT]))
-        entries = self._entries(fields)
-        upload.entries = list(entries.values())
-        return entries
+        upload.entries = self._entries(fields)
+        return p.part_ranges(upload.entries)
 
-    def _entries(self, fields: dict[str, bytes]) -> dict[str, Entry]:
-        """The expected file parts by part name, from the manifest or the simple form."""
+    def _entries(self, fields: dict[str, bytes]) -> list[Entry]:
+        """The messages announced, by the manifest or the simple form."""
         if p.MANIFEST in fields:
             extra = sorted(fields.keys() & {p.ID, p.CHANNEL, p.PRIORITY})
             if extra:
                 raise bad(f"field(s) {', '.join(extra)} not allowed with a manifest")
-            entries = p.parse_manifest(fields[p.MANIFEST], self.limits, self.max_request_bytes)
-            return {e.part: e for e in entries}
+            return p.parse_manifest(fields[p.MANIFEST], self.limits, self.max_request_bytes)
         msg_id = p.parse_id(_text(fields, p.ID)) if p.ID in fields else codec.new_id()
         channel = self._checked(check_channel, _text(fields, p.CHANNEL)) if p.CHANNEL in fields else DEFAULT_CHANNEL
         priority = p.parse_priority(_text(fields, p.PRIORITY)) if p.PRIORITY in fields else DEFAULT_PRIORITY
-        return {p.PAYLOAD: Entry(msg_id, channel, priority, p.PAYLOAD, -1, -1)}  # -1: nothing declared
+        return [Entry(msg_id, channel, priority, p.PAYLOAD, -1, -1)]  # -1: nothing declared
 
     def _checked(self, check: Callable[[str, Limits], str], text: str) -> str:
         """``text`` if it passes ``check``, one of the rules of :mod:`dropr.names`; 400 if not."""
@@ -150,8 +151,11 @@ class Receiver:
 class _Body:
     """One request's parts as the parser hands them over: ``begin``, ``data``..., ``end``.
 
-    A part is a text field (``field`` collects it), a file part being staged (``staged``),
-    or a file part already refused whose bytes are only counted (neither).
+    A part is a text field (``field`` collects it) or a file part holding messages: one that
+    is the whole part (``whole``), or ``ranges`` of it at their offsets, taken in their
+    order as its bytes stream by (``position``: how many have). ``entry`` is the message
+    whose bytes come now, ``staged`` its file, None for one refused already; bytes outside
+    every message, or of a refused one, are only counted (``drained``).
     """
 
     __slots__ = (
@@ -163,10 +167,13 @@ class _Body:
         "fields",
         "max_payload",
         "name",
+        "position",
+        "ranges",
         "receiver",
         "staged",
         "staging",
         "upload",
+        "whole",
     )
 
     def __init__(self, receiver: Receiver, upload: Upload) -> None:
@@ -175,12 +182,15 @@ class _Body:
         self.staging: Staging = receiver.store.staging(UPLOADS)
         self.max_payload = receiver.limits.max_payload
         self.fields: dict[str, bytes] = {}
-        self.expected: dict[str, Entry] | None = None  # known once the first file part begins
+        self.expected: dict[str, list[Entry]] | None = None  # known once the first file part begins
         self.name = ""
         self.field: bytearray | None = None
         self.field_limit = 0
         self.entry: Entry | None = None
         self.staged: StagedFile | None = None
+        self.ranges: collections.deque[Entry] = collections.deque()
+        self.whole = False
+        self.position = 0
         self.drained = 0
 
     def begin(self, name: str) -> None:
@@ -193,9 +203,62 @@ class _Body:
                 self.field_limit = self.receiver.field_limit(name)
                 return
             self.expected = self.receiver.expected(self.fields, self.upload)
-        entry = self.expected.pop(name, None)
-        if entry is None:
+        messages = self.expected.pop(name, None)
+        if messages is None:
             raise bad(f"unexpected part {name!r}")
+        self.position = 0
+        self.whole = messages[0].offset < 0
+        if self.whole:
+            self._start(messages[0])
+        else:
+            self.ranges.extend(messages)
+
+    def data(self, chunk: bytes) -> None:
+        if self.field is not None:
+            self.field += chunk
+            if len(self.field) > self.field_limit:
+                raise bad(f"field {self.name!r} is longer than {self.field_limit} bytes")
+        elif self.whole:
+            staged = self.staged
+            if staged is None:
+                self.drained += len(chunk)
+            elif staged.size + len(chunk) > self.max_payload:
+                self._refuse_oversize(staged, len(chunk))
+            else:
+                self._write(staged, chunk)
+        else:
+            self._ranges(memoryview(chunk))
+
+    def _ranges(self, view: memoryview) -> None:
+        """Hand the bytes of ``view``, the next of a part holding messages at offsets, to
+        the messages they belong to."""
+        while view:
+            entry = self.entry
+            if entry is None:
+                if not self.ranges:
+                    self.drained += len(view)
+                    self.position += len(view)
+                    return
+                gap = min(self.ranges[0].offset - self.position, len(view))
+                if gap:
+                    self.drained += gap
+                    self.position += gap
+                    view = view[gap:]
+                else:
+                    self._start(self.ranges.popleft())
+                continue
+            take = min(entry.offset + entry.size - self.position, len(view))
+            if self.staged is None:
+                self.drained += take
+            elif take:
+                self._write(self.staged, view[:take])
+            self.position += take
+            view = view[take:]
+            if self.position == entry.offset + entry.size:
+                self._finish()
+
+    def _start(self, entry: Entry) -> None:
+        """The bytes of ``entry``'s message come next: stage them, unless it is too large."""
         self.entry = entry
         if entry.size > self.max_payload:
             self.upload.acks[entry.id] = (
@@ -209,22 +272,11 @@ class _Body:
             raise store_failure(exc) from None
         self.upload.files.append(self.staged)
 
-    def data(self, chunk: bytes) -> None:
-        staged = self.staged
-        if staged is not None:
-            if staged.size + len(chunk) > self.max_payload:
-                self._refuse_oversize(staged, len(chunk))
-                return
-            try:
-                staged.write(chunk)
-            except OSError as exc:
-                raise store_failure(exc) from None
-        elif self.field is not None:
-            self.field += chunk
-            if len(self.field) > self.field_limit:
-                raise bad(f"field {self.name!r} is longer than {self.field_limit} bytes")
-        else:
-            self.drained += len(chunk)
+    def _write(self, staged: StagedFile, chunk: bytes | memoryview) -> None:
+        try:
+            staged.write(chunk)
+        except OSError as exc:
+            raise store_failure(exc) from None
 
     def _refuse_oversize(self, staged: StagedFile, more: int) -> None:
         assert self.entry is not None
@@ -236,24 +288,34 @@ class _Body:
         self.staged = None
         staged.discard()
 
-    def end(self) -> None:
-        if self.field is not None:
-            self.fields[self.name] = bytes(self.field)
-            self.field = None
-            return
+    def _finish(self) -> None:
+        """The current message's bytes are all there: its staged file is ready to commit."""
         entry, staged = self.entry, self.staged
         assert entry is not None
         self.entry = self.staged = None
         if staged is None:
-            self.upload.payload_bytes += self.drained
-            self.drained = 0
             return
         try:
             staged.close()
         except OSError as exc:
             raise store_failure(exc) from None
         self.upload.payload_bytes += staged.size
-        self.upload.staged.append(Staged(entry.id, entry.channel, entry.priority, entry.size, entry.crc, staged))
+        staged_message = Staged(entry.id, entry.channel, entry.priority, entry.size, entry.crc, staged, entry.delay_ms)
+        self.upload.staged.append(staged_message)
+
+    def end(self) -> None:
+        if self.field is not None:
+            self.fields[self.name] = bytes(self.field)
+            self.field = None
+            return
+        if self.entry is not None:
+            self._finish()
+        # Messages the part ended before: staged short (or empty), refused by the commit.
+        while self.ranges:
+            self._start(self.ranges.popleft())
+            self._finish()
+        self.upload.payload_bytes += self.drained
+        self.drained = 0
 
     def finish(self) -> None:
         """After the last part: what was announced but not sent gets "retry"."""
@@ -261,8 +323,9 @@ class _Body:
             self.expected = self.receiver.expected(self.fields, self.upload)
         if p.MANIFEST not in self.fields and self.expected:
             raise bad("field 'payload' is missing")
-        for entry in self.expected.values():
-            self.upload.acks[entry.id] = (p.RETRY, "part not received")
+        for messages in self.expected.values():
+            for entry in messages:
+                self.upload.acks[entry.id] = (p.RETRY, "part not received")
 
 
 def _boundary(content_type: str) -> str:

@@ -253,6 +253,15 @@ class ConsumerSide(StoreDirectory):
         self._claims.sweep(root)
         return _count_dir(os.path.join(root, QUEUE))
 
+    def oldest_queued(self, channel: str, *, group: str | None = None) -> float | None:
+        """When the oldest message waiting in ``channel``'s queue was put (seconds since the
+        epoch, from its id); None when none waits. Read from the names, in C."""
+        try:
+            oldest = scan.oldest(os.path.join(self._existing_root(channel, group), QUEUE))
+        except FileNotFoundError:
+            return None
+        return codec.id_time_ns(oldest) / 1e9 if oldest else None
+
     def count_processed(self, channel: str, *, group: str | None = None) -> int:
         """How many processed messages of ``channel`` are kept."""
         return _count_dir(os.path.join(self._existing_root(channel, group), PROCESSED))

@@ -10,7 +10,12 @@ any state, is a duplicate: acknowledged again, kept once), then the new director
 synced (:mod:`.sync` picks how for the batch's
 size) — and only then **answer** (:data:`dropr.protocol.Acks`). The HTTP server (which
 stages each part as it streams in) and the local transport (which stages spool files by
-hard link) both commit through it.
+hard link, or a batch file's messages by copy) both commit through it.
+
+A message due later (its put time, the time in its id, plus its delay) goes into its
+channel's ``delayed/`` instead, its mtime that time, as a failed message waits for its retry:
+no consumer can claim it before, and the first to look after moves it into the queue. Its
+timestamp is made durable with the batch, by a flush of the file system.
 
 A commit blocks on the disk, and any number of threads may commit at once: the moves of
 one batch into the queues run under a lock (they are quick, and the duplicate checks need
@@ -23,6 +28,7 @@ import errno
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -32,7 +38,7 @@ from .._impl import codec
 from ..errors import InvalidMessage
 from ..names import check_channel, check_client_id, check_message_id, check_priority
 from ..protocol import DUPLICATE, REJECTED, STORED, Acks, mismatch
-from .layout import QUEUE, STATES, PathLike, StoreDirectory, group_roots, locked, make_channel, remember
+from .layout import DELAYED, QUEUE, STATES, PathLike, StoreDirectory, group_roots, locked, make_channel, remember
 from .staging import StagedFile, Staging
 from .sync import Syncer
 
@@ -44,6 +50,11 @@ _LIST_BYTES = 64
 _PROBE_MAX = 16
 _STORED = (STORED, "")
 _DUPLICATE = (DUPLICATE, "already held")
+_DELAYED_FD = STATES.index(DELAYED)
+
+Move = tuple[str, str, int, str] | tuple[str, str, int, str, float]
+"""A message for :meth:`IngestSide.ingest_many`: ``(channel, msg_id, priority, staged)``,
+and when it is due later, the time (seconds since the epoch) before which none may claim it."""
 
 
 class Staged(NamedTuple):
@@ -51,6 +62,7 @@ class Staged(NamedTuple):
 
     ``size`` and ``crc`` are the declared size and CRC-32; a ``size`` below zero declares
     nothing (the manifest-less form of the protocol), and the file is taken as it is.
+    ``delay_ms``: how long after its put time (the time in its id) it may be claimed.
     """
 
     id: str
@@ -59,6 +71,11 @@ class Staged(NamedTuple):
     size: int
     crc: int
     file: StagedFile
+    delay_ms: int = 0
+
+    def due(self) -> float:
+        """When the message may be claimed (seconds since the epoch); 0: at once."""
+        return codec.id_time_ns(self.id) / 1e9 + self.delay_ms / 1e3 if self.delay_ms else 0.0
 
 
 class Ingested(NamedTuple):
@@ -67,9 +84,9 @@ class Ingested(NamedTuple):
     The staged files' data must have been made durable before the call (for example
     :meth:`IngestSide.sync_data` on each, or :meth:`IngestSide.flush`). After it, syncing
     the ``directories`` (:meth:`IngestSide.sync_directory`) makes the new entries durable
-    — or :meth:`IngestSide.flush` when ``created`` says that new directories or ``names/``
-    texts came into being, whose entries lie elsewhere. :meth:`IngestSide.commit` does all
-    of that.
+    — or :meth:`IngestSide.flush` when ``created`` says that new directories, ``names/``
+    texts or delayed messages came into being, whose entries lie elsewhere or whose
+    timestamps only a flush makes durable. :meth:`IngestSide.commit` does all of that.
     """
 
     results: list[bool | str]
@@ -119,7 +136,7 @@ class IngestSide(StoreDirectory):
                 return acks
             if sync:
                 self._syncer.data([m.file.path for m in verified])
-            ingested = self.ingest_many(client, [(m.channel, m.id, m.priority, m.file.path) for m in verified])
+            ingested = self.ingest_many(client, [(m.channel, m.id, m.priority, m.file.path, m.due()) for m in verified])
             for message, result in zip(verified, ingested.results, strict=True):
                 if result is True or result is False:
                     message.file.handed_over()
@@ -146,14 +163,15 @@ class IngestSide(StoreDirectory):
             raise InvalidMessage(result)
         return result
 
-    def ingest_many(self, client: str, messages: Iterable[tuple[str, str, int, str]]) -> Ingested:
+    def ingest_many(self, client: str, messages: Iterable[Move]) -> Ingested:
         """Move complete staged files into their channels' queues, one batch of ``client``.
 
-        Each message is ``(channel, msg_id, priority, staged)``. Its result is True when
-        stored, False when already held in any state (``staged`` removed), or the reason it
-        was refused (``staged`` left alone, nothing changed for it). The client and each
-        distinct channel are checked once, and the state directories are probed through
-        open descriptors. Nothing is synced here: see :class:`Ingested`.
+        Each message is a :data:`Move`; one due later than now goes into ``delayed/``, its
+        mtime set to when it is due. Its result is True when stored, False when already held
+        in any state (``staged`` removed), or the reason it was refused (``staged`` left
+        alone, nothing changed for it). The client and each distinct channel are checked
+        once, and the state directories are probed through open descriptors. Nothing is
+        synced here: see :class:`Ingested`.
         """
         batch = list(messages)
         with self._moving:
@@ -163,9 +181,12 @@ class IngestSide(StoreDirectory):
                 except InvalidMessage as exc:
                     return Ingested([str(exc)] * len(batch), (), False)
             results: list[bool | str] = [False] * len(batch)
-            by_channel: dict[str, list[tuple[int, int, str, str]]] = {}
+            by_channel: dict[str, list[tuple[int, int, str, str, float]]] = {}
             refused: dict[str, str] = {}
-            for index, (channel, msg_id, priority, staged) in enumerate(batch):
+            now = time.time()
+            for index, message in enumerate(batch):
+                channel, msg_id, priority, staged = message[:4]
+                due = message[4] if len(message) > 4 and message[4] > now else 0.0
                 problem = _message_problem(msg_id, priority)
                 if not problem and channel not in by_channel:
                     problem = refused.get(channel) or self._channel_problem(channel)
@@ -176,7 +197,7 @@ class IngestSide(StoreDirectory):
                 if problem:
                     results[index] = problem
                 else:
-                    by_channel[channel].append((index, priority, msg_id, staged))
+                    by_channel[channel].append((index, priority, msg_id, staged, due))
             if not by_channel:
                 return Ingested(results, (), False)
             written = self.names.written
@@ -185,9 +206,10 @@ class IngestSide(StoreDirectory):
             created = False
             for channel, items in by_channel.items():
                 channel_dir = self._registered_dir(channel)
-                made, queues = self._move_in(channel_dir, client_field, items, results)
-                created |= made
-                directories += queues
+                made, moved_into = self._move_in(channel_dir, client_field, items, results)
+                directories += moved_into
+                # A delayed message's due time is its mtime: only a flush makes that durable.
+                created |= made or any(item[4] for item in items)
             return Ingested(results, tuple(directories), created or self.names.written != written)
 
     def sync_data(self, path: str) -> None:
@@ -243,13 +265,13 @@ class IngestSide(StoreDirectory):
         self,
         channel_dir: str,
         client_field: str,
-        items: list[tuple[int, int, str, str]],
+        items: list[tuple[int, int, str, str, float]],
         results: list[bool | str],
     ) -> tuple[bool, list[str]]:
         """Ingest one channel's share of a batch (under the lock, the channel's shared);
-        whether its directories had to be created, and the queues that got messages."""
-        names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _ in items]
-        created = False
+        whether its directories had to be created, and the directories that got messages."""
+        names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _, _ in items]
+        created = delayed = False
         done = 0
         while True:
             fds, made = self._open_states(channel_dir)
@@ -258,13 +280,17 @@ class IngestSide(StoreDirectory):
                 with locked(fds[0], exclusive=False), _Targets(channel_dir, fds) as targets:
                     fresh = {done + i for i in _unheld(targets.held, names[done:])}
                     for position in range(done, len(items)):
-                        index, _, _, staged = items[position]
-                        if position in fresh:
-                            results[index] = _move(staged, targets.queues, names[position])
-                        else:
+                        index, _, _, staged, due = items[position]
+                        if position not in fresh:
                             _files.remove(staged)
+                        elif due:
+                            os.utime(staged, (due, due))  # before it shows in delayed/, which goes by mtime
+                            results[index] = _move(staged, targets.into(_DELAYED_FD), names[position])
+                            delayed = True
+                        else:
+                            results[index] = _move(staged, targets.into(0), names[position])
                         done = position + 1
-                    return created, targets.queue_dirs
+                    return created, targets.dirs(QUEUE) + (targets.dirs(DELAYED) if delayed else [])
             except FileNotFoundError:
                 if not os.path.lexists(items[done][3]):
                     raise
@@ -348,7 +374,7 @@ def _held_in(dir_fd: int, name: str) -> bool:
 
 class _Targets:
     """Where one batch's messages for a channel go, known under the channel's lock: its own
-    queue while it has no groups, else every group's queue. ``held`` are the state
+    queue (or delayed/) while it has no groups, else every group's. ``held`` are the state
     directories that tell a message held already: the channel's own, then each group's."""
 
     def __init__(self, channel_dir: str, own: tuple[int, ...]) -> None:
@@ -356,8 +382,8 @@ class _Targets:
         self._own = own
         self._opened: list[tuple[int, ...]] = []
         self.held = own
-        self.queues = own[:1]
-        self.queue_dirs = [os.path.join(channel_dir, QUEUE)]
+        self._targets: tuple[tuple[int, ...], ...] = (own,)
+        self._roots = [channel_dir]
 
     def __enter__(self) -> _Targets:
         roots = group_roots(self._channel_dir)
@@ -369,9 +395,17 @@ class _Targets:
             raise
         if roots:
             self.held = self._own + tuple(fd for fds in self._opened for fd in fds)
-            self.queues = tuple(fds[0] for fds in self._opened)
-            self.queue_dirs = [os.path.join(root, QUEUE) for root in roots]
+            self._targets = tuple(self._opened)
+            self._roots = roots
         return self
+
+    def into(self, state: int) -> tuple[int, ...]:
+        """The directories (by their index in :data:`STATES`) a message goes into, one each."""
+        return tuple(fds[state] for fds in self._targets)
+
+    def dirs(self, state: str) -> list[str]:
+        """The paths of the directories of ``state`` messages go into."""
+        return [os.path.join(root, state) for root in self._roots]
 
     def __exit__(self, *exc: object) -> None:
         for fds in self._opened:
@@ -411,11 +445,14 @@ def _move(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
 
 
 def _copy(staged: str, dir_fd: int, name: str) -> None:
-    """A durable copy of ``staged`` named ``name`` in directory ``dir_fd`` (hidden until whole)."""
+    """A durable copy of ``staged`` named ``name`` in directory ``dir_fd`` (hidden until
+    whole), with its times (a delayed message's mtime is when it is due)."""
     tmp = f".{name}.copy"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _files.FILE_MODE, dir_fd=dir_fd)
     with open(staged, "rb") as source, open(fd, "wb") as copy:
         shutil.copyfileobj(source, copy)
         copy.flush()
+        times = os.fstat(source.fileno())
+        os.utime(copy.fileno(), ns=(times.st_atime_ns, times.st_mtime_ns))
         os.fsync(copy.fileno())
     os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -6,7 +6,8 @@
     STORE/names/                        texts of compact (``~``) fields
     STORE/channels/{CH}/queue/          ready for consumers, in delivery order by name
     STORE/channels/{CH}/claimed/        held by a consumer; mtime = end of its lease
-    STORE/channels/{CH}/delayed/        failed, waiting to be retried; mtime = when
+    STORE/channels/{CH}/delayed/        failed and waiting to be retried, or put with a delay;
+                                        mtime = when it is due
     STORE/channels/{CH}/processed/      done; kept until wiped
     STORE/channels/{CH}/dead/           failed too often; the reasons are in attempts/
     STORE/channels/{CH}/attempts/NAME   failures of message NAME so far (JSON)

@@ -1,8 +1,9 @@
 """Staged files: a payload under a fresh name in the store's ``tmp/``, measured on the way in.
 
 A staged file is written as a request streams in (:meth:`Staging.open`, then ``write``
-chunks), or given the data of a file already on this host (:meth:`Staging.link`: a hard
-link, or a copy where links are refused); either way its size and CRC-32 are known once it
+chunks), given the data of a file already on this host (:meth:`Staging.link`: a hard
+link, or a copy where links are refused), or of a part of one (:meth:`Staging.extract`, a
+message of a batch file); either way its size and CRC-32 are known once it
 is complete, for the ingest path to check against what the sender declared. Names are
 fresh (``O_EXCL``, no symlink followed), so nothing a sender says can aim a write at an
 existing path; the names of one request or one relay share a random prefix and differ by a
@@ -59,6 +60,25 @@ class Staging:
             raise
         return staged
 
+    def extract(self, source_fd: int, offset: int, size: int) -> StagedFile:
+        """The ``size`` bytes at ``offset`` of the open file ``source_fd`` (one message of a
+        batch file) as a complete staged file, measured as it is written; a source shorter
+        than that gives a shorter file, which the ingest path refuses as not declared."""
+        staged = self.open()
+        try:
+            while size > 0:
+                chunk = os.pread(source_fd, min(size, _CHUNK), offset)
+                if not chunk:
+                    break
+                staged.write(chunk)
+                offset += len(chunk)
+                size -= len(chunk)
+            staged.close()
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
     def _copy(self, source: str) -> StagedFile:
         staged = self.open()
         try:
@@ -90,7 +110,7 @@ class StagedFile:
         self.crc = 0
         self._fd = fd
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
         self.crc = zlib.crc32(chunk, self.crc)
         written = os.write(self._fd, chunk)

@@ -1,0 +1,75 @@
+"""The manifest as both ends read it: entries of six elements, or with an offset into a
+shared part and a delay (the relay's batch files and delayed messages)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from dropr import protocol
+from dropr.limits import MAX_DELAY_SECONDS, Limits
+from dropr.protocol import Entry, RequestError
+
+LIMITS = Limits()
+FIRST, SECOND, THIRD = "1" * 30, "2" * 30, "3" * 30
+
+
+def parse(entries: list[list[Any]]) -> list[Entry]:
+    return protocol.parse_manifest(msgpack.packb(entries), LIMITS, 1 << 30)
+
+
+def test_six_elements_are_a_whole_part_due_at_once() -> None:
+    assert parse([[FIRST, "c", 5, FIRST, 3, 7]]) == [Entry(FIRST, "c", 5, FIRST, 3, 7, -1, 0)]
+
+
+def test_a_part_shared_by_messages_at_offsets() -> None:
+    entries = parse(
+        [
+            [SECOND, "c", 5, FIRST, 4, 1, 100, 2500],
+            [FIRST, "c", 5, FIRST, 100, 2, 0, 2500],
+            [THIRD, "d", 0, "other", 0, 0, 0],
+        ]
+    )
+    assert [(e.id, e.offset, e.delay_ms) for e in entries] == [(SECOND, 100, 2500), (FIRST, 0, 2500), (THIRD, 0, 0)]
+    ranges = protocol.part_ranges(entries)
+    assert [e.id for e in ranges[FIRST]] == [FIRST, SECOND] and [e.id for e in ranges["other"]] == [THIRD]
+
+
+def test_a_delay_comes_after_an_offset() -> None:
+    (entry,) = parse([[FIRST, "c", 5, FIRST, 3, 7, 0, MAX_DELAY_SECONDS * 1000]])
+    assert (entry.offset, entry.delay_ms) == (0, MAX_DELAY_SECONDS * 1000)
+
+
+def test_ranges_may_touch_and_be_empty() -> None:
+    entries = parse([[SECOND, "c", 5, "p", 5, 0, 10], [FIRST, "c", 5, "p", 0, 0, 10], [THIRD, "c", 5, "p", 1, 0, 15]])
+    assert [e.id for e in protocol.part_ranges(entries)["p"]] == [FIRST, SECOND, THIRD]
+
+
+BAD = {
+    "five-elements": [[FIRST, "c", 5, FIRST, 3]],
+    "nine-elements": [[FIRST, "c", 5, FIRST, 3, 7, 0, 0, 1]],
+    "offset-negative": [[FIRST, "c", 5, FIRST, 3, 7, -1]],
+    "offset-text": [[FIRST, "c", 5, FIRST, 3, 7, "0"]],
+    "offset-bool": [[FIRST, "c", 5, FIRST, 3, 7, True]],
+    "delay-negative": [[FIRST, "c", 5, FIRST, 3, 7, 0, -1]],
+    "delay-float": [[FIRST, "c", 5, FIRST, 3, 7, 0, 1.5]],
+    "delay-too-long": [[FIRST, "c", 5, FIRST, 3, 7, 0, MAX_DELAY_SECONDS * 1000 + 1]],
+    "shared-part-without-offsets": [[FIRST, "c", 5, "p", 1, 0], [SECOND, "c", 5, "p", 1, 0]],
+    "shared-part-one-without-offset": [[FIRST, "c", 5, "p", 1, 0, 0], [SECOND, "c", 5, "p", 1, 0]],
+    "overlapping-ranges": [[FIRST, "c", 5, "p", 10, 0, 0], [SECOND, "c", 5, "p", 1, 0, 9]],
+    "same-range-twice": [[FIRST, "c", 5, "p", 1, 0, 3], [SECOND, "c", 5, "p", 1, 0, 3]],
+    "duplicate-id-in-ranges": [[FIRST, "c", 5, "p", 1, 0, 0], [FIRST, "c", 5, "p", 1, 0, 1]],
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_manifests_are_refused_with_a_reason(name: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse(BAD[name])
+    assert info.value.status == 400 and "manifest" in info.value.reason
+
+
+def test_the_fields_are_named_once() -> None:
+    assert protocol.MANIFEST_FIELDS[6:] == ("offset", "delay_ms") and protocol.OPTIONAL_FIELDS == 2
