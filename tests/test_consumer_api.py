@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.parse

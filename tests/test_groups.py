@@ -110,6 +110,21 @@ def test_the_first_group_takes_over_what_waits_a_later_one_starts_empty(store: S
     assert store.status("c", early[1], group="first") == "queued"
 
 
+def test_a_failure_without_a_claim_in_one_group_leaves_the_other_alone(store: Store) -> None:
+    store.subscribe("c", "a")
+    store.subscribe("c", "b")
+    msg_id = put(store, b"x", channel="c")
+    [held] = store.claim("c", 1, 60, group="b")
+    [listed] = store.messages("c", group="a")
+    store.set_failed(listed, "not claimed")
+    assert store.status("c", msg_id, group="a") == "delayed"
+    assert store.messages("c", group="a") == [] and store.claim("c", 1, 60, group="a") == []
+    store.set_processed(held)  # b's lease untouched
+    assert store.status("c", msg_id, group="b") == "processed"
+    with pytest.raises(StoreError, match="no longer held"):
+        store.set_failed(listed, "again, no longer queued")
+
+
 def test_unsubscribing_drops_a_group_and_the_last_one_gives_the_channel_back(store: Store) -> None:
     store.subscribe("c", "a")
     store.subscribe("c", "b")

@@ -159,8 +159,10 @@ class Claims:
         becomes a dead letter. Its new path; LeaseLost for a claim no longer held."""
         if lease_ns is None:
             path = os.path.join(root, QUEUE, name)
-            if shared:
-                own(path)  # its retry time must not show in other groups' links
+            if shared:  # out of the queue first (no claimant takes it meanwhile), then its own
+                os.rename(path, os.path.join(root, CLAIMED, name))
+                path = os.path.join(root, CLAIMED, name)
+                own(path)
             os.lstat(path)
         else:
             path = os.path.join(root, CLAIMED, name)
@@ -325,7 +327,7 @@ def own(path: str) -> None:
     claim would make another's lease look lost. So the first claim in a group of a file
     still shared copies it — synced, then renamed over the link — and only the last group
     to take the message uses the file ingest wrote. Nobody else touches the name meanwhile:
-    the caller holds it (claimed, or queued in a failure recorded without a claim).
+    the caller holds it, claimed.
     """
     with open(path, "rb") as file:
         if os.fstat(file.fileno()).st_nlink < 2:
