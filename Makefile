@@ -16,6 +16,9 @@ bench:
 	$(PYTHON) -m pytest bench -q --benchmark-only
 	$(PYTHON) bench/put.py
 	$(PYTHON) bench/depth_scan.py
+	$(PYTHON) bench/pipeline.py
+	$(PYTHON) bench/pipeline.py --put-many 100
+	$(PYTHON) bench/peers.py --chart bench-peers.png
 	$(PYTHON) bench/e2e.py
 	$(PYTHON) bench/e2e.py --long 200000 --rounds 2
 	$(PYTHON) bench/latency.py

@@ -12,5 +12,5 @@ def build_floor(source: str, workdir: str) -> str:
     binary = os.path.join(workdir, "floor")
     with open(path, "w") as file:
         file.write(source)
-    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", binary, path], check=True)
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-pthread", "-o", binary, path], check=True)
     return binary

@@ -15,11 +15,10 @@ median of the per-round ratios relay alone / ceiling (target: at least 0.5); the
 one is printed beside it. ``--no-nats`` leaves these out (as does a machine without
 ``nats-server`` or nats-py).
 
-The C floor does the same file operations in two processes running at once: the producer
-creates, writes and renames each message into a queue directory; the consumer lists the
-queue, reads each file, creates and writes it in a staging directory, renames it into a
-store directory, unlinks the queued file, and calls ``syncfs`` once per batch (as the
-server flushes once per batch). Its time runs from the first create to the last unlink.
+The C floor is the pipeline's (``bench/_stages.py``) without its consumer: a producer, a
+forwarder (and its sweeper) and a receiver, at once, doing the same file operations per
+message and per batch as fastput, the relay and the server; its time runs from the first
+create until the forwarder has moved the last file out of its queue.
 
 Cells alternate (floor, HTTP, local, floor, ...), each in a fresh random work directory
 with ``sync`` between cells; the figures that count are the medians of the per-round
@@ -44,7 +43,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -52,104 +50,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from _floor import build_floor
+from _stages import PIPELINE_FLOOR, PRODUCER, floor_dirs, floor_stages, free_port, fresh, relay_running
 from natskit import Cluster
 from support import start_server
 
 import dropr
 from dropr._impl import IMPLEMENTATION, scan
-
-C_FLOOR = r"""
-#define _GNU_SOURCE
-#include <dirent.h>
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-static void die(const char *what) { perror(what); exit(1); }
-static double now(void) {
-    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static int produce(const char *tmp_dir, const char *queue_dir, long count, long size) {
-    int tmp = open(tmp_dir, O_RDONLY | O_DIRECTORY), queue = open(queue_dir, O_RDONLY | O_DIRECTORY);
-    if (tmp < 0 || queue < 0) die("open");
-    char *buf = malloc(size + 1); memset(buf, 'x', size);
-    char tmp_name[64], name[256];
-    struct timespec t;
-    printf("%.9f\n", now());
-    for (long i = 0; i < count; i++) {
-        clock_gettime(CLOCK_REALTIME, &t);
-        snprintf(tmp_name, sizeof tmp_name, "%016llx%08x%06lx",
-                 (long long)t.tv_sec * 1000000000LL + t.tv_nsec, 0x1234abcdU, i & 0xFFFFFF);
-        snprintf(name, sizeof name, "9%s+http%%3A%%2F%%2F127.0.0.1%%3A8080%%2F+common+%lx+%08x",
-                 tmp_name, size, 0U);
-        int fd = openat(tmp, tmp_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-        if (fd < 0) die("openat");
-        if (write(fd, buf, size) != size) die("write");
-        close(fd);
-        if (renameat(tmp, tmp_name, queue, name) != 0) die("renameat");
-    }
-    return 0;
-}
-
-static int consume(const char *queue_dir, const char *stage_dir, const char *store_dir,
-                   long count, long batch) {
-    int queue = open(queue_dir, O_RDONLY | O_DIRECTORY), stage = open(stage_dir, O_RDONLY | O_DIRECTORY);
-    int store = open(store_dir, O_RDONLY | O_DIRECTORY);
-    if (queue < 0 || stage < 0 || store < 0) die("open");
-    char buf[65536];
-    long done = 0, in_batch = 0;
-    while (done < count) {
-        DIR *dir = fdopendir(dup(queue));
-        rewinddir(dir);
-        struct dirent *e;
-        while ((e = readdir(dir)) != NULL) {
-            if (e->d_name[0] == '.') continue;
-            int src = openat(queue, e->d_name, O_RDONLY | O_CLOEXEC);
-            if (src < 0) die("openat src");
-            ssize_t n = read(src, buf, sizeof buf);
-            close(src);
-            int fd = openat(stage, e->d_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-            if (fd < 0) die("openat stage");
-            if (write(fd, buf, n) != n) die("write");
-            close(fd);
-            if (renameat(stage, e->d_name, store, e->d_name) != 0) die("renameat");
-            if (unlinkat(queue, e->d_name, 0) != 0) die("unlinkat");
-            done++;
-            if (++in_batch == batch) { syncfs(store); in_batch = 0; }
-        }
-        closedir(dir);
-    }
-    syncfs(store);
-    printf("%.9f\n", now());
-    return 0;
-}
-
-int main(int argc, char **argv) {
-    if (argc == 6 && !strcmp(argv[1], "produce"))
-        return produce(argv[2], argv[3], atol(argv[4]), atol(argv[5]));
-    if (argc == 7 && !strcmp(argv[1], "consume"))
-        return consume(argv[2], argv[3], argv[4], atol(argv[5]), atol(argv[6]));
-    fprintf(stderr, "usage: floor produce TMP QUEUE COUNT SIZE | consume QUEUE STAGE STORE COUNT BATCH\n");
-    return 2;
-}
-"""
-
-PRODUCER = textwrap.dedent(
-    """
-    import os, sys, time
-    import dropr
-    spool, peer, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    payload, fastput = os.urandom(size), dropr.fastput
-    dropr.Client(spool).close()
-    print(f"{time.monotonic():.9f}", flush=True)
-    for _ in range(count):
-        fastput(payload, peer, spool=spool)
-    """
-)
 
 PHP_FIGURES = [
     ("end to end over HTTP (PHP, published)", "150; 200-250", "http"),
@@ -157,26 +63,20 @@ PHP_FIGURES = [
 ]
 
 
-def fresh(root: str) -> str:
-    subprocess.run(["sync"], check=True)
-    return tempfile.mkdtemp(prefix="cell-", dir=root)
+def floor_cell(binary: str, root: str, count: int, size: int, batch: int, parallel: int) -> float:
+    d = floor_dirs(fresh(root))
+    port = str(free_port())
 
-
-def floor_cell(binary: str, root: str, count: int, size: int, batch: int) -> float:
-    cell = fresh(root)
-    dirs = {name: os.path.join(cell, name) for name in ("tmp", "queue", "stage", "store")}
-    for path in dirs.values():
-        os.mkdir(path)
-    consumer = subprocess.Popen(
-        [binary, "consume", dirs["queue"], dirs["stage"], dirs["store"], str(count), str(batch)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    producer = subprocess.run(
-        [binary, "produce", dirs["tmp"], dirs["queue"], str(count), str(size)],
-        stdout=subprocess.PIPE, text=True, check=True,
-    )  # fmt: skip
-    out, _ = consumer.communicate()
-    return count / (float(out) - float(producer.stdout))
+    with floor_stages(binary) as run:
+        receiver = run("receive", port, d["stage"], d["store"], str(count), "1")
+        assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+        forwarder = run("forward", d["queue"], d["sent"], port, str(count), str(batch), str(parallel), "1")
+        run("sweep", d["sent"], str(count))
+        producer = run("produce", d["tmp"], d["queue"], str(count), str(size), "0", "1")
+        assert producer.stdout is not None and forwarder.stdout is not None
+        started = float(producer.stdout.readline())
+        ended = float(forwarder.stdout.readline())
+    return count / (ended - started)
 
 
 def dropr_cell(root: str, count: int, size: int, transport: str, relay_args: list[str], queued: bool = False) -> float:
@@ -202,23 +102,14 @@ def relay_cell(cell: str, peer: str, count: int, size: int, relay_args: list[str
     Either way one message goes first, so that the relay has made its peer's connection."""
     spool = os.path.join(cell, "spool")
     queue = os.path.join(spool, "queue")
-    log = open(os.path.join(cell, "relay.log"), "w+")
-    relay = subprocess.Popen(
-        [sys.executable, "-m", "dropr.cli.relay", "--spool", spool, "--no-supervise", *relay_args],
-        stdout=log, stderr=log,
-    )  # fmt: skip
-    try:
-        while "relaying" not in _read(log.name):
-            if relay.poll() is not None:
-                raise RuntimeError(_read(log.name))
-            time.sleep(0.01)
+    with relay_running(cell, spool, relay_args):
         with dropr.Client(spool) as client:
             client.put(b"first", peer=peer, priority=0)  # a bucket of its own, apart from the cell's
         while scan.count_queue(queue):
             time.sleep(0.002)
         if queued:
             stage = os.path.join(cell, "stage")
-            subprocess.run([sys.executable, "-c", PRODUCER, stage, peer, str(count), str(size)],
+            subprocess.run([sys.executable, "-c", PRODUCER, stage, peer, str(count), str(size), "0", "1"],
                            stdout=subprocess.DEVNULL, check=True)  # fmt: skip
             for name in os.listdir(os.path.join(stage, "names")):
                 shutil.copy(os.path.join(stage, "names", name), os.path.join(spool, "names", name))
@@ -230,7 +121,7 @@ def relay_cell(cell: str, peer: str, count: int, size: int, relay_args: list[str
             ended = time.monotonic()
         else:
             producer = subprocess.Popen(
-                [sys.executable, "-c", PRODUCER, spool, peer, str(count), str(size)],
+                [sys.executable, "-c", PRODUCER, spool, peer, str(count), str(size), "0", "1"],
                 stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert producer.stdout is not None
@@ -240,10 +131,6 @@ def relay_cell(cell: str, peer: str, count: int, size: int, relay_args: list[str
             ended = time.monotonic()
             if producer.returncode:
                 raise RuntimeError("producer failed")
-    finally:
-        relay.terminate()
-        relay.wait(60)
-        log.close()
     return count / (ended - started)
 
 
@@ -277,14 +164,9 @@ async def publish_directly(servers: list[str], count: int, size: int) -> float:
         await nc.close()
 
 
-def _read(path: str) -> str:
-    with open(path) as file:
-        return file.read()
-
-
 def compare_long(args: argparse.Namespace, binary: str, root: str, relay_args: list[str]) -> None:
     cells = {
-        "floor": lambda count: floor_cell(binary, root, count, args.size, args.batch_count),
+        "floor": lambda count: floor_cell(binary, root, count, args.size, args.batch_count, args.parallel),
         "http": lambda count: dropr_cell(root, count, args.size, "http", relay_args),
     }
     ratios: dict[str, list[float]] = {kind: [] for kind in cells}
@@ -319,7 +201,7 @@ def main() -> None:
     relay_args = ["--batch-count", str(args.batch_count), "--parallel", str(args.parallel)]
     if args.long:
         try:
-            compare_long(args, build_floor(C_FLOOR, root), root, relay_args)
+            compare_long(args, build_floor(PIPELINE_FLOOR, root), root, relay_args)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         return
@@ -329,11 +211,11 @@ def main() -> None:
     kinds = ["floor", "http", "local"] + ([] if args.no_nats else ["nats", "nats-queued", "ceiling"])
     rates: dict[str, list[float]] = {kind: [] for kind in kinds}
     try:
-        binary = build_floor(C_FLOOR, root)
+        binary = build_floor(PIPELINE_FLOOR, root)
         for round_no in range(args.rounds):
             for kind in kinds:
                 if kind == "floor":
-                    rate = floor_cell(binary, root, args.count, args.size, args.batch_count)
+                    rate = floor_cell(binary, root, args.count, args.size, args.batch_count, args.parallel)
                 elif kind == "ceiling":
                     rate = ceiling_cell(root, args.count, args.size)
                 elif kind == "nats-queued":
@@ -353,7 +235,8 @@ def main() -> None:
         ratios = [d / f for d, f in zip(rates[kind], rates["floor"], strict=True)]
         print(f"{kind:5s}: median {statistics.median(rates[kind]):,.0f} msg/s; floor median "
               f"{statistics.median(rates['floor']):,.0f} msg/s; median ratio {statistics.median(ratios):.2f}"
-              + ("  (target >= 0.5)" if kind == "http" else ""))  # fmt: skip
+              + ("  (target >= 0.5)" if kind == "http" else
+                 "  (no socket and no server process: beside the floor, not bound by it)"))  # fmt: skip
     if not args.no_nats:
         ceiling = statistics.median(rates["ceiling"])
         for kind, what in (("nats", "end to end"), ("nats-queued", "relay alone, queue full at once")):

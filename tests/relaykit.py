@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -169,3 +170,22 @@ def check_stored_once(stores: Iterable[str | os.PathLike[str]], sent: dict[str, 
 def in_delivery_order(messages: Sequence[tuple[str, bytes]], priority_of: dict[str, int]) -> bool:
     keys = [(priority_of[msg_id], msg_id) for msg_id, _ in messages]
     return keys == sorted(keys)
+
+
+def kill_relays_then_drain(spool: Path, store: Path, expected: int, rounds: int) -> None:
+    """Up to ``rounds`` times, a relay on ``spool`` is started and killed with SIGKILL at a
+    random moment once ``store`` holds more than before (or it stopped); then ``--once``
+    delivers the rest, and the queue must be empty. What the store holds is the caller's
+    to check."""
+    for _ in range(rounds):
+        before = stored_count(store)
+        if before == expected:
+            break
+        relay = RelayProcess(spool, "--no-supervise", "--batch-count", "100")
+        wait_until(lambda b=before, r=relay: stored_count(store) > b or r.proc.poll() is not None, timeout=60)
+        time.sleep(random.uniform(0, 0.05))
+        relay.kill()
+        relay.__exit__()
+    done = run_relay(spool, "--once", "--no-supervise")
+    assert done.returncode == 0, done.stderr
+    assert queued(spool) == []

@@ -18,6 +18,7 @@ from relaykit import (
     RelayProcess,
     check_stored_once,
     in_delivery_order,
+    kill_relays_then_drain,
     peer_for,
     queued,
     queued_path,
@@ -194,18 +195,7 @@ def test_kill_9_of_the_relay_during_batch_delivery_stores_each_id_once(tmp_path:
     spool, store = tmp_path / "spool", tmp_path / "store"
     with start_server(store) as server:
         sent = _put_batches(spool, server.url, 3000)
-        for _ in range(4):
-            before = stored_count(store)
-            if before == len(sent):
-                break
-            relay = RelayProcess(spool, "--no-supervise", "--batch-count", "100")
-            wait_until(lambda b=before, r=relay: stored_count(store) > b or r.proc.poll() is not None, timeout=60)
-            time.sleep(random.uniform(0, 0.05))
-            relay.kill()
-            relay.__exit__()
-        done = run_relay(spool, "--once", "--no-supervise")
-        assert done.returncode == 0, done.stderr
-    assert queued(spool) == []
+        kill_relays_then_drain(spool, store, len(sent), rounds=4)
     check_stored_once([store], sent)
 
 

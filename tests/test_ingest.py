@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relaykit import RelayProcess, check_stored_once, queued, run_relay, stored_count, wait_until
+from relaykit import (
+    check_stored_once,
+    kill_relays_then_drain,
+    wait_until,
+)
 from storekit import CLIENT, put, stage, tree
 
 import dropr
@@ -370,18 +374,7 @@ def test_kill_9_of_a_relay_storing_locally_loses_nothing_and_leaves_nothing_stag
         payload = f"{i} ".encode() + os.urandom(random.randrange(1, 200))
         sent[client.put(payload, peer=store.as_uri(), priority=i % 10)] = payload
     client.close()
-    for _ in range(3):
-        before = stored_count(store)
-        if before == len(sent):
-            break
-        relay = RelayProcess(spool, "--no-supervise", "--batch-count", "100")
-        wait_until(lambda b=before, r=relay: stored_count(store) > b or r.proc.poll() is not None, timeout=60)
-        time.sleep(random.uniform(0, 0.05))
-        relay.kill()
-        relay.__exit__()
-    done = run_relay(spool, "--once", "--no-supervise")
-    assert done.returncode == 0, done.stderr
-    assert queued(spool) == []
+    kill_relays_then_drain(spool, store, len(sent), rounds=3)
     check_stored_once([store], sent)
     assert os.listdir(store / "tmp") == []  # what the killed relays staged went when the last one started
 

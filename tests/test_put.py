@@ -187,22 +187,6 @@ def test_oversized_payload_is_refused(tmp_path: Path, putter: ModuleType, monkey
     assert os.listdir(tmp_path / "tmp") == []
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, or a skip where mounting is not permitted."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)], capture_output=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
 def test_full_disk_raises_and_shows_nothing(tiny_fs: Path, putter: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spool, "putter", putter)
     stored = 0

@@ -381,22 +381,6 @@ def test_kill_9_mid_put_many_shows_whole_batches_or_nothing(tmp_path: Path, kind
     _kill_rounds(tmp_path, 6, kind)
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, or a skip where mounting is not permitted."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)], capture_output=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
 def test_a_batch_on_a_full_disk_raises_and_shows_nothing(tiny_fs: Path, twin: ModuleType) -> None:
     with spool.Client(tiny_fs / "spool") as client:
         client.put_many([b"x" * 1000] * 8, peer=PEER)

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from relaykit import (
     RelayProcess,
     check_stored_once,
+    kill_relays_then_drain,
     peer_for,
     queued,
     queued_path,
@@ -109,18 +110,7 @@ def _kill_relay_rounds(tmp_path: Path, rounds: int, count: int) -> None:
     store = tmp_path / "store"
     with start_server(store) as server:
         sent = put(spool, server.url, count)
-        for _ in range(rounds):
-            before = stored_count(store)
-            if before == count:
-                break
-            relay = RelayProcess(spool, "--no-supervise", "--batch-count", "100")
-            wait_until(lambda b=before, r=relay: stored_count(store) > b or r.proc.poll() is not None, timeout=60)
-            time.sleep(random.uniform(0, 0.05))
-            relay.kill()
-            relay.__exit__()
-        done = run_relay(spool, "--once", "--no-supervise")
-        assert done.returncode == 0, done.stderr
-    assert queued(spool) == []
+        kill_relays_then_drain(spool, store, count, rounds)
     check_stored_once([store], sent)
 
 
