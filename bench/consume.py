@@ -1,4 +1,5 @@
-"""Consumer throughput: claim -> read -> set_processed, against a C floor, in one run.
+"""Consumer throughput: claim -> read -> set_processed, against a C floor, in one run; and the
+same over HTTP from a dropr-server (RemoteStore), beside the local figure.
 
 The C floor is a small program built at run time that does the same file operations per
 message as ``Store.claim`` + ``Message.read`` + ``Store.set_processed``: set the lease time
@@ -6,10 +7,14 @@ on ``queue/NAME``, rename it to ``claimed/``, open/read/close it, rename it to `
 (a rename lost to another process is skipped, as in the store). It lists the queue once,
 where dropr rescans it per claim batch. Both run with 1 and with 4 processes on fresh
 stores of the same messages, C and dropr alternating, several rounds; the table shows the
-median of the per-round ratios. Stores are removed only at the end: mass deletes would
-slow the next cells' file creation (on ext4 without a journal, by many times).
+median of the per-round ratios. Remote consumers (1 and 4 processes) claim a batch over
+HTTP from a ``dropr-server`` on loopback, read each payload from the answer and settle the
+batch with one ``set_processed(*batch)``; their rate is shown beside the local consumers' of
+the same round (target: 4 remote >= 0.5 x 4 local). Stores are removed only at the end:
+mass deletes would slow the next cells' file creation (on ext4 without a journal, by many
+times).
 
-    python bench/consume.py [--count N] [--rounds R] [--batch B] [--size BYTES]
+    python bench/consume.py [--count N] [--rounds R] [--batch B] [--size BYTES] [--no-remote]
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ import time
 
 from _floor import build_floor
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+from support import start_server
+
 from dropr._impl import IMPLEMENTATION, codec
+from dropr.remote import RemoteStore
 from dropr.store import Store
 
 C_FLOOR = r"""
@@ -113,24 +124,31 @@ def _consumer(
     ready: multiprocessing.synchronize.Barrier,
     times: multiprocessing.queues.Queue,
 ) -> None:  # type: ignore[name-defined]
-    store = Store(path)
-    ready.wait()
-    start = time.monotonic()
-    while True:
-        claimed = store.claim("bench", batch, 60)
-        if not claimed:
-            break
-        for message in claimed:
-            message.read()
-            store.set_processed(message)
+    if path.startswith("http"):
+        remote = RemoteStore(path)
+        ready.wait()
+        start = time.monotonic()
+        while claimed := remote.claim("bench", batch, 60):
+            for message in claimed:
+                message.read()
+            remote.set_processed(*claimed)
+    else:
+        store = Store(path)
+        ready.wait()
+        start = time.monotonic()
+        while claimed := store.claim("bench", batch, 60):
+            for message in claimed:
+                message.read()
+                store.set_processed(message)
     times.put((start, time.monotonic()))
 
 
-def run_dropr(store: Store, procs: int, batch: int) -> float:
+def run_dropr(store: Store, procs: int, batch: int, url: str | None = None) -> float:
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Barrier(procs)
     times = ctx.Queue()
-    children = [ctx.Process(target=_consumer, args=(store.path, batch, ready, times)) for _ in range(procs)]
+    target = url or store.path
+    children = [ctx.Process(target=_consumer, args=(target, batch, ready, times)) for _ in range(procs)]
     for child in children:
         child.start()
     spans = [times.get() for _ in children]
@@ -152,25 +170,36 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--no-remote", action="store_true", help="leave out the consumers over HTTP")
     args = parser.parse_args()
+    kinds = ("c", "dropr") if args.no_remote else ("c", "dropr", "remote")
     work = tempfile.mkdtemp(prefix="dropr-bench-consume-")
     try:
         binary = build_floor(C_FLOOR, work)
         ratios: dict[int, list[float]] = {1: [], 4: []}
+        # remote / local per round: with as many local processes, and with 4 local ones
+        remote_same: dict[int, list[float]] = {1: [], 4: []}
+        remote_four: dict[int, list[float]] = {1: [], 4: []}
         rates: dict[tuple[str, int], list[float]] = {}
         for round_ in range(args.rounds):
             for procs in (1, 4):
-                for kind in ("c", "dropr"):
+                for kind in kinds:
                     root = os.path.join(work, f"{kind}-{procs}-{round_}-{os.urandom(4).hex()}")
                     store = fill(root, args.count, args.size)
                     if kind == "c":
                         elapsed = run_floor(binary, store, procs)
-                    else:
+                    elif kind == "dropr":
                         elapsed = run_dropr(store, procs, args.batch)
+                    else:
+                        with start_server(store.path, extra_args=["--log-level", "warning"]) as server:
+                            elapsed = run_dropr(store, procs, args.batch, server.url)
                     check(store, args.count)
                     rates.setdefault((kind, procs), []).append(args.count / elapsed)
                     os.sync()
                 ratios[procs].append(rates["dropr", procs][-1] / rates["c", procs][-1])
+            for procs in (1, 4) if "remote" in kinds else ():
+                remote_same[procs].append(rates["remote", procs][-1] / rates["dropr", procs][-1])
+                remote_four[procs].append(rates["remote", procs][-1] / rates["dropr", 4][-1])
         print(f"consume: {args.count} messages of {args.size} bytes, batch {args.batch}, "
               f"{args.rounds} rounds, {IMPLEMENTATION} hot path")  # fmt: skip
         print(f"{'processes':>9}  {'C floor msg/s':>13}  {'dropr msg/s':>11}  {'ratio (median)':>14}  per round")
@@ -180,6 +209,17 @@ def main() -> None:
             ratio = statistics.median(ratios[procs])
             rounds = " ".join(f"{r:.2f}" for r in ratios[procs])
             print(f"{procs:>9}  {c_rate:>13,.0f}  {d_rate:>11,.0f}  {ratio:>14.2f}  {rounds}")
+        if "remote" in kinds:
+            print(f"remote consumers over HTTP (RemoteStore, batch {args.batch}) beside local ones, same rounds")
+            print(
+                f"{'processes':>9}  {'local msg/s':>11}  {'remote msg/s':>12}  {'remote/local':>12}  {'÷ 4 local':>9}"
+            )
+            for procs in (1, 4):
+                local = statistics.median(rates["dropr", procs])
+                remote = statistics.median(rates["remote", procs])
+                same = statistics.median(remote_same[procs])
+                four = statistics.median(remote_four[procs])
+                print(f"{procs:>9}  {local:>11,.0f}  {remote:>12,.0f}  {same:>12.2f}  {four:>9.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -2,7 +2,8 @@
 
 Producers drop each message as a file into a local spool (:func:`fastput`,
 :class:`Client`); ``dropr-relay`` forwards the spool to its peers; on a server, consumers
-work a :class:`Store`. Importing this package loads the producer side only.
+work a :class:`Store`, or from another host a :class:`RemoteStore`. Importing this package
+loads the producer side only.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from .errors import DroprError, InvalidMessage, SpoolError, StoreError
 from .spool import Client, fastput, fastput_many
 
 if TYPE_CHECKING:
+    from .remote import RemoteStore
     from .store import Store
 
 __all__ = [
     "Client",
     "DroprError",
     "InvalidMessage",
+    "RemoteStore",
     "SpoolError",
     "Store",
     "StoreError",
@@ -33,4 +36,8 @@ def __getattr__(name: str) -> Any:
         from .store import Store
 
         return Store
+    if name == "RemoteStore":
+        from .remote import RemoteStore
+
+        return RemoteStore
     raise AttributeError(f"module 'dropr' has no attribute {name!r}")

@@ -39,3 +39,8 @@ def tally_queue(path: str | PathLike[str]) -> dict[str, tuple[int, int, str]]:
     batch file as the messages it holds), their bytes (the sizes their names give) and the
     oldest id. A name without a peer, a channel and a size (lower hex, at most 64 bits) is
     passed over."""
+
+def find(path: str | PathLike[str], msg_id: str) -> list[str]:
+    """The message names of directory ``path`` whose id is ``msg_id``, in byte order (one
+    per client that sent that id), read in C; FileNotFoundError when ``path`` does not exist,
+    ValueError when ``msg_id`` is not a message id."""

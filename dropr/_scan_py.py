@@ -31,6 +31,7 @@ from ._codec_py import BUCKET_LEN, MAX_BATCH_COUNT, MAX_FIELD
 
 _HEAD = re.compile(rb"[0-9][0-9a-f]{30}\+")
 _BUCKET = re.compile(rf"[0-9][0-9a-f]{{{BUCKET_LEN - 1}}}")
+_ID = re.compile(r"[0-9a-f]{30}")
 _BATCH = re.compile(rb"[0-9][0-9a-f]{30}\+(?:[^+]*\+){4}n([1-9a-f][0-9a-f]{0,5})(?:\.|\Z)")
 _TOP = (1 << 64) - 1
 """Where a tally's sum of sizes stops (as the compiled twin's 64-bit one does)."""
@@ -132,3 +133,12 @@ def _listdir(path: str, gone_ok: bool = False) -> list[bytes]:
         if gone_ok and exc.errno == errno.ENOENT:
             return []
         raise OSError(exc.errno, exc.strerror, path) from None
+
+
+def find(path: str, msg_id: str) -> list[str]:
+    """The message names of directory ``path`` whose id is ``msg_id``, in byte order (one
+    per client that sent that id); ValueError when ``msg_id`` is not a message id."""
+    if not (isinstance(msg_id, str) and _ID.fullmatch(msg_id)):
+        raise ValueError(f"not a message id: {msg_id!r}")
+    wanted = msg_id.encode("ascii")
+    return [os.fsdecode(name) for name in sorted(n for n in _listdir(path) if _HEAD.match(n) and n[1:31] == wanted)]

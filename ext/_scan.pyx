@@ -15,7 +15,7 @@ from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, strcmp, strcspn, strlen
 
 from _codec cimport (DROPR_BUCKET_LEN, DROPR_ID_LEN, DROPR_MAX_BATCH_COUNT, DROPR_MAX_FIELD,
-                     hex_value, is_bucket_name, is_lower_hex, is_message_head)
+                     hex_value, is_bucket_name, is_id, is_lower_hex, is_message_head)
 from _sys cimport DIR, ENOENT, closedir, dirent, errno, opendir, readdir
 
 cdef extern from "Python.h":
@@ -460,3 +460,33 @@ def tally_queue(path) -> dict:
         raw = bucket.encode("ascii")
         tally.read(os.path.join(path, bucket), raw)
     return tally.result()
+
+
+def find(path, msg_id) -> list:
+    """The message names of directory ``path`` whose id is ``msg_id``, in byte order (one
+    per client that sent that id): a readdir pass that makes a Python object of a match only."""
+    cdef bytes wanted = msg_id.encode("ascii") if isinstance(msg_id, str) else b""
+    if len(wanted) != DROPR_ID_LEN or not is_id(wanted):
+        raise ValueError(f"not a message id: {msg_id!r}")
+    cdef const char *c_wanted = wanted
+    cdef DIR *directory = _open(path, False)
+    cdef dirent *entry
+    cdef int error = 0
+    found = []
+    try:
+        while True:
+            with nogil:
+                while True:
+                    entry = _next(directory, &error)
+                    if entry == NULL or (is_message_head(entry.d_name)
+                                         and memcmp(entry.d_name + 1, c_wanted, DROPR_ID_LEN) == 0):
+                        break
+            if entry == NULL:
+                break
+            found.append(PyUnicode_DecodeFSDefaultAndSize(entry.d_name, strlen(entry.d_name)))
+    finally:
+        closedir(directory)
+    if error:
+        _raise(error, path)
+    found.sort()
+    return found

@@ -148,7 +148,7 @@ def stored_count(store_dir: str | os.PathLike[str]) -> int:
     return sum(
         len([n for n in os.listdir(ch / "queue") if not n.startswith(".")])
         for ch in channels.iterdir()
-        if (ch / "queue").is_dir()
+        if not ch.name.startswith(".") and (ch / "queue").is_dir()  # not a channel being made
     )
 
 

@@ -5,6 +5,9 @@ Run as a script, it is one consumer process::
 
     python storekit.py STORE CHANNEL OUT BATCH LEASE [HOLD]
 
+STORE is a store directory, or a server's URL (``http://…``: a RemoteStore, with the token
+of ``$DROPR_TOKEN``).
+
 It claims batches of BATCH messages until the queue is empty (and, if the file ``OUT.go-on``
 exists, keeps waiting for it to vanish, then looks once more), appending each claimed name to OUT in the
 order it was claimed, one name a line, flushed before the message is marked processed. With
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 from dropr._impl import codec
+from dropr.remote import RemoteStore
 from dropr.store import Store
 
 CLIENT = "tester"
@@ -56,7 +60,11 @@ def tree(root: str | os.PathLike[str]) -> dict[str, bytes]:
 
 
 def consume(store_dir: str, channel: str, out: str, batch: int, lease: float, hold: bool) -> None:
-    store = Store(store_dir)
+    store: Store | RemoteStore
+    if store_dir.startswith("http"):
+        store = RemoteStore(store_dir, token=os.environ.get("DROPR_TOKEN"))
+    else:
+        store = Store(store_dir)
     go_on = Path(out + ".go-on")
     last_look = False
     with open(out, "a") as log:

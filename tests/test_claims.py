@@ -18,7 +18,7 @@ from support import soak
 from dropr import StoreError
 from dropr._impl import codec
 from dropr.store import Message, Store
-from dropr.store.claims import RetryPolicy
+from dropr.store.claims import Claims, RetryPolicy
 
 KIT = os.path.join(os.path.dirname(__file__), "storekit.py")
 WAIT = 60.0
@@ -76,17 +76,50 @@ def test_an_expired_claim_goes_to_another_consumer(store: Store) -> None:
     assert other.claim("common", 1, 60) == []
     [again] = eventually(lambda: other.claim("common", 1, 60))
     assert again.name == held.name
+    for late in (store.set_processed, store.release, lambda m: store.set_failed(m, "late")):
+        with pytest.raises(StoreError, match="lease lost"):
+            late(held)
+    assert store.counts("common") == {"queued": 0, "claimed": 1, "delayed": 0, "processed": 0, "dead": 0}
     other.set_processed(again)
-    store.set_processed(held)
+    other.set_processed(again)  # done already: harmless
+    with pytest.raises(StoreError, match="lease lost"):
+        store.set_processed(held)
     assert store.count_processed("common") == 1
 
 
-def test_processing_a_claim_that_expired_still_takes_it_from_the_queue(store: Store) -> None:
+def test_a_claim_that_expired_and_went_back_is_lost_to_its_claimant(store: Store) -> None:
     put(store, b"x")
     [held] = store.claim("common", 1, 0.2)
     eventually(lambda: store.messages("common"))
-    store.set_processed(held)
+    with pytest.raises(StoreError, match="lease lost"):
+        store.set_processed(held)
+    assert (store.count_queued("common"), store.count_processed("common")) == (1, 0)
+    [again] = store.claim("common", 1, 60)
+    assert again.name == held.name and again.lease_ns != held.lease_ns
+    with pytest.raises(StoreError, match="lease lost"):
+        store.set_processed(held)
+    store.set_processed(again)
     assert (store.count_queued("common"), store.count_processed("common")) == (0, 1)
+
+
+def test_an_expired_claim_not_taken_back_is_still_its_claimant_s(store: Store) -> None:
+    put(store, b"x")
+    lazy = Store(store.path, sweep_interval=3600)
+    [held] = lazy.claim("common", 1, 0.05)
+    time.sleep(0.1)
+    assert os.path.exists(held.path)
+    lazy.set_processed(held)
+    assert lazy.status("common", held.id) == "processed"
+
+
+def test_a_lease_is_the_claimed_file_s_mtime_in_nanoseconds(store: Store) -> None:
+    put(store, b"x")
+    before = time.time_ns()
+    [held] = store.claim("common", 1, 30)
+    assert held.lease_ns is not None and held.lease is not None
+    assert before + 30 * 10**9 <= held.lease_ns <= time.time_ns() + 30 * 10**9
+    assert os.stat(held.path).st_mtime_ns == held.lease_ns
+    assert store.messages("common") == [] and Store(store.path).claim("common", 1, 30) == []
 
 
 def test_release_returns_a_claim_at_once(store: Store) -> None:
@@ -94,7 +127,28 @@ def test_release_returns_a_claim_at_once(store: Store) -> None:
     [held] = store.claim("common", 1, 60)
     store.release(held)
     assert held.path.endswith(os.path.join("queue", held.name))
-    assert names(Store(store.path).claim("common", 1, 60)) == [held.name]
+    store.release(held)  # back already: harmless
+    [again] = Store(store.path).claim("common", 1, 60)
+    assert again.name == held.name
+    for late in (store.release, store.set_processed, lambda m: store.set_failed(m, "late")):
+        with pytest.raises(StoreError, match="lease lost"):
+            late(held)
+    assert store.status("common", held.id) == "claimed"
+
+
+def test_several_messages_at_once_and_a_lost_one_among_them(store: Store) -> None:
+    for i in range(6):
+        put(store, b"%d" % i)
+    first = store.claim("common", 3, 60)
+    store.release(*first)
+    second = store.claim("common", 6, 60)
+    assert names(second)[:3] == names(first)
+    with pytest.raises(StoreError, match=f"lease lost: {first[1].id} "):
+        store.set_processed(second[0], first[1], *second[2:])
+    assert store.count_processed("common") == 5
+    assert store.status("common", first[1].id) == "claimed"
+    store.set_processed(second[1])
+    assert store.count_processed("common") == 6
 
 
 def test_retry_delays_grow() -> None:
@@ -233,3 +287,102 @@ def test_four_consumers_share_a_channel(store: Store, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_four_consumers_share_a_long_channel(store: Store, tmp_path: Path) -> None:
     four_consumers(store, tmp_path, soak(200_000))
+
+
+def test_status_of_every_state_and_of_unknown_ids(store: Store) -> None:
+    queued, claimed, delayed, processed, dead = (put(store, b"%d" % i) for i in range(5))
+    by_id = {m.id: m for m in store.claim("common", 5, 60)}
+    store.release(by_id[queued])
+    store.set_failed(by_id[delayed], "later")
+    store.set_processed(by_id[processed])
+    Store(store.path, max_attempts=1).set_failed(by_id[dead], "never")
+    expected = {queued: "queued", claimed: "claimed", delayed: "delayed", processed: "processed", dead: "dead"}
+    assert {msg_id: store.status("common", msg_id) for msg_id in expected} == expected
+    assert store.status("common", codec.new_id()) is None
+    assert store.status("nothing", codec.new_id()) is None
+    assert store.counts("common") == dict.fromkeys(("queued", "claimed", "delayed", "processed", "dead"), 1)
+    for bad in ("", "not-an-id", queued.upper(), queued + "0"):
+        with pytest.raises(ValueError):
+            store.status("common", bad)
+    with pytest.raises(StoreError, match="no group"):
+        store.status("common", queued, group="nobody")
+
+
+def test_a_claim_being_made_is_left_alone_then_returned(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claimant that died between its rename and setting its lease: the file's mtime is
+    older than its ctime, which a sweeper reads as a claim being made, for a grace time."""
+    import dropr.store.claims as claims
+
+    put(store, b"x")
+    [listed] = store.messages("common")
+    os.rename(listed.path, Path(store.path, "channels", "common", "claimed", listed.name))
+    assert store.messages("common") == []
+    monkeypatch.setattr(claims, "GRACE", 0.3)
+    [back] = eventually(lambda: store.messages("common"))
+    assert back.name == listed.name
+
+
+def waiting(store: Store, channel: str = "common", **kwargs: object) -> tuple[list[Message], Callable[[], None]]:
+    """Start ``store.claim(channel, 10, 60, wait=30, **kwargs)`` on a thread; (its result once
+    joined, join)."""
+    import threading
+
+    result: list[Message] = []
+    thread = threading.Thread(target=lambda: result.extend(store.claim(channel, 10, 60, wait=30, **kwargs)))
+    thread.start()
+    time.sleep(0.3)
+    return result, lambda: thread.join(WAIT)
+
+
+def test_a_waiting_claim_gets_the_message_put_meanwhile(store: Store) -> None:
+    result, join = waiting(store)
+    msg_id = put(store, b"late")
+    join()
+    assert [m.id for m in result] == [msg_id]
+
+
+def test_a_waiting_claim_on_a_channel_nobody_put_to_yet(store: Store) -> None:
+    result, join = waiting(Store(store.path), channel="newcomer")
+    msg_id = put(store, b"first", channel="newcomer")
+    join()
+    assert [m.id for m in result] == [msg_id]
+    assert store.claim("never", 10, 60, wait=0.2) == []
+
+
+@pytest.mark.parametrize("how", ["release", "retry", "expiry"])
+def test_a_waiting_claim_gets_what_comes_back(store: Store, how: str) -> None:
+    put(store, b"x")
+    other = Store(store.path, retry_delay=0.5)
+    [held] = other.claim("common", 1, 0.5 if how == "expiry" else 60)
+    if how == "retry":
+        other.set_failed(held, "once")
+    result, join = waiting(Store(store.path))
+    if how == "release":
+        other.release(held)
+    join()
+    assert [m.name for m in result] == [held.name]
+
+
+def test_a_waiting_claim_does_not_poll(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    takes = []
+    real = Claims.take
+
+    def counted(self: Claims, *args: object, **kwargs: object) -> object:
+        takes.append(args)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Claims, "take", counted)
+    put(store, b"x", channel="elsewhere")
+    assert store.claim("common", 1, 60, wait=1.5) == []
+    assert len(takes) <= 3
+
+
+def test_claim_checks_wait(store: Store) -> None:
+    put(store, b"x")
+    for wait in (-1, float("nan"), float("inf"), 1e9, True, "1"):
+        with pytest.raises(ValueError):
+            store.claim("common", 1, 60, wait=wait)  # type: ignore[arg-type]
+    for lease in (1e12, float("inf")):
+        with pytest.raises(ValueError):
+            store.claim("common", 1, lease)
+    assert store.count_queued("common") == 1

@@ -147,3 +147,61 @@ def test_a_missing_store_is_one_line(tmp_path: Path) -> None:
     assert (status, out) == (1, "")
     assert "not a store" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_status_of_each_state(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    [dead] = store.dead_letters("orders")
+    [queued] = store.messages("orders")
+    assert call(capsys, store, "status", "orders", dead.id) == "dead\n"
+    assert call(capsys, store, "status", "orders", queued.id) == "queued\n"
+    [held] = store.claim("common", 1, 60)
+    assert call(capsys, store, "status", "common", held.id) == "claimed\n"
+    assert call(capsys, store, "status", "common", store.processed("common")[0].id) == "processed\n"
+    status, out, err = run(store, "status", "common", "0" * 30)
+    assert (status, out) == (1, "") and len(err.splitlines()) == 1
+
+
+def test_groups_from_the_command_line(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    assert call(capsys, store, "groups", "orders") == ""
+    assert call(capsys, store, "subscribe", "orders", "billing") == "subscribed\n"
+    assert call(capsys, store, "subscribe", "orders", "billing") == "subscribed already\n"
+    assert call(capsys, store, "subscribe", "orders", "audit") == "subscribed\n"
+    assert call(capsys, store, "groups", "orders") == "audit\nbilling\n"
+    assert json.loads(call(capsys, store, "groups", "orders", "--json")) == ["audit", "billing"]
+    # billing, the first, took over what waited: the queued message and the dead letter
+    assert call(capsys, store, "count-queued", "orders", "--group", "billing") == "1\n"
+    assert call(capsys, store, "count-queued", "orders", "--group", "audit") == "0\n"
+    assert call(capsys, store, "count-queued", "orders") == "0\n"
+    put(store, b"new", channel="orders")
+    assert call(capsys, store, "count-queued", "orders", "--group", "audit") == "1\n"
+    assert call(capsys, store, "sum-queued", "--group", "billing") == "orders\t2\ntotal\t2\n"
+    rows = call(capsys, store, "list-queued", "--group", "billing").splitlines()
+    assert [row.split("\t")[0] for row in rows] == ["orders", "orders"]
+    [dead] = store.dead_letters("orders", group="billing")
+    assert call(capsys, store, "list-dead", "orders", "--group", "billing").split("\t")[1] == dead.id
+    assert call(capsys, store, "status", "orders", dead.id, "--group", "billing") == "dead\n"
+    assert call(capsys, store, "requeue-dead", "orders", "--group", "billing") == "1\n"
+    assert call(capsys, store, "count-queued", "orders", "--group", "billing") == "3\n"
+    assert call(capsys, store, "unsubscribe", "orders", "audit") == "unsubscribed\n"
+    assert call(capsys, store, "groups", "orders") == "billing\n"
+
+
+GROUP_BAD_INPUT = [
+    ("count-queued", "orders", "--group", "nobody"),
+    ("list-dead", "orders", "--group", "nobody"),
+    ("status", "orders", "0" * 30, "--group", "nobody"),
+    ("status", "orders", "not-an-id"),
+    ("unsubscribe", "orders", "nobody"),
+    ("subscribe", "orders", "bad\tname"),
+    ("subscribe", "orders", ""),
+    ("groups", "nothing"),
+]
+
+
+@pytest.mark.parametrize("args", GROUP_BAD_INPUT, ids=" ".join)
+def test_bad_group_input_is_one_line_and_changes_nothing(store: Store, args: tuple[str, ...]) -> None:
+    before = tree(store.path)
+    status, out, err = run(store, *args)
+    assert status == 1 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("dropr")
+    assert tree(store.path) == before

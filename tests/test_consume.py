@@ -246,3 +246,71 @@ def test_consuming_while_the_server_receives(tmp_path: Path) -> None:
     assert sorted(p.read_bytes() for p in outdir.iterdir()) == sorted(data for _, data in sent)
     store = Store(store_dir)
     assert (store.count_queued("common"), store.count_processed("common")) == (0, 100)
+
+
+def consume_remote(url: str, *args: str, token: str = "tok", channel: str = "common") -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "dropr.cli.main", "consume", "--server", url, "--channel", channel, *args]
+    env = {**os.environ, "DROPR_TOKEN": token}
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_consume_over_the_network(store: Store, tmp_path: Path) -> None:
+    for payload, priority in ((b"late", 9), (b"first", 0), (b"second", 5)):
+        put(store, payload, priority=priority)
+    put(store, b"bad", channel="failing")
+    outdir = tmp_path / "outs"
+    outdir.mkdir()
+    extra = ["--max-attempts", "2", "--retry-delay", "0.2"]
+    with start_server(store.path, token="tok", extra_args=extra) as server:
+        status, out, err = finish(consume_remote(server.url, "--concurrency", "2", "--", *EACH_TO_A_FILE, str(outdir)))
+        assert (status, err) == (0, "")
+        assert counts(out) == {"processed": 3, "failed": 0, "released": 0}
+        assert sorted(p.read_bytes() for p in outdir.iterdir()) == [b"first", b"late", b"second"]
+        failing = ["sh", "-c", "cat >/dev/null; echo nope >&2; exit 4"]
+        args = ["--follow", "--limit", "2", "--", *failing]
+        status, out, err = finish(consume_remote(server.url, *args, channel="failing"))
+        assert status == 0 and counts(out)["failed"] == 2 and err == "nope\nnope\n"
+        [dead] = store.dead_letters("failing")
+        assert dead.reasons == ("exit status 4: nope",) * 2
+        status, out, err = finish(consume_remote(server.url, "--", "true", token="wrong"))
+        assert status == 1 and "token" in err and len(err.splitlines()) == 1
+    assert (store.count_queued("common"), store.count_processed("common")) == (0, 3)
+
+
+def test_consume_a_group_over_the_network_following_new_messages(store: Store, tmp_path: Path) -> None:
+    store.subscribe("orders", "mail")
+    outdir = tmp_path / "outs"
+    outdir.mkdir()
+    with start_server(store.path, token="tok") as server:
+        proc = consume_remote(
+            server.url, "--group", "mail", "--follow", "--limit", "3", "--", *EACH_TO_A_FILE, str(outdir),
+            channel="orders",
+        )  # fmt: skip
+        for i in range(3):
+            time.sleep(0.3)
+            put(store, b"order %d" % i, channel="orders")
+        status, out, err = finish(proc)
+    assert (status, err) == (0, "") and counts(out)["processed"] == 3
+    assert sorted(p.read_bytes() for p in outdir.iterdir()) == [b"order 0", b"order 1", b"order 2"]
+    assert store.count_processed("orders", group="mail") == 3
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--store", "STORE", "--token", "t"),
+        ("--server", "http://127.0.0.1:1/", "--max-attempts", "2"),
+        ("--server", "ftp://nowhere/"),
+        ("--server", "http://127.0.0.1:1/", "--store", "STORE"),
+    ],
+    ids=" ".join,
+)
+def test_bad_remote_options_are_one_line(store: Store, args: tuple[str, ...]) -> None:
+    argv = [a.replace("STORE", store.path) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "dropr.cli.main", "consume", *argv, "--channel", "common", "--", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0 and done.stdout == "" and len(done.stderr.splitlines()) == 1

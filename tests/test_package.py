@@ -14,7 +14,7 @@ import pytest
 import dropr
 import dropr._impl
 
-HEAVY = ("aiohttp", "uvloop", "pycurl", "prometheus_client", "dropr.server", "dropr.relay", "dropr.cli")
+HEAVY = ("aiohttp", "uvloop", "pycurl", "prometheus_client", "urllib3", "dropr.server", "dropr.relay", "dropr.cli")
 
 
 def test_import_dropr_loads_no_server_or_relay_stack() -> None:
@@ -37,6 +37,7 @@ def test_public_names_are_few_and_present() -> None:
         "Client",
         "DroprError",
         "InvalidMessage",
+        "RemoteStore",
         "SpoolError",
         "Store",
         "StoreError",

@@ -290,6 +290,31 @@ def test_compiled_matches_reference_on_queues(tmp_path: pathlib.Path) -> None:
         assert compiled.buckets(str(queue)) == reference.buckets(str(queue))
 
 
+def test_find_names_by_id(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    wanted = "18e0000000000000c0ffee00000001"
+    held = [codec.store_name(p, wanted, client) for p, client in ((9, "b"), (3, "a"), (9, "c%2Bd"))]
+    others = [codec.store_name(9, f"{i:030x}", "a") for i in range(50)]
+    near = ["." + held[0], held[0][:31] + "-a", "x" + wanted + "+a", "9" + wanted[:-1] + "f+a"]
+    _touch(tmp_path, held + others + near)
+    assert scan.find(str(tmp_path), wanted) == sorted(held)
+    assert scan.find(str(tmp_path), "f" * 30) == []
+    assert scan.find(str(tmp_path), others[7][1:31]) == [others[7]]
+
+
+def test_find_checks_its_arguments(scan: ModuleType, tmp_path: pathlib.Path) -> None:
+    for bad in ("", "A" * 30, "a" * 29, "a" * 31, "g" * 30, "é" * 30, None):
+        with pytest.raises(ValueError):
+            scan.find(str(tmp_path), bad)
+    with pytest.raises(FileNotFoundError):
+        scan.find(str(tmp_path / "missing"), "a" * 30)
+
+
+def test_find_in_a_deep_directory(scan: ModuleType, deep: tuple[str, list[str]]) -> None:
+    path, names = deep
+    for name in (names[0], names[-1], names[50_000]):
+        assert scan.find(path, name[1:31]) == [name]
+
+
 def _expected_tally(names: list[str]) -> dict[str, tuple[int, int, str]]:
     """The tally of ``names`` worked out from their fields, as a reader of the format would."""
     tally: dict[str, tuple[int, int, str]] = {}

@@ -22,6 +22,7 @@ EXIT_USAGE = 2
 EXTRAS = {
     "relay": ("pycurl", "prometheus_client"),
     "server": ("aiohttp", "multipart", "uvloop", "prometheus_client"),
+    "remote": ("urllib3",),
 }
 """The modules each optional extra of the package (``pip install 'dropr[EXTRA]'``) brings."""
 

@@ -1,8 +1,10 @@
-"""dropr consume: runs a command once per message of a store's channel."""
+"""dropr consume: runs a command once per message of a store's channel, on the store's host
+(``--store DIR``) or over the network from a ``dropr-server`` (``--server URL``)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import signal
@@ -13,13 +15,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ._common import CommandError, emit_json, positive_int, positive_number
+from ..errors import StoreError
+from ._common import CommandError, emit_json, positive_int, positive_number, require
 
 if TYPE_CHECKING:
+    from ..remote import RemoteStore
     from ..store import Message, Store
 
 _STDERR_TAIL = 1000
-_POLL = 0.5
+_WAIT = 1.0  # a --follow claim waits this long for a message: SIGTERM is seen within it when idle
 
 
 def register(commands: Any) -> None:
@@ -33,8 +37,21 @@ def register(commands: Any) -> None:
         "message is ready. SIGTERM or SIGINT: finishes the messages in hand, then exits 0. "
         "Prints how many were processed and failed.",
     )
-    parser.add_argument("--store", required=True, metavar="DIR", help="the store directory")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--store", metavar="DIR", help="the store directory, on this host (default: none: give --server)"
+    )
+    where.add_argument(
+        "--server",
+        metavar="URL",
+        help="a dropr-server's URL, to consume over the network (default: none: give --store)",
+    )
+    parser.add_argument("--token", help="with --server: the server's bearer token (default: $DROPR_TOKEN)")
+    parser.add_argument(
+        "--ca-file", metavar="FILE", help="with --server: the CAs to trust for https (default: the system's)"
+    )
     parser.add_argument("--channel", required=True, metavar="C", help="the channel to consume")
+    parser.add_argument("--group", metavar="G", help="the channel's consumer group to consume (default: its own queue)")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="handle at most N messages (default: no limit)")
     parser.add_argument(
         "--concurrency",
@@ -48,12 +65,12 @@ def register(commands: Any) -> None:
         help="seconds a message is held before another consumer may take it",
     )  # fmt: skip
     parser.add_argument(
-        "--max-attempts", type=positive_int, default=5, metavar="N",
-        help="failures after which a message becomes a dead letter",
+        "--max-attempts", type=positive_int, metavar="N",
+        help="with --store: failures after which a message becomes a dead letter (default: 5; a server keeps its own)",
     )  # fmt: skip
     parser.add_argument(
-        "--retry-delay", type=positive_number, default=10.0, metavar="S",
-        help="seconds before the first retry; doubled at each failure, at most an hour",
+        "--retry-delay", type=positive_number, metavar="S",
+        help="with --store: seconds before the first retry; doubled at each failure, at most an hour (default: 10)",
     )  # fmt: skip
     parser.add_argument("--follow", action="store_true", help="keep waiting for new messages")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
@@ -70,7 +87,7 @@ def _runnable(program: str) -> None:
 class _Consumer:
     """Claims messages as workers free up and runs the command on each."""
 
-    def __init__(self, store: Store, args: argparse.Namespace) -> None:
+    def __init__(self, store: Store | RemoteStore, args: argparse.Namespace) -> None:
         self.store = store
         self.args = args
         self.stop = threading.Event()
@@ -84,64 +101,110 @@ class _Consumer:
         with ThreadPoolExecutor(args.concurrency) as pool:
             pending: set[Future[None]] = set()
             while True:
+                done = {future for future in pending if future.done()}
+                pending -= done
+                for future in done:
+                    future.result()
                 room = args.concurrency - len(pending)
                 if left >= 0:
                     room = min(room, left)
-                if room > 0 and not self.stop.is_set():
-                    claimed = self.store.claim(args.channel, room, args.lease)
-                    pending.update(pool.submit(self._handle, message) for message in claimed)
-                    if left >= 0:
-                        left -= len(claimed)
-                if not pending:
-                    if self.stop.is_set() or left == 0 or not args.follow:
+                if self.stop.is_set() or left == 0 or room == 0:
+                    if not pending:
                         return
-                    self.stop.wait(_POLL)
+                    wait(pending, return_when=FIRST_COMPLETED)
                     continue
-                done, pending = wait(pending, timeout=_POLL if args.follow else None, return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()
+                wait_s = _WAIT if args.follow else 0.0
+                claimed = self.store.claim(args.channel, room, args.lease, group=args.group, wait=wait_s)
+                pending.update(pool.submit(self._handle, message) for message in claimed)
+                if left >= 0:
+                    left -= len(claimed)
+                if not claimed and not args.follow:
+                    if not pending:
+                        return
+                    wait(pending, return_when=FIRST_COMPLETED)
 
     def _handle(self, message: Message) -> None:
         try:
-            payload = os.open(message.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            done = self._run(message)
+        except FileNotFoundError as exc:
+            if exc.filename == message.path:
+                return
+            self._cannot_run(message, exc)
             return
-        try:
-            done = subprocess.run(self.args.command, stdin=payload, stderr=subprocess.PIPE, check=False)
         except OSError as exc:
-            self.store.release(message)
-            self.error = f"cannot run {self.args.command[0]!r}: {exc.strerror or exc}"
-            self.stop.set()
+            self._cannot_run(message, exc)
             return
-        finally:
-            os.close(payload)
         if done.stderr:
             with self._lock:
                 sys.stderr.buffer.write(done.stderr)
                 sys.stderr.flush()
-        if done.returncode == 0:
-            self.store.set_processed(message)
-            outcome = "processed"
-        elif done.returncode < 0 and self.stop.is_set():
-            # Interrupted along with us (Ctrl-C reaches the whole process group): not its fault.
-            self.store.release(message)
-            outcome = "released"
-        else:
-            status = f"exit status {done.returncode}" if done.returncode > 0 else f"killed by signal {-done.returncode}"
-            tail = done.stderr[-_STDERR_TAIL:].decode("utf-8", "replace").strip()
-            self.store.set_failed(message, f"{status}: {tail}" if tail else status)
-            outcome = "failed"
+        try:
+            outcome = self._settle(message, done)
+        except StoreError as exc:
+            if exc.errno != errno.ESTALE:
+                raise
+            # The command outlived the lease and another consumer has the message now.
+            with self._lock:
+                print(f"dropr: {exc}", file=sys.stderr, flush=True)
+            return
         with self._lock:
             self.counts[outcome] += 1
+
+    def _settle(self, message: Message, done: subprocess.CompletedProcess[bytes]) -> str:
+        """Mark ``message`` as the command's exit status says; the outcome's name."""
+        if done.returncode == 0:
+            self.store.set_processed(message)
+            return "processed"
+        if done.returncode < 0 and self.stop.is_set():
+            # Interrupted along with us (Ctrl-C reaches the whole process group): not its fault.
+            self.store.release(message)
+            return "released"
+        status = f"exit status {done.returncode}" if done.returncode > 0 else f"killed by signal {-done.returncode}"
+        tail = done.stderr[-_STDERR_TAIL:].decode("utf-8", "replace").strip()
+        self.store.set_failed(message, f"{status}: {tail}" if tail else status)
+        return "failed"
+
+    def _run(self, message: Message) -> subprocess.CompletedProcess[bytes]:
+        """The command on ``message``: its file as standard input, or its payload piped in
+        (a message that came over the network)."""
+        command = self.args.command
+        if not message.path:
+            return subprocess.run(command, input=message.read(), stderr=subprocess.PIPE, check=False)
+        payload = os.open(message.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return subprocess.run(command, stdin=payload, stderr=subprocess.PIPE, check=False)
+        finally:
+            os.close(payload)
+
+    def _cannot_run(self, message: Message, exc: OSError) -> None:
+        self.store.release(message)
+        self.error = f"cannot run {self.args.command[0]!r}: {exc.strerror or exc}"
+        self.stop.set()
+
+
+def _open(args: argparse.Namespace) -> Store | RemoteStore:
+    """The store to consume from; CommandError for options that do not go with it."""
+    if args.server is not None:
+        if args.max_attempts is not None or args.retry_delay is not None:
+            raise CommandError("--max-attempts and --retry-delay go with --store: a server keeps its own")
+        require("remote")
+        from ..remote import RemoteStore
+
+        token = args.token if args.token is not None else os.environ.get("DROPR_TOKEN") or None
+        return RemoteStore(args.server, token=token, ca_file=args.ca_file)
+    if args.token is not None or args.ca_file is not None:
+        raise CommandError("--token and --ca-file go with --server")
+    from ..store import Store
+
+    store = Store(args.store, max_attempts=args.max_attempts or 5, retry_delay=args.retry_delay or 10.0)
+    if not args.follow and not store.has_channel(args.channel):
+        raise CommandError(f"no channel {args.channel!r} in store {store.path}")
+    return store
 
 
 def _consume(args: argparse.Namespace) -> int:
     _runnable(args.command[0])
-    from ..store import Store
-
-    store = Store(args.store, max_attempts=args.max_attempts, retry_delay=args.retry_delay)
-    if not args.follow and not store.has_channel(args.channel):
-        raise CommandError(f"no channel {args.channel!r} in store {store.path}")
+    store = _open(args)
     consumer = _Consumer(store, args)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..errors import DroprError
 from . import consume, spool_cmds, store_cmds
-from ._common import CommandError, Parser
+from ._common import EXIT_USAGE, CommandError, MissingExtra, Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except MissingExtra as exc:
+        print(f"dropr: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (CommandError, DroprError, OSError, ValueError) as exc:
         print(f"dropr: {exc}", file=sys.stderr)
         return 1

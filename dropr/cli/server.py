@@ -1,7 +1,7 @@
 """dropr-server: receives batches over HTTP(S) into a store.
 
-POST on any path delivers a batch; GET /health and GET /metrics report. SIGTERM or SIGINT
-stop it.
+POST on any path delivers a batch; consumers claim and settle messages under /v1/; GET
+/health and GET /metrics report. SIGTERM or SIGINT stop it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ._common import (
     listen_address,
     log_to,
     positive_int,
+    positive_number,
     require,
     stderr_handler,
 )
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"the largest request accepted, larger ones get 413 (default: {DEFAULT_MAX_REQUEST_TEXT})",
     )
+    parser.add_argument(
+        "--max-attempts", type=positive_int, default=5, metavar="N",
+        help="failures (reported by consumers over the network) after which a message becomes a dead letter",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-delay", type=positive_number, default=10.0, metavar="S",
+        help="seconds before a failed message is retried; doubled at each failure, at most an hour",
+    )  # fmt: skip
     parser.add_argument(
         "--log-level", type=str.lower, choices=LEVELS, default="info", help="log messages of this importance and above"
     )
@@ -97,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
-        store = Store(args.store, create=True)
+        store = Store(args.store, create=True, max_attempts=args.max_attempts, retry_delay=args.retry_delay)
     except BaseException:
         sock.close()
         raise

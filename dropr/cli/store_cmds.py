@@ -24,16 +24,21 @@ def register(commands: Any) -> None:
         "channel, id, priority, client, time (UTC), size in bytes, tab separated.",
     )
     parser.add_argument("dir", metavar="DIR", help="the store directory")
+    parser.set_defaults(group=None)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def action(name: str, run: Callable[[argparse.Namespace], int], help: str, json: bool = False) -> Any:
+    def action(
+        name: str, run: Callable[[argparse.Namespace], int], help: str, json: bool = False, group: bool = True
+    ) -> Any:
         sub = actions.add_parser(name, help=help, description=help)
         if json:
             sub.add_argument("--json", action="store_true", help="print JSON")
-        sub.set_defaults(run=run)
+        if group:
+            sub.add_argument("--group", metavar="G", help="a consumer group of the channel (default: its own queue)")
+        sub.set_defaults(run=run, group=None)
         return sub
 
-    action("channels", _channels, "the channels that have received messages", json=True)
+    action("channels", _channels, "the channels that have received messages", json=True, group=False)
     for state in ("queued", "processed"):
         action(f"count-{state}", _counter(state), f"how many {state} messages a channel has").add_argument(
             "channel", metavar="CH", help="the channel"
@@ -50,13 +55,19 @@ def register(commands: Any) -> None:
             f"{state} messages per channel, then the total",
             json=True,
         )
-    wipe = action("wipe-processed", _wipe, "remove a channel's messages processed MINUTES ago or earlier")
+    wipe = action(
+        "wipe-processed",
+        _wipe,
+        "remove a channel's messages processed MINUTES ago or earlier (its groups' too)",
+        group=False,
+    )
     wipe.add_argument("channel", metavar="CH", help="the channel")
     wipe.add_argument("minutes", metavar="MINUTES", type=minutes, help="the age in minutes")
     wipe_all = action(
         "wipe-all-processed",
         _wipe,
         "remove every channel's messages processed MINUTES ago or earlier",
+        group=False,
     )
     wipe_all.add_argument("minutes", metavar="MINUTES", type=minutes, help="the age in minutes")
     wipe_all.set_defaults(channel=None)
@@ -74,16 +85,33 @@ def register(commands: Any) -> None:
     )
     requeue.add_argument("channel", metavar="CH", help="the channel")
     requeue.add_argument("ids", metavar="ID", nargs="*", help="message ids (default: every dead letter)")
+    status = action(
+        "status", _status, "the state of message ID: queued, claimed, delayed, processed or dead (exit 1: unknown)"
+    )
+    status.add_argument("channel", metavar="CH", help="the channel")
+    status.add_argument("id", metavar="ID", help="the message id")
+    groups = action("groups", _groups, "the consumer groups of a channel", json=True, group=False)
+    groups.add_argument("channel", metavar="CH", help="the channel")
+    for name, run, help in (
+        ("subscribe", _subscribe, "make G a consumer group of CH: every message stored from now on goes to each group"),
+        ("unsubscribe", _unsubscribe, "remove the consumer group G of CH, with the messages it holds"),
+    ):
+        change = action(name, run, help, group=False)
+        change.add_argument("channel", metavar="CH", help="the channel")
+        change.add_argument("name", metavar="G", help="the group")
 
 
 def _open(args: argparse.Namespace, channels: Iterable[str] = ()) -> Store:
-    """The store of ``args.dir``; CommandError if it is missing or lacks one of ``channels``."""
+    """The store of ``args.dir``; CommandError if it is missing or lacks one of ``channels``
+    (or the ``--group`` asked for)."""
     from ..store import Store
 
     store = Store(args.dir)
     for channel in channels:
         if not store.has_channel(channel):
             raise CommandError(f"no channel {channel!r} in store {store.path}")
+        if args.group is not None and args.group not in store.groups(channel):
+            raise CommandError(f"channel {channel!r} has no group {args.group!r}")
     return store
 
 
@@ -97,16 +125,16 @@ def _channels(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count_of(store: Store, state: str, channel: str) -> int:
+def _count_of(store: Store, state: str, channel: str, group: str | None) -> int:
     if state == "queued":
-        return int(store.count_queued(channel))
-    return int(store.count_processed(channel))
+        return int(store.count_queued(channel, group=group))
+    return int(store.count_processed(channel, group=group))
 
 
 def _counter(state: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         store = _open(args, [args.channel])
-        print(_count_of(store, state, args.channel))
+        print(_count_of(store, state, args.channel, args.group))
         return 0
 
     return run
@@ -115,7 +143,8 @@ def _counter(state: str) -> Callable[[argparse.Namespace], int]:
 def _summer(state: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         store = _open(args)
-        counts = {channel: _count_of(store, state, channel) for channel in store.channels()}
+        channels = [c for c in store.channels() if args.group is None or args.group in store.groups(c)]
+        counts = {channel: _count_of(store, state, channel, args.group) for channel in channels}
         total = sum(counts.values())
         if args.json:
             emit_json({"channels": counts, "total": total})
@@ -133,7 +162,10 @@ def _lister(state: str) -> Callable[[argparse.Namespace], int]:
         store = _open(args, args.channel)
         rows = []
         for channel in args.channel or store.channels():
-            found = store.messages(channel) if state == "queued" else store.processed(channel)
+            if args.group is not None and not args.channel and args.group not in store.groups(channel):
+                continue
+            group = args.group
+            found = store.messages(channel, group=group) if state == "queued" else store.processed(channel, group=group)
             rows += _rows(found)
         _print_rows(rows, args.json)
         return 0
@@ -144,7 +176,7 @@ def _lister(state: str) -> Callable[[argparse.Namespace], int]:
 def _list_dead(args: argparse.Namespace) -> int:
     store = _open(args, [args.channel])
     rows = []
-    for message in store.dead_letters(args.channel):
+    for message in store.dead_letters(args.channel, group=args.group):
         for row in _rows([message]):
             row["attempts"] = message.attempts
             row["reasons" if args.json else "reason"] = (
@@ -162,7 +194,43 @@ def _requeue_dead(args: argparse.Namespace) -> int:
     if bad:
         raise CommandError(f"not a message id: {bad[0]!r}")
     store = _open(args, [args.channel])
-    print(store.requeue_dead(args.channel, args.ids or None))
+    print(store.requeue_dead(args.channel, args.ids or None, group=args.group))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .._impl import codec
+
+    if not codec.is_message_id(args.id):
+        raise CommandError(f"not a message id: {args.id!r}")
+    store = _open(args, [args.channel] if args.group is not None else [])
+    state = store.status(args.channel, args.id, group=args.group)
+    if state is None:
+        print(f"dropr: no message {args.id} in channel {args.channel!r}", file=sys.stderr)
+        return 1
+    print(state)
+    return 0
+
+
+def _groups(args: argparse.Namespace) -> int:
+    names = _open(args, [args.channel]).groups(args.channel)
+    if args.json:
+        emit_json(names)
+    else:
+        for name in names:
+            print(name)
+    return 0
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    made = _open(args).subscribe(args.channel, args.name)
+    print("subscribed" if made else "subscribed already")
+    return 0
+
+
+def _unsubscribe(args: argparse.Namespace) -> int:
+    _open(args).unsubscribe(args.channel, args.name)
+    print("unsubscribed")
     return 0
 
 

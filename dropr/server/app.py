@@ -1,5 +1,5 @@
-"""The aiohttp application: the POST that receives batches, ``/health``, ``/metrics`` and
-``/status`` (:mod:`.status_page`).
+"""The aiohttp application: the POST that receives batches, ``/health``, ``/metrics``,
+``/status`` (:mod:`.status_page`) and the consumer API under ``/v1/`` (:mod:`.consume`).
 
 A POST is handled in three steps: check the request as a whole (token, type, declared
 length) before reading its body; stream its parts into staged files (:mod:`.receive`);
@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ from ..store import Store
 from ..store.staging import remove_staged
 from . import status_page
 from .auth import Token
+from .consume import ConsumerAPI
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics, census
 from .receive import UPLOADS, Receiver, Upload, store_failure
@@ -68,6 +70,8 @@ class Handlers:
         self.refusals = RefusalLog()
         self.activity = status_page.Activity()
         self._sampler: asyncio.Task[None] | None = None
+        self.stored: Callable[[Iterable[str]], None] = lambda channels: None
+        """Told the channels of each batch that stored messages (claims may wait on them)."""
 
     async def start(self, app: web.Application) -> None:
         """Remove the uploads a previous server process left unfinished; start the census
@@ -108,6 +112,7 @@ class Handlers:
             return self._answer_error(err, started, request, upload.client)
         finally:
             upload.discard()
+        self.stored({e.channel for e in upload.entries if upload.acks[e.id][0] == p.STORED})
         self.activity.received(upload.client, request.remote or "", upload.entries, upload.acks)
         self.metrics.received.inc(len(upload.entries))
         self.metrics.bytes.inc(upload.payload_bytes)
@@ -118,9 +123,7 @@ class Handlers:
         return web.Response(body=body, content_type=p.JSON if as_json else p.MSGPACK)
 
     def _precheck(self, request: web.Request) -> None:
-        problem = self.token.problem(request.headers.get(hdrs.AUTHORIZATION, ""))
-        if problem:
-            raise RequestError(401, problem)
+        self.authorize(request)
         # Not request.content_type: aiohttp parses it with the email package, ~1 ms a request.
         media_type = parse_options_header(request.headers.get(hdrs.CONTENT_TYPE, ""))[0]
         if media_type != "multipart/form-data":
@@ -155,6 +158,12 @@ class Handlers:
             resp.force_close()
         self._observe(err.status, started)
         return resp
+
+    def authorize(self, request: web.Request) -> None:
+        """RequestError 401 unless the request carries the bearer token (when one is set)."""
+        problem = self.token.problem(request.headers.get(hdrs.AUTHORIZATION, ""))
+        if problem:
+            raise RequestError(401, problem)
 
     def _refused(self, request: web.Request, err: RequestError, client: str = "") -> None:
         who = request.remote or "?"
@@ -200,8 +209,8 @@ class Handlers:
 
 
 def make_app(store: Store, config: ServerConfig | None = None) -> web.Application:
-    """The application for ``store``: GET /health, GET /metrics, GET /status, POST on any
-    other path. Starting it removes unfinished uploads."""
+    """The application for ``store``: GET /health, GET /metrics, GET /status, the consumer
+    API under ``/v1/``, POST on any other path. Starting it removes unfinished uploads."""
     handlers = Handlers(store, config or ServerConfig())
     app = web.Application()
     app.on_startup.append(handlers.start)
@@ -209,5 +218,8 @@ def make_app(store: Store, config: ServerConfig | None = None) -> web.Applicatio
     app.router.add_get("/health", handlers.health, allow_head=True)
     app.router.add_get("/metrics", handlers.metrics_page, allow_head=True)
     app.router.add_get("/status", handlers.status, allow_head=True)
+    consumers = ConsumerAPI(store, handlers.authorize)
+    consumers.add_routes(app)
+    handlers.stored = consumers.wakeups.arrived
     app.router.add_route("POST", "/{path:.*}", handlers.post, expect_handler=handlers.expect)
     return app

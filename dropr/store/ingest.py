@@ -3,9 +3,11 @@
 :meth:`IngestSide.commit` takes a batch of staged files (:mod:`.staging`) and answers for
 each message: **verify** its size and CRC-32 against what its sender declared
 (:func:`dropr.protocol.mismatch`), **make it durable** — the verified files' data synced,
-each moved into its channel's queue under its final name without replacing anything (a
-message held already, by client and id in any state, is a duplicate: acknowledged again,
-kept once), then the new directory entries synced (:mod:`.sync` picks how for the batch's
+each moved into its channel's queue under its final name without replacing anything
+(once the channel has consumer groups, hard-linked into each group's queue instead, under
+the channel's shared lock: see :mod:`.layout`; a message held already, by client and id in
+any state, is a duplicate: acknowledged again, kept once), then the new directory entries
+synced (:mod:`.sync` picks how for the batch's
 size) — and only then **answer** (:data:`dropr.protocol.Acks`). The HTTP server (which
 stages each part as it streams in) and the local transport (which stages spool files by
 hard link, or a batch file's messages by copy) both commit through it.
@@ -36,7 +38,7 @@ from .._impl import codec
 from ..errors import InvalidMessage
 from ..names import check_channel, check_client_id, check_message_id, check_priority
 from ..protocol import DUPLICATE, REJECTED, STORED, Acks, mismatch
-from .layout import ATTEMPTS, DELAYED, QUEUE, STATES, PathLike, StoreDirectory, remember
+from .layout import DELAYED, QUEUE, STATES, PathLike, StoreDirectory, group_roots, locked, make_channel, remember
 from .staging import StagedFile, Staging
 from .sync import Syncer
 
@@ -204,11 +206,10 @@ class IngestSide(StoreDirectory):
             created = False
             for channel, items in by_channel.items():
                 channel_dir = self._registered_dir(channel)
-                created |= self._move_in(channel_dir, client_field, items, results)
-                directories.append(os.path.join(channel_dir, QUEUE))
-                if any(item[4] for item in items):
-                    directories.append(os.path.join(channel_dir, DELAYED))
-                    created = True
+                made, moved_into = self._move_in(channel_dir, client_field, items, results)
+                directories += moved_into
+                # A delayed message's due time is its mtime: only a flush makes that durable.
+                created |= made or any(item[4] for item in items)
             return Ingested(results, tuple(directories), created or self.names.written != written)
 
     def sync_data(self, path: str) -> None:
@@ -266,29 +267,35 @@ class IngestSide(StoreDirectory):
         client_field: str,
         items: list[tuple[int, int, str, str, float]],
         results: list[bool | str],
-    ) -> bool:
-        """Ingest one channel's share of a batch (under the lock); True if the channel's
-        directories had to be created."""
-        fds, created = self._open_states(channel_dir)
+    ) -> tuple[bool, list[str]]:
+        """Ingest one channel's share of a batch (under the lock, the channel's shared);
+        whether its directories had to be created, and the directories that got messages."""
         names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _, _ in items]
-        fresh = set(_unheld(fds, names))
-        for position, (index, _, _, staged, due) in enumerate(items):
-            if position not in fresh:
-                _files.remove(staged)
-                continue
-            if due:
-                os.utime(staged, (due, due))  # before it shows in delayed/, which goes by mtime
+        created = delayed = False
+        done = 0
+        while True:
+            fds, made = self._open_states(channel_dir)
+            created |= made
             try:
-                results[index] = _move(staged, fds[_DELAYED_FD if due else 0], names[position])
+                with locked(fds[0], exclusive=False), _Targets(channel_dir, fds) as targets:
+                    fresh = {done + i for i in _unheld(targets.held, names[done:])}
+                    for position in range(done, len(items)):
+                        index, _, _, staged, due = items[position]
+                        if position not in fresh:
+                            _files.remove(staged)
+                        elif due:
+                            os.utime(staged, (due, due))  # before it shows in delayed/, which goes by mtime
+                            results[index] = _move(staged, targets.into(_DELAYED_FD), names[position])
+                            delayed = True
+                        else:
+                            results[index] = _move(staged, targets.into(0), names[position])
+                        done = position + 1
+                    return created, targets.dirs(QUEUE) + (targets.dirs(DELAYED) if delayed else [])
             except FileNotFoundError:
-                if not os.path.lexists(staged):
+                if not os.path.lexists(items[done][3]):
                     raise
                 # The channel's directories were removed under us: open (or make) them anew.
                 self._close_states(channel_dir)
-                fds, made = self._open_states(channel_dir)
-                created |= made
-                results[index] = _move(staged, fds[_DELAYED_FD if due else 0], names[position])
-        return created
 
     def _open_states(self, channel_dir: str) -> tuple[tuple[int, ...], bool]:
         """Descriptors of a channel's state directories (queue first), made if missing."""
@@ -299,7 +306,7 @@ class IngestSide(StoreDirectory):
         try:
             fds = _open_dirs(channel_dir, STATES)
         except FileNotFoundError:
-            self._make_channel(channel_dir)
+            make_channel(self.channels_dir, channel_dir)
             created = True
             fds = _open_dirs(channel_dir, STATES)
         if len(self._state_fds) >= _OPEN_CHANNELS:
@@ -311,21 +318,6 @@ class IngestSide(StoreDirectory):
 
     def _close_states(self, channel_dir: str) -> None:
         _close_all(self._state_fds.pop(channel_dir, ()))
-
-    def _make_channel(self, channel_dir: str) -> None:
-        """Create a channel's directories all at once: built aside, then renamed into place."""
-        tmp = os.path.join(self.channels_dir, f".new.{os.getpid()}.{os.urandom(4).hex()}")
-        os.mkdir(tmp, _files.DIR_MODE)
-        try:
-            for state in (*STATES, ATTEMPTS):
-                os.mkdir(os.path.join(tmp, state), _files.DIR_MODE)
-            try:
-                os.rename(tmp, channel_dir)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _message_problem(msg_id: str, priority: int) -> str:
@@ -380,22 +372,87 @@ def _held_in(dir_fd: int, name: str) -> bool:
     return os.access(name, os.F_OK, dir_fd=dir_fd, follow_symlinks=False)
 
 
-def _move(staged: str, queue_fd: int, name: str) -> bool:
-    """Give the file ``staged`` the name ``name`` in the queue without replacing one that
-    exists there; the staged name goes either way. False if ``name`` was taken."""
+class _Targets:
+    """Where one batch's messages for a channel go, known under the channel's lock: its own
+    queue (or delayed/) while it has no groups, else every group's. ``held`` are the state
+    directories that tell a message held already: the channel's own, then each group's."""
+
+    def __init__(self, channel_dir: str, own: tuple[int, ...]) -> None:
+        self._channel_dir = channel_dir
+        self._own = own
+        self._opened: list[tuple[int, ...]] = []
+        self.held = own
+        self._targets: tuple[tuple[int, ...], ...] = (own,)
+        self._roots = [channel_dir]
+
+    def __enter__(self) -> _Targets:
+        roots = group_roots(self._channel_dir)
+        try:
+            for root in roots:
+                self._opened.append(_open_dirs(root, STATES))
+        except BaseException:
+            self.__exit__()
+            raise
+        if roots:
+            self.held = self._own + tuple(fd for fds in self._opened for fd in fds)
+            self._targets = tuple(self._opened)
+            self._roots = roots
+        return self
+
+    def into(self, state: int) -> tuple[int, ...]:
+        """The directories (by their index in :data:`STATES`) a message goes into, one each."""
+        return tuple(fds[state] for fds in self._targets)
+
+    def dirs(self, state: str) -> list[str]:
+        """The paths of the directories of ``state`` messages go into."""
+        return [os.path.join(root, state) for root in self._roots]
+
+    def __exit__(self, *exc: object) -> None:
+        for fds in self._opened:
+            _close_all(fds)
+        self._opened.clear()
+
+
+def _move(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
+    """Give the file ``staged`` the name ``name`` in each queue of ``queue_fds`` (one hard
+    link each) without replacing one that exists in the first; the staged name goes either
+    way. False if ``name`` was taken."""
+    first, *others = queue_fds
     try:
-        os.link(staged, name, dst_dir_fd=queue_fd, follow_symlinks=False)
+        os.link(staged, name, dst_dir_fd=first, follow_symlinks=False)
     except FileExistsError:
         os.unlink(staged)
         return False
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
-        # A file system without hard links: the check just before is the guard.
-        if _held_in(queue_fd, name):
+        # A file system without hard links: the check just before is the guard, and the
+        # other groups get copies.
+        if _held_in(first, name):
             os.unlink(staged)
             return False
-        os.rename(staged, name, dst_dir_fd=queue_fd)
+        for fd in others:
+            _copy(staged, fd, name)
+        os.rename(staged, name, dst_dir_fd=first)
         return True
+    for fd in others:
+        try:
+            os.link(staged, name, dst_dir_fd=fd, follow_symlinks=False)
+        except FileExistsError:
+            pass
     os.unlink(staged)
     return True
+
+
+def _copy(staged: str, dir_fd: int, name: str) -> None:
+    """A durable copy of ``staged`` named ``name`` in directory ``dir_fd`` (hidden until
+    whole), with its times (a delayed message's mtime is when it is due)."""
+    tmp = f".{name}.copy"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _files.FILE_MODE, dir_fd=dir_fd)
+    with open(staged, "rb") as source, open(fd, "wb") as copy:
+        shutil.copyfileobj(source, copy)
+        copy.flush()
+        times = os.fstat(source.fileno())
+        os.utime(copy.fileno(), ns=(times.st_atime_ns, times.st_mtime_ns))
+        os.fsync(copy.fileno())
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -11,16 +11,28 @@
     STORE/channels/{CH}/processed/      done; kept until wiped
     STORE/channels/{CH}/dead/           failed too often; the reasons are in attempts/
     STORE/channels/{CH}/attempts/NAME   failures of message NAME so far (JSON)
+    STORE/channels/{CH}/groups/{G}/     a consumer group: queue/, claimed/, ... as above
 
 A message keeps its exact file name ``{P}{ID}+{CLIENT}`` in every state, so "is it held
-already" is one ``stat`` per state, and moving between states is one ``rename``. Channel and
-client texts become file-name fields by the one rule of :func:`dropr.names.field`.
+already" is one ``stat`` per state, and moving between states is one ``rename``. Channel,
+group and client texts become file-name fields by the one rule of :func:`dropr.names.field`.
+
+A channel without groups keeps its messages in its own state directories. Once it has
+groups, each new message is hard-linked into every group's ``queue/`` instead, and each
+group's directories work as a channel's do (a *root*: the directory holding the states).
+The channel's own ``queue/`` directory is its lock (:func:`locked`): ingest holds it shared
+while it moves a batch in, subscribing and unsubscribing exclusively, so no message lands in
+a queue that nobody will read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
+import shutil
+from collections.abc import Iterator
 
 from .. import _files
 from .. import limits as _limits
@@ -39,6 +51,7 @@ DELAYED = "delayed"
 PROCESSED = "processed"
 DEAD = "dead"
 ATTEMPTS = "attempts"
+GROUPS = "groups"
 
 STATES = (QUEUE, CLAIMED, DELAYED, PROCESSED, DEAD)
 """Every state directory, in the order messages flow forward (ingest checks them so)."""
@@ -70,6 +83,49 @@ class StoreDirectory:
             return self.names.resolve(name)
         except (OSError, ValueError):
             return name
+
+
+def group_roots(channel_dir: str) -> list[str]:
+    """The directories of a channel's groups (none for a channel without any)."""
+    try:
+        with os.scandir(os.path.join(channel_dir, GROUPS)) as entries:
+            return sorted(entry.path for entry in entries if not entry.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def make_root(parent: str, root: str, extra: tuple[str, ...] = ()) -> bool:
+    """Create a root's state directories (and ``extra`` ones) all at once: built aside in
+    ``parent``, then renamed into place. False when another process made it first."""
+    tmp = os.path.join(parent, f".new.{os.getpid()}.{os.urandom(4).hex()}")
+    os.mkdir(tmp, _files.DIR_MODE)
+    try:
+        for state in (*STATES, ATTEMPTS, *extra):
+            os.mkdir(os.path.join(tmp, state), _files.DIR_MODE)
+        try:
+            os.rename(tmp, root)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            return False
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_channel(channels_dir: str, channel_dir: str) -> bool:
+    """Create a channel's directories all at once; False when they exist already."""
+    return make_root(channels_dir, channel_dir, (GROUPS,))
+
+
+@contextlib.contextmanager
+def locked(queue_fd: int, exclusive: bool) -> Iterator[None]:
+    """Hold a channel's lock (a ``flock`` of its own ``queue/``, open as ``queue_fd``)."""
+    fcntl.flock(queue_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        fcntl.flock(queue_fd, fcntl.LOCK_UN)
 
 
 def remember(cache: dict[str, str], key: str, value: str) -> str:

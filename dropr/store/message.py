@@ -11,14 +11,19 @@ class Message:
     """One stored message: its metadata comes from its file name, its payload from ``read()``.
 
     ``path`` follows the message as the store moves it (queue, claimed, processed, ...).
-    ``attempts`` and ``reasons`` are filled for dead letters.
+    ``group`` is the consumer group it was taken from (None: the channel's own queue).
+    ``lease_ns`` is the token of a claim (the lease end, in nanoseconds since the epoch),
+    None for a message that was listed rather than claimed. ``attempts`` and ``reasons`` are
+    filled for dead letters.
     """
 
     __slots__ = (
         "attempts",
         "channel",
         "client",
+        "group",
         "id",
+        "lease_ns",
         "name",
         "path",
         "priority",
@@ -37,6 +42,9 @@ class Message:
         path: str,
         attempts: int = 0,
         reasons: tuple[str, ...] = (),
+        *,
+        group: str | None = None,
+        lease_ns: int | None = None,
     ) -> None:
         self.id = msg_id
         self.client = client
@@ -47,6 +55,13 @@ class Message:
         self.path = path
         self.attempts = attempts
         self.reasons = reasons
+        self.group = group
+        self.lease_ns = lease_ns
+
+    @property
+    def lease(self) -> float | None:
+        """When the claim ends (seconds since the epoch); None when not claimed."""
+        return None if self.lease_ns is None else self.lease_ns / 1e9
 
     def read(self) -> bytes:
         """The payload."""
@@ -60,4 +75,6 @@ class Message:
             os.close(fd)
 
     def __repr__(self) -> str:
-        return f"Message(id={self.id!r}, client={self.client!r}, channel={self.channel!r}, priority={self.priority})"
+        group = f", group={self.group!r}" if self.group is not None else ""
+        head = f"Message(id={self.id!r}, client={self.client!r}, channel={self.channel!r}{group}"
+        return f"{head}, priority={self.priority})"
