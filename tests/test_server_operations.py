@@ -128,3 +128,39 @@ def test_refusals_beyond_the_first_in_a_window_are_summed_up(
         "refused 1 more requests from 10.0.0.1 in 0.2 s: 400 no manifest",
         "refused a request from 10.0.0.1: 401 wrong token",
     ]
+
+
+def test_each_consumer_group_has_its_gauges(tmp_path: Path) -> None:
+    with start_server(tmp_path / "store") as server:
+        store = Store(server.store_dir, create=True)
+        store.subscribe("jobs", "billing")
+        store.subscribe("jobs", "audit")
+        with dropr.Client(tmp_path / "spool") as client:
+            for i in range(6):
+                client.put(b"%d" % i, peer=server.url, channel="jobs")
+        assert run_relay(tmp_path / "spool", "--once", "--no-supervise").returncode == 0
+        store.set_processed(*store.claim("jobs", 2, lease=600, group="billing"))
+        store.claim("jobs", 1, lease=600, group="audit")
+        found = gauges(server)
+    for group, (queued, claimed, processed) in {"billing": (4, 0, 2), "audit": (5, 1, 0)}.items():
+        assert int(dropr_store(server.store_dir, "count-queued", "jobs", "--group", group)) == queued
+        assert int(dropr_store(server.store_dir, "count-processed", "jobs", "--group", group)) == processed
+        for state, count in {"queued": queued, "claimed": claimed, "processed": processed}.items():
+            assert found["dropr_store_group_messages", "jobs", group, state] == count, (group, state)
+        assert 0 <= found["dropr_store_group_oldest_queued_age_seconds", "jobs", group] < 600
+    assert found["dropr_store_messages", "jobs", "queued"] == 0  # the groups hold the channel's messages
+
+
+def test_refusals_of_the_consumer_api_are_logged_as_uploads_are(tmp_path: Path) -> None:
+    with start_server(tmp_path / "store", token="right") as server:
+        for _ in range(5):
+            with pytest.raises(dropr.StoreError, match="token"):
+                dropr.RemoteStore(server.url, token="wrong").counts("jobs")
+        with pytest.raises(dropr.StoreError, match="limit"):
+            dropr.RemoteStore(server.url, token="right").claim("jobs", -1, lease=60)
+        server.stop()
+        log = server.stderr_text().splitlines()
+    refused = [line.split(" INFO ", 1)[1] for line in log if "refused" in line]
+    assert len(refused) == 2, log
+    assert refused[0] == "refused a request from 127.0.0.1: 401 wrong token"
+    assert refused[1].startswith("refused a request from 127.0.0.1: 400 ") and "limit" in refused[1]

@@ -164,3 +164,28 @@ def get(server: ServerProcess, path: str, authorization: str) -> tuple[int, dict
             return answer.status, dict(answer.headers), answer.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
+
+
+def test_the_page_shows_each_consumer_group_of_a_channel(tmp_path: Path) -> None:
+    with start_server(tmp_path / "store", token=TOKEN) as server:
+        store = Store(server.store_dir, create=True)
+        store.subscribe("jobs", "billing")
+        store.subscribe("jobs", "<i>audit</i>")
+        with dropr.Client(tmp_path / "spool") as client:
+            for i in range(5):
+                client.put(b"%d" % i, peer=server.url, channel="jobs")
+        assert run_relay(tmp_path / "spool", "--once", "--no-supervise", "--token", TOKEN).returncode == 0
+        store.set_processed(*store.claim("jobs", 3, lease=600, group="billing"))
+        page = browse(server.url.replace("://", f"://reader:{TOKEN.replace(' ', '%20')}@") + "status")
+    parsed = Tables(page)
+    assert "i" not in parsed.tags
+    rows = parsed.rows("channels")
+    assert set(rows) == {"jobs", "jobs · group billing", "jobs · group <i>audit</i>"}
+    for group in ("billing", "<i>audit</i>"):
+        counts = store.counts("jobs", group=group)
+        assert {state: number(rows[f"jobs · group {group}"][state]) for state in counts} == counts, group
+    assert rows["jobs · group billing"]["processed"] == "3" and rows["jobs · group <i>audit</i>"]["queued"] == "5"
+    assert rows["jobs"]["queued"] == "0"
+    in_column = next(name for name in rows["jobs"] if name.startswith("in ("))
+    assert [rows[name][in_column] for name in sorted(rows)] == ["5", "5", "5"]
+    assert parsed.spans["in"] == "5"  # each message came in once, whatever its groups

@@ -145,7 +145,7 @@ class Handlers:
         upload.acks = {e.id: verdicts.get(e.id) or upload.acks[e.id] for e in upload.entries}
 
     def _answer_error(self, err: RequestError, started: float, request: web.Request, client: str = "") -> web.Response:
-        self._refused(request, err, client)
+        self.refused(request, err, client)
         headers = {}
         if err.status == 401:
             headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="dropr"'
@@ -165,7 +165,8 @@ class Handlers:
         if problem:
             raise RequestError(401, problem)
 
-    def _refused(self, request: web.Request, err: RequestError, client: str = "") -> None:
+    def refused(self, request: web.Request, err: RequestError, client: str = "") -> None:
+        """Log the refusal ``err`` of ``request`` (from ``client``, when it named one)."""
         who = request.remote or "?"
         self.refusals.refused(f"{who} (client {client})" if client else who, err.status, err.reason)
 
@@ -199,7 +200,7 @@ class Handlers:
         """The status page; with a token set, for a request carrying it (Basic or bearer)."""
         problem = self.token.problem(request.headers.get(hdrs.AUTHORIZATION, ""), basic=True)
         if problem:
-            self._refused(request, RequestError(401, problem))
+            self.refused(request, RequestError(401, problem))
             return web.Response(
                 status=401, text=problem + "\n", headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="dropr", charset="UTF-8"'}
             )
@@ -218,7 +219,7 @@ def make_app(store: Store, config: ServerConfig | None = None) -> web.Applicatio
     app.router.add_get("/health", handlers.health, allow_head=True)
     app.router.add_get("/metrics", handlers.metrics_page, allow_head=True)
     app.router.add_get("/status", handlers.status, allow_head=True)
-    consumers = ConsumerAPI(store, handlers.authorize)
+    consumers = ConsumerAPI(store, handlers.authorize, handlers.refused)
     consumers.add_routes(app)
     handlers.stored = consumers.wakeups.arrived
     app.router.add_route("POST", "/{path:.*}", handlers.post, expect_handler=handlers.expect)

@@ -199,11 +199,17 @@ class Waiter:
 
 class ConsumerAPI:
     """The handlers of the consumer API over one store; ``authorize`` refuses a request
-    without the server's token (RequestError 401)."""
+    without the server's token (RequestError 401), ``refused`` logs each refusal."""
 
-    def __init__(self, store: ConsumerSide, authorize: Callable[[web.Request], None]) -> None:
+    def __init__(
+        self,
+        store: ConsumerSide,
+        authorize: Callable[[web.Request], None],
+        refused: Callable[[web.Request, RequestError], None],
+    ) -> None:
         self.store = store
         self.authorize = authorize
+        self.refused = refused
         self.wakeups = Wakeups()
         self.pool = ThreadPoolExecutor(THREADS, thread_name_prefix="dropr-consume")
 
@@ -243,15 +249,16 @@ class ConsumerAPI:
                 self.authorize(request)
                 return await handler(request)
             except RequestError as err:
-                return _refusal(err.status, err.reason)
+                refusal = err
             except StoreError as exc:
-                return _refusal(409 if exc.errno == errno.ESTALE else 404, str(exc))
+                refusal = RequestError(409 if exc.errno == errno.ESTALE else 404, str(exc))
             except ValueError as exc:
-                return _refusal(400, str(exc))
+                refusal = RequestError(400, str(exc))
             except OSError as exc:
-                failure = store_failure(exc)
-                log.error("consumer API: %d %s", failure.status, failure.reason)
-                return _refusal(failure.status, failure.reason)
+                refusal = store_failure(exc)
+                log.error("consumer API: %d %s", refusal.status, refusal.reason)
+            self.refused(request, refusal)
+            return _refusal(refusal.status, refusal.reason)
 
         return guarded
 

@@ -1,8 +1,9 @@
 """The server's Prometheus metrics, in a registry of its own (no process-global state).
 
-Beside the counters of requests and messages, gauges per channel of what the store holds:
-messages in each state and the age of the oldest queued one, read from the store on each
-scrape (:func:`census`: counts of names, in C), so a scrape is rendered off the event loop.
+Beside the counters of requests and messages, gauges per channel, and per consumer group of
+a channel, of what the store holds: messages in each state and the age of the oldest queued
+one, read from the store on each scrape (:func:`census`: counts of names, in C), so a scrape
+is rendered off the event loop.
 """
 
 from __future__ import annotations
@@ -23,16 +24,25 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class ChannelCensus(NamedTuple):
-    """What a store holds for one channel: messages per state, and when its oldest queued one was put."""
+    """What a store holds for one channel, or one consumer group of it: messages per state,
+    and when its oldest queued one was put."""
 
     channel: str
+    group: str
+    """The consumer group; "" for the channel's own queue."""
     counts: dict[str, int]
     oldest: float | None
 
 
 def census(store: ConsumerSide) -> list[ChannelCensus]:
-    """Each channel of ``store``, counted (blocking: a directory read per state)."""
-    return [ChannelCensus(channel, store.counts(channel), store.oldest_queued(channel)) for channel in store.channels()]
+    """Each channel of ``store`` and each of its groups, counted (blocking: a directory read
+    per state)."""
+    found = []
+    for channel in store.channels():
+        for group in ("", *store.groups(channel)):
+            counts = store.counts(channel, group=group or None)
+            found.append(ChannelCensus(channel, group, counts, store.oldest_queued(channel, group=group or None)))
+    return found
 
 
 class StoreCollector(Collector):
@@ -45,25 +55,39 @@ class StoreCollector(Collector):
         """The families without samples: registering counts nothing."""
         return iter(self._families())
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        messages = GaugeMetricFamily(
-            "dropr_store_messages", "Messages the store holds, per channel and state.", labels=["channel", "state"]
-        )
-        oldest = GaugeMetricFamily(
-            "dropr_store_oldest_queued_age_seconds", "Age of the channel's oldest queued message.", labels=["channel"]
-        )
-        return messages, oldest
+    def _families(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                "dropr_store_messages", "Messages the store holds, per channel and state.", labels=["channel", "state"]
+            ),
+            GaugeMetricFamily(
+                "dropr_store_oldest_queued_age_seconds",
+                "Age of the channel's oldest queued message.",
+                labels=["channel"],
+            ),
+            GaugeMetricFamily(
+                "dropr_store_group_messages",
+                "Messages a consumer group of a channel holds, per state.",
+                labels=["channel", "group", "state"],
+            ),
+            GaugeMetricFamily(
+                "dropr_store_group_oldest_queued_age_seconds",
+                "Age of the oldest message queued for a consumer group of a channel.",
+                labels=["channel", "group"],
+            ),
+        ]
 
     def collect(self) -> Iterator[Any]:
-        messages, oldest = self._families()
+        families = self._families()
         now = time.time()
-        for channel, counts, put_time in census(self._store):
+        for channel, group, counts, put_time in census(self._store):
+            messages, oldest = families[2:] if group else families[:2]
+            labels = [channel, group] if group else [channel]
             for state, count in counts.items():
-                messages.add_metric([channel, state], count)
+                messages.add_metric([*labels, state], count)
             if put_time is not None:
-                oldest.add_metric([channel], max(0.0, now - put_time))
-        yield messages
-        yield oldest
+                oldest.add_metric(labels, max(0.0, now - put_time))
+        yield from families
 
 
 class Metrics:

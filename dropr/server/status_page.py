@@ -1,9 +1,9 @@
 """The server's status page (``GET /status``): what a person wants to see at a glance.
 
-Each channel with its messages per state and the age of its oldest queued one (counted from
-the store on each view, off the event loop), the clients seen since the server started and
-when each last sent, and the messages in and out of each channel over the last minute. One
-HTML document, its style inline, no script and nothing fetched from elsewhere; it reloads
+Each channel, and each consumer group of one, with its messages per state and the age of its
+oldest queued one (counted from the store on each view, off the event loop), the clients
+seen since the server started and when each last sent, and the messages in and out of each
+over the last minute. One HTML document, its style inline, no script and nothing fetched from elsewhere; it reloads
 itself every :data:`REFRESH_SECONDS`. Every text from a request or the store is escaped.
 
 "In" is what this server newly stored, counted as it answers. "Out" is what left the
@@ -44,7 +44,8 @@ class Client(NamedTuple):
 
 class Sample(NamedTuple):
     at: float
-    pending: dict[str, int]
+    pending: dict[tuple[str, str], int]
+    """Per channel and group ("" for the channel's own queue)."""
     arrived: dict[str, int]
 
 
@@ -71,22 +72,26 @@ class Activity:
 
     def sampled(self, census: list[ChannelCensus], now: float) -> None:
         """Keep ``census``, taken at ``now``, for a minute (and the one before, to reach back a minute)."""
-        pending = {channel: sum(counts.get(state, 0) for state in PENDING) for channel, counts, _ in census}
+        pending = {
+            (channel, group): sum(counts.get(state, 0) for state in PENDING) for channel, group, counts, _ in census
+        }
         self._samples.append(Sample(now, pending, dict(self.arrived)))
         while len(self._samples) > 1 and self._samples[1].at <= now - WINDOW_SECONDS:
             self._samples.popleft()
 
-    def last_minute(self, census: list[ChannelCensus], now: float) -> tuple[float, dict[str, tuple[int, int]]]:
-        """The span looked back over (a minute, or since the first sample) and per channel the
-        messages in and out over it."""
+    def last_minute(
+        self, census: list[ChannelCensus], now: float
+    ) -> tuple[float, dict[tuple[str, str], tuple[int, int]]]:
+        """The span looked back over (a minute, or since the first sample) and per channel and
+        group the messages in (each group of a channel gets each of its messages) and out over it."""
         if not self._samples:
             return 0.0, {}
         then = self._samples[0]
         flow = {}
-        for channel, counts, _ in census:
+        for channel, group, counts, _ in census:
             came = self.arrived[channel] - then.arrived.get(channel, 0)
             pending = sum(counts.get(state, 0) for state in PENDING)
-            flow[channel] = (came, max(0, came - (pending - then.pending.get(channel, 0))))
+            flow[channel, group] = (came, max(0, came - (pending - then.pending.get((channel, group), 0))))
         return now - then.at, flow
 
     async def run(self, count: Callable[[], list[ChannelCensus]]) -> None:
@@ -110,12 +115,13 @@ def render(store_path: str, census: list[ChannelCensus], activity: Activity, now
     window = f"last {span:.0f} s" if span else "since the start"
     head = "".join(f"<th>{state}</th>" for state in STATES)
     rows = []
-    for channel, counts, oldest in census:
-        came, left = flow.get(channel, (0, 0))
+    for channel, group, counts, oldest in census:
+        came, left = flow.get((channel, group), (0, 0))
         cells = "".join(f"<td>{counts.get(state, 0):,}</td>" for state in STATES)
         age = "–" if oldest is None else _age(now - oldest)
+        name, row = (f"{_e(channel)} · group {_e(group)}", f' data-group="{_e(group)}"') if group else (_e(channel), "")
         rows.append(
-            f'<tr data-channel="{_e(channel)}"><td class="name">{_e(channel)}</td>{cells}'
+            f'<tr data-channel="{_e(channel)}"{row}><td class="name">{name}</td>{cells}'
             f"<td>{age}</td><td>{came:,}</td><td>{left:,}</td></tr>"
         )
     channels = "\n".join(rows) or f'<tr><td colspan="{len(STATES) + 4}">no channel has received messages</td></tr>'
@@ -128,7 +134,7 @@ def render(store_path: str, census: list[ChannelCensus], activity: Activity, now
         )
         or '<tr><td colspan="4">no client has sent since the start</td></tr>'
     )
-    total_in = sum(came for came, _ in flow.values())
+    total_in = sum(came for (_, group), (came, _) in flow.items() if not group)  # a group's came in once
     total_out = sum(left for _, left in flow.values())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
