@@ -245,3 +245,18 @@ def test_groups_of_a_channel_made_before_groups_existed(store: Store) -> None:
     assert store.subscribe("old", "g")
     assert store.count_queued("old", group="g") == 1
     assert codec.is_message_id(store.messages("old", group="g")[0].id)
+
+
+def test_a_copy_left_by_a_claimant_that_died_is_removed_once_old(store: Store) -> None:
+    store.subscribe("orders", "billing")
+    put(store, b"x", channel="orders")
+    (message,) = store.claim("orders", 1, 60, group="billing")
+    claimed = os.path.dirname(message.path)
+    old, fresh = os.path.join(claimed, ".old.1.ab"), os.path.join(claimed, ".fresh.1.cd")
+    for path in (old, fresh):
+        with open(path, "wb") as file:
+            file.write(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    Store(store.path).counts("orders", group="billing")  # a first look sweeps the claims
+    assert os.path.exists(fresh) and not os.path.exists(old)
+    assert store.status("orders", message.id, group="billing") == "claimed"

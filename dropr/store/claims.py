@@ -45,6 +45,9 @@ MAX_LEASE = 7 * 86400.0
 GRACE = 30.0
 """Seconds after which a claimed file without its lease yet (its claimant died between the
 rename and setting the lease) goes back to the queue."""
+LEFTOVER_SECONDS = 3600.0
+"""Age after which a hidden file in ``claimed/`` (a copy :func:`own` did not finish: its
+process died) is removed by the sweep."""
 _TICKS = (1, 1000, 1000_000, 1000_000_000)
 """Timestamp resolutions a file system may have, in nanoseconds: a lease token is what the
 file system keeps of the lease end."""
@@ -248,6 +251,8 @@ def requeue_due(root: str, now: float) -> tuple[int, float]:
         with entries:
             for entry in entries:
                 if entry.name.startswith("."):
+                    if state == CLAIMED:
+                        _remove_leftover(entry, now)
                     continue
                 try:
                     stat = entry.stat(follow_symlinks=False)
@@ -264,6 +269,16 @@ def requeue_due(root: str, now: float) -> tuple[int, float]:
                 except FileNotFoundError:
                     continue
     return moved, earliest
+
+
+def _remove_leftover(entry: os.DirEntry[str], now: float) -> None:
+    """Remove a copy that :func:`own` was writing when its process died, once it is
+    :data:`LEFTOVER_SECONDS` old (a copy being written is never that old)."""
+    try:
+        if entry.stat(follow_symlinks=False).st_mtime < now - LEFTOVER_SECONDS:
+            os.unlink(entry.path)
+    except FileNotFoundError:
+        pass
 
 
 def claim(
