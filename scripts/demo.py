@@ -1,9 +1,12 @@
-"""dropr's main job on loopback: producers -> spool -> dropr-relay -> HTTP -> dropr-server -> store.
+"""dropr's main job on loopback: producers -> spool -> dropr-relay -> HTTP -> dropr-server ->
+store -> consumers over HTTP.
 
 Starts a server and a relay in fresh temporary directories, runs producer processes calling
-``dropr.fastput`` for a while, shows the flow once a second until every message is stored,
-checks the store holds each one, prints the rates, then stops the relay and the server and
-removes what it made, saying so as it goes. Ctrl-C (or SIGTERM, SIGHUP) stops it at any
+``dropr.fastput`` for a while and consumer processes taking the messages from the server
+with ``dropr.RemoteStore`` (claim, read, processed), shows the flow once a second until
+every message is stored and processed, checks the store holds each one once, processed,
+prints the rates, then stops the relay and the server and removes what it made, saying so
+as it goes. Ctrl-C (or SIGTERM, SIGHUP) stops it at any
 point: the children are stopped and the directories removed (a second Ctrl-C leaves them),
 exit status 130.
 """
@@ -32,6 +35,9 @@ from dropr._impl import IMPLEMENTATION, scan
 
 CHANNELS = ("orders", "mail", "audit")
 DRAIN_TIMEOUT = 120.0
+CLAIM_LIMIT = 500
+CLAIM_WAIT = 0.2
+"""Seconds a consumer's claim waits on a channel with nothing ready (a long poll)."""
 STOP_TIMEOUT = 10.0
 REMOVE_CHUNK = 10_000
 """Files removed between two looks at the clock."""
@@ -41,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="how long producers put (10)")
     parser.add_argument("--producers", type=int, default=2, help="producer processes (2)")
+    parser.add_argument("--consumers", type=int, default=2, help="consumer processes, over HTTP (2)")
     parser.add_argument("--size", type=int, default=200, help="payload bytes (200)")
     parser.add_argument("--sync", action="store_true", help="fsync every put")
     parser.add_argument("--keep", action="store_true", help="keep the spool and store")
@@ -80,8 +87,26 @@ def produce(spool: str, peer: str, size: int, sync: bool, until: float, stop: An
         counter.value += done
 
 
-def stored(store: dropr.Store) -> int:
-    return sum(store.count_queued(channel) for channel in store.channels())
+def consume(url: str, stop: Any, counter: Any) -> None:
+    """A consumer process: claims, reads and marks processed over HTTP until ``stop``."""
+    remote = dropr.RemoteStore(url)
+    while not stop.is_set():
+        done = 0
+        for channel in CHANNELS:
+            messages = remote.claim(channel, CLAIM_LIMIT, lease=60, wait=0 if done else CLAIM_WAIT)
+            for message in messages:
+                message.read()
+            if messages:
+                remote.set_processed(*messages)
+                done += len(messages)
+        with counter.get_lock():
+            counter.value += done
+
+
+def held(store: dropr.Store) -> tuple[int, int]:
+    """The messages the store holds in any state, and those of them processed."""
+    counts = [store.counts(channel) for channel in store.channels()]
+    return sum(sum(c.values()) for c in counts), sum(c["processed"] for c in counts)
 
 
 def spooled(spool: Path) -> int:
@@ -131,8 +156,10 @@ class Demo:
         self.peer = f"http://127.0.0.1:{self.port}/"
         self.children: list[subprocess.Popen[bytes]] = []
         self.producers: list[multiprocessing.Process] = []
+        self.consumers: list[multiprocessing.Process] = []
         self.stop = multiprocessing.Event()
         self.counter = multiprocessing.Value("q", 0)
+        self.processed = multiprocessing.Value("q", 0)
 
     def start(self, *command: str) -> subprocess.Popen[bytes]:
         """Start a child in a session of its own: a Ctrl-C reaches the demo alone, which stops it in order."""
@@ -143,7 +170,7 @@ class Demo:
     def run(self) -> int:
         args = self.args
         print(
-            f"dropr demo ({IMPLEMENTATION} hot path): {args.producers} producers, "
+            f"dropr demo ({IMPLEMENTATION} hot path): {args.producers} producers, {args.consumers} consumers, "
             f"{args.size}-byte messages, sync={'on' if args.sync else 'off'}, {args.seconds:g} s"
         )
         print(f"  spool {self.spool}\n  store {self.store_dir}\n  peer  {self.peer}", flush=True)
@@ -155,35 +182,52 @@ class Demo:
         until = time.monotonic() + args.seconds
         produce_args = (str(self.spool), self.peer, args.size, args.sync, until, self.stop, self.counter)
         self.producers = [multiprocessing.Process(target=produce, args=produce_args) for _ in range(args.producers)]
+        self.consumers = [
+            multiprocessing.Process(target=consume, args=(self.peer, self.stop, self.processed))
+            for _ in range(args.consumers)
+        ]
         with no_interrupt():  # a Ctrl-C is the demo's to handle: it stops them
-            for proc in self.producers:
+            for proc in self.producers + self.consumers:
                 proc.start()
         last = 0
+        stored_at = 0.0
         for elapsed in every_second():
-            now_stored = stored(store)
+            now_stored, now_processed = held(store)
             putting = any(proc.is_alive() for proc in self.producers)
             phase = "putting " if putting else "draining"
             print(
                 f"  {elapsed:5.1f} s  {phase}  spooled {spooled(self.spool):>9,}  stored {now_stored:>9,}"
-                f"  ({now_stored - last:,}/s)",
+                f"  processed {now_processed:>9,}  ({now_processed - last:,}/s)",
                 flush=True,
             )
-            last = now_stored
+            last = now_processed
             if putting:
                 continue
-            if now_stored >= self.counter.value or elapsed > args.seconds + DRAIN_TIMEOUT:
+            if now_stored >= self.counter.value and not stored_at:
+                stored_at = elapsed
+            done = now_processed >= self.counter.value or not self.consumers
+            if (stored_at and done) or elapsed > args.seconds + DRAIN_TIMEOUT:
                 break
             if relay.poll() is not None:
                 raise SystemExit(f"demo: dropr-relay exited with status {relay.returncode}")
+            if self.consumers and not any(proc.is_alive() for proc in self.consumers):
+                raise SystemExit("demo: every consumer exited")
         for proc in self.producers:
             proc.join()
-        total, held = self.counter.value, stored(store)
+        total, (kept, processed) = self.counter.value, held(store)
         print(f"put {total:,} messages in {args.seconds:g} s: {total / args.seconds:,.0f} msg/s")
-        print(f"stored {held:,} on the server after {elapsed:.1f} s: {held / elapsed:,.0f} msg/s end to end")
-        if held != total:
-            print(f"demo: {total - held:,} messages did not arrive", file=sys.stderr)
+        print(f"stored {kept:,} on the server after {stored_at or elapsed:.1f} s: "
+              f"{kept / (stored_at or elapsed):,.0f} msg/s end to end")  # fmt: skip
+        if self.consumers:
+            print(f"processed {processed:,} by {len(self.consumers)} consumers over HTTP after {elapsed:.1f} s: "
+                  f"{processed / elapsed:,.0f} msg/s")  # fmt: skip
+        if kept != total:
+            print(f"demo: {total - kept:,} messages did not arrive", file=sys.stderr)
             return 1
-        print("every message arrived, stored once.", flush=True)
+        if self.consumers and (processed != total or self.processed.value != total):
+            print(f"demo: {total - processed:,} messages were not processed", file=sys.stderr)
+            return 1
+        print("every message arrived, stored once" + (", processed once." if self.consumers else "."), flush=True)
         return 0
 
     def close(self) -> None:
@@ -191,7 +235,7 @@ class Demo:
         them running), then remove the directories (unless --keep)."""
         with no_interrupt():
             self.stop.set()
-            for proc in self.producers:
+            for proc in self.producers + self.consumers:  # the consumers while the server answers
                 proc.join()
             running = [child for child in self.children if child.poll() is None]
             if running:

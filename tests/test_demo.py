@@ -24,7 +24,7 @@ else:
     COMMAND = [sys.executable, str(ROOT / "scripts" / "demo.py")]
 IGNORING_SIGINT = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
 """What a shell's ``./scripts/demo &`` does: the demo starts with SIGINT ignored."""
-PROGRESS = re.compile(r" +[\d.]+ s  (putting |draining)  spooled +([\d,]+)  stored +([\d,]+)  \(")
+PROGRESS = re.compile(r" +[\d.]+ s  (putting |draining)  spooled +([\d,]+)  stored +([\d,]+)  processed +([\d,]+)  \(")
 
 
 class Demo:
@@ -87,7 +87,7 @@ def left_running(demo: Demo, work: Path) -> list[str]:
     return found
 
 
-def test_the_demo_shows_progress_until_the_last_message_is_stored_and_cleans_up() -> None:
+def test_the_demo_shows_progress_until_the_last_message_is_stored_and_processed_and_cleans_up() -> None:
     with Demo("--seconds", "1", "--producers", "1", "--size", "50") as demo:
         assert demo.wait() == 0, demo.output()
         out = demo.output()
@@ -95,13 +95,13 @@ def test_the_demo_shows_progress_until_the_last_message_is_stored_and_cleans_up(
     assert "Traceback" not in out
     progress = [PROGRESS.match(line) for line in out.splitlines()]
     rows = [match.groups() for match in progress if match]
-    phases = [phase for phase, _, _ in rows]
+    phases = [phase for phase, *_ in rows]
     assert rows and phases == sorted(phases, reverse=True)  # putting, then draining
     put = number(re.search(r"^put ([\d,]+) messages", out, re.M).group(1))  # type: ignore[union-attr]
-    assert put > 0 and rows[-1][2] == f"{put:,}" and number(rows[-1][1]) == 0  # the last line: all stored
-    assert f"stored {put:,} on the server" in out and "every message arrived, stored once." in out
+    assert put > 0 and rows[-1][2:] == (f"{put:,}", f"{put:,}") and number(rows[-1][1]) == 0  # all stored, processed
+    assert f"stored {put:,} on the server" in out and f"processed {put:,} by 2 consumers over HTTP" in out
     lines = out.splitlines()
-    tail = lines[lines.index("every message arrived, stored once.") + 1 :]
+    tail = lines[lines.index("every message arrived, stored once, processed once.") + 1 :]
     assert tail[:2] == ["stopping the relay and the server", f"removing {work}"]
     assert all(re.fullmatch(r"  [\d,]+ files removed", line) for line in tail[2:-1]), out
     assert re.fullmatch(r"removed [\d,]+ files", tail[-1])
