@@ -250,9 +250,9 @@ static int forward(const char *queue_dir, const char *sent_dir, int port, long c
                 s->table[h] = (int)i + 1;
             }
             size_t used = pack(f.queue, s->names, s->n, &out, &cap);
+            sent += s->n;  /* now: once sent, the slot is the acknowledging thread's */
             pthread_mutex_lock(&f.lock); f.head++; pthread_mutex_unlock(&f.lock);
             put_all(f.sock, out, used);
-            sent += s->n;
         }
     }
     pthread_join(acker, NULL);
