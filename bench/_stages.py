@@ -280,7 +280,7 @@ static void *sweep_share(void *arg) {
             if (unlinkat(dir, names[i], 0) == 0) { __atomic_add_fetch(&swept, 1, __ATOMIC_RELAXED); mine++; }
             else if (errno != ENOENT) die("unlinkat");
         }
-        if (!mine) usleep(500);
+        if (!mine) usleep(5000);  /* off the path: sent/ may wait, the other stages may not */
     }
     return NULL;
 }

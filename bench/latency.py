@@ -27,6 +27,7 @@ from support import start_server
 
 import dropr
 from dropr._impl import IMPLEMENTATION, scan
+from dropr import _inotify
 from dropr.relay import inotify
 
 CHANNEL = "latency"
@@ -72,7 +73,7 @@ def main() -> None:
                 raise RuntimeError("the relay delivers nothing")
             time.sleep(0.01)
         arrivals = inotify.watch(store_queue)
-        removals = inotify.watch(client.spool.sent_dir, inotify.IN_MOVED_TO)  # acknowledged files move there
+        removals = inotify.watch(client.spool.sent_dir, _inotify.IN_MOVED_TO)  # acknowledged files move there
         assert arrivals is not None and removals is not None
         while scan.count_queue(client.spool.queue_dir):
             time.sleep(0.01)
