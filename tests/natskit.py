@@ -11,6 +11,7 @@ import asyncio
 import json
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -36,7 +37,15 @@ class Cluster:
     """JetStream nodes (three by default) clustered over routes; ``url`` is the relay's peer
     for all of them. With ``user``, clients must log in (the test client does)."""
 
-    def __init__(self, root: Path, size: int = 3, *, user: str | None = None, password: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        *,
+        user: str | None = None,
+        password: str = "",
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         if shutil.which("nats-server") is None:
             raise RuntimeError("nats-server is not installed (apt-get install nats-server; .ci/run does)")
         self.root = root
@@ -46,10 +55,13 @@ class Cluster:
         self.monitor_ports = [free_port() for _ in range(size)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
         self.logs = [root / f"n{i}.log" for i in range(size)]
-        self.credentials: dict[str, str] = {"user": user, "password": password} if user else {}
+        self.credentials: dict[str, Any] = {"user": user, "password": password} if user else {}
+        if tls:  # clients must use TLS: a self-signed (cert, key), the cert its own CA
+            self.credentials["tls"] = ssl.create_default_context(cafile=tls[0])
         routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in self.route_ports)
         cluster = f"cluster {{ name: dropr-test, listen: 127.0.0.1:{{route}}, routes: [{routes}] }}" if size > 1 else ""
         auth = f'authorization {{ user: "{user}", password: "{password}" }}' if user else ""
+        auth += f'\ntls {{ cert_file: "{tls[0]}", key_file: "{tls[1]}" }}' if tls else ""
         for i in range(size):
             (root / f"n{i}.conf").write_text(
                 f"""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from natskit import Cluster
 from relaykit import RelayProcess, queued, queued_path, run_relay, wait_until
+from support import make_tls_cert
 
 import dropr
 from dropr._impl import codec
@@ -224,3 +225,20 @@ def test_batch_files_are_published_message_by_message_with_their_delay(cluster: 
     assert {msg_id: int(delay) for msg_id, delay in published.items() if delay} == {
         msg_id: delay for msg_id, delay in delays.items() if delay
     }
+
+
+def test_tls_to_jetstream_with_the_peers_ca_file(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    (tmp_path / "tls").mkdir()
+    cert, key = make_tls_cert(tmp_path / "tls")
+    with Cluster(tmp_path / "nats", size=1, tls=(cert, key)) as cluster:
+        cluster.add_stream(replicas=1)
+        sent = put(spool, cluster.url, 30)
+        done = run_relay(spool, "--once", "--no-supervise", "--retry-for", "0.5")
+        assert done.returncode == 1 and len(queued(spool)) == 30  # its certificate is no system CA's
+        assert "certificate verify failed" in done.stderr, done.stderr
+        config = tmp_path / "relay.toml"
+        config.write_text(f'[peers."{cluster.url}"]\nca_file = "{cert}"\n')
+        done = run_relay(spool, "--once", "--no-supervise", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        check_stream_holds_once(cluster, sent, dropr.Client(spool).spool.client_id)

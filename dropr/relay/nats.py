@@ -32,9 +32,11 @@ messages, not files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
+import ssl
 import zlib
 from concurrent.futures import Executor
 from typing import Any
@@ -123,12 +125,17 @@ class NatsTransport:
             options["password"] = settings.password or ""
         elif settings.token:
             options["token"] = settings.token
+        if settings.ca_file:  # TLS, the server's certificate checked against this CA
+            options["tls"] = ssl.create_default_context(cafile=settings.ca_file)
         self._trouble = None
         try:
-            await nc.connect(**options)
+            # Bounded here too: after a failed TLS handshake nats-py's connect never returns.
+            await asyncio.wait_for(nc.connect(**options), self._connect_timeout * (len(self._servers) + 1))
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-            await nc.close()
-            cause = self._trouble if isinstance(exc, nats.errors.NoServersError) and self._trouble else exc
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(nc.close(), self._connect_timeout)
+            gave_up = isinstance(exc, (nats.errors.NoServersError, asyncio.TimeoutError))
+            cause = self._trouble if gave_up and self._trouble else exc
             raise PeerFailure(f"cannot connect: {_reason(cause)}") from None
         self._inbox = nc.new_inbox()
         try:

@@ -15,6 +15,7 @@ library missing, a group the configuration does not define) is :class:`Unavailab
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ from .. import names
 from ..protocol import Acks
 from .backoff import Backoff
 from .batches import Entry, SpoolFiles
-from .config import RelayConfig
+from .config import PeerConfig, RelayConfig
 
 
 class Transport(Protocol):
@@ -72,9 +73,9 @@ class Transports:
                 from .nats import NatsTransport
             except ImportError:
                 raise Unavailable("nats:// peers need nats-py: pip install 'dropr[nats]'") from None
-            return NatsTransport(
-                url, self.worker, config.peer(url), spool, timeout=timeout, connect_timeout=connect_timeout
-            )
+            # TLS where the peer's own entry names a CA file (the general one is for https peers).
+            settings = dataclasses.replace(config.peer(url), ca_file=config.peers.get(url, PeerConfig()).ca_file)
+            return NatsTransport(url, self.worker, settings, spool, timeout=timeout, connect_timeout=connect_timeout)
         if url.startswith("file:"):
             from .local import LocalTransport
 
