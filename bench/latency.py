@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from support import start_server
 
 import dropr
-from dropr._impl import IMPLEMENTATION, scan
 from dropr import _inotify
+from dropr._impl import IMPLEMENTATION, scan
 from dropr.relay import inotify
 
 CHANNEL = "latency"
