@@ -38,11 +38,15 @@ def soak(full: int) -> int:
 
 
 def queued_files(queue_dir: str | os.PathLike[str]) -> list[Path]:
-    """The message files in a spool's bucketed ``queue/``, by name (read without dropr's scan)."""
-    return sorted(
-        (path for bucket in Path(queue_dir).iterdir() if bucket.is_dir() for path in bucket.iterdir()),
-        key=lambda path: path.name,
-    )
+    """The message files in a spool's bucketed ``queue/``, by name (read without dropr's scan).
+    A bucket a running relay removes meanwhile (it removes empty ones only) is passed over."""
+    found: list[Path] = []
+    for bucket in Path(queue_dir).iterdir():
+        try:
+            found.extend(bucket.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return sorted(found, key=lambda path: path.name)
 
 
 def free_port() -> int:
