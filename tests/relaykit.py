@@ -189,3 +189,28 @@ def kill_relays_then_drain(spool: Path, store: Path, expected: int, rounds: int)
     done = run_relay(spool, "--once", "--no-supervise")
     assert done.returncode == 0, done.stderr
     assert queued(spool) == []
+
+
+def kill_servers_while_relaying(spool: Path, store: Path, port: int, expected: int, rounds: int) -> None:
+    """A relay on ``spool`` (backing off briefly) delivers to a server on ``port``, which is
+    killed with SIGKILL at a random moment once ``store`` holds more than before and started
+    again, up to ``rounds`` times or until ``expected`` are stored; then the queue must
+    drain. What the store holds is the caller's to check."""
+    config = spool.parent / "kill-servers.toml"
+    config.write_text("backoff_min_seconds = 0.05\nbackoff_max_seconds = 0.2\n")
+    server = server_on(store, port)
+    try:
+        with RelayProcess(spool, "--no-supervise", "--config", str(config), "--batch-count", "100") as relay:
+            for _ in range(rounds):
+                before = stored_count(store)
+                if before == expected:
+                    break
+                wait_until(lambda b=before: stored_count(store) > b, timeout=60)
+                time.sleep(random.uniform(0, 0.05))
+                server.kill()
+                server.close()
+                server = server_on(store, port)
+            wait_until(lambda: queued(spool) == [], timeout=120)
+            assert relay.stop() == 0
+    finally:
+        server.close()

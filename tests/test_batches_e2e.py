@@ -15,17 +15,15 @@ from pathlib import Path
 
 import pytest
 from relaykit import (
-    RelayProcess,
     check_stored_once,
     in_delivery_order,
     kill_relays_then_drain,
+    kill_servers_while_relaying,
     peer_for,
     queued,
     queued_path,
     run_relay,
-    server_on,
     stored,
-    stored_count,
     wait_until,
 )
 from support import free_port, start_server
@@ -203,22 +201,5 @@ def test_kill_9_of_the_server_during_batch_delivery_stores_each_id_once(tmp_path
     spool, store = tmp_path / "spool", tmp_path / "store"
     port = free_port()
     sent = _put_batches(spool, f"http://127.0.0.1:{port}/", 3000)
-    config = tmp_path / "relay.toml"
-    config.write_text("backoff_min_seconds = 0.05\nbackoff_max_seconds = 0.2\n")
-    server = server_on(store, port)
-    try:
-        with RelayProcess(spool, "--no-supervise", "--config", str(config), "--batch-count", "100") as relay:
-            for _ in range(4):
-                before = stored_count(store)
-                if before == len(sent):
-                    break
-                wait_until(lambda b=before: stored_count(store) > b, timeout=60)
-                time.sleep(random.uniform(0, 0.05))
-                server.kill()
-                server.close()
-                server = server_on(store, port)
-            wait_until(lambda: queued(spool) == [], timeout=120)
-            assert relay.stop() == 0
-    finally:
-        server.close()
+    kill_servers_while_relaying(spool, store, port, len(sent), rounds=4)
     check_stored_once([store], sent)

@@ -27,6 +27,7 @@ from relaykit import (
     RelayProcess,
     check_stored_once,
     kill_relays_then_drain,
+    kill_servers_while_relaying,
     peer_for,
     queued,
     queued_path,
@@ -128,22 +129,7 @@ def _kill_server_rounds(tmp_path: Path, rounds: int, count: int) -> None:
     store = tmp_path / "store"
     port = free_port()
     sent = put(spool, f"http://127.0.0.1:{port}/", count)
-    server = server_on(store, port)
-    try:
-        with RelayProcess(spool, "--no-supervise", "--config", fast_config(tmp_path), "--batch-count", "100") as relay:
-            for _ in range(rounds):
-                before = stored_count(store)
-                if before == count:
-                    break
-                wait_until(lambda b=before: stored_count(store) > b, timeout=60)
-                time.sleep(random.uniform(0, 0.05))
-                server.kill()
-                server.close()
-                server = server_on(store, port)
-            wait_until(lambda: queued(spool) == [], timeout=120)
-            assert relay.stop() == 0
-    finally:
-        server.close()
+    kill_servers_while_relaying(spool, store, port, count, rounds)
     check_stored_once([store], sent)
 
 
