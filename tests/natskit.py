@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +27,19 @@ if TYPE_CHECKING:
 
 STREAM = "DROPR"
 T = TypeVar("T")
+
+
+def retried(make: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
+    """``run(make())``, tried again every half second while it fails, for ``timeout``
+    seconds (a cluster still forming); the last failure is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return run(make())
+        except Exception:  # noqa: BLE001 (whatever a forming cluster says)
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -157,14 +170,7 @@ jetstream {{ store_dir: "{root / f"n{i}-data"}" }}
             finally:
                 await nc.close()
 
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return run(add())
-            except Exception:  # noqa: BLE001 (not every node known yet; the last try raises)
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        retried(add, timeout)  # not every node known yet
 
     def messages(self, timeout: float = 60.0) -> list[Any]:
         """Every message the stream holds, in stream order (read with a pull consumer of one
@@ -194,14 +200,7 @@ jetstream {{ store_dir: "{root / f"n{i}-data"}" }}
             finally:
                 await nc.close()
 
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return run(read())
-            except Exception:  # noqa: BLE001 (a leader not elected yet; the last try raises)
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        return retried(read, timeout)  # a leader not elected yet
 
     def log_text(self) -> str:
         return "\n".join(f"--- n{i}\n" + (log.read_text() if log.exists() else "") for i, log in enumerate(self.logs))
