@@ -13,11 +13,10 @@ file operations per message and per batch as dropr and nothing more:
   close each file of a batch, write the batch to a loopback TCP socket, up to ``parallel``
   batches in flight (a new one sent as soon as one is answered, as the relay keeps that many
   requests in flight, passing over the names in flight), take each batch's one-byte
-  acknowledgement and rename its files into ``sent/``; prints the time the last file left
-  the queue;
-- ``sweep``: unlink what is in ``sent/``, four threads at once, each its share of the names
-  (the relay deletes acknowledged files off its path so, since an unlink can wait for the
-  disk; its CPU counts as the relay's);
+  acknowledgement and take its files out of the queue as the relay does without a retention:
+  unlink those put in the last ``fresh`` seconds (:func:`dropr.relay.disposal.fresh_seconds`),
+  rename the others into ``sent/``, which four sweeper threads of the forwarder unlink, each
+  its share of the names; prints the time the last file left the queue;
 - ``receive``: read a batch from the socket, create, write and close a staged file per
   message (every batch that has arrived meanwhile too), ``syncfs``, rename each into the
   store's queue, ``syncfs``, acknowledge each batch (the server shares its flushes so);
@@ -40,6 +39,8 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+
+from dropr.relay.disposal import fresh_seconds
 
 PIPELINE_FLOOR = r"""
 #define _GNU_SOURCE
@@ -169,15 +170,21 @@ static size_t pack(int queue, char (*names)[NAME_MAX_], long n, char **out, size
 /* The forwarder keeps up to `parallel` batches in flight, as the relay keeps that many
    requests: a sender thread lists the queue, passes over the names of batches in flight and
    sends the next batch as soon as a slot is free; an acknowledging thread takes each batch's
-   one-byte answer (they come in order), renames its files into sent/ and frees its slot.
+   one-byte answer (they come in order), takes its files out of the queue on REMOVERS threads
+   (a fresh one unlinked, an older one renamed into sent/ for the sweepers), as the relay
+   does, and frees its slot.
    Each slot keeps its names in a small open-addressing table, so passing over them costs a
    hash and a comparison a name. */
 #define SLOT_TABLE 4096
 struct slot { long n; char (*names)[NAME_MAX_]; int table[SLOT_TABLE]; };
 struct flight {
     int queue, sent, sock, parallel; long files, per_file, head, tail; double ended;
+    long long fresh_ns; long renamed, swept; int acknowledged;
     struct slot *slots; pthread_mutex_t lock; pthread_cond_t freed;
 };
+static long long realtime_ns(void) {
+    struct timespec t; clock_gettime(CLOCK_REALTIME, &t); return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 static unsigned name_hash(const char *name) {
     unsigned h = 2166136261u;
     for (const char *c = name; *c; c++) h = (h ^ (unsigned char)*c) * 16777619u;
@@ -188,13 +195,35 @@ static int in_slot(const struct slot *s, const char *name) {
         if (!strcmp(s->names[s->table[i] - 1], name)) return 1;
     return 0;
 }
+/* A remover's share of an acknowledged batch: every REMOVERS-th name from index. */
+#define REMOVERS 4
+struct removal { struct flight *f; struct slot *s; long index; long long fresh_after; };
+static void *remove_share(void *arg) {
+    const struct removal *r = arg;
+    for (long i = r->index; i < r->s->n; i += REMOVERS) {
+        const char *name = r->s->names[i], *base = strchr(name, '/') + 1;
+        char put[17]; memcpy(put, base + 1, 16); put[16] = 0;  /* the id's nanoseconds */
+        if ((long long)strtoull(put, NULL, 16) >= r->fresh_after) {
+            if (unlinkat(r->f->queue, name, 0)) die("unlinkat");
+        } else {
+            if (renameat(r->f->queue, name, r->f->sent, base)) die("renameat sent");
+            __atomic_add_fetch(&r->f->renamed, 1, __ATOMIC_RELAXED);
+        }
+    }
+    return NULL;
+}
 static void *acknowledge(void *arg) {
     struct flight *f = arg;
     for (long done = 0; done < f->files;) {
         char ack; get_all(f->sock, &ack, 1);
         struct slot *s = &f->slots[f->tail % f->parallel];
-        for (long i = 0; i < s->n; i++)
-            if (renameat(f->queue, s->names[i], f->sent, strchr(s->names[i], '/') + 1)) die("renameat sent");
+        long long fresh_after = realtime_ns() - f->fresh_ns;
+        pthread_t removers[REMOVERS]; struct removal shares[REMOVERS];  /* as the relay's threads */
+        for (long i = 0; i < REMOVERS; i++) {
+            shares[i] = (struct removal){f, s, i, fresh_after};
+            if (pthread_create(&removers[i], NULL, remove_share, &shares[i])) die("pthread_create");
+        }
+        for (long i = 0; i < REMOVERS; i++) pthread_join(removers[i], NULL);
         done += s->n;
         pthread_mutex_lock(&f->lock);
         memset(s->table, 0, sizeof s->table); s->n = 0; f->tail++;
@@ -202,13 +231,43 @@ static void *acknowledge(void *arg) {
         pthread_mutex_unlock(&f->lock);
     }
     f->ended = now();
+    __atomic_store_n(&f->acknowledged, 1, __ATOMIC_RELEASE);
     return NULL;
 }
+
+/* Unlinks what the acknowledging thread moved into sent/, SWEEPERS threads at once, each its
+   share of the names, until the last batch is acknowledged and sent/ is empty: an unlink of
+   an older file can wait for the disk (a file system that discards freed blocks), so the
+   relay deletes those off its path, several at a time, and so does this floor. */
+#define SWEEPERS 4
+struct sweeper { struct flight *f; unsigned index; };
+static void *sweep_share(void *arg) {
+    const struct sweeper *s = arg;
+    struct flight *f = s->f;
+    char (*names)[NAME_MAX_] = malloc(4096 * NAME_MAX_);
+    for (;;) {
+        int last = __atomic_load_n(&f->acknowledged, __ATOMIC_ACQUIRE);
+        if (last && __atomic_load_n(&f->swept, __ATOMIC_RELAXED) >= __atomic_load_n(&f->renamed, __ATOMIC_RELAXED))
+            break;
+        long n = list(f->sent, names, 4096), mine = 0;
+        for (long i = 0; i < n; i++) {
+            unsigned h = 0;
+            for (const char *c = names[i]; *c; c++) h = h * 31 + (unsigned char)*c;
+            if (h % SWEEPERS != s->index) continue;
+            if (unlinkat(f->sent, names[i], 0) == 0) { __atomic_add_fetch(&f->swept, 1, __ATOMIC_RELAXED); mine++; }
+            else if (errno != ENOENT) die("unlinkat");
+        }
+        if (!mine) usleep(5000);  /* off the path: sent/ may wait, the other stages may not */
+    }
+    free(names);
+    return NULL;
+}
+
 /* A file holds per_file messages; prints the time the last file left the queue. */
 static int forward(const char *queue_dir, const char *sent_dir, int port, long count, long batch, int parallel,
-                   long per_file) {
+                   long per_file, double fresh) {
     struct flight f = {.queue = opendirfd(queue_dir), .sent = opendirfd(sent_dir), .parallel = parallel,
-                       .files = count / per_file, .per_file = per_file};
+                       .files = count / per_file, .per_file = per_file, .fresh_ns = (long long)(fresh * 1e9)};
     f.sock = socket(AF_INET, SOCK_STREAM, 0); int one = 1;
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -223,6 +282,11 @@ static int forward(const char *queue_dir, const char *sent_dir, int port, long c
     char (*listed)[NAME_MAX_] = malloc(window * NAME_MAX_);
     size_t cap = 1 << 20; char *out = malloc(cap);
     pthread_t acker; if (pthread_create(&acker, NULL, acknowledge, &f)) die("pthread_create");
+    pthread_t sweepers[SWEEPERS]; struct sweeper shares[SWEEPERS];
+    for (unsigned i = 0; i < SWEEPERS; i++) {
+        shares[i] = (struct sweeper){&f, i};
+        if (pthread_create(&sweepers[i], NULL, sweep_share, &shares[i])) die("pthread_create");
+    }
     for (long sent = 0; sent < f.files;) {
         pthread_mutex_lock(&f.lock);
         while (f.head - f.tail == parallel) pthread_cond_wait(&f.freed, &f.lock);
@@ -256,41 +320,8 @@ static int forward(const char *queue_dir, const char *sent_dir, int port, long c
         }
     }
     pthread_join(acker, NULL);
-    printf("%.9f\n", f.ended);
-    return 0;
-}
-
-/* Unlinks what the forwarder moved into sent/, SWEEPERS threads at once, each its share of
-   the names, until count files are gone: an unlink can wait for the disk (a file system that
-   discards freed blocks), so the relay deletes off its path, several at a time, and so does
-   this floor. */
-#define SWEEPERS 4
-struct sweeper { const char *dir; unsigned index; long count; };
-static long swept;
-static void *sweep_share(void *arg) {
-    const struct sweeper *s = arg;
-    int dir = opendirfd(s->dir);
-    char (*names)[NAME_MAX_] = malloc(4096 * NAME_MAX_);
-    while (__atomic_load_n(&swept, __ATOMIC_RELAXED) < s->count) {
-        long n = list(dir, names, 4096), mine = 0;
-        for (long i = 0; i < n; i++) {
-            unsigned h = 0;
-            for (const char *c = names[i]; *c; c++) h = h * 31 + (unsigned char)*c;
-            if (h % SWEEPERS != s->index) continue;
-            if (unlinkat(dir, names[i], 0) == 0) { __atomic_add_fetch(&swept, 1, __ATOMIC_RELAXED); mine++; }
-            else if (errno != ENOENT) die("unlinkat");
-        }
-        if (!mine) usleep(5000);  /* off the path: sent/ may wait, the other stages may not */
-    }
-    return NULL;
-}
-static int sweep(const char *sent_dir, long count) {
-    pthread_t threads[SWEEPERS]; struct sweeper shares[SWEEPERS];
-    for (unsigned i = 0; i < SWEEPERS; i++) {
-        shares[i] = (struct sweeper){sent_dir, i, count};
-        if (pthread_create(&threads[i], NULL, sweep_share, &shares[i])) die("pthread_create");
-    }
-    for (unsigned i = 0; i < SWEEPERS; i++) pthread_join(threads[i], NULL);
+    printf("%.9f\n", f.ended); fflush(stdout);
+    for (unsigned i = 0; i < SWEEPERS; i++) pthread_join(sweepers[i], NULL);
     return 0;
 }
 
@@ -366,18 +397,20 @@ static int consume(const char *queue_dir, const char *claimed_dir, const char *p
 int main(int argc, char **argv) {
     if (argc == 8 && !strcmp(argv[1], "produce"))
         return produce(argv[2], argv[3], atol(argv[4]), atol(argv[5]), atoi(argv[6]), atol(argv[7]));
-    if (argc == 9 && !strcmp(argv[1], "forward"))
-        return forward(argv[2], argv[3], atoi(argv[4]), atol(argv[5]), atol(argv[6]), atoi(argv[7]), atol(argv[8]));
+    if (argc == 10 && !strcmp(argv[1], "forward"))
+        return forward(argv[2], argv[3], atoi(argv[4]), atol(argv[5]), atol(argv[6]), atoi(argv[7]), atol(argv[8]),
+                       atof(argv[9]));
     if (argc == 7 && !strcmp(argv[1], "receive"))
         return receive(atoi(argv[2]), argv[3], argv[4], atol(argv[5]), atol(argv[6]));
-    if (argc == 4 && !strcmp(argv[1], "sweep"))
-        return sweep(argv[2], atol(argv[3]));
     if (argc == 7 && !strcmp(argv[1], "consume"))
         return consume(argv[2], argv[3], argv[4], atol(argv[5]), atol(argv[6]));
     fprintf(stderr, "usage: floor produce|forward|receive|consume ...\n");
     return 2;
 }
 """
+
+FRESH = f"{fresh_seconds():g}"
+"""The forwarder's last argument: files put this many seconds ago or less are unlinked."""
 
 PRODUCER = textwrap.dedent(
     """

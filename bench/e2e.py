@@ -16,7 +16,7 @@ one is printed beside it. ``--no-nats`` leaves these out (as does a machine with
 ``nats-server`` or nats-py).
 
 The C floor is the pipeline's (``bench/_stages.py``) without its consumer: a producer, a
-forwarder (and its sweeper) and a receiver, at once, doing the same file operations per
+forwarder (with its sweepers) and a receiver, at once, doing the same file operations per
 message and per batch as fastput, the relay and the server; its time runs from the first
 create until the forwarder has moved the last file out of its queue.
 
@@ -50,7 +50,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from _floor import build_floor
-from _stages import PIPELINE_FLOOR, PRODUCER, floor_dirs, floor_stages, free_port, fresh, relay_running
+from _stages import FRESH, PIPELINE_FLOOR, PRODUCER, floor_dirs, floor_stages, free_port, fresh, relay_running
 from natskit import Cluster
 from support import start_server
 
@@ -70,8 +70,7 @@ def floor_cell(binary: str, root: str, count: int, size: int, batch: int, parall
     with floor_stages(binary) as run:
         receiver = run("receive", port, d["stage"], d["store"], str(count), "1")
         assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
-        forwarder = run("forward", d["queue"], d["sent"], port, str(count), str(batch), str(parallel), "1")
-        run("sweep", d["sent"], str(count))
+        forwarder = run("forward", d["queue"], d["sent"], port, str(count), str(batch), str(parallel), "1", FRESH)
         producer = run("produce", d["tmp"], d["queue"], str(count), str(size), "0", "1")
         assert producer.stdout is not None and forwarder.stdout is not None
         started = float(producer.stdout.readline())

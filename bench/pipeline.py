@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from _floor import build_floor
-from _stages import PIPELINE_FLOOR, PRODUCER, floor_dirs, floor_stages, free_port, fresh, relay_running
+from _stages import FRESH, PIPELINE_FLOOR, PRODUCER, floor_dirs, floor_stages, free_port, fresh, relay_running
 from support import start_server
 
 from dropr._impl import IMPLEMENTATION
@@ -94,16 +94,14 @@ def floor_cell(binary: str, root: str, args: argparse.Namespace) -> Cell:
         assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
         consumer = run("consume", d["store"], d["claimed"], d["done"], count, str(args.claim))
         forwarder = run(
-            "forward", d["queue"], d["sent"], port, count, str(args.batch_count), str(args.parallel), per_put
+            "forward", d["queue"], d["sent"], port, count, str(args.batch_count), str(args.parallel), per_put, FRESH
         )
-        sweeper = run("sweep", d["sent"], str(args.count // args.put_many))
         producer = run("produce", d["tmp"], d["queue"], count, str(args.size), "1" if args.sync else "0", per_put)
         assert producer.stdout is not None and consumer.stdout is not None
         started = float(producer.stdout.readline())
         ended = float(consumer.stdout.readline())
         cpu = {name: child_cpu(proc) for name, proc in [("producer", producer), ("relay", forwarder),
                                                         ("server", receiver), ("consumer", consumer)]}  # fmt: skip
-        cpu["relay"] += child_cpu(sweeper)
     return Cell(args.count / (ended - started), {k: v / args.count * 1e6 for k, v in cpu.items()})
 
 

@@ -289,11 +289,22 @@ def test_names_finished_while_a_threaded_scan_reads_are_remembered_until_it_ends
     assert sorted(message.name for message, _ in spool.failed()) == [names[1], names[3], names[4]]
 
 
-def test_without_a_retention_what_is_sent_is_deleted_in_the_background(tmp_path: Path) -> None:
+def test_without_a_retention_fresh_files_are_unlinked_and_old_ones_deleted_in_the_background(
+    tmp_path: Path,
+) -> None:
     spool, names = _queued(tmp_path, 9)
+    old_id = f"{time.time_ns() - 3600 * 10**9:016x}{names[0][17 : 1 + _codec_py.ID_LEN]}"
+    old = names[0][0] + old_id + names[0][1 + _codec_py.ID_LEN :]  # put an hour ago
+    os.makedirs(os.path.dirname(spool.queued_path(old)), exist_ok=True)
+    os.rename(spool.queued_path(names[0]), spool.queued_path(old))
+    leftover = os.path.join(spool.sent_dir, names[0])
+    Path(leftover).write_bytes(b"x")  # left by an earlier run: only a sweep removes it
     disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, spool))
     try:
-        asyncio.run(disposal.remove(names))
+        asyncio.run(disposal.remove(names[1:]))
+        assert scan.scan_queue(spool.queue_dir, 10) == [old]
+        assert os.listdir(spool.sent_dir) == [names[0]]  # unlinked at once: nothing moved, no sweep
+        asyncio.run(disposal.remove([old]))
         assert scan.count_queue(spool.queue_dir) == 0
         wait_until(lambda: os.listdir(spool.sent_dir) == [])
     finally:

@@ -1,13 +1,21 @@
 """Disposal: what becomes of queued messages the relay is done with, and the spool's chores.
 
-Acknowledged files are renamed into ``sent/`` by a few remover threads; their names stay held
-until moved, so a scan started meanwhile skips them. Without a retention, a sweeper thread
-unlinks what is in ``sent/``, several files at once: an unlink can wait a fifth of a
-millisecond for the disk (a file system that discards freed blocks at once), a rename does
-not, so deleting stays off the relay's path. A message rejected, expired or otherwise
-undeliverable goes to ``failed/`` with its reason. A name acknowledged (moved to ``sent/``)
-or failed while a threaded scan was reading could still come back from it: such names are
-remembered until that scan ends and dropped from its result, so they are not sent twice.
+Acknowledged files leave the queue on a few remover threads; their names stay held until
+then, so a scan started meanwhile skips them. With a retention they are renamed into
+``sent/``. Without one, what an unlink costs decides. A file put in the last
+:func:`fresh_seconds` most likely has no blocks on the disk yet (the kernel writes dirty
+data back after ``vm.dirty_expire_centisecs``): unlinking it frees nothing, so it is
+unlinked at once. An older file's unlink frees blocks and, on a file system that discards
+them at once, waits for the disk (80 µs here, a rename 14 µs): it is renamed into
+``sent/``, which a sweeper thread clears, several files at once, off the relay's path.
+Unlinking fresh files at once halves the file operations of a flowing queue and spares the
+one ``sent/`` directory, whose lock every rename into it takes (the relay alone to
+JetStream: 0.44 of nats-py's own rate before, 0.62 after).
+
+A message rejected, expired or otherwise undeliverable goes to ``failed/`` with its reason.
+A name acknowledged or failed while a threaded scan was reading could still come back from
+it: such names are remembered until that scan ends and dropped from its result, so they are
+not sent twice.
 
 A message queued for longer than ``max_age_minutes`` expires: when a scan reads it, or, for
 the peers the relay is leaving alone (backing off, given up), in a periodic pass over the
@@ -42,6 +50,7 @@ log = logging.getLogger("dropr.relay")
 
 REMOVERS = 4
 """Threads removing acknowledged files from the queue."""
+DIRTY_EXPIRE = "/proc/sys/vm/dirty_expire_centisecs"
 CHORE_SECONDS = 60.0
 TMP_CHORE_SECONDS = 600.0
 
@@ -55,6 +64,7 @@ class Disposal:
         self._config = config
         self._spool = spool
         self._max_age_ns = int(config.max_age_minutes * 60 * 1e9)
+        self._fresh_ns = int(fresh_seconds() * 1e9)
         self._expired = f"expired: queued for more than {config.max_age_minutes:g} minutes"
         self._finished: set[str] | None = None
         self._sweeping = False
@@ -72,27 +82,40 @@ class Disposal:
     # -- finished messages -------------------------------------------------------------
 
     async def remove(self, names: list[str]) -> None:
-        """Move acknowledged ``names`` out of the queue into ``sent/``, on the remover threads."""
+        """Take acknowledged ``names`` out of the queue, on the remover threads: into
+        ``sent/``, or without a retention unlinked when fresh (see the module's docstring)."""
         if not names:
             return
         loop = asyncio.get_running_loop()
+        keep = bool(self._config.keep_sent_minutes)
+        fresh_after = 0 if keep else time.time_ns() - self._fresh_ns
         shares = [names[i::REMOVERS] for i in range(min(REMOVERS, len(names)))]
-        await asyncio.gather(*(loop.run_in_executor(self._remover, self._move_files, share) for share in shares))
+        moves = [loop.run_in_executor(self._remover, self._move_files, share, fresh_after) for share in shares]
+        moved = sum(await asyncio.gather(*moves))
         if self._finished is not None:
             self._finished.update(names)
-        if not self._config.keep_sent_minutes and not self._sweeping:
+        if moved and not keep and not self._sweeping:
             self._sweeping = True
             sweep = loop.run_in_executor(self._sweeper, housekeeping.clear_sent, self._spool.sent_dir)
             sweep.add_done_callback(self._swept)
 
-    def _move_files(self, names: list[str]) -> None:
+    def _move_files(self, names: list[str], fresh_after: int) -> int:
+        """Unlink each of ``names`` put at ``fresh_after`` (ns) or later, rename the others
+        into ``sent/`` (all of them when ``fresh_after`` is 0); how many were renamed."""
         locate = self._spool.queued_path
         sent_dir = self._spool.sent_dir
+        id_time_ns = codec.id_time_ns
+        renamed = 0
         for name in names:
             try:
-                os.rename(locate(name), os.path.join(sent_dir, name))
+                if fresh_after and id_time_ns(name[1 : 1 + codec.ID_LEN]) >= fresh_after:
+                    os.unlink(locate(name))
+                else:
+                    os.rename(locate(name), os.path.join(sent_dir, name))
+                    renamed += 1
             except FileNotFoundError:
                 pass
+        return renamed
 
     def _swept(self, done: asyncio.Future[int]) -> None:
         self._sweeping = False
@@ -183,6 +206,17 @@ class Disposal:
         if not self._config.keep_sent_minutes:
             self._sweeper.submit(housekeeping.clear_sent, self._spool.sent_dir)
         self._sweeper.shutdown(wait=True)
+
+
+def fresh_seconds() -> float:
+    """How long after its put a file is taken to have no blocks on the disk yet: half the
+    kernel's ``vm.dirty_expire_centisecs`` (30 s by default), so that a file written back
+    early, or put a moment before a slow batch, is still most likely unlinked cheaply."""
+    try:
+        with open(DIRTY_EXPIRE) as setting:
+            return int(setting.read()) / 200
+    except (OSError, ValueError):
+        return 15.0
 
 
 def _prefetch(paths: list[str]) -> None:
