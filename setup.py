@@ -15,7 +15,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CCompilerError, ExecError, PlatformError
 
-MODULES = ["codec", "scan", "manifest", "drop"]
+MODULES = ["codec", "scan", "manifest", "drop", "moves"]
 PURE_PYTHON_MODULES = ["putter"]
 REQUIRED = os.environ.get("DROPR_REQUIRE_EXTENSIONS", "") not in ("", "0")  # read as dropr._impl reads it
 

@@ -11,7 +11,7 @@ import importlib
 import os
 from types import ModuleType
 
-_NAMES = ("codec", "scan", "manifest", "drop", "putter")
+_NAMES = ("codec", "scan", "manifest", "drop", "putter", "moves")
 
 
 def _flag(name: str) -> bool:
@@ -35,6 +35,7 @@ scan = _loaded["scan"][0]
 manifest = _loaded["manifest"][0]
 drop = _loaded["drop"][0]
 putter = _loaded["putter"][0]
+moves = _loaded["moves"][0]
 
 COMPILED = {name: compiled for name, (_, compiled) in _loaded.items()}
 IMPLEMENTATION = "compiled" if all(COMPILED.values()) else "python" if not any(COMPILED.values()) else "mixed"

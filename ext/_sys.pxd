@@ -6,6 +6,18 @@ cdef extern from "<sys/types.h>" nogil:
     ctypedef unsigned long ino_t
     ctypedef long off_t
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+
+    enum:
+        CLOCK_REALTIME
+
+    int clock_gettime(int clk_id, timespec *tp)
+
 cdef extern from "<errno.h>" nogil:
     # A function that assigns errno must say `global errno`, or Cython makes it a local.
     int errno
@@ -44,6 +56,7 @@ cdef extern from "<fcntl.h>" nogil:
         O_DIRECTORY
         O_NOFOLLOW
         AT_FDCWD
+        AT_SYMLINK_NOFOLLOW
 
     int open(const char *pathname, int flags, ...)
     int openat(int dirfd, const char *pathname, int flags, ...)
@@ -51,11 +64,15 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<sys/stat.h>" nogil:
     struct stat:
         off_t st_size
+        timespec st_mtim
 
     int mkdirat(int dirfd, const char *pathname, mode_t mode)
     int fstat(int fd, stat *buf)
+    int fstatat(int dirfd, const char *pathname, stat *buf, int flags)
+    int utimensat(int dirfd, const char *pathname, const timespec *times, int flags)
 
 cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t count)
     ssize_t write(int fd, const void *buf, size_t count)
     ssize_t pread(int fd, void *buf, size_t count, off_t offset)
     int close(int fd)
@@ -77,15 +94,3 @@ cdef extern from "<limits.h>" nogil:
 
 cdef extern from "<stdio.h>" nogil:
     int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-
-    enum:
-        CLOCK_REALTIME
-
-    int clock_gettime(int clk_id, timespec *tp)

@@ -15,7 +15,7 @@ import pytest
 import dropr
 from dropr._impl import IMPLEMENTATION
 
-MODULES = ["codec", "scan", "manifest", "drop"]
+MODULES = ["codec", "scan", "manifest", "drop", "moves"]
 
 
 def declared(module: str) -> tuple[dict[str, list[str]], set[str]]:

@@ -31,9 +31,11 @@ from multipart import parse_options_header
 from .. import _inotify
 from .. import consumer_api as api
 from .. import protocol as p
+from .._impl import moves
 from ..errors import StoreError
 from ..protocol import RequestError, bad
 from ..store.consumer import STATUSES, ConsumerSide, check_wait
+from ..store.layout import PROCESSED, QUEUE
 from ..store.message import Message
 from .receive import store_failure
 
@@ -395,22 +397,25 @@ def _settle(
     store: ConsumerSide, outcome: str, channel: str, group: str | None, receipts: list[api.Receipt], reason: str
 ) -> dict[str, tuple[str, str]]:
     """Settle each receipt of ``channel`` as ``outcome`` says; its state after, or lost."""
-    results: dict[str, tuple[str, str]] = {}
-    for receipt in receipts:
-        message = store.claimed_message(channel, receipt.name, receipt.lease_ns, group=group)
-        try:
-            if outcome == "failed":
+    messages = [store.claimed_message(channel, receipt.name, receipt.lease_ns, group=group) for receipt in receipts]
+    if outcome == "failed":
+        lost: list[Message] = []
+        for message in messages:
+            try:
                 store.set_failed(message, reason)
-            elif outcome == "processed":
-                store.set_processed(message)
-            else:
-                store.release(message)
-        except StoreError as exc:
-            if exc.errno != errno.ESTALE:
-                raise
+            except StoreError as exc:
+                if exc.errno != errno.ESTALE:
+                    raise
+                lost.append(message)
+    else:  # one batch: the claimed files of a channel move without the GIL
+        lost = store.settle(messages, PROCESSED if outcome == "processed" else QUEUE)
+    gone = {id(message) for message in lost}
+    results: dict[str, tuple[str, str]] = {}
+    for receipt, message in zip(receipts, messages, strict=True):
+        if id(message) in gone:
             results[str(receipt)] = (api.LOST, "lease lost: the claim ran out and was taken back, or is another's")
-            continue
-        results[str(receipt)] = (STATUSES[os.path.basename(os.path.dirname(message.path))], "")
+        else:
+            results[str(receipt)] = (STATUSES[os.path.basename(os.path.dirname(message.path))], "")
     return results
 
 
@@ -441,21 +446,14 @@ def _pack_messages(
     takes 4 µs a message of 200 bytes, key by key 9 µs.
     """
     packer = msgpack.Packer(autoreset=False)
-    size = 0
-    index = start
-    while index < len(messages) and size < CHUNK:
-        message = messages[index]
-        index += 1
+    payloads, end = moves.read_files([message.path for message in messages], start, CHUNK)
+    for message, payload in zip(messages[start:end], payloads, strict=True):
         fields = _meta(message)
         if extra is not None:
             fields.update(extra(message))
-        try:
-            fields["payload"] = payload = message.read()
-        except FileNotFoundError:
-            fields["payload"] = payload = b""
+        fields["payload"] = b"" if payload is None else payload
         packer.pack(fields)
-        size += len(payload)
-    return packer.bytes(), index
+    return packer.bytes(), end
 
 
 def _pack_dead(letters: list[Message]) -> bytes:

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 
 from .. import _files
-from .._impl import scan
+from .._impl import moves, scan
 from .layout import ATTEMPTS, CLAIMED, DEAD, DELAYED, PROCESSED, QUEUE
 
 _MAX_ROUNDS = 16
@@ -136,25 +136,23 @@ class Claims:
             self.due(root, token / 1e9)
         return names, token
 
-    def settle(self, root: str, name: str, lease_ns: int, state: str) -> str:
-        """Move the claimed message ``name`` to ``state`` if ``lease_ns`` is still its token;
-        its new path. Done already (found in ``state`` with that token) is no error; anything
-        else is LeaseLost."""
-        source = os.path.join(root, CLAIMED, name)
-        target = os.path.join(root, state, name)
-        if _token(source) == lease_ns:
-            try:
-                if state == QUEUE:
-                    os.utime(source, ns=_UNLEASED)
-                os.rename(source, target)
-            except FileNotFoundError:
-                raise LeaseLost(name) from None
-            if state == QUEUE:
-                self._seen.pop(root, None)
-            return target
-        if _token(target) == (0 if state == QUEUE else lease_ns):
-            return target
-        raise LeaseLost(name)
+    def settle(self, root: str, names: list[str], tokens: list[int], state: str) -> list[str | None]:
+        """Move each claimed message of ``names`` to ``state`` if its token (``tokens``, in
+        order) is still the lease; the new path of each, or None for one whose lease was lost.
+        Done already (found in ``state`` with that token) is no error."""
+        claimed, target = os.path.join(root, CLAIMED), os.path.join(root, state)
+        try:
+            moved = moves.settle_files(claimed, target, names, tokens, state == QUEUE)
+        except FileNotFoundError:  # the root is gone (its group unsubscribed): nothing is held
+            return [None] * len(names)
+        if state == QUEUE and any(moved):
+            self._seen.pop(root, None)
+        done = 0 if state == QUEUE else None  # the token a message settled already shows there
+        paths: list[str | None] = []
+        for name, token, ok in zip(names, tokens, moved, strict=True):
+            path = os.path.join(target, name)
+            paths.append(path if ok or _token(path) == (token if done is None else done) else None)
+        return paths
 
     def fail(self, root: str, name: str, lease_ns: int | None, reason: str, *, shared: bool = False) -> str:
         """Record a failed attempt of message ``name`` — claimed with token ``lease_ns``, or
@@ -297,10 +295,8 @@ def claim(
     if limit == 0:
         return [], seen, 0.0, tick
     queue = os.path.join(root, QUEUE)
-    queue_slash = queue + os.sep
-    claimed_slash = os.path.join(root, CLAIMED) + os.sep
+    claimed = os.path.join(root, CLAIMED)
     held: list[str] = []
-    times = (until_ns, until_ns)
     names = seen
     scanning = 0.0
     for _ in range(_MAX_ROUNDS):
@@ -314,29 +310,30 @@ def claim(
                 break
             finally:
                 scanning += time.monotonic() - started
-        for index, name in enumerate(names):
-            target = claimed_slash + name
-            try:
-                os.rename(queue_slash + name, target)
+        index = 0
+        try:
+            while index < len(names) and len(held) < limit:
+                taken, index = moves.rename_files(queue, claimed, names, index, limit - len(held))
                 if shared:
-                    own(target)
-                os.utime(target, ns=times)
-            except FileNotFoundError:
-                continue
-            if not tick:
-                tick = _resolution(target, until_ns)
-            held.append(name)
-            if len(held) == limit:
-                return held, names[index + 1 :], scanning, tick
+                    taken = [name for name in taken if own(os.path.join(claimed, name))]
+                taken = moves.lease_files(claimed, taken, until_ns)
+                if taken and not tick:
+                    tick = _resolution(os.path.join(claimed, taken[0]), until_ns)
+                held += taken
+        except FileNotFoundError:  # the root went away meanwhile (its group unsubscribed)
+            break
+        if len(held) == limit:
+            return held, names[index:], scanning, tick
         if window and len(names) < window:
             break
         names = []
     return held, [], scanning, tick
 
 
-def own(path: str) -> None:
+def own(path: str) -> bool:
     """Give the message file at ``path`` an inode of its own when links of other consumer
-    groups share it (ingest links each message into every group's queue).
+    groups share it (ingest links each message into every group's queue); False when it is
+    gone.
 
     A lease, a retry time, are the file's mtime, which every link of it shows: one group's
     claim would make another's lease look lost. So the first claim in a group of a file
@@ -344,11 +341,16 @@ def own(path: str) -> None:
     to take the message uses the file ingest wrote. Nobody else touches the name meanwhile:
     the caller holds it, claimed.
     """
-    with open(path, "rb") as file:
+    try:
+        file = open(path, "rb")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        return False
+    with file:
         if os.fstat(file.fileno()).st_nlink < 2:
-            return
+            return True
         data = file.read()
     _files.publish(path, data, replace=True, sync=True)
+    return True
 
 
 def _resolution(path: str, until_ns: int) -> int:

@@ -294,23 +294,41 @@ class ConsumerSide(StoreDirectory):
                 removed += _wipe(root, cutoff)
         return removed
 
-    def _settle(self, messages: Iterable[Message], state: str) -> None:
-        """Move each message from ``claimed/`` (from the queue, one not claimed) to ``state``."""
-        lost: list[Message] = []
-        gone: list[Message] = []
+    def settle(self, messages: Iterable[Message], state: str) -> list[Message]:
+        """Move each claimed message to ``state`` (``processed`` or ``queue``), those of one
+        root in one batch; the messages whose lease was lost (the others moved)."""
+        by_root: dict[str, tuple[list[Message], list[int]]] = {}
         for message in messages:
-            root = self._root(message.channel, message.group)
             if message.lease_ns is None:
-                path = claims.process(root, message.name) if state == PROCESSED else message.path
+                raise ValueError(f"message {message.id} of {message.channel!r} was not claimed")
+            held, tokens = by_root.setdefault(self._root(message.channel, message.group), ([], []))
+            held.append(message)
+            tokens.append(message.lease_ns)
+        lost: list[Message] = []
+        for root, (held, tokens) in by_root.items():
+            paths = self._claims.settle(root, [message.name for message in held], tokens, state)
+            for message, path in zip(held, paths, strict=True):
                 if path is None:
-                    gone.append(message)
+                    lost.append(message)
                 else:
                     message.path = path
+        return lost
+
+    def _settle(self, messages: Iterable[Message], state: str) -> None:
+        """Move each message from ``claimed/`` (from the queue, one not claimed) to ``state``."""
+        claimed: list[Message] = []
+        gone: list[Message] = []
+        for message in messages:
+            if message.lease_ns is not None:
+                claimed.append(message)
                 continue
-            try:
-                message.path = self._claims.settle(root, message.name, message.lease_ns, state)
-            except LeaseLost:
-                lost.append(message)
+            root = self._root(message.channel, message.group)
+            path = claims.process(root, message.name) if state == PROCESSED else message.path
+            if path is None:
+                gone.append(message)
+            else:
+                message.path = path
+        lost = self.settle(claimed, state)
         if lost:
             raise _lost(lost)
         if gone:

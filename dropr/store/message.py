@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+from .._impl import moves
 
 
 class Message:
@@ -64,15 +65,11 @@ class Message:
         return None if self.lease_ns is None else self.lease_ns / 1e9
 
     def read(self) -> bytes:
-        """The payload."""
-        fd = os.open(self.path, _READ_FLAGS)
-        try:
-            data = os.read(fd, os.fstat(fd).st_size + 1)
-            while chunk := os.read(fd, 1 << 16):
-                data += chunk
-            return data
-        finally:
-            os.close(fd)
+        """The payload (FileNotFoundError when the file is gone)."""
+        data: bytes | None = moves.read_files([self.path], 0, 0)[0][0]
+        if data is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.path)
+        return data
 
     def __repr__(self) -> str:
         group = f", group={self.group!r}" if self.group is not None else ""

@@ -1,0 +1,18 @@
+"""A store's moves in batches, compiled (``dropr._moves``); the rules are documented in ``dropr._moves_py``."""
+
+def rename_files(source: str, target: str, names: list[str], start: int, limit: int) -> tuple[list[str], int]:
+    """Rename ``source/NAME`` to ``target/NAME`` for the names from ``names[start]`` on, until
+    ``limit`` were moved; the names moved, and the index after the last name tried."""
+
+def lease_files(directory: str, names: list[str], until_ns: int) -> list[str]:
+    """Set the access and modification times of ``directory/NAME`` to ``until_ns`` for each
+    name; the names whose file was there."""
+
+def settle_files(source: str, target: str, names: list[str], tokens: list[int], unlease: bool) -> list[bool]:
+    """Rename ``source/NAME`` to ``target/NAME`` for each name whose file's mtime is its token
+    (``tokens[i]`` nanoseconds) — with ``unlease``, after setting its times to 0 — and for
+    each name whether it moved; False: gone, or not that token."""
+
+def read_files(paths: list[str], start: int, max_bytes: int) -> tuple[list[bytes | None], int]:
+    """The contents of the files ``paths[start:]``, each whole (None for one gone), until
+    ``max_bytes`` were read (the file that crosses it included); and the index after the last."""

@@ -1,0 +1,116 @@
+"""A store's moves in batches, plain-Python reference of ``dropr._moves``.
+
+Every state of a message in a store is a directory (see ``dropr.store.layout``), and every
+change of state a ``rename`` of a fixed name between two of them, which exactly one of
+several processes racing for it wins: a name gone (``ENOENT``) is another's, passed over
+and never an error. A claim renames a batch of names and sets each one's lease (its times);
+settling a batch renames each name whose claimed file still carries its claimant's lease
+token (its mtime in nanoseconds). The compiled twin does each batch in C without the GIL, so
+the server's threads move files in parallel instead of handing the GIL over at every
+system call; this twin does the same calls one by one.
+
+Any other failure is an OSError naming its file, raised after the moves before it were made;
+a directory that is missing is one (FileNotFoundError), before any move.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+def _directories(*paths: str) -> None:
+    """FileNotFoundError unless each of ``paths`` is a directory (the compiled twin opens them)."""
+    for path in paths:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
+def rename_files(source: str, target: str, names: list[str], start: int, limit: int) -> tuple[list[str], int]:
+    """Rename ``source/NAME`` to ``target/NAME`` for the names from ``names[start]`` on, until
+    ``limit`` were moved; the names moved, and the index after the last name tried."""
+    if start < 0 or limit < 0:
+        raise ValueError("start and limit must be zero or more")
+    _directories(source, target)
+    moved: list[str] = []
+    index = start
+    source_slash, target_slash = source + os.sep, target + os.sep
+    while index < len(names) and len(moved) < limit:
+        name = names[index]
+        index += 1
+        try:
+            os.rename(source_slash + name, target_slash + name)
+        except FileNotFoundError:
+            continue
+        moved.append(name)
+    return moved, index
+
+
+def lease_files(directory: str, names: list[str], until_ns: int) -> list[str]:
+    """Set the access and modification times of ``directory/NAME`` to ``until_ns`` for each
+    name; the names whose file was there."""
+    _directories(directory)
+    kept: list[str] = []
+    times = (until_ns, until_ns)
+    slash = directory + os.sep
+    for name in names:
+        try:
+            os.utime(slash + name, ns=times)
+        except FileNotFoundError:
+            continue
+        kept.append(name)
+    return kept
+
+
+def settle_files(source: str, target: str, names: list[str], tokens: list[int], unlease: bool) -> list[bool]:
+    """Rename ``source/NAME`` to ``target/NAME`` for each name whose file's mtime is its token
+    (``tokens[i]`` nanoseconds) — with ``unlease``, after setting its times to 0 — and for
+    each name whether it moved; False: gone, or not that token."""
+    if len(tokens) != len(names):
+        raise ValueError(f"{len(names)} names but {len(tokens)} tokens")
+    _directories(source, target)
+    moved: list[bool] = []
+    source_slash, target_slash = source + os.sep, target + os.sep
+    for name, token in zip(names, tokens, strict=True):
+        path = source_slash + name
+        try:
+            if os.lstat(path).st_mtime_ns != token:
+                moved.append(False)
+                continue
+            if unlease:
+                os.utime(path, ns=(0, 0))
+            os.rename(path, target_slash + name)
+        except FileNotFoundError:
+            moved.append(False)
+            continue
+        moved.append(True)
+    return moved
+
+
+def read_files(paths: list[str], start: int, max_bytes: int) -> tuple[list[bytes | None], int]:
+    """The contents of the files ``paths[start:]``, each whole (None for one gone), until
+    ``max_bytes`` were read (the file that crosses it included); and the index after the last."""
+    if start < 0:
+        raise ValueError("start must be zero or more")
+    contents: list[bytes | None] = []
+    index = start
+    size = 0
+    while index < len(paths) and (size < max_bytes or index == start):
+        path = paths[index]
+        index += 1
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            contents.append(None)
+            continue
+        try:
+            want = os.fstat(fd).st_size + 1  # one more byte tells a file that grew
+            data = os.read(fd, want)
+            if len(data) == want:
+                while more := os.read(fd, 1 << 16):
+                    data += more
+        finally:
+            os.close(fd)
+        contents.append(data)
+        size += len(data)
+    return contents, index

@@ -1,0 +1,127 @@
+"""A store's moves in batches: both twins on real directories, each call's rules and failures."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from dropr import _moves_py
+
+try:
+    from dropr import _moves as _compiled
+except ImportError:
+    _compiled = None
+
+TWINS = [
+    pytest.param(_moves_py, id="python"),
+    pytest.param(_compiled, id="compiled", marks=pytest.mark.skipif(_compiled is None, reason="not built")),
+]
+
+
+def _dirs(tmp_path: Path, *names: str) -> list[str]:
+    paths = [tmp_path / name for name in names]
+    for path in paths:
+        path.mkdir()
+    return [str(path) for path in paths]
+
+
+def _files(directory: str, count: int) -> list[str]:
+    names = [f"m{i:03d}" for i in range(count)]
+    for i, name in enumerate(names):
+        Path(directory, name).write_bytes(b"x" * i)
+    return names
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_rename_passes_over_names_gone_and_stops_at_the_limit(moves: ModuleType, tmp_path: Path) -> None:
+    queue, claimed = _dirs(tmp_path, "queue", "claimed")
+    names = _files(queue, 6)
+    listed = [names[0], "gone", names[1], names[2], names[3], names[4], names[5]]
+    moved, after = moves.rename_files(queue, claimed, listed, 0, 3)
+    assert (moved, after) == (names[:3], 4)
+    assert moves.rename_files(queue, claimed, listed, after, 10) == (names[3:], len(listed))
+    assert sorted(os.listdir(claimed)) == names and os.listdir(queue) == []
+    assert moves.rename_files(queue, claimed, listed, 2, 0) == ([], 2)
+    assert moves.rename_files(queue, claimed, listed, 99, 5) == ([], 99)
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_a_failure_other_than_a_name_gone_raises_after_the_moves_before_it(moves: ModuleType, tmp_path: Path) -> None:
+    queue, claimed = _dirs(tmp_path, "queue", "claimed")
+    names = _files(queue, 3)
+    (Path(claimed) / names[1]).mkdir()  # a file cannot replace a directory
+    with pytest.raises(IsADirectoryError) as raised:
+        moves.rename_files(queue, claimed, names, 0, 3)
+    assert raised.value.filename == os.path.join(queue, names[1])
+    assert sorted(os.listdir(queue)) == names[1:]
+    for call in (
+        lambda: moves.rename_files(queue, str(tmp_path / "missing"), names, 0, 1),
+        lambda: moves.lease_files(str(tmp_path / "missing"), names, 1),
+        lambda: moves.settle_files(str(tmp_path / "missing"), claimed, names, [1, 1, 1], False),
+    ):
+        with pytest.raises(FileNotFoundError):
+            call()
+    assert sorted(os.listdir(queue)) == names[1:]
+    with pytest.raises(ValueError):
+        moves.rename_files(queue, claimed, names, -1, 1)
+    with pytest.raises(ValueError):
+        moves.settle_files(queue, claimed, names, [1], False)
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_a_lease_sets_both_times_of_the_files_still_there(moves: ModuleType, tmp_path: Path) -> None:
+    [claimed] = _dirs(tmp_path, "claimed")
+    names = _files(claimed, 3)
+    until_ns = time.time_ns() + 60 * 10**9
+    assert moves.lease_files(claimed, [names[0], "gone", names[2]], until_ns) == [names[0], names[2]]
+    for name in names[0], names[2]:
+        info = os.lstat(os.path.join(claimed, name))
+        assert (info.st_mtime_ns, info.st_atime_ns) == (until_ns, until_ns)
+    assert os.lstat(os.path.join(claimed, names[1])).st_mtime_ns < until_ns
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_settling_moves_only_the_files_that_carry_their_token(moves: ModuleType, tmp_path: Path) -> None:
+    claimed, processed = _dirs(tmp_path, "claimed", "processed")
+    names = _files(claimed, 4)
+    token = time.time_ns() + 60 * 10**9
+    moves.lease_files(claimed, names, token)
+    tokens = [token, token + 1, token, token]
+    os.unlink(os.path.join(claimed, names[2]))
+    assert moves.settle_files(claimed, processed, names, tokens, False) == [True, False, False, True]
+    assert sorted(os.listdir(processed)) == [names[0], names[3]]
+    assert os.lstat(os.path.join(processed, names[0])).st_mtime_ns == token  # the lease stays on it
+    assert os.listdir(claimed) == [names[1]]
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_settling_back_to_the_queue_clears_the_lease_first(moves: ModuleType, tmp_path: Path) -> None:
+    claimed, queue = _dirs(tmp_path, "claimed", "queue")
+    names = _files(claimed, 2)
+    token = time.time_ns() + 60 * 10**9
+    moves.lease_files(claimed, names, token)
+    assert moves.settle_files(claimed, queue, names, [token, token], True) == [True, True]
+    assert [os.lstat(os.path.join(queue, name)).st_mtime_ns for name in names] == [0, 0]
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_reading_a_batch_stops_after_the_file_that_crosses_the_bytes_asked(moves: ModuleType, tmp_path: Path) -> None:
+    [store] = _dirs(tmp_path, "store")
+    names = _files(store, 5)  # 0, 1, 2, 3 and 4 bytes
+    paths = [os.path.join(store, name) for name in names]
+    paths.insert(2, os.path.join(store, "gone"))
+    assert moves.read_files(paths, 0, 1 << 20) == ([b"", b"x", None, b"xx", b"xxx", b"xxxx"], 6)
+    assert moves.read_files(paths, 1, 3) == ([b"x", None, b"xx"], 4)
+    assert moves.read_files(paths, 4, 0) == ([b"xxx"], 5)  # one file at least
+    assert moves.read_files(paths, 6, 10) == ([], 6)
+    big = os.urandom(300_000)
+    Path(store, "big").write_bytes(big)
+    assert moves.read_files([os.path.join(store, "big")], 0, 0) == ([big], 1)
+    with pytest.raises(IsADirectoryError):
+        moves.read_files([paths[0], store], 0, 100)
+    with pytest.raises(ValueError):
+        moves.read_files(paths, -1, 100)
