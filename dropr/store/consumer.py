@@ -296,7 +296,9 @@ class ConsumerSide(StoreDirectory):
 
     def settle(self, messages: Iterable[Message], state: str) -> list[Message]:
         """Move each claimed message to ``state`` (``processed`` or ``queue``), those of one
-        root in one batch; the messages whose lease was lost (the others moved)."""
+        root in one batch; the messages whose lease was lost (the others moved). What
+        :meth:`set_processed` and :meth:`release` do, for a caller that answers for each
+        message (the server) instead of raising."""
         by_root: dict[str, tuple[list[Message], list[int]]] = {}
         for message in messages:
             if message.lease_ns is None:
