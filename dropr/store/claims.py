@@ -4,8 +4,9 @@ channel's, or one of its groups': see :mod:`.layout`).
 Every move is one ``rename`` of a fixed name, so when several consumer processes (and the
 server) work a channel at once, exactly one of them wins each move and the others see
 ``ENOENT`` and step aside. A claim is a rename from ``queue/`` to ``claimed/``, then the
-winner sets the claimed file's mtime to the end of its lease: only a file's holder ever
-sets its times, so a claimant that lost the race cannot touch the winner's lease. Between
+winner sets the claimed file's mtime to the end of its lease (a batch of renames, then
+their leases, each batch one call of ``dropr._moves``): only a file's holder ever sets its
+times, so a claimant that lost the race cannot touch the winner's lease. Between
 the two steps the file shows an mtime from before its claim, no later than its ctime (the
 rename's): a sweeper takes that for a claim being made, not an expired one, and leaves it
 alone for :data:`GRACE` seconds. Every way back into ``queue/`` leaves such an old mtime.
@@ -147,11 +148,11 @@ class Claims:
             return [None] * len(names)
         if state == QUEUE and any(moved):
             self._seen.pop(root, None)
-        done = 0 if state == QUEUE else None  # the token a message settled already shows there
         paths: list[str | None] = []
         for name, token, ok in zip(names, tokens, moved, strict=True):
             path = os.path.join(target, name)
-            paths.append(path if ok or _token(path) == (token if done is None else done) else None)
+            settled = ok or _token(path) == (0 if state == QUEUE else token)  # done already: it shows there
+            paths.append(path if settled else None)
         return paths
 
     def fail(self, root: str, name: str, lease_ns: int | None, reason: str, *, shared: bool = False) -> str:
