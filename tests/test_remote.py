@@ -113,6 +113,21 @@ def test_every_method(store: Store, remote: RemoteStore) -> None:
         remote.claim("common", 1, 30, group="g")
 
 
+def test_a_claim_answer_larger_than_one_read_is_whole_and_in_order(store: Store, remote: RemoteStore) -> None:
+    from dropr.server.consume import CHUNK, READ_BATCH
+
+    small = [put(store, b"small %d" % i, channel="many") for i in range(READ_BATCH + 300)]
+    claimed = remote.claim("many", READ_BATCH + 300, 60)
+    assert [m.id for m in claimed] == small
+    assert [m.read() for m in claimed] == [b"small %d" % i for i in range(READ_BATCH + 300)]
+    remote.set_processed(*claimed)
+    assert store.count_processed("many") == READ_BATCH + 300
+    big = [os.urandom(CHUNK // 2 + 1) for _ in range(5)]  # two to a read at most
+    ids = [put(store, payload, channel="big") for payload in big]
+    claimed = remote.claim("big", 10, 60)
+    assert [(m.id, m.read()) for m in claimed] == list(zip(ids, big, strict=True))
+
+
 def test_groups_over_the_network(store: Store, remote: RemoteStore) -> None:
     """Two groups each consume every message once, independently; the first takes over what
     waits in the channel's own queue; one subscribed later gets only later messages."""
