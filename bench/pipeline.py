@@ -11,8 +11,8 @@ doing the same file operations per message and per batch, and nothing more; with
 ``--put-many N`` its producer, like dropr's ``fastput_many``, writes one file for N
 messages. Cells alternate (floor, dropr, floor, ...), each in a fresh random work directory
 after a ``sync``; the figure that counts is the median of the per-round ratios dropr /
-floor (target: at least 0.5). Beside each rate stands the CPU
-time each process spent per message (user + system), which says where a message's cost goes.
+floor (target: at least 0.5). Beside each rate stands the CPU time each process spent per
+message (user + system), which says where a message's cost goes.
 """
 
 from __future__ import annotations

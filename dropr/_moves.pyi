@@ -13,6 +13,6 @@ def settle_files(source: str, target: str, names: list[str], tokens: list[int], 
     (``tokens[i]`` nanoseconds) — with ``unlease``, after setting its times to 0 — and for
     each name whether it moved; False: gone, or not that token."""
 
-def read_files(paths: list[str], start: int, max_bytes: int) -> tuple[list[bytes | None], int]:
-    """The contents of the files ``paths[start:]``, each whole (None for one gone), until
-    ``max_bytes`` were read (the file that crosses it included); and the index after the last."""
+def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], int]:
+    """The contents of the files ``paths``, each whole (None for one gone), until ``max_bytes``
+    were read (the file that crosses it included, and one file at least); and how many."""

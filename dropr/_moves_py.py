@@ -74,30 +74,25 @@ def settle_files(source: str, target: str, names: list[str], tokens: list[int], 
     for name, token in zip(names, tokens, strict=True):
         path = source_slash + name
         try:
-            if os.lstat(path).st_mtime_ns != token:
-                moved.append(False)
-                continue
-            if unlease:
-                os.utime(path, ns=(0, 0))
-            os.rename(path, target_slash + name)
-        except FileNotFoundError:
-            moved.append(False)
-            continue
-        moved.append(True)
+            held = os.lstat(path).st_mtime_ns == token
+            if held:
+                if unlease:
+                    os.utime(path, ns=(0, 0))
+                os.rename(path, target_slash + name)
+        except FileNotFoundError:  # gone: another's now
+            held = False
+        moved.append(held)
     return moved
 
 
-def read_files(paths: list[str], start: int, max_bytes: int) -> tuple[list[bytes | None], int]:
-    """The contents of the files ``paths[start:]``, each whole (None for one gone), until
-    ``max_bytes`` were read (the file that crosses it included); and the index after the last."""
-    if start < 0:
-        raise ValueError("start must be zero or more")
+def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], int]:
+    """The contents of the files ``paths``, each whole (None for one gone), until ``max_bytes``
+    were read (the file that crosses it included, and one file at least); and how many."""
     contents: list[bytes | None] = []
-    index = start
     size = 0
-    while index < len(paths) and (size < max_bytes or index == start):
-        path = paths[index]
-        index += 1
+    for path in paths:
+        if contents and size >= max_bytes:
+            break
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -113,4 +108,4 @@ def read_files(paths: list[str], start: int, max_bytes: int) -> tuple[list[bytes
             os.close(fd)
         contents.append(data)
         size += len(data)
-    return contents, index
+    return contents, len(contents)

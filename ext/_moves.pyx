@@ -10,27 +10,29 @@ buffers that become bytes once the batch is read.
 import os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.exc cimport PyErr_SetFromErrnoWithFilenameObject
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 
 from _sys cimport (AT_SYMLINK_NOFOLLOW, ENOENT, O_CLOEXEC, O_DIRECTORY, O_RDONLY, close, errno, fstat,
-                   fstatat, open, read, renameat, ssize_t, stat, timespec, utimensat)
+                   fstatat, open, raise_errno, read, renameat, ssize_t, stat, timespec, utimensat)
 
 DEF GROW = 65536
 
 
 cdef class _Names:
-    """``names`` as C strings (their file-system bytes), kept alive with the list that holds them."""
+    """``names`` as C strings (their file-system bytes), kept alive with the list that holds
+    them, and a flag for each (what happened to it), all cleared."""
     cdef list raw
     cdef const char **items
+    cdef char *done
     cdef Py_ssize_t count
 
     def __cinit__(self, list names):
         self.raw = [os.fsencode(name) for name in names]
         self.count = len(self.raw)
         self.items = <const char **>malloc(max(1, self.count) * sizeof(char *))
-        if self.items == NULL:
+        self.done = <char *>calloc(max(1, self.count), 1)
+        if self.items == NULL or self.done == NULL:
             raise MemoryError()
         cdef Py_ssize_t i
         for i in range(self.count):
@@ -38,25 +40,37 @@ cdef class _Names:
 
     def __dealloc__(self):
         free(self.items)
+        free(self.done)
+
+    cdef list flagged(self, list names, Py_ssize_t start, Py_ssize_t end):
+        """The names from ``start`` to ``end`` whose flag is set."""
+        cdef Py_ssize_t i
+        return [names[i] for i in range(start, end) if self.done[i]]
 
 
-cdef int _open_dir(object path) except -1:
-    cdef bytes raw = os.fsencode(path)
-    cdef const char *c_path = raw
+cdef class _Directory:
+    """A directory held open while the object lives, names resolved relative to it."""
     cdef int fd
-    with nogil:
-        fd = open(c_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if fd < 0:
-        PyErr_SetFromErrnoWithFilenameObject(OSError, path)
-        return -1
-    return fd
+    cdef object path
 
+    def __cinit__(self, path):
+        self.fd = -1
+        self.path = path
+        cdef bytes raw = os.fsencode(path)
+        cdef const char *c_path = raw
+        cdef int fd
+        with nogil:
+            fd = open(c_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0:
+            raise_errno(errno, path)
+        self.fd = fd
 
-cdef int _fail(int error, object path) except -1:
-    global errno
-    errno = error
-    PyErr_SetFromErrnoWithFilenameObject(OSError, path)
-    return -1
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close(self.fd)
+
+    cdef int failed(self, int error, str name) except -1:
+        return raise_errno(error, os.path.join(self.path, name))
 
 
 def rename_files(str source, str target, list names, Py_ssize_t start, Py_ssize_t limit):
@@ -65,63 +79,44 @@ def rename_files(str source, str target, list names, Py_ssize_t start, Py_ssize_
     if start < 0 or limit < 0:
         raise ValueError("start and limit must be zero or more")
     cdef _Names c_names = _Names(names)
-    cdef char *done = <char *>malloc(max(1, c_names.count))
-    if done == NULL:
-        raise MemoryError()
-    cdef int source_fd = -1, target_fd = -1, error = 0
-    cdef Py_ssize_t index = start, moved = 0, i
-    try:
-        source_fd = _open_dir(source)
-        target_fd = _open_dir(target)
-        with nogil:
-            while index < c_names.count and moved < limit:
-                done[index] = 0
-                if renameat(source_fd, c_names.items[index], target_fd, c_names.items[index]) == 0:
-                    done[index] = 1
-                    moved += 1
-                elif errno != ENOENT:
-                    error = errno
-                    break
-                index += 1
-        if error:
-            _fail(error, os.path.join(source, names[index]))
-        return [names[i] for i in range(start, index) if done[i]], index
-    finally:
-        free(done)
-        if source_fd >= 0:
-            close(source_fd)
-        if target_fd >= 0:
-            close(target_fd)
+    cdef _Directory from_dir = _Directory(source), to_dir = _Directory(target)
+    cdef int from_fd = from_dir.fd, to_fd = to_dir.fd, error = 0
+    cdef Py_ssize_t index = start, moved = 0
+    with nogil:
+        while index < c_names.count and moved < limit:
+            if renameat(from_fd, c_names.items[index], to_fd, c_names.items[index]) == 0:
+                c_names.done[index] = 1
+                moved += 1
+            elif errno != ENOENT:
+                error = errno
+                break
+            index += 1
+    if error:
+        from_dir.failed(error, names[index])
+    return c_names.flagged(names, start, index), index
 
 
 def lease_files(str directory, list names, int64_t until_ns):
     """Set the access and modification times of ``directory/NAME`` to ``until_ns`` for each
     name; the names whose file was there."""
     cdef _Names c_names = _Names(names)
-    cdef char *done = <char *>malloc(max(1, c_names.count))
-    if done == NULL:
-        raise MemoryError()
+    cdef _Directory held = _Directory(directory)
+    cdef int fd = held.fd, error = 0
     cdef timespec times[2]
     times[0].tv_sec = times[1].tv_sec = until_ns // 1000000000
     times[0].tv_nsec = times[1].tv_nsec = until_ns % 1000000000
-    cdef int fd = -1, error = 0
-    cdef Py_ssize_t index = 0, i
-    try:
-        fd = _open_dir(directory)
-        with nogil:
-            while index < c_names.count:
-                done[index] = utimensat(fd, c_names.items[index], times, 0) == 0
-                if not done[index] and errno != ENOENT:
-                    error = errno
-                    break
-                index += 1
-        if error:
-            _fail(error, os.path.join(directory, names[index]))
-        return [names[i] for i in range(c_names.count) if done[i]]
-    finally:
-        free(done)
-        if fd >= 0:
-            close(fd)
+    cdef Py_ssize_t index = 0
+    with nogil:
+        while index < c_names.count:
+            if utimensat(fd, c_names.items[index], times, 0) == 0:
+                c_names.done[index] = 1
+            elif errno != ENOENT:
+                error = errno
+                break
+            index += 1
+    if error:
+        held.failed(error, names[index])
+    return c_names.flagged(names, 0, c_names.count)
 
 
 def settle_files(str source, str target, list names, list tokens, bint unlease):
@@ -133,49 +128,41 @@ def settle_files(str source, str target, list names, list tokens, bint unlease):
     cdef _Names c_names = _Names(names)
     cdef Py_ssize_t count = c_names.count, index = 0, i
     cdef int64_t *c_tokens = <int64_t *>malloc(max(1, count) * sizeof(int64_t))
-    cdef char *done = <char *>malloc(max(1, count))
-    if c_tokens == NULL or done == NULL:
-        free(c_tokens)
-        free(done)
+    if c_tokens == NULL:
         raise MemoryError()
     cdef timespec zero[2]
     zero[0].tv_sec = zero[1].tv_sec = 0
     zero[0].tv_nsec = zero[1].tv_nsec = 0
     cdef stat info
-    cdef int source_fd = -1, target_fd = -1, error = 0
+    cdef int from_fd, to_fd, error = 0
+    cdef _Directory from_dir, to_dir
     try:
         for i in range(count):
             c_tokens[i] = tokens[i]
-        source_fd = _open_dir(source)
-        target_fd = _open_dir(target)
+        from_dir, to_dir = _Directory(source), _Directory(target)
+        from_fd, to_fd = from_dir.fd, to_dir.fd
         with nogil:
             while index < count:
-                done[index] = 0
-                if fstatat(source_fd, c_names.items[index], &info, AT_SYMLINK_NOFOLLOW) != 0:
-                    if errno != ENOENT:
-                        error = errno
-                        break
-                elif info.st_mtim.tv_sec * <int64_t>1000000000 + info.st_mtim.tv_nsec == c_tokens[index]:
-                    if unlease and utimensat(source_fd, c_names.items[index], zero, 0) != 0:
-                        if errno != ENOENT:
-                            error = errno
-                            break
-                    elif renameat(source_fd, c_names.items[index], target_fd, c_names.items[index]) == 0:
-                        done[index] = 1
-                    elif errno != ENOENT:
-                        error = errno
-                        break
+                if fstatat(from_fd, c_names.items[index], &info, AT_SYMLINK_NOFOLLOW) != 0:
+                    error = errno
+                elif info.st_mtim.tv_sec * <int64_t>1000000000 + info.st_mtim.tv_nsec != c_tokens[index]:
+                    pass  # not its claimant's lease
+                elif unlease and utimensat(from_fd, c_names.items[index], zero, 0) != 0:
+                    error = errno
+                elif renameat(from_fd, c_names.items[index], to_fd, c_names.items[index]) == 0:
+                    c_names.done[index] = 1
+                else:
+                    error = errno
+                if error == ENOENT:  # gone: another's now
+                    error = 0
+                elif error:
+                    break
                 index += 1
-        if error:
-            _fail(error, os.path.join(source, names[index]))
-        return [bool(done[i]) for i in range(count)]
     finally:
         free(c_tokens)
-        free(done)
-        if source_fd >= 0:
-            close(source_fd)
-        if target_fd >= 0:
-            close(target_fd)
+    if error:
+        from_dir.failed(error, names[index])
+    return [bool(c_names.done[i]) for i in range(count)]
 
 
 cdef int _read_whole(const char *path, char **data, Py_ssize_t *size) noexcept nogil:
@@ -217,40 +204,35 @@ cdef int _read_whole(const char *path, char **data, Py_ssize_t *size) noexcept n
     return error
 
 
-def read_files(list paths, Py_ssize_t start, Py_ssize_t max_bytes):
-    """The contents of the files ``paths[start:]``, each whole (None for one gone), until
-    ``max_bytes`` were read (the file that crosses it included); and the index after the last."""
-    if start < 0:
-        raise ValueError("start must be zero or more")
+def read_files(list paths, Py_ssize_t max_bytes):
+    """The contents of the files ``paths``, each whole (None for one gone), until ``max_bytes``
+    were read (the file that crosses it included, and one file at least); and how many."""
     cdef _Names c_paths = _Names(paths)
-    cdef Py_ssize_t count = c_paths.count - min(start, c_paths.count), index = start, total = 0, i
-    cdef char **data = <char **>malloc(max(1, count) * sizeof(char *))
+    cdef Py_ssize_t count = c_paths.count, index = 0, total = 0, i
+    cdef char **data = <char **>calloc(max(1, count), sizeof(char *))
     cdef Py_ssize_t *sizes = <Py_ssize_t *>malloc(max(1, count) * sizeof(Py_ssize_t))
     cdef int error = 0
-    if data == NULL or sizes == NULL:
-        free(data)
-        free(sizes)
-        raise MemoryError()
     try:
+        if data == NULL or sizes == NULL:
+            raise MemoryError()
         with nogil:
-            while index < c_paths.count and (total < max_bytes or index == start):
-                data[index - start] = NULL
-                error = _read_whole(c_paths.items[index], &data[index - start], &sizes[index - start])
+            while index < count and (total < max_bytes or index == 0):
+                error = _read_whole(c_paths.items[index], &data[index], &sizes[index])
                 if error == ENOENT:
                     error = 0
                 elif error:
                     break
                 else:
-                    total += sizes[index - start]
+                    total += sizes[index]
                 index += 1
         if error < 0:
             raise MemoryError()
         if error:
-            _fail(error, paths[index])
-        return [None if data[i] == NULL else PyBytes_FromStringAndSize(data[i], sizes[i])
-                for i in range(index - start)], index
+            raise_errno(error, paths[index])
+        return [None if data[i] == NULL else PyBytes_FromStringAndSize(data[i], sizes[i]) for i in range(index)], index
     finally:
-        for i in range(index - start):
-            free(data[i])
+        if data != NULL:
+            for i in range(count):
+                free(data[i])
         free(data)
         free(sizes)

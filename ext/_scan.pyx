@@ -10,13 +10,12 @@ in a C hash table of the peer fields, so it too costs no Python object per name.
 
 import os
 
-from cpython.exc cimport PyErr_SetFromErrnoWithFilenameObject
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, strcmp, strcspn, strlen
 
 from _codec cimport (DROPR_BUCKET_LEN, DROPR_ID_LEN, DROPR_MAX_BATCH_COUNT, DROPR_MAX_FIELD,
                      hex_value, is_bucket_name, is_id, is_lower_hex, is_message_head)
-from _sys cimport DIR, ENOENT, closedir, dirent, errno, opendir, readdir
+from _sys cimport DIR, ENOENT, closedir, dirent, errno, opendir, raise_errno, readdir
 
 cdef extern from "Python.h":
     str PyUnicode_DecodeFSDefaultAndSize(const char *name, Py_ssize_t size)
@@ -113,7 +112,7 @@ cdef DIR *_open(object path, bint gone_ok) except? NULL:
     with nogil:
         directory = opendir(c_path)
     if directory == NULL and not (gone_ok and errno == ENOENT):
-        PyErr_SetFromErrnoWithFilenameObject(OSError, path)
+        raise_errno(errno, path)
     return directory
 
 
@@ -126,13 +125,6 @@ cdef inline dirent *_next(DIR *directory, int *error) noexcept nogil:
     if entry == NULL:
         error[0] = errno
     return entry
-
-
-cdef int _raise(int error, object path) except -1:
-    global errno
-    errno = error
-    PyErr_SetFromErrnoWithFilenameObject(OSError, path)
-    return -1
 
 
 cdef int _read_into(DIR *directory, Heap *heap, const Field *skip, Py_ssize_t skip_count,
@@ -197,7 +189,7 @@ cdef class _Selection:
         if error < 0:
             raise MemoryError()
         if error:
-            return _raise(error, path)
+            return raise_errno(error, path)
         return 0
 
     cdef list names(self):
@@ -245,7 +237,7 @@ def buckets(path) -> list:
     finally:
         closedir(directory)
     if error:
-        _raise(error, path)
+        raise_errno(error, path)
     found.sort()
     return found
 
@@ -287,7 +279,7 @@ cdef Py_ssize_t _count(path, bint gone_ok, bint messages) except -1:
                 total += _messages(entry.d_name) if messages else 1
         closedir(directory)
     if error:
-        _raise(error, path)
+        raise_errno(error, path)
     return total
 
 
@@ -319,7 +311,7 @@ def oldest(path) -> str:
                 any = True
         closedir(directory)
     if error:
-        _raise(error, path)
+        raise_errno(error, path)
     return found[:DROPR_ID_LEN].decode("ascii") if any else ""
 
 
@@ -436,7 +428,7 @@ cdef class _Tally:
         if not ok:
             raise MemoryError()
         if error:
-            return _raise(error, path)
+            return raise_errno(error, path)
         return 0
 
     cdef dict result(self):
@@ -487,6 +479,6 @@ def find(path, msg_id) -> list:
     finally:
         closedir(directory)
     if error:
-        _raise(error, path)
+        raise_errno(error, path)
     found.sort()
     return found

@@ -94,3 +94,13 @@ cdef extern from "<limits.h>" nogil:
 
 cdef extern from "<stdio.h>" nogil:
     int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+
+from cpython.exc cimport PyErr_SetFromErrnoWithFilenameObject
+
+
+cdef inline int raise_errno(int error, object path) except -1:
+    """Raises the OSError of a system call that failed with ``error`` on ``path``."""
+    global errno
+    errno = error
+    PyErr_SetFromErrnoWithFilenameObject(OSError, path)
+    return -1

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from support import ServerProcess, queued_files, start_server
 
+import dropr
 from dropr._codec_py import BUCKET_LEN
 from dropr.store import Store
 
@@ -44,6 +45,16 @@ def run_relay(
     return subprocess.run(
         relay_command(spool, *args), capture_output=True, text=True, timeout=timeout, env=env or _env(), check=False
     )
+
+
+def relay_once(spool: str | os.PathLike[str], peer: str, channel: str, count: int, *relay_args: str) -> None:
+    """Put ``count`` messages (b"0", b"1", ...) for ``channel`` into ``spool`` and relay them
+    all to ``peer`` (``dropr-relay --once``, with ``relay_args``)."""
+    with dropr.Client(spool) as client:
+        for i in range(count):
+            client.put(b"%d" % i, peer=peer, channel=channel)
+    done = run_relay(spool, "--once", "--no-supervise", *relay_args)
+    assert done.returncode == 0, done.stderr
 
 
 def _env() -> dict[str, str]:

@@ -84,12 +84,18 @@ def test_a_lease_sets_both_times_of_the_files_still_there(moves: ModuleType, tmp
     assert os.lstat(os.path.join(claimed, names[1])).st_mtime_ns < until_ns
 
 
+def _claimed(moves: ModuleType, tmp_path: Path, target: str, count: int) -> tuple[str, str, list[str], int]:
+    """``claimed/`` with ``count`` files leased by one token, and the directory ``target``."""
+    claimed, into = _dirs(tmp_path, "claimed", target)
+    names = _files(claimed, count)
+    token = time.time_ns() + 60 * 10**9
+    assert moves.lease_files(claimed, names, token) == names
+    return claimed, into, names, token
+
+
 @pytest.mark.parametrize("moves", TWINS)
 def test_settling_moves_only_the_files_that_carry_their_token(moves: ModuleType, tmp_path: Path) -> None:
-    claimed, processed = _dirs(tmp_path, "claimed", "processed")
-    names = _files(claimed, 4)
-    token = time.time_ns() + 60 * 10**9
-    moves.lease_files(claimed, names, token)
+    claimed, processed, names, token = _claimed(moves, tmp_path, "processed", 4)
     tokens = [token, token + 1, token, token]
     os.unlink(os.path.join(claimed, names[2]))
     assert moves.settle_files(claimed, processed, names, tokens, False) == [True, False, False, True]
@@ -100,10 +106,7 @@ def test_settling_moves_only_the_files_that_carry_their_token(moves: ModuleType,
 
 @pytest.mark.parametrize("moves", TWINS)
 def test_settling_back_to_the_queue_clears_the_lease_first(moves: ModuleType, tmp_path: Path) -> None:
-    claimed, queue = _dirs(tmp_path, "claimed", "queue")
-    names = _files(claimed, 2)
-    token = time.time_ns() + 60 * 10**9
-    moves.lease_files(claimed, names, token)
+    claimed, queue, names, token = _claimed(moves, tmp_path, "queue", 2)
     assert moves.settle_files(claimed, queue, names, [token, token], True) == [True, True]
     assert [os.lstat(os.path.join(queue, name)).st_mtime_ns for name in names] == [0, 0]
 
@@ -114,14 +117,13 @@ def test_reading_a_batch_stops_after_the_file_that_crosses_the_bytes_asked(moves
     names = _files(store, 5)  # 0, 1, 2, 3 and 4 bytes
     paths = [os.path.join(store, name) for name in names]
     paths.insert(2, os.path.join(store, "gone"))
-    assert moves.read_files(paths, 0, 1 << 20) == ([b"", b"x", None, b"xx", b"xxx", b"xxxx"], 6)
-    assert moves.read_files(paths, 1, 3) == ([b"x", None, b"xx"], 4)
-    assert moves.read_files(paths, 4, 0) == ([b"xxx"], 5)  # one file at least
-    assert moves.read_files(paths, 6, 10) == ([], 6)
+    assert moves.read_files(paths, 1 << 20) == ([b"", b"x", None, b"xx", b"xxx", b"xxxx"], 6)
+    assert moves.read_files(paths[1:], 3) == ([b"x", None, b"xx"], 3)
+    assert moves.read_files(paths[4:], 0) == ([b"xxx"], 1)  # one file at least
+    assert moves.read_files(paths[2:], 0) == ([None], 1)  # a file gone counts as that one
+    assert moves.read_files([], 10) == ([], 0)
     big = os.urandom(300_000)
     Path(store, "big").write_bytes(big)
-    assert moves.read_files([os.path.join(store, "big")], 0, 0) == ([big], 1)
+    assert moves.read_files([os.path.join(store, "big")], 0) == ([big], 1)
     with pytest.raises(IsADirectoryError):
-        moves.read_files([paths[0], store], 0, 100)
-    with pytest.raises(ValueError):
-        moves.read_files(paths, -1, 100)
+        moves.read_files([paths[0], store], 100)

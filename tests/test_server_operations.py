@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from relaykit import run_relay
+from relaykit import relay_once, run_relay
 from support import ServerProcess, start_server
 
 import dropr
@@ -135,10 +135,7 @@ def test_each_consumer_group_has_its_gauges(tmp_path: Path) -> None:
         store = Store(server.store_dir, create=True)
         store.subscribe("jobs", "billing")
         store.subscribe("jobs", "audit")
-        with dropr.Client(tmp_path / "spool") as client:
-            for i in range(6):
-                client.put(b"%d" % i, peer=server.url, channel="jobs")
-        assert run_relay(tmp_path / "spool", "--once", "--no-supervise").returncode == 0
+        relay_once(tmp_path / "spool", server.url, "jobs", 6)
         store.set_processed(*store.claim("jobs", 2, lease=600, group="billing"))
         store.claim("jobs", 1, lease=600, group="audit")
         found = gauges(server)

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from relaykit import run_relay
+from relaykit import relay_once, run_relay
 from support import ServerProcess, start_server
 
 import dropr
@@ -171,10 +171,7 @@ def test_the_page_shows_each_consumer_group_of_a_channel(tmp_path: Path) -> None
         store = Store(server.store_dir, create=True)
         store.subscribe("jobs", "billing")
         store.subscribe("jobs", "<i>audit</i>")
-        with dropr.Client(tmp_path / "spool") as client:
-            for i in range(5):
-                client.put(b"%d" % i, peer=server.url, channel="jobs")
-        assert run_relay(tmp_path / "spool", "--once", "--no-supervise", "--token", TOKEN).returncode == 0
+        relay_once(tmp_path / "spool", server.url, "jobs", 5, "--token", TOKEN)
         store.set_processed(*store.claim("jobs", 3, lease=600, group="billing"))
         page = browse(server.url.replace("://", f"://reader:{TOKEN.replace(' ', '%20')}@") + "status")
     parsed = Tables(page)

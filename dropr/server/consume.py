@@ -449,7 +449,7 @@ def _pack_messages(
     """
     packer = msgpack.Packer(autoreset=False)
     batch = messages[start : start + READ_BATCH]
-    payloads, read = moves.read_files([message.path for message in batch], 0, CHUNK)
+    payloads, read = moves.read_files([message.path for message in batch], CHUNK)
     for message, payload in zip(batch[:read], payloads, strict=True):
         fields = _meta(message)
         if extra is not None:

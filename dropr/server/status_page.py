@@ -3,8 +3,9 @@
 Each channel, and each consumer group of one, with its messages per state and the age of its
 oldest queued one (counted from the store on each view, off the event loop), the clients
 seen since the server started and when each last sent, and the messages in and out of each
-over the last minute. One HTML document, its style inline, no script and nothing fetched from elsewhere; it reloads
-itself every :data:`REFRESH_SECONDS`. Every text from a request or the store is escaped.
+over the last minute. One HTML document, its style inline, no script and nothing fetched
+from elsewhere; it reloads itself every :data:`REFRESH_SECONDS`. Every text from a request
+or the store is escaped.
 
 "In" is what this server newly stored, counted as it answers. "Out" is what left the
 channel's pending states (queued, claimed, delayed) for good — processed or dead — whoever

@@ -66,7 +66,7 @@ class Message:
 
     def read(self) -> bytes:
         """The payload (FileNotFoundError when the file is gone)."""
-        data: bytes | None = moves.read_files([self.path], 0, 0)[0][0]
+        data: bytes | None = moves.read_files([self.path], 0)[0][0]
         if data is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.path)
         return data
