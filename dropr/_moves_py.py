@@ -9,8 +9,10 @@ token (its mtime in nanoseconds). The compiled twin does each batch in C without
 the server's threads move files in parallel instead of handing the GIL over at every
 system call; this twin does the same calls one by one.
 
-Any other failure is an OSError naming its file, raised after the moves before it were made;
-a directory that is missing is one (FileNotFoundError), before any move.
+Any other failure is an OSError naming its file, raised after the moves before it were made.
+So is a missing directory (FileNotFoundError), found once a name turns out gone (here, and in
+the compiled twin's small batches; its large ones open their directories first), so that a
+batch of one costs its system calls and nothing more.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import errno
 import os
 
 
-def _directories(*paths: str) -> None:
-    """FileNotFoundError unless each of ``paths`` is a directory (the compiled twin opens them)."""
-    for path in paths:
+def _directories(gone: bool, *paths: str) -> None:
+    """After a name was found gone (``gone``): FileNotFoundError unless ``paths`` exist."""
+    for path in paths if gone else ():
         if not os.path.isdir(path):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
 
@@ -31,9 +33,9 @@ def rename_files(source: str, target: str, names: list[str], start: int, limit: 
     ``limit`` were moved; the names moved, and the index after the last name tried."""
     if start < 0 or limit < 0:
         raise ValueError("start and limit must be zero or more")
-    _directories(source, target)
     moved: list[str] = []
     index = start
+    gone = False
     source_slash, target_slash = source + os.sep, target + os.sep
     while index < len(names) and len(moved) < limit:
         name = names[index]
@@ -41,15 +43,16 @@ def rename_files(source: str, target: str, names: list[str], start: int, limit: 
         try:
             os.rename(source_slash + name, target_slash + name)
         except FileNotFoundError:
+            gone = True
             continue
         moved.append(name)
+    _directories(gone, source, target)
     return moved, index
 
 
 def lease_files(directory: str, names: list[str], until_ns: int) -> list[str]:
     """Set the access and modification times of ``directory/NAME`` to ``until_ns`` for each
     name; the names whose file was there."""
-    _directories(directory)
     kept: list[str] = []
     times = (until_ns, until_ns)
     slash = directory + os.sep
@@ -59,6 +62,7 @@ def lease_files(directory: str, names: list[str], until_ns: int) -> list[str]:
         except FileNotFoundError:
             continue
         kept.append(name)
+    _directories(len(kept) < len(names), directory)
     return kept
 
 
@@ -68,8 +72,8 @@ def settle_files(source: str, target: str, names: list[str], tokens: list[int], 
     each name whether it moved; False: gone, or not that token."""
     if len(tokens) != len(names):
         raise ValueError(f"{len(names)} names but {len(tokens)} tokens")
-    _directories(source, target)
     moved: list[bool] = []
+    gone = False
     source_slash, target_slash = source + os.sep, target + os.sep
     for name, token in zip(names, tokens, strict=True):
         path = source_slash + name
@@ -80,8 +84,9 @@ def settle_files(source: str, target: str, names: list[str], tokens: list[int], 
                     os.utime(path, ns=(0, 0))
                 os.rename(path, target_slash + name)
         except FileNotFoundError:  # gone: another's now
-            held = False
+            held, gone = False, True
         moved.append(held)
+    _directories(gone, source, target)
     return moved
 
 

@@ -73,6 +73,31 @@ def test_a_failure_other_than_a_name_gone_raises_after_the_moves_before_it(moves
 
 
 @pytest.mark.parametrize("moves", TWINS)
+@pytest.mark.parametrize("count", [3, 50])  # below and above the batch the compiled twin opens directories for
+def test_a_claim_and_its_settling_pass_over_names_gone_in_a_batch_of_any_size(
+    moves: ModuleType, tmp_path: Path, count: int
+) -> None:
+    queue, claimed, processed = _dirs(tmp_path, "queue", "claimed", "processed")
+    names = _files(queue, count)
+    listed = [name for pair in zip(names, [f"gone{i}" for i in range(count)], strict=True) for name in pair]
+    assert moves.rename_files(queue, claimed, listed, 0, count) == (names, len(listed) - 1)
+    token = time.time_ns()
+    assert moves.lease_files(claimed, listed, token) == names
+    tokens = [token if i % 3 else token + 1 for i in range(len(listed))]  # every third not its claimant's
+    settled = moves.settle_files(claimed, processed, listed, tokens, False)
+    assert settled == [bool(i % 3) and i % 2 == 0 for i in range(len(listed))]
+    assert sorted(os.listdir(processed)) == [name for i, name in enumerate(listed) if settled[i]]
+    assert sorted(os.listdir(processed) + os.listdir(claimed)) == names
+    for call in (
+        lambda: moves.rename_files(queue, str(tmp_path / "missing"), listed, 0, count),
+        lambda: moves.lease_files(str(tmp_path / "missing"), listed, 1),
+        lambda: moves.settle_files(claimed, str(tmp_path / "missing"), listed, tokens, False),
+    ):
+        with pytest.raises(FileNotFoundError):
+            call()
+
+
+@pytest.mark.parametrize("moves", TWINS)
 def test_a_lease_sets_both_times_of_the_files_still_there(moves: ModuleType, tmp_path: Path) -> None:
     [claimed] = _dirs(tmp_path, "claimed")
     names = _files(claimed, 3)
