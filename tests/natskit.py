@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from support import free_port
+from support import free_ports
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -63,9 +63,8 @@ class Cluster:
             raise RuntimeError("nats-server is not installed (apt-get install nats-server; .ci/run does)")
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.ports = [free_port() for _ in range(size)]
-        self.route_ports = [free_port() for _ in range(size)]
-        self.monitor_ports = [free_port() for _ in range(size)]
+        ports = free_ports(3 * size)
+        self.ports, self.route_ports, self.monitor_ports = ports[:size], ports[size : 2 * size], ports[2 * size :]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
         self.logs = [root / f"n{i}.log" for i in range(size)]
         self.credentials: dict[str, Any] = {"user": user, "password": password} if user else {}
