@@ -5,14 +5,18 @@ change of state a ``rename`` of a fixed name between two of them, which exactly 
 several processes racing for it wins: a name gone (``ENOENT``) is another's, passed over
 and never an error. A claim renames a batch of names and sets each one's lease (its times);
 settling a batch renames each name whose claimed file still carries its claimant's lease
-token (its mtime in nanoseconds). The compiled twin does each batch in C without the GIL, so
-the server's threads move files in parallel instead of handing the GIL over at every
-system call; this twin does the same calls one by one.
+token (its mtime in nanoseconds). On the ingest side, a batch of names is looked for in a
+state directory, and staged files are hard-linked into their queues under their names. The
+compiled twin does each batch in C without the GIL, so the server's threads move files in
+parallel instead of handing the GIL over at every system call; this twin does the same
+calls one by one.
 
-Any other failure is an OSError naming its file, raised after the moves before it were made.
-So is a missing directory (FileNotFoundError), found once a name turns out gone (here, and in
-the compiled twin's small batches; its large ones open their directories first), so that a
-batch of one costs its system calls and nothing more.
+Any other failure is an OSError naming its file, raised after the moves before it were made
+(``link_files`` returns the errno of a failed first link instead, so that its caller can copy
+where a file system has no hard links). So is a missing directory (FileNotFoundError),
+found once a name turns out gone (here, and in the compiled twin's small batches; its large
+ones open their directories first), so that a batch of one costs its system calls and
+nothing more.
 """
 
 from __future__ import annotations
@@ -88,6 +92,42 @@ def settle_files(source: str, target: str, names: list[str], tokens: list[int], 
         moved.append(held)
     _directories(gone, source, target)
     return moved
+
+
+def absent_names(dir_fd: int, names: list[str], positions: list[int]) -> list[int]:
+    """The positions (of ``positions``, in their order) of the names with no entry in the
+    directory ``dir_fd``; a symbolic link is an entry, not followed."""
+    return [i for i in positions if not os.access(names[i], os.F_OK, dir_fd=dir_fd, follow_symlinks=False)]
+
+
+def link_files(staged: list[str], names: list[str], target_fds: tuple[int, ...]) -> tuple[list[bool], int]:
+    """Link each staged file (a path) into every directory of ``target_fds`` as its name,
+    none replacing an entry of the first, then remove its staged path, in order; the result
+    of each (False: the first directory held the name, the staged path is removed all the
+    same) until one whose first link fails otherwise, left as it was, and that errno (0:
+    none failed). A failure after a file's first link is an OSError naming it."""
+    if len(staged) != len(names):
+        raise ValueError(f"{len(staged)} staged files but {len(names)} names")
+    if not target_fds:
+        raise ValueError("no directory to link into")
+    first, *others = target_fds
+    results: list[bool] = []
+    for path, name in zip(staged, names, strict=True):
+        try:
+            os.link(path, name, dst_dir_fd=first, follow_symlinks=False)
+        except FileExistsError:
+            results.append(False)
+        except OSError as exc:
+            return results, exc.errno or errno.EIO  # an OSError from os.link has its errno
+        else:
+            results.append(True)
+            for fd in others:
+                try:
+                    os.link(path, name, dst_dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+        os.unlink(path)
+    return results, 0
 
 
 def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], int]:

@@ -1,7 +1,7 @@
 """A store's moves in batches, compiled twin of ``dropr._moves_py`` (the rules are documented there).
 
 Each batch runs in C without the GIL, a system call per name (``renameat``, ``utimensat``,
-``fstatat``): the server's threads move files in parallel instead of handing the GIL over at
+``fstatat``, and for the ingest side ``faccessat`` and ``linkat``): the server's threads move files in parallel instead of handing the GIL over at
 every call. A batch of ``OPEN_AT`` names or more works relative to its directories,
 opened once, so a name costs no path walk (four remote consumers: 52 µs of the server's CPU
 a message, 62 µs with full paths); a smaller one, such as a local consumer settling each
@@ -15,8 +15,9 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 
-from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, ENOENT, O_CLOEXEC, O_DIRECTORY, O_RDONLY, close, errno, fstat,
-                   fstatat, open, raise_errno, read, renameat, ssize_t, stat, timespec, utimensat)
+from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, EEXIST, ENOENT, F_OK, O_CLOEXEC, O_DIRECTORY, O_RDONLY, close,
+                   errno, faccessat, fstat, fstatat, linkat, open, raise_errno, read, renameat, ssize_t, stat,
+                   timespec, unlinkat, utimensat)
 
 DEF GROW = 65536
 DEF OPEN_AT = 8  # the names of a batch from which its directories are opened (below: full paths)
@@ -25,16 +26,18 @@ DEF OPEN_AT = 8  # the names of a batch from which its directories are opened (b
 cdef class _Paths:
     """``names`` of ``directory`` as C strings for the ``*at`` calls, relative to ``fd``: the
     directory opened (a batch of ``OPEN_AT`` or more) or the working directory (full
-    paths; ``directory`` None: the names are paths). Kept alive with the list that holds
-    them, with a flag for each, all cleared; the directory is closed with the object."""
+    paths; ``directory`` None: the names are relative to ``dir_fd``, the caller's, by
+    default paths). Kept alive with the list that holds them, with a flag for each, all
+    cleared; a directory opened here is closed with the object."""
     cdef list raw
     cdef const char **items
     cdef char *done
     cdef Py_ssize_t count
     cdef int fd
+    cdef bint owned
 
-    def __cinit__(self, directory, list names):
-        self.fd = AT_FDCWD
+    def __cinit__(self, directory, list names, int dir_fd=AT_FDCWD):
+        self.fd = dir_fd
         cdef bytes raw_dir
         cdef const char *c_dir
         cdef int fd
@@ -46,6 +49,7 @@ cdef class _Paths:
             if fd < 0:
                 raise_errno(errno, directory)
             self.fd = fd
+            self.owned = True
             self.raw = [os.fsencode(name) for name in names]
         else:
             prefix = "" if directory is None else directory + "/"
@@ -62,7 +66,7 @@ cdef class _Paths:
     def __dealloc__(self):
         free(self.items)
         free(self.done)
-        if self.fd >= 0:
+        if self.owned:
             close(self.fd)
 
     cdef list flagged(self, list names, Py_ssize_t start, Py_ssize_t end):
@@ -175,6 +179,59 @@ def settle_files(str source, str target, list names, list tokens, bint unlease):
         raise_errno(error, os.path.join(source, names[index]))
     _directories(gone, source, target)
     return [bool(sources.done[i]) for i in range(count)]
+
+
+def absent_names(int dir_fd, list names, list positions):
+    """The positions (of ``positions``, in their order) of the names with no entry in the
+    directory ``dir_fd``; a symbolic link is an entry, not followed."""
+    cdef _Paths paths = _Paths(None, [names[i] for i in positions], dir_fd)
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(paths.count):
+            if faccessat(dir_fd, paths.items[i], F_OK, AT_SYMLINK_NOFOLLOW) != 0:
+                paths.done[i] = 1
+    return paths.flagged(positions, 0, paths.count)
+
+
+def link_files(list staged, list names, tuple target_fds):
+    """Link each staged file (a path) into every directory of ``target_fds`` as its name,
+    none replacing an entry of the first, then remove its staged path, in order; the result
+    of each (False: the first directory held the name, the staged path is removed all the
+    same) until one whose first link fails otherwise, left as it was, and that errno (0:
+    none failed). A failure after a file's first link is an OSError naming it."""
+    if len(staged) != len(names):
+        raise ValueError(f"{len(staged)} staged files but {len(names)} names")
+    if not target_fds:
+        raise ValueError("no directory to link into")
+    cdef _Paths sources = _Paths(None, staged), targets = _Paths(None, names, <int>target_fds[0])
+    cdef Py_ssize_t count = sources.count, index = 0, others = len(target_fds) - 1, k
+    cdef int *fds = <int *>malloc(max(1, others) * sizeof(int))
+    if fds == NULL:
+        raise MemoryError()
+    cdef int error = 0, stopped = 0
+    try:
+        for k in range(others):
+            fds[k] = target_fds[k + 1]
+        with nogil:
+            while index < count:
+                if linkat(AT_FDCWD, sources.items[index], targets.fd, targets.items[index], 0) == 0:
+                    targets.done[index] = 1
+                    for k in range(others):
+                        if linkat(AT_FDCWD, sources.items[index], fds[k], targets.items[index], 0) != 0 and errno != EEXIST:
+                            error = errno
+                            break
+                elif errno != EEXIST:
+                    stopped = errno
+                    break
+                if error or unlinkat(AT_FDCWD, sources.items[index], 0) != 0:
+                    error = error or errno
+                    break
+                index += 1
+    finally:
+        free(fds)
+    if error:
+        raise_errno(error, staged[index])
+    return [bool(targets.done[k]) for k in range(index)], stopped
 
 
 cdef int _read_whole(const char *path, char **data, Py_ssize_t *size) noexcept nogil:

@@ -79,6 +79,10 @@ cdef extern from "<unistd.h>" nogil:
     int fsync(int fd)
     int fdatasync(int fd)
     int unlinkat(int dirfd, const char *pathname, int flags)
+    int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)
+    int faccessat(int dirfd, const char *pathname, int mode, int flags)
+    enum:
+        F_OK
     int getpid()
 
 cdef extern from "<sys/uio.h>" nogil:

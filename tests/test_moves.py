@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -152,3 +155,70 @@ def test_reading_a_batch_stops_after_the_file_that_crosses_the_bytes_asked(moves
     assert moves.read_files([os.path.join(store, "big")], 0) == ([big], 1)
     with pytest.raises(IsADirectoryError):
         moves.read_files([paths[0], store], 100)
+
+
+@contextlib.contextmanager
+def _opened(*paths: str) -> Iterator[tuple[int, ...]]:
+    fds = tuple(os.open(path, os.O_RDONLY) for path in paths)
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_the_names_absent_from_a_directory_keep_their_order(moves: ModuleType, tmp_path: Path) -> None:
+    [queue] = _dirs(tmp_path, "queue")
+    held = _files(queue, 2)
+    os.symlink(os.path.join(queue, "nowhere"), os.path.join(queue, "link"))  # an entry, not followed
+    names = [held[0], "a", "link", "b", held[1]]
+    with _opened(queue) as (fd,):
+        assert moves.absent_names(fd, names, [0, 1, 2, 3, 4]) == [1, 3]
+        assert moves.absent_names(fd, names, [3, 0, 1]) == [3, 1]
+        assert moves.absent_names(fd, names, []) == []
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_linking_in_replaces_nothing_in_the_first_queue_and_removes_each_staged_file(
+    moves: ModuleType, tmp_path: Path
+) -> None:
+    tmp, first, second = _dirs(tmp_path, "tmp", "first", "second")
+    staged = [os.path.join(tmp, name) for name in _files(tmp, 3)]
+    names = ["n0", "n1", "n2"]
+    Path(first, "n1").write_bytes(b"held")
+    Path(second, "n2").write_bytes(b"held too")  # another group's copy: left as it is
+    with _opened(first, second) as fds:
+        assert moves.link_files(staged, names, fds) == ([True, False, True], 0)
+    assert os.listdir(tmp) == []
+    assert Path(first, "n1").read_bytes() == b"held"
+    assert [Path(first, name).read_bytes() for name in ("n0", "n2")] == [b"", b"xx"]
+    assert sorted(os.listdir(second)) == ["n0", "n2"] and Path(second, "n2").read_bytes() == b"held too"
+    assert os.stat(os.path.join(first, "n0")).st_ino == os.stat(os.path.join(second, "n0")).st_ino
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_a_first_link_that_fails_stops_the_batch_with_its_errno(moves: ModuleType, tmp_path: Path) -> None:
+    tmp, queue = _dirs(tmp_path, "tmp", "queue")
+    staged = [os.path.join(tmp, name) for name in _files(tmp, 3)]
+    os.unlink(staged[1])
+    with _opened(queue) as fds:
+        assert moves.link_files(staged, ["n0", "n1", "n2"], fds) == ([True], errno.ENOENT)
+        assert moves.link_files([], [], fds) == ([], 0)
+    assert os.listdir(queue) == ["n0"]
+    assert os.listdir(tmp) == [os.path.basename(staged[2])]  # left as it was
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_a_failure_after_the_first_link_raises_naming_the_staged_file(moves: ModuleType, tmp_path: Path) -> None:
+    tmp, queue = _dirs(tmp_path, "tmp", "queue")
+    staged = [os.path.join(tmp, name) for name in _files(tmp, 2)]
+    with _opened(queue, staged[1]) as fds:  # the second "directory" is a file
+        with pytest.raises(NotADirectoryError) as raised:
+            moves.link_files(staged[:1], ["n0"], fds)
+        with pytest.raises(ValueError):
+            moves.link_files(staged, ["n0"], fds)
+        with pytest.raises(ValueError):
+            moves.link_files(staged, ["n0", "n1"], ())
+    assert raised.value.filename == staged[0]
+    assert os.listdir(queue) == ["n0"] and os.path.exists(staged[0])

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 from .. import _files
 from .. import limits as _limits
-from .._impl import codec
+from .._impl import codec, moves
 from ..errors import InvalidMessage
 from ..names import check_channel, check_client_id, check_message_id, check_priority
 from ..protocol import DUPLICATE, REJECTED, STORED, Acks, mismatch
@@ -51,6 +51,8 @@ _PROBE_MAX = 16
 _STORED = (STORED, "")
 _DUPLICATE = (DUPLICATE, "already held")
 _DELAYED_FD = STATES.index(DELAYED)
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
+"""How a file system without hard links refuses one; its queues get copies instead."""
 
 Move = tuple[str, str, int, str] | tuple[str, str, int, str, float]
 """A message for :meth:`IngestSide.ingest_many`: ``(channel, msg_id, priority, staged)``,
@@ -278,18 +280,22 @@ class IngestSide(StoreDirectory):
             created |= made
             try:
                 with locked(fds[0], exclusive=False), _Targets(channel_dir, fds) as targets:
-                    fresh = {done + i for i in _unheld(targets.held, names[done:])}
-                    for position in range(done, len(items)):
-                        index, _, _, staged, due = items[position]
-                        if position not in fresh:
+                    fresh = set(_unheld(targets.held, names, list(range(done, len(items)))))
+                    while done < len(items):
+                        index, _, _, staged, due = items[done]
+                        if done not in fresh:
                             _files.remove(staged)
+                            done += 1
                         elif due:
                             os.utime(staged, (due, due))  # before it shows in delayed/, which goes by mtime
-                            results[index] = _move(staged, targets.into(_DELAYED_FD), names[position])
+                            results[index] = _move(staged, targets.into(_DELAYED_FD), names[done])
                             delayed = True
-                        else:
-                            results[index] = _move(staged, targets.into(0), names[position])
-                        done = position + 1
+                            done += 1
+                        else:  # with the fresh ones due now after it, in one batch
+                            end = done + 1
+                            while end in fresh and not items[end][4]:
+                                end += 1
+                            done += _link_in(items, names, done, end, targets.into(0), results)
                     return created, targets.dirs(QUEUE) + (targets.dirs(DELAYED) if delayed else [])
             except FileNotFoundError:
                 if not os.path.lexists(items[done][3]):
@@ -346,8 +352,8 @@ def _close_all(fds: Iterable[int]) -> None:
         os.close(fd)
 
 
-def _unheld(state_fds: tuple[int, ...], names: list[str]) -> list[int]:
-    """The positions of ``names`` held in none of the state directories.
+def _unheld(state_fds: tuple[int, ...], names: list[str], positions: list[int]) -> list[int]:
+    """The positions (of ``positions``) of ``names`` held in none of the state directories.
 
     The states are looked at in the order messages flow forward (queue, claimed, then
     delayed, processed, dead), each after the one before, so a message a consumer moves
@@ -355,7 +361,7 @@ def _unheld(state_fds: tuple[int, ...], names: list[str]) -> list[int]:
     :func:`_move` refuses to replace. A directory small next to the names looked for is
     listed once; otherwise each name is probed (``faccessat``: no exception when missing).
     """
-    left = list(range(len(names)))
+    left = positions
     for fd in state_fds:
         if not left:
             break
@@ -363,7 +369,7 @@ def _unheld(state_fds: tuple[int, ...], names: list[str]) -> list[int]:
             present = set(os.listdir(fd))
             left = [i for i in left if names[i] not in present]
         else:
-            left = [i for i in left if not _held_in(fd, names[i])]
+            left = moves.absent_names(fd, names, left)
     return left
 
 
@@ -413,6 +419,28 @@ class _Targets:
         self._opened.clear()
 
 
+def _link_in(
+    items: list[tuple[int, int, str, str, float]],
+    names: list[str],
+    start: int,
+    end: int,
+    queue_fds: tuple[int, ...],
+    results: list[bool | str],
+) -> int:
+    """Move the staged files of ``items[start:end]`` into ``queue_fds`` as :func:`_move`
+    does, in one batch without the GIL, their results into ``results``; how many moved."""
+    linked, error = moves.link_files([item[3] for item in items[start:end]], names[start:end], queue_fds)
+    for item, result in zip(items[start:end], linked, strict=False):  # linked: up to a failure
+        results[item[0]] = result
+    if not error:
+        return len(linked)
+    failed = start + len(linked)
+    if error not in _NO_LINKS:
+        raise OSError(error, os.strerror(error), items[failed][3])
+    results[items[failed][0]] = _move(items[failed][3], queue_fds, names[failed])
+    return len(linked) + 1
+
+
 def _move(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
     """Give the file ``staged`` the name ``name`` in each queue of ``queue_fds`` (one hard
     link each) without replacing one that exists in the first; the staged name goes either
@@ -424,7 +452,7 @@ def _move(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
         os.unlink(staged)
         return False
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+        if exc.errno not in _NO_LINKS:
             raise
         # A file system without hard links: the check just before is the guard, and the
         # other groups get copies.
