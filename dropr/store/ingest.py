@@ -437,7 +437,7 @@ def _link_in(
     failed = start + len(linked)
     if error not in _NO_LINKS:
         raise OSError(error, os.strerror(error), items[failed][3])
-    results[items[failed][0]] = _move(items[failed][3], queue_fds, names[failed])
+    results[items[failed][0]] = _copy_in(items[failed][3], queue_fds, names[failed])
     return len(linked) + 1
 
 
@@ -445,30 +445,24 @@ def _move(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
     """Give the file ``staged`` the name ``name`` in each queue of ``queue_fds`` (one hard
     link each) without replacing one that exists in the first; the staged name goes either
     way. False if ``name`` was taken."""
+    linked, error = moves.link_files([staged], [name], queue_fds)
+    if not error:
+        return bool(linked[0])
+    if error not in _NO_LINKS:
+        raise OSError(error, os.strerror(error), staged)
+    return _copy_in(staged, queue_fds, name)
+
+
+def _copy_in(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
+    """:func:`_move` on a file system without hard links: the check just before is the
+    guard, and the other groups get copies."""
     first, *others = queue_fds
-    try:
-        os.link(staged, name, dst_dir_fd=first, follow_symlinks=False)
-    except FileExistsError:
+    if _held_in(first, name):
         os.unlink(staged)
         return False
-    except OSError as exc:
-        if exc.errno not in _NO_LINKS:
-            raise
-        # A file system without hard links: the check just before is the guard, and the
-        # other groups get copies.
-        if _held_in(first, name):
-            os.unlink(staged)
-            return False
-        for fd in others:
-            _copy(staged, fd, name)
-        os.rename(staged, name, dst_dir_fd=first)
-        return True
     for fd in others:
-        try:
-            os.link(staged, name, dst_dir_fd=fd, follow_symlinks=False)
-        except FileExistsError:
-            pass
-    os.unlink(staged)
+        _copy(staged, fd, name)
+    os.rename(staged, name, dst_dir_fd=first)
     return True
 
 
