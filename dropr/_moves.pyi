@@ -24,6 +24,11 @@ def link_files(staged: list[str], names: list[str], target_fds: tuple[int, ...])
     same) until one whose first link fails otherwise, left as it was, and that errno (0:
     none failed). A failure after a file's first link is an OSError naming it."""
 
+def write_files(paths: list[str], contents: list[bytes | bytearray | memoryview]) -> None:
+    """Create each file ``paths[i]`` (new: none may be there, a symbolic link is not
+    followed) holding ``contents[i]``, in order; the first failure is an OSError naming its
+    file, raised after the files before it were written, with nothing left of that one."""
+
 def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], int]:
     """The contents of the files ``paths``, each whole (None for one gone), until ``max_bytes``
     were read (the file that crosses it included, and one file at least); and how many."""

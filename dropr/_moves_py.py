@@ -24,6 +24,8 @@ from __future__ import annotations
 import errno
 import os
 
+from ._files import FILE_MODE
+
 
 def _directories(gone: bool, *paths: str) -> None:
     """After a name was found gone (``gone``): FileNotFoundError unless ``paths`` exist."""
@@ -128,6 +130,25 @@ def link_files(staged: list[str], names: list[str], target_fds: tuple[int, ...])
                     pass
         os.unlink(path)
     return results, 0
+
+
+def write_files(paths: list[str], contents: list[bytes | bytearray | memoryview]) -> None:
+    """Create each file ``paths[i]`` (new: none may be there, a symbolic link is not
+    followed) holding ``contents[i]``, in order; the first failure is an OSError naming its
+    file, raised after the files before it were written, with nothing left of that one."""
+    if len(paths) != len(contents):
+        raise ValueError(f"{len(paths)} paths but {len(contents)} contents")
+    for path, content in zip(paths, contents, strict=True):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
 
 
 def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], int]:

@@ -222,3 +222,25 @@ def test_a_failure_after_the_first_link_raises_naming_the_staged_file(moves: Mod
             moves.link_files(staged, ["n0", "n1"], ())
     assert raised.value.filename == staged[0]
     assert os.listdir(queue) == ["n0"] and os.path.exists(staged[0])
+
+
+@pytest.mark.parametrize("moves", TWINS)
+def test_writing_a_batch_creates_new_files_only_and_stops_at_the_first_failure(
+    moves: ModuleType, tmp_path: Path
+) -> None:
+    [tmp] = _dirs(tmp_path, "tmp")
+    paths = [os.path.join(tmp, name) for name in ("a", "b", "c")]
+    contents = [b"one", bytearray(b""), memoryview(os.urandom(300_000))]
+    moves.write_files(paths, contents)
+    assert [Path(path).read_bytes() for path in paths] == [bytes(c) for c in contents]
+    os.symlink(os.path.join(tmp, "target"), os.path.join(tmp, "link"))  # not followed
+    again = [os.path.join(tmp, "d"), os.path.join(tmp, "link"), os.path.join(tmp, "e")]
+    with pytest.raises(FileExistsError) as raised:
+        moves.write_files(again, [b"d", b"link", b"e"])
+    assert raised.value.filename == again[1]
+    assert sorted(os.listdir(tmp)) == ["a", "b", "c", "d", "link"] and Path(tmp, "d").read_bytes() == b"d"
+    with pytest.raises(FileNotFoundError):
+        moves.write_files([os.path.join(tmp, "gone", "f")], [b"f"])
+    with pytest.raises(ValueError):
+        moves.write_files(paths, [])
+    moves.write_files([], [])

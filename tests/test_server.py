@@ -24,6 +24,7 @@ import pytest
 from support import ServerProcess, free_port, make_tls_cert, start_server
 
 from dropr._codec_py import escape, new_id
+from dropr.store.staging import HOLD_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -262,6 +263,21 @@ def test_messages_sharing_a_part_are_each_stored_from_their_bytes(server: Server
     assert acks == {m.id: ["stored", ""] for m in msgs}
     for m in msgs:
         assert (queue_dir(store, "shared") / f"{m.priority}{m.id}+host-s").read_bytes() == m.payload
+    assert staged_files(store) == []
+
+
+def test_messages_kept_in_memory_while_they_stream_and_those_past_it_are_stored_whole(
+    server: ServerProcess, store: Path
+) -> None:
+    """The server holds a small message's bytes until its chunk is read, then creates the
+    files together; a message past HOLD_BYTES goes to disk as it streams."""
+    sizes = [HOLD_BYTES, HOLD_BYTES + 1, 3, 300_000, 0, HOLD_BYTES - 1]
+    msgs = [msg(os.urandom(size), "held") for size in sizes]
+    for parts in (batch("host-h", msgs), shared_part("host-h2", msgs)):
+        assert post(server, parts).acks() == {m.id: ["stored", ""] for m in msgs}
+    for client in ("host-h", "host-h2"):
+        for m in msgs:
+            assert (queue_dir(store, "held") / f"{m.priority}{m.id}+{client}").read_bytes() == m.payload
     assert staged_files(store) == []
 
 
