@@ -18,9 +18,9 @@ from libc.string cimport memcpy, strerror
 from _codec cimport (DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_BUCKET_LEN, DROPR_ID_LEN,
                      DROPR_MAX_BATCH_COUNT, DROPR_NAME_MAX, CodecAPI, batch_index_bytes,
                      format_spool_name, hex_value, import_codec, put_batch_entry, put_batch_header)
-from _sys cimport (CLOCK_REALTIME, EEXIST, EINTR, ENOENT, ENOSPC, IOV_MAX, O_CLOEXEC, O_CREAT,
-                   O_DIRECTORY, O_EXCL, O_RDONLY, O_WRONLY, clock_gettime, close, errno,
-                   fdatasync, fsync, iovec, mkdirat, openat, renameat, ssize_t, timespec, unlinkat, write, writev)
+from _sys cimport (CLOCK_REALTIME, EEXIST, ENOENT, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_RDONLY,
+                   O_WRONLY, clock_gettime, close, errno, fdatasync, fsync, iovec, mkdirat, openat, renameat,
+                   timespec, unlinkat, write_all)
 
 cdef extern from * nogil:
     uint32_t __atomic_load_n(uint32_t *ptr, int order)
@@ -29,6 +29,7 @@ cdef extern from * nogil:
         __ATOMIC_RELAXED
 
 import dropr._codec  # the capsule lookup below walks attributes; the submodule must be loaded
+import dropr._files
 
 cdef const CodecAPI *_codec = import_codec()
 cdef uint32_t _crc_table[8][256]
@@ -37,6 +38,7 @@ STALE_PUT_NS = 1_000_000_000
 BUCKET_ATTEMPTS = 8
 cdef int64_t _stale_put_ns = STALE_PUT_NS
 cdef int _bucket_attempts = BUCKET_ATTEMPTS
+cdef int _file_mode = dropr._files.FILE_MODE, _dir_mode = dropr._files.DIR_MODE
 cdef uint32_t _synced_slot[10]  # per priority: the last bucket whose entry in queue/ this process synced
 
 
@@ -108,7 +110,7 @@ cdef int _enter(int tmp_fd, int queue_fd, const char *msg_id, char *path, bint *
         if errno != ENOENT:
             return errno
         path[DROPR_BUCKET_LEN] = 0
-        if mkdirat(queue_fd, path, 0o750) == 0:
+        if mkdirat(queue_fd, path, _dir_mode) == 0:
             made[0] = True
         elif errno != EEXIST:
             path[DROPR_BUCKET_LEN] = b'/'
@@ -141,43 +143,16 @@ cdef int _sync_entry(int queue_fd, char *path, const char *msg_id, int priority,
     return 0
 
 
-cdef int _write_all(int fd, iovec *iov, Py_ssize_t count) noexcept nogil:
-    """Writes the ``count`` buffers of ``iov`` (consumed on the way); 0 or the errno."""
-    cdef ssize_t n
-    while True:
-        while count and iov[0].iov_len == 0:
-            iov += 1
-            count -= 1
-        if not count:
-            return 0
-        # One buffer (a plain message) by write: what the floor of bench/put.py does.
-        n = write(fd, iov[0].iov_base, iov[0].iov_len) if count == 1 else writev(
-            fd, iov, <int>min(count, <Py_ssize_t>IOV_MAX))
-        if n < 0:
-            if errno == EINTR:
-                continue
-            return errno
-        if n == 0:
-            return ENOSPC
-        while count and <size_t>n >= iov[0].iov_len:
-            n -= iov[0].iov_len
-            iov += 1
-            count -= 1
-        if n:
-            iov[0].iov_base = <char *>iov[0].iov_base + n
-            iov[0].iov_len -= <size_t>n
-
-
 cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, char *path, int priority,
                iovec *iov, Py_ssize_t iov_count, bint sync) noexcept nogil:
     """Writes the file of ``iov``'s buffers; returns 0, or the errno of the failed step with
     nothing left."""
     cdef int err
     cdef bint made = False
-    cdef int fd = openat(tmp_fd, msg_id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
+    cdef int fd = openat(tmp_fd, msg_id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, _file_mode)
     if fd < 0:
         return errno
-    err = _write_all(fd, iov, iov_count)
+    err = write_all(fd, iov, iov_count)
     if err:
         return _undo(err, fd, tmp_fd, msg_id)
     if sync and fdatasync(fd) != 0:

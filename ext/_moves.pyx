@@ -1,8 +1,8 @@
 """A store's moves in batches, compiled twin of ``dropr._moves_py`` (the rules are documented there).
 
 Each batch runs in C without the GIL, a system call per name (``renameat``, ``utimensat``,
-``fstatat``, and for the ingest side ``faccessat`` and ``linkat``): the server's threads move files in parallel instead of handing the GIL over at
-every call. A batch of ``OPEN_AT`` names or more works relative to its directories,
+``fstatat``, and for the ingest side ``faccessat`` and ``linkat``): the server's threads
+move files in parallel instead of handing the GIL over at every call. A batch of ``OPEN_AT`` names or more works relative to its directories,
 opened once, so a name costs no path walk (four remote consumers: 52 µs of the server's CPU
 a message, 62 µs with full paths); a smaller one, such as a local consumer settling each
 message, uses full paths and opens nothing. Files are read the same way, into buffers that
@@ -16,12 +16,15 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 
-from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, EEXIST, EINTR, ENOENT, ENOSPC, F_OK, O_CLOEXEC, O_CREAT,
-                   O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, close, errno, faccessat, fstat, fstatat,
-                   linkat, open, raise_errno, read, renameat, ssize_t, stat, timespec, unlinkat, utimensat, write)
+from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, EEXIST, ENOENT, F_OK, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL,
+                   O_NOFOLLOW, O_RDONLY, O_WRONLY, close, errno, faccessat, fstat, fstatat, iovec, linkat, open,
+                   raise_errno, read, renameat, ssize_t, stat, timespec, unlinkat, utimensat, write_all)
+
+import dropr._files
 
 DEF GROW = 65536
 DEF OPEN_AT = 8  # the names of a batch from which its directories are opened (below: full paths)
+cdef int _file_mode = dropr._files.FILE_MODE
 
 
 cdef class _Paths:
@@ -75,8 +78,24 @@ cdef class _Paths:
         cdef Py_ssize_t i
         return [names[i] for i in range(start, end) if self.done[i]]
 
-cdef int _directories(bint gone, source, target=None) except -1:
-    """After a name was found gone (``gone``): FileNotFoundError unless the directories exist."""
+
+cdef inline int _step(int result, char *done, bint *gone) noexcept nogil:
+    """After a name's system call returned ``result``: its flag set (``done``), or ``gone``
+    set for a name another took; the errno of any other failure, which ends the batch."""
+    if result == 0:
+        done[0] = 1
+    elif errno == ENOENT:
+        gone[0] = True
+    else:
+        return errno
+    return 0
+
+
+cdef int _ended(int error, list names, Py_ssize_t index, bint gone, str source, str target=None) except -1:
+    """After a batch in ``source``: the OSError of ``names[index]``, which failed with
+    ``error``; or, once a name was found gone, FileNotFoundError unless the directories exist."""
+    if error:
+        raise_errno(error, os.path.join(source, names[index]))
     if gone:
         for path in (source, target):
             if path is not None and not os.path.isdir(path):
@@ -95,18 +114,13 @@ def rename_files(str source, str target, list names, Py_ssize_t start, Py_ssize_
     cdef bint gone = False
     with nogil:
         while index < sources.count and moved < limit:
-            if renameat(sources.fd, sources.items[index], targets.fd, targets.items[index]) == 0:
-                sources.done[index] = 1
-                moved += 1
-            elif errno == ENOENT:
-                gone = True
-            else:
-                error = errno
+            error = _step(renameat(sources.fd, sources.items[index], targets.fd, targets.items[index]),
+                          &sources.done[index], &gone)
+            if error:
                 break
+            moved += sources.done[index]
             index += 1
-    if error:
-        raise_errno(error, os.path.join(source, names[index]))
-    _directories(gone, source, target)
+    _ended(error, names, index, gone, source, target)
     return sources.flagged(names, start, index), index
 
 
@@ -122,17 +136,11 @@ def lease_files(str directory, list names, int64_t until_ns):
     cdef bint gone = False
     with nogil:
         while index < paths.count:
-            if utimensat(paths.fd, paths.items[index], times, 0) == 0:
-                paths.done[index] = 1
-            elif errno == ENOENT:
-                gone = True
-            else:
-                error = errno
+            error = _step(utimensat(paths.fd, paths.items[index], times, 0), &paths.done[index], &gone)
+            if error:
                 break
             index += 1
-    if error:
-        raise_errno(error, os.path.join(directory, names[index]))
-    _directories(gone, directory)
+    _ended(error, names, index, gone, directory)
     return paths.flagged(names, 0, paths.count)
 
 
@@ -176,9 +184,7 @@ def settle_files(str source, str target, list names, list tokens, bint unlease):
                 index += 1
     finally:
         free(c_tokens)
-    if error:
-        raise_errno(error, os.path.join(source, names[index]))
-    _directories(gone, source, target)
+    _ended(error, names, index, gone, source, target)
     return [bool(sources.done[i]) for i in range(count)]
 
 
@@ -242,10 +248,9 @@ def write_files(list paths, list contents):
     if len(paths) != len(contents):
         raise ValueError(f"{len(paths)} paths but {len(contents)} contents")
     cdef _Paths c_paths = _Paths(None, paths)
-    cdef Py_ssize_t count = c_paths.count, index = 0, i
+    cdef Py_ssize_t count = c_paths.count, index = 0, got = 0, i
     cdef Py_buffer *views = <Py_buffer *>malloc(max(1, count) * sizeof(Py_buffer))
-    cdef Py_ssize_t got = 0, done
-    cdef ssize_t n
+    cdef iovec iov
     cdef int fd, error = 0
     if views == NULL:
         raise MemoryError()
@@ -255,22 +260,12 @@ def write_files(list paths, list contents):
             got += 1
         with nogil:
             while index < count:
-                fd = open(c_paths.items[index], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o640)  # FILE_MODE
+                fd = open(c_paths.items[index], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, _file_mode)
                 if fd < 0:
                     error = errno
                     break
-                done = 0
-                while done < views[index].len:
-                    n = write(fd, <char *>views[index].buf + done, views[index].len - done)
-                    if n < 0:
-                        if errno == EINTR:
-                            continue
-                        error = errno
-                        break
-                    if n == 0:
-                        error = ENOSPC
-                        break
-                    done += n
+                iov.iov_base, iov.iov_len = views[index].buf, <size_t>views[index].len
+                error = write_all(fd, &iov, 1)
                 if close(fd) != 0 and not error:
                     error = errno
                 if error:

@@ -1,4 +1,5 @@
-# System calls used by dropr's compiled hot path, declared once (all callable without the GIL).
+# System calls used by dropr's compiled hot path, declared once (all callable without the GIL),
+# and the two steps its modules share: an errno raised as OSError, every byte of buffers written.
 
 cdef extern from "<sys/types.h>" nogil:
     ctypedef long ssize_t
@@ -108,3 +109,30 @@ cdef inline int raise_errno(int error, object path) except -1:
     errno = error
     PyErr_SetFromErrnoWithFilenameObject(OSError, path)
     return -1
+
+
+cdef inline int write_all(int fd, iovec *iov, Py_ssize_t count) noexcept nogil:
+    """Writes the ``count`` buffers of ``iov`` (consumed on the way); 0 or the errno."""
+    cdef ssize_t n
+    while True:
+        while count and iov[0].iov_len == 0:
+            iov += 1
+            count -= 1
+        if not count:
+            return 0
+        # One buffer (a plain message) by write: what the floor of bench/put.py does.
+        n = write(fd, iov[0].iov_base, iov[0].iov_len) if count == 1 else writev(
+            fd, iov, <int>min(count, <Py_ssize_t>IOV_MAX))
+        if n < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if n == 0:
+            return ENOSPC
+        while count and <size_t>n >= iov[0].iov_len:
+            n -= iov[0].iov_len
+            iov += 1
+            count -= 1
+        if n:
+            iov[0].iov_base = <char *>iov[0].iov_base + n
+            iov[0].iov_len -= <size_t>n

@@ -8,10 +8,10 @@ relay, sent whole); each message goes to its own staged file as its bytes stream
 size and CRC-32 computed on the way (the bytes of a part outside every message are only
 counted), and the store's ingest path checks them against the manifest when the request is
 committed. A small message's bytes are held in memory, and the files of those complete are
-created together after each chunk of the body, in one call without the GIL: the event loop's
-thread no longer gives the GIL up three times a message. Nothing reaches the store here: a
-whole-request problem raises :class:`~.protocol.RequestError` and the caller removes every
-staged file.
+created together after each chunk of the body, in one call without the GIL, so the event
+loop's thread does not give the GIL up at every open, write and close. Nothing reaches the
+store here: a whole-request problem raises :class:`~.protocol.RequestError` and the caller
+removes every staged file.
 
 That parser, not aiohttp's multipart reader, because a batch is mostly small parts: it reads
 a part's headers in a few microseconds, where aiohttp's reader spends hundreds parsing each
