@@ -26,9 +26,11 @@ from storekit import CLIENT, put, stage, tree
 import dropr
 from dropr import InvalidMessage, _files
 from dropr._impl import codec
+from dropr._impl import moves as real_moves
 from dropr.relay.batches import Entry, SpoolFiles
 from dropr.relay.local import LocalTransport
 from dropr.store import Store
+from dropr.store import ingest as ingest_module
 from dropr.store.ingest import Staged
 from dropr.store.staging import remove_staged
 from dropr.store.sync import SYNC_FILES_MAX, Flusher
@@ -555,3 +557,61 @@ def test_flush(store: Store) -> None:
     put(store, b"x")
     store.flush()
     assert [m.read() for m in store.messages("common")] == [b"x"]
+
+
+# -- a file system without hard links ---------------------------------------------------
+
+
+class _NoLinks:
+    """``dropr._impl.moves`` as on a file system without hard links (FAT, some network
+    file systems): every link fails with EPERM before it made anything, the rest is real."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+
+    def link_files(self, staged: list[str], names: list[str], target_fds: tuple[int, ...]) -> tuple[list[bool], int]:
+        self.refused += 1
+        return [], errno.EPERM
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(real_moves, name)
+
+
+@pytest.fixture
+def no_links(monkeypatch: pytest.MonkeyPatch) -> _NoLinks:
+    moves = _NoLinks()
+    monkeypatch.setattr(ingest_module, "moves", moves)
+    return moves
+
+
+def test_without_hard_links_each_message_is_renamed_in_once(store: Store, no_links: _NoLinks) -> None:
+    held = put(store, b"held")
+    assert no_links.refused == 1
+    batch = [arrival(store, b"%d" % i) for i in range(5)]
+    batch.insert(2, arrival(store, b"again", msg_id=held))
+    batch.append(arrival(store, b"later")._replace(delay_ms=60_000))
+    acks = store.commit(CLIENT, batch)
+    assert acks[held] == ("duplicate", "already held")
+    assert [acks[m.id] for m in batch if m.id != held] == [("stored", "")] * 6
+    assert queued_payloads(store) == [b"0", b"1", b"2", b"3", b"4", b"held"]
+    [later] = os.listdir(Path(store.path, "channels", "common", "delayed"))
+    assert os.stat(Path(store.path, "channels", "common", "delayed", later)).st_mtime > time.time() + 50
+    assert os.listdir(store.staging_dir) == []
+    assert store.commit(CLIENT, [arrival(store, b"again", msg_id=batch[0].id)])[batch[0].id][0] == "duplicate"
+    assert queued_payloads(store) == [b"0", b"1", b"2", b"3", b"4", b"held"]
+
+
+def test_without_hard_links_every_group_gets_a_copy_of_its_own(store: Store, no_links: _NoLinks) -> None:
+    assert store.subscribe("common", "a") and store.subscribe("common", "b")
+    batch = [arrival(store, b"%d" % i) for i in range(3)]
+    assert set(store.commit(CLIENT, batch).values()) == {("stored", "")}
+    assert os.listdir(store.staging_dir) == []
+    for group in ("a", "b"):
+        queued = store.messages("common", group=group)
+        assert [m.read() for m in queued] == [b"0", b"1", b"2"]
+        assert {os.stat(m.path).st_nlink for m in queued} == {1}
+        assert not [n for n in os.listdir(Path(queued[0].path).parent) if n.startswith(".")]
+    [first] = store.claim("common", 1, 60, group="a")
+    store.set_processed(first)
+    assert store.commit(CLIENT, [arrival(store, b"again", msg_id=first.id)])[first.id][0] == "duplicate"
+    assert store.count_queued("common", group="b") == 3
