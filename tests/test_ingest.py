@@ -30,7 +30,6 @@ from dropr._impl import moves as real_moves
 from dropr.relay.batches import Entry, SpoolFiles
 from dropr.relay.local import LocalTransport
 from dropr.store import Store
-from dropr.store import ingest as ingest_module
 from dropr.store.ingest import Staged
 from dropr.store.staging import remove_staged
 from dropr.store.sync import SYNC_FILES_MAX, Flusher
@@ -580,7 +579,7 @@ class _NoLinks:
 @pytest.fixture
 def no_links(monkeypatch: pytest.MonkeyPatch) -> _NoLinks:
     moves = _NoLinks()
-    monkeypatch.setattr(ingest_module, "moves", moves)
+    monkeypatch.setattr("dropr.store.ingest.moves", moves)
     return moves
 
 
@@ -594,8 +593,8 @@ def test_without_hard_links_each_message_is_renamed_in_once(store: Store, no_lin
     assert acks[held] == ("duplicate", "already held")
     assert [acks[m.id] for m in batch if m.id != held] == [("stored", "")] * 6
     assert queued_payloads(store) == [b"0", b"1", b"2", b"3", b"4", b"held"]
-    [later] = os.listdir(Path(store.path, "channels", "common", "delayed"))
-    assert os.stat(Path(store.path, "channels", "common", "delayed", later)).st_mtime > time.time() + 50
+    [later] = Path(store.path, "channels", "common", "delayed").iterdir()
+    assert later.stat().st_mtime > time.time() + 50
     assert os.listdir(store.staging_dir) == []
     assert store.commit(CLIENT, [arrival(store, b"again", msg_id=batch[0].id)])[batch[0].id][0] == "duplicate"
     assert queued_payloads(store) == [b"0", b"1", b"2", b"3", b"4", b"held"]
@@ -608,7 +607,7 @@ def test_without_hard_links_every_group_gets_a_copy_of_its_own(store: Store, no_
     assert os.listdir(store.staging_dir) == []
     for group in ("a", "b"):
         queued = store.messages("common", group=group)
-        assert [m.read() for m in queued] == [b"0", b"1", b"2"]
+        assert [(m.id, m.client, m.read()) for m in queued] == [(m.id, CLIENT, b"%d" % i) for i, m in enumerate(batch)]
         assert {os.stat(m.path).st_nlink for m in queued} == {1}
         assert not [n for n in os.listdir(Path(queued[0].path).parent) if n.startswith(".")]
     [first] = store.claim("common", 1, 60, group="a")
