@@ -9,6 +9,10 @@ part, named by its first id, and its messages' entries, read from its index, add
 0 for a plain message). ``channel`` is the channel's text: an escaped field is unescaped, a
 compact (``~``) one is looked up in ``texts`` (KeyError when it is not there).
 
+The first ``joined`` names may be plain messages that travel together in one part named
+``joined_part``, one after another in the order of their names, each entry adding its
+``offset`` there; :func:`join` reads their files into that part.
+
 A batch file is read at ``queue_dir/BUCKET/NAME`` for its index alone, never its payloads,
 and checked against its name: its length, its count, its ids (consecutive from the name's)
 and its payloads' sizes adding up to the file. ValueError names the file that is not right,
@@ -36,16 +40,35 @@ from dropr._codec_py import (
 _SIZE_LIMIT = 1 << 64
 
 
-def build(names: Sequence[str], texts: Mapping[str, str], queue_dir: str | None = None) -> bytes:
+def build(
+    names: Sequence[str],
+    texts: Mapping[str, str],
+    queue_dir: str | None = None,
+    *,
+    joined_part: str | None = None,
+    joined: int = 0,
+) -> bytes:
     """The msgpack manifest of the messages of the files with these spool names, queued in
-    ``queue_dir`` (read for batch files only); ValueError on a bad name or batch file."""
+    ``queue_dir`` (read for batch files only), the first ``joined`` of them plain messages
+    in the part ``joined_part``; ValueError on a bad name or batch file."""
+    if joined and joined_part is None:
+        raise ValueError("joined messages need a joined_part")
     entries: list[list[Any]] = []
-    for name in names:
+    joined_at = 0
+    for index, name in enumerate(names):
         priority, msg_id, _peer, channel, size, crc, count, delay_ms = parse_spool_name(name)
         if size >= _SIZE_LIMIT:
             raise ValueError(f"size out of range in {name!r}")
         text = texts[channel] if channel.startswith(COMPACT) else unescape(channel)
         tail = [0, delay_ms] if delay_ms else []
+        if index < joined:
+            if count > 1:
+                raise ValueError(f"batch file {name}: only plain messages travel joined")
+            entries.append([msg_id, text, priority, joined_part, size, crc, joined_at, *tail[1:]])
+            joined_at += size
+            if joined_at >= _SIZE_LIMIT:
+                raise ValueError("joined messages: sizes add up to more than 64 bits")
+            continue
         if count == 1:
             entries.append([msg_id, text, priority, msg_id, size, crc, *tail])
             continue
@@ -80,3 +103,22 @@ def _read_index(
     if offset + last_size != size:
         raise ValueError(f"batch file {name}: its payloads take {offset + last_size} bytes, not {size}")
     return entries
+
+
+def join(paths: Sequence[str], sizes: Sequence[int]) -> bytes:
+    """The bytes of the files at ``paths`` one after another, each read whole; OSError for
+    one that cannot be read, ValueError for one whose length is not its ``sizes`` entry."""
+    if len(paths) != len(sizes):
+        raise ValueError(f"{len(paths)} paths but {len(sizes)} sizes")
+    negative = next((size for size in sizes if size < 0), None)
+    if negative is not None:
+        raise ValueError(f"a size below zero: {negative}")
+    chunks: list[bytes] = []
+    for path, size in zip(paths, sizes, strict=True):
+        with open(path, "rb") as file:
+            length = os.fstat(file.fileno()).st_size
+            data = file.read(size)
+        if length != size or len(data) != size:
+            raise ValueError(f"{path}: {length if length != size else len(data)} bytes, not the {size} its name says")
+        chunks.append(data)
+    return b"".join(chunks)

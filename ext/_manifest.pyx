@@ -4,14 +4,14 @@ The msgpack bytes are written directly from the names' characters, and a batch f
 index, into one growing C buffer — the same bytes ``msgpack.packb(entries,
 use_bin_type=True)`` gives, without building the entries as Python objects. A batch file's
 index is read and checked in C (open, fstat, pread, close), so its messages cost no Python
-object each.
+object each; so are the files of a request's joined part, without the GIL.
 """
 
 import os
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from _codec cimport (
@@ -263,22 +263,29 @@ cdef Py_ssize_t _entry_count(list names) except -1:
     return total
 
 
-def build(names, texts, queue_dir=None) -> bytes:
+def build(names, texts, queue_dir=None, *, str joined_part=None, Py_ssize_t joined=0) -> bytes:
     """The msgpack manifest of the messages of the files with these spool names, queued in
-    ``queue_dir`` (read for batch files only); ValueError on a bad name or batch file."""
+    ``queue_dir`` (read for batch files only), the first ``joined`` of them plain messages
+    in the part ``joined_part``; ValueError on a bad name or batch file."""
     cdef Buffer buf, scratch
     cdef SpoolParts parts
-    cdef unsigned long long size
+    cdef unsigned long long size, joined_at = 0
     cdef char msg_id[DROPR_ID_LEN]
     cdef int result, kind, i
+    cdef Py_ssize_t index = 0
+    cdef bint in_joined
     cdef str name
     cdef list listed = list(names)
     cdef bytes queue_raw = None if queue_dir is None else os.fsencode(queue_dir)
+    if joined and joined_part is None:
+        raise ValueError("joined messages need a joined_part")
     memset(&buf, 0, sizeof(buf))
     memset(&scratch, 0, sizeof(scratch))
     try:
         _put_array(&buf, _entry_count(listed))
         for name in listed:
+            in_joined = index < joined
+            index += 1
             memset(&parts, 0, sizeof(parts))
             result = parse_spool(name, &parts)
             if result != PARSE_OK:
@@ -290,21 +297,77 @@ def build(names, texts, queue_dir=None) -> bytes:
             for i in range(DROPR_ID_LEN):
                 msg_id[i] = <char>PyUnicode_READ(kind, PyUnicode_DATA(name), i + 1)
             if parts.count > 1:
+                if in_joined:
+                    raise ValueError(f"batch file {name}: only plain messages travel joined")
                 if queue_raw is None:
                     raise ValueError(f"batch file {name}: no queue directory to read it from")
                 _put_batch(&buf, &scratch, name, &parts, msg_id, size, queue_raw, texts)
                 continue
-            _put_array(&buf, 8 if parts.delay_ms else 6)
+            _put_array(&buf, 8 if parts.delay_ms else 7 if in_joined else 6)
             _put_str(&buf, msg_id, DROPR_ID_LEN)
             _put_channel(&buf, &scratch, name, parts.channel_start, parts.channel_end, texts)
             _put_uint(&buf, parts.priority)
-            _put_str(&buf, msg_id, DROPR_ID_LEN)
+            if in_joined:
+                _put_text(&buf, joined_part)
+            else:
+                _put_str(&buf, msg_id, DROPR_ID_LEN)
             _put_uint(&buf, size)
             _put_uint(&buf, parts.crc)
+            if in_joined or parts.delay_ms:
+                _put_uint(&buf, joined_at if in_joined else 0)
             if parts.delay_ms:
-                _put_uint(&buf, 0)
                 _put_uint(&buf, parts.delay_ms)
+            if in_joined:
+                if size > 0xFFFFFFFFFFFFFFFFULL - joined_at:
+                    raise ValueError("joined messages: sizes add up to more than 64 bits")
+                joined_at += size
         return PyBytes_FromStringAndSize(buf.data, buf.size)
     finally:
         free(buf.data)
         free(scratch.data)
+
+
+def join(paths, sizes) -> bytes:
+    """The bytes of the files at ``paths`` one after another, each read whole (without the
+    GIL); OSError for one that cannot be read, ValueError for one whose length is not its
+    ``sizes`` entry."""
+    cdef list encoded = [os.fsencode(path) for path in paths]
+    cdef list wanted = [int(size) for size in sizes]
+    cdef Py_ssize_t count = len(encoded), i, failed = -1, got = 0
+    cdef unsigned long long total = 0, length = 0
+    cdef int err = 0
+    if len(wanted) != count:
+        raise ValueError(f"{count} paths but {len(wanted)} sizes")
+    for size in wanted:
+        if size < 0:
+            raise ValueError(f"a size below zero: {size}")
+        total += <unsigned long long>size
+    cdef const char **c_paths = <const char **>malloc(count * sizeof(char *) + 1)
+    cdef unsigned long long *c_sizes = <unsigned long long *>malloc(count * sizeof(unsigned long long) + 1)
+    cdef bytes joined
+    cdef char *at
+    try:
+        if c_paths == NULL or c_sizes == NULL:
+            raise MemoryError()
+        for i in range(count):
+            c_paths[i] = <const char *>(<bytes>encoded[i])
+            c_sizes[i] = <unsigned long long>wanted[i]
+        joined = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+        at = PyBytes_AS_STRING(joined)
+        with nogil:
+            for i in range(count):
+                err = _read_head(c_paths[i], at, <Py_ssize_t>c_sizes[i], &got, &length)
+                if err or length != c_sizes[i] or <unsigned long long>got != c_sizes[i]:
+                    failed = i
+                    break
+                at += c_sizes[i]
+    finally:
+        free(c_paths)
+        free(c_sizes)
+    if failed < 0:
+        return joined
+    path = os.fsdecode(encoded[failed])
+    if err:
+        raise OSError(err, os.strerror(err), path)
+    read = length if length != <unsigned long long>wanted[failed] else got
+    raise ValueError(f"{path}: {read} bytes, not the {wanted[failed]} its name says")

@@ -221,3 +221,75 @@ def test_a_batch_file_needs_its_queue(manifest: ModuleType, tmp_path: Path) -> N
     os.unlink(tmp_path / "queue" / name[: codec.BUCKET_LEN] / name)
     with pytest.raises(FileNotFoundError):
         manifest.build([name], {}, str(tmp_path / "queue"))
+
+
+# -- joined messages ---------------------------------------------------------------------
+
+
+def test_joined_messages_come_one_after_another_in_their_part(manifest: ModuleType, tmp_path: Path) -> None:
+    batch = _queue_batch(tmp_path, [b"a", b"bc"])
+    first = codec.parse_spool_name(batch)[1]
+    second = MSG_ID[:-1] + "2"
+    names = [
+        codec.spool_name(1, MSG_ID, "p", "c", 5, 11),
+        codec.spool_name(2, second, "p", "d", 3, 12, 1, 250),
+        codec.spool_name(3, MSG_ID[:-1] + "3", "p", "c", 9, 13),
+        batch,
+    ]
+    decoded = msgpack.unpackb(manifest.build(names, {}, str(tmp_path / "queue"), joined_part="joined", joined=2))
+    start = codec.batch_index_size(2)
+    assert decoded == [
+        [MSG_ID, "c", 1, "joined", 5, 11, 0],
+        [second, "d", 2, "joined", 3, 12, 5, 250],
+        [MSG_ID[:-1] + "3", "c", 3, MSG_ID[:-1] + "3", 9, 13],
+        [codec.batch_ids(first, 2)[0], "ch", 4, first, 1, zlib.crc32(b"a"), start],
+        [codec.batch_ids(first, 2)[1], "ch", 4, first, 2, zlib.crc32(b"bc"), start + 1],
+    ]
+
+
+def test_only_plain_messages_travel_joined(manifest: ModuleType, tmp_path: Path) -> None:
+    batch = _queue_batch(tmp_path, [b"a", b"b"])
+    plain = codec.spool_name(1, MSG_ID, "p", "c", 1, 1)
+    with pytest.raises(ValueError, match=re.escape(f"batch file {batch}: only plain messages travel joined")):
+        manifest.build([plain, batch], {}, str(tmp_path / "queue"), joined_part="joined", joined=2)
+    with pytest.raises(ValueError, match="need a joined_part"):
+        manifest.build([plain], {}, joined=1)
+
+
+@pytest.mark.skipif(compiled is None, reason="dropr._manifest is not built")
+@given(entries=messages, joined=st.integers(0, 40))
+def test_compiled_is_byte_identical_when_joined(entries: list, joined: int) -> None:
+    names, texts = _batch(entries)
+
+    def outcome(module: ModuleType) -> bytes | str:
+        try:
+            built: bytes = module.build(names, texts, joined_part="jo", joined=joined)
+        except ValueError as exc:  # sizes past 64 bits, which no relay's batch reaches
+            return str(exc)
+        return built
+
+    assert outcome(compiled) == outcome(reference)
+
+
+def test_join_reads_the_files_one_after_another(manifest: ModuleType, tmp_path: Path) -> None:
+    contents = [b"first", b"", b"x" * 70_000, bytes(range(256))]
+    paths = []
+    for index, data in enumerate(contents):
+        paths.append(str(tmp_path / f"m{index}"))
+        Path(paths[-1]).write_bytes(data)
+    assert manifest.join(paths, [len(data) for data in contents]) == b"".join(contents)
+    assert manifest.join([], []) == b""
+
+
+def test_join_names_a_file_of_another_length_or_missing(manifest: ModuleType, tmp_path: Path) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_bytes(b"12345")
+    bad.write_bytes(b"123")
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: 3 bytes, not the 4 its name says")):
+        manifest.join([str(good), str(bad)], [5, 4])
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: 3 bytes, not the 2 its name says")):
+        manifest.join([str(bad)], [2])
+    with pytest.raises(FileNotFoundError):
+        manifest.join([str(good), str(tmp_path / "gone")], [5, 1])
+    with pytest.raises(ValueError, match="2 paths but 1 sizes"):
+        manifest.join([str(good), str(bad)], [5])

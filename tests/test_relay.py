@@ -17,7 +17,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from dropr import _codec_py, _drop_py
+from dropr import _codec_py, _drop_py, protocol
 from dropr._impl import scan
 from dropr.cli import relay as relay_cli
 from dropr.protocol import PeerFailure, parse_acks
@@ -76,6 +76,32 @@ def test_a_request_announces_each_message_and_leaves_out_a_file_not_as_named(tmp
         status == "rejected" and "unreadable: batch file" in reason for status, reason in partial.refused.values()
     )
     assert [entry[0] for entry in msgpack.unpackb(partial.manifest)] == [i for f in files[:2] for i in batches.ids(f)]
+
+
+def test_a_request_joins_its_small_plain_messages_ahead_of_the_others(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    with Client(spool) as client:
+        client.put(b"x" * 50, peer="http://h/")
+        client.put_many([b"a", b"b"], peer="http://h/")
+        client.put(b"small", peer="http://h/", priority=3)
+        client.put(b"", peer="http://h/", priority=4, delay=2)
+    files = []
+    for name in scan.scan_queue(spool.queue_dir, 10):
+        priority, msg_id, _, channel, size, crc, count, delay_ms = _codec_py.parse_spool_name(name)
+        files.append(batches.Entry(name, msg_id, priority, channel, size, crc, count, delay_ms))
+    plain = [f for f in files if f.messages == 1 and f.size < 10]
+    request = batches.announce(files, spool.resolve, spool.queue_dir, join_below=10)
+    assert request.joined == 2 and request.files == plain + [f for f in files if f not in plain]
+    entries = [protocol.Entry(*item) for item in msgpack.unpackb(request.manifest)]
+    assert [(e.part, e.offset) for e in entries[:2]] == [(batches.JOINED_PART, 0), (batches.JOINED_PART, plain[0].size)]
+    assert entries[1].delay_ms == plain[1].delay_ms == 2000
+    assert all(e.part != batches.JOINED_PART for e in entries[2:])
+    assert batches.announce(files, spool.resolve, spool.queue_dir).joined == 0
+    batch = next(f for f in files if f.messages > 1)
+    Path(spool.queued_path(batch.name)).write_bytes(b"not a batch file")
+    partial = batches.announce(files, spool.resolve, spool.queue_dir, join_below=10)
+    assert partial.joined == 2 and partial.files == [f for f in request.files if f != batch]
+    assert sorted(partial.refused) == batches.ids(batch)
 
 
 def test_backoff_grows_jittered_up_to_its_cap_and_resets() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import dropr
+from dropr.relay.http import JOIN_BELOW
 from dropr.relay.supervisor import EXIT_LOCKED
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -211,6 +212,40 @@ def test_a_rejected_message_goes_to_failed_with_its_reason(tmp_path: Path, trans
         assert reason.strip() and ("crc" in reason.lower() or "checksum" in reason.lower())
         del sent[bad[1:31]]
         check_stored_once([store], sent)
+
+
+@pytest.mark.parametrize("transport", ["http", "local"])
+def test_a_spool_file_shorter_than_its_name_says_is_refused_alone(tmp_path: Path, transport: str) -> None:
+    spool = tmp_path / "spool"
+    store = tmp_path / "store"
+    with peer_for(transport, store) as peer:
+        sent = put(spool, peer, 4)
+        bad = queued(spool)[2]
+        path = queued_path(spool, bad)
+        path.write_bytes(path.read_bytes()[:-1])
+        done = run_relay(spool, "--once", "--no-supervise")
+        assert done.returncode == 1
+        assert queued(spool) == []
+        reason = (spool / "failed" / f"{bad}.reason").read_text()
+        assert "size" in reason.lower() or "bytes" in reason.lower(), reason
+        del sent[bad[1:31]]
+        check_stored_once([store], sent)
+
+
+def test_messages_small_and_large_and_batches_share_requests_each_stored_whole(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with peer_for("http", tmp_path / "store") as server_url:
+        sent = {}
+        with dropr.Client(spool) as client:
+            for size in (0, 1, 200, JOIN_BELOW - 1, JOIN_BELOW, 3 * JOIN_BELOW, 150):
+                payload = os.urandom(size)
+                sent[client.put(payload, peer=server_url, priority=size % 10)] = payload
+            payloads = [os.urandom(n) for n in (5, 0, 700)]
+            sent.update(zip(client.put_many(payloads, peer=server_url), payloads, strict=True))
+        done = run_relay(spool, "--once", "--no-supervise")
+        assert done.returncode == 0, done.stderr
+        assert queued(spool) == []
+    check_stored_once([tmp_path / "store"], sent)
 
 
 def test_expired_messages_go_to_failed(tmp_path: Path) -> None:

@@ -55,13 +55,19 @@ def cut(entries: Iterable[Entry], count: int, max_bytes: int) -> Iterator[list[E
         yield batch
 
 
+JOINED_PART = "joined"
+"""The part of a request that holds its joined messages (:func:`announce`), one after another."""
+
+
 class Announcement(NamedTuple):
     """A request to send: its ``manifest``, the ``files`` it announces (in order), and the
-    messages of the files left out because their index cannot be read (``refused``)."""
+    messages of the files left out because their index cannot be read (``refused``). The
+    first ``joined`` files are plain messages that travel in the part :data:`JOINED_PART`."""
 
     manifest: bytes
     files: list[Entry]
     refused: Acks
+    joined: int = 0
 
     def messages(self) -> list[protocol.Entry]:
         """The messages the manifest announces, in order (a batch file's one by one)."""
@@ -78,23 +84,35 @@ class SpoolFiles(NamedTuple):
     locate: Callable[[str], str]
     resolve: Callable[[str], str]
 
-    def announce(self, batch: list[Entry]) -> Announcement:
-        return announce(batch, self.resolve, self.queue_dir)
+    def announce(self, batch: list[Entry], join_below: int = 0) -> Announcement:
+        return announce(batch, self.resolve, self.queue_dir, join_below)
 
     def paths(self, request: Announcement) -> dict[str, str]:
         """The path of each file of ``request``, by its part name (its first id)."""
         return {entry.id: self.locate(entry.name) for entry in request.files}
 
 
-def announce(batch: list[Entry], resolve: Callable[[str], str], queue_dir: str) -> Announcement:
+def announce(batch: list[Entry], resolve: Callable[[str], str], queue_dir: str, join_below: int = 0) -> Announcement:
     """The manifest of ``batch``, queued in ``queue_dir``, channels ``resolve``d to their
     texts. A file whose channel text is lost, or a batch file whose index does not match its
-    name (it is read for its manifest), is left out, its messages rejected."""
+    name (it is read for its manifest), is left out, its messages rejected. Plain messages
+    of fewer than ``join_below`` bytes come first, joined (see :class:`Announcement`)."""
+    if join_below:
+        joined = [entry for entry in batch if entry.messages == 1 and entry.size < join_below]
+        if joined:
+            own = [entry for entry in batch if entry.messages > 1 or entry.size >= join_below]
+            return _announce(joined + own, resolve, queue_dir, len(joined))
+    return _announce(batch, resolve, queue_dir, 0)
+
+
+def _announce(batch: list[Entry], resolve: Callable[[str], str], queue_dir: str, joined: int) -> Announcement:
+    """:func:`announce` of ``batch``, its first ``joined`` files joined."""
     texts: dict[str, str] = {}
     lost: dict[str, str] = {}
     files: list[Entry] = []
     refused: Acks = {}
-    for entry in batch:
+    kept_joined = 0
+    for index, entry in enumerate(batch):
         channel = entry.channel
         if channel[0] == "~" and channel not in texts and channel not in lost:
             try:
@@ -105,19 +123,27 @@ def announce(batch: list[Entry], resolve: Callable[[str], str], queue_dir: str) 
             refused.update(dict.fromkeys(ids(entry), (protocol.REJECTED, lost[channel])))
         else:
             files.append(entry)
+            kept_joined += index < joined
     try:
-        return Announcement(manifest.build([entry.name for entry in files], texts, queue_dir), files, refused)
+        return _request(files, texts, queue_dir, kept_joined, refused)
     except (OSError, ValueError):
         pass  # rare: find the files at fault, one by one
     readable: list[Entry] = []
-    for entry in files:
+    announced_joined = kept_joined
+    for index, entry in enumerate(files):
         try:
             manifest.build([entry.name], texts, queue_dir)
         except (OSError, ValueError) as exc:
             refused.update(dict.fromkeys(ids(entry), (protocol.REJECTED, f"unreadable: {exc}")))
+            kept_joined -= index < announced_joined
         else:
             readable.append(entry)
-    return Announcement(manifest.build([entry.name for entry in readable], texts, queue_dir), readable, refused)
+    return _request(readable, texts, queue_dir, kept_joined, refused)
+
+
+def _request(files: list[Entry], texts: dict[str, str], queue_dir: str, joined: int, refused: Acks) -> Announcement:
+    built = manifest.build([entry.name for entry in files], texts, queue_dir, joined_part=JOINED_PART, joined=joined)
+    return Announcement(built, files, refused, joined)
 
 
 def ids(entry: Entry) -> list[str]:
