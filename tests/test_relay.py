@@ -337,6 +337,25 @@ def test_without_a_retention_fresh_files_are_unlinked_and_old_ones_deleted_in_th
         disposal.close()
 
 
+def test_prefetch_reads_ahead_only_files_older_than_the_fresh_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool, names = _queued(tmp_path, 3)
+    old_id = f"{time.time_ns() - 3600 * 10**9:016x}{names[0][17 : 1 + _codec_py.ID_LEN]}"
+    old = names[0][0] + old_id + names[0][1 + _codec_py.ID_LEN :]  # put an hour ago
+    os.makedirs(os.path.dirname(spool.queued_path(old)), exist_ok=True)
+    os.rename(spool.queued_path(names[0]), spool.queued_path(old))
+    read_ahead: list[list[str]] = []
+    monkeypatch.setattr("dropr.relay.disposal._prefetch", read_ahead.append)
+    disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, spool))
+    try:
+        disposal.prefetch(names[1:])
+        disposal.prefetch([names[1], old, names[2]])
+    finally:
+        disposal.close()
+    assert read_ahead == [[spool.queued_path(old)]]
+
+
 def test_lock_refuses_a_second_holder_with_the_pid(tmp_path: Path) -> None:
     fd = lock.acquire(str(tmp_path))
     try:

@@ -166,13 +166,12 @@ class Delivery:
                     fail(name, f"the text of channel {channel} is missing: {exc}")
                     continue
             groups.setdefault(peer, []).append(Entry(name, msg_id, priority, channel, size, crc, count, delay_ms))
-        locate = self._spool.queued_path
         for peer, entries in groups.items():
             for batch in batches.cut(entries, self._config.batch_count, self._config.batch_bytes):
                 peer.pending.append(batch)
                 self.held.update(entry.name for entry in batch)
                 if prefetch:
-                    disposal.prefetch([locate(entry.name) for entry in batch])
+                    disposal.prefetch([entry.name for entry in batch])
             self._pump(peer)
 
     # -- peers -----------------------------------------------------------------------

@@ -26,10 +26,10 @@ buckets old enough to hold one. That pass and the other chores — a crashed pro
 leftovers in ``tmp/``, ``sent/`` past its retention — are blocking directory passes
 (``housekeeping``), run on a worker thread of their own.
 
-libcurl reads each message file on the loop thread, one after the other, and a deep queue's
-files were written long ago and may have left the page cache, so the batches of a deep queue
-are prefetched (``posix_fadvise`` WILLNEED on a thread of their own) while the batches before
-them are sent.
+The message files of a request are read on the loop thread, one after the other, and a deep
+queue's files were written long ago and may have left the page cache, so the batches of a
+deep queue are prefetched (``posix_fadvise`` WILLNEED on a thread of their own) while the
+batches before them are sent — all but the files put in the last fresh seconds.
 """
 
 from __future__ import annotations
@@ -158,9 +158,16 @@ class Disposal:
         finished, self._finished = self._finished, None
         return () if finished is None else finished
 
-    def prefetch(self, paths: list[str]) -> None:
-        """Start reading the files at ``paths`` into the page cache, on the prefetch thread."""
-        self._prefetcher.submit(_prefetch, paths)
+    def prefetch(self, names: list[str]) -> None:
+        """Start reading the queued files ``names`` into the page cache, on the prefetch
+        thread; not those put in the last fresh seconds, which are still in it (their blocks
+        not even written yet)."""
+        put_before = time.time_ns() - self._fresh_ns
+        id_time_ns = codec.id_time_ns
+        locate = self._spool.queued_path
+        cold = [locate(name) for name in names if id_time_ns(name[1 : 1 + codec.ID_LEN]) < put_before]
+        if cold:
+            self._prefetcher.submit(_prefetch, cold)
 
     # -- chores ------------------------------------------------------------------------
 
