@@ -22,7 +22,8 @@ def link_files(staged: list[str], names: list[str], target_fds: tuple[int, ...])
     none replacing an entry of the first, then remove its staged path, in order; the result
     of each (False: the first directory held the name, the staged path is removed all the
     same) until one whose first link fails otherwise, left as it was, and that errno (0:
-    none failed). A failure after a file's first link is an OSError naming it."""
+    none failed). A failure after a file's first link is an OSError naming it. Into one
+    directory, a file is renamed without replacing instead, where the file system can."""
 
 def write_files(paths: list[str], contents: list[bytes | bytearray | memoryview]) -> None:
     """Create each file ``paths[i]`` (new: none may be there, a symbolic link is not

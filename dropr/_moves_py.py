@@ -107,7 +107,9 @@ def link_files(staged: list[str], names: list[str], target_fds: tuple[int, ...])
     none replacing an entry of the first, then remove its staged path, in order; the result
     of each (False: the first directory held the name, the staged path is removed all the
     same) until one whose first link fails otherwise, left as it was, and that errno (0:
-    none failed). A failure after a file's first link is an OSError naming it."""
+    none failed). A failure after a file's first link is an OSError naming it. (The
+    compiled twin renames a file into one directory without replacing instead, which Python
+    cannot ask for: the outcome is the same.)"""
     if len(staged) != len(names):
         raise ValueError(f"{len(staged)} staged files but {len(names)} names")
     if not target_fds:

@@ -16,9 +16,10 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 
-from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, EEXIST, ENOENT, F_OK, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL,
-                   O_NOFOLLOW, O_RDONLY, O_WRONLY, close, errno, faccessat, fstat, fstatat, iovec, linkat, open,
-                   raise_errno, read, renameat, ssize_t, stat, timespec, unlinkat, utimensat, write_all)
+from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, EEXIST, EINVAL, ENOENT, ENOSYS, F_OK, O_CLOEXEC, O_CREAT,
+                   O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, RENAME_NOREPLACE, close, errno, faccessat,
+                   fstat, fstatat, iovec, linkat, open, raise_errno, read, renameat, renameat2, ssize_t, stat,
+                   timespec, unlinkat, utimensat, write_all)
 
 import dropr._files
 
@@ -205,7 +206,9 @@ def link_files(list staged, list names, tuple target_fds):
     none replacing an entry of the first, then remove its staged path, in order; the result
     of each (False: the first directory held the name, the staged path is removed all the
     same) until one whose first link fails otherwise, left as it was, and that errno (0:
-    none failed). A failure after a file's first link is an OSError naming it."""
+    none failed). A failure after a file's first link is an OSError naming it. Into one
+    directory, a file is renamed without replacing instead (one call, not two), where the
+    file system can."""
     if len(staged) != len(names):
         raise ValueError(f"{len(staged)} staged files but {len(names)} names")
     if not target_fds:
@@ -216,11 +219,27 @@ def link_files(list staged, list names, tuple target_fds):
     if fds == NULL:
         raise MemoryError()
     cdef int error = 0, stopped = 0
+    cdef bint renames = others == 0
     try:
         for k in range(others):
             fds[k] = target_fds[k + 1]
         with nogil:
             while index < count:
+                if renames:
+                    if renameat2(AT_FDCWD, sources.items[index], targets.fd, targets.items[index], RENAME_NOREPLACE) == 0:
+                        targets.done[index] = 1
+                        index += 1
+                        continue
+                    if errno == EEXIST:
+                        if unlinkat(AT_FDCWD, sources.items[index], 0) != 0:
+                            error = errno
+                            break
+                        index += 1
+                        continue
+                    if errno != EINVAL and errno != ENOSYS:
+                        stopped = errno
+                        break
+                    renames = False  # not on this file system: link, then unlink
                 if linkat(AT_FDCWD, sources.items[index], targets.fd, targets.items[index], 0) == 0:
                     targets.done[index] = 1
                     for k in range(others):

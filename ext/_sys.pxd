@@ -25,7 +25,9 @@ cdef extern from "<errno.h>" nogil:
     enum:
         EINTR
         EEXIST
+        EINVAL
         ENOENT
+        ENOSYS
         ENOMEM
         ENOSPC
 
@@ -99,6 +101,10 @@ cdef extern from "<limits.h>" nogil:
 
 cdef extern from "<stdio.h>" nogil:
     int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+    # Linux 3.15+, glibc 2.28+ (_GNU_SOURCE, which Python.h defines)
+    int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)
+    enum:
+        RENAME_NOREPLACE
 
 from cpython.exc cimport PyErr_SetFromErrnoWithFilenameObject
 
