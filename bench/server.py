@@ -2,8 +2,9 @@
 
 A real ``dropr-server`` process on 127.0.0.1 with a fresh store in the system's temporary
 directory; this process posts batches (default 1000 messages of 200 bytes) on one
-keep-alive connection with pycurl, each part a buffer libcurl already holds, so the
-client's share of the time is small; ``--clients N`` posts N batches at a time on N
+keep-alive connection with pycurl, the messages one after another in one part as the relay
+sends small ones (``--parts``: a part each, as the manifest also allows), each part a buffer
+libcurl already holds, so the client's share of the time is small; ``--clients N`` posts N batches at a time on N
 connections (a thread each), as several relays do. Every batch has fresh ids and must be
 acked ``stored`` in full. Per round it prints the rate (messages over the time spent
 posting) and the server's CPU time per message (user + system, from ``/proc``), of which
@@ -16,10 +17,12 @@ latency of a lone message.
 earlier commit, extensions built) beside this tree's, each on a store of its own, the two
 taking turns step by step (N batches to one, then N to the other, the order alternating),
 so both see the same load of a shared machine; the last line is then the median of the
-per-round ratios, this tree's over the baseline's.
+per-round ratios, this tree's over the baseline's. ``--shapes`` runs two servers of this
+tree so instead, one posted joined batches and the other a part per message.
 
     python bench/server.py [--rounds 3] [--batches 20] [--count 1000] [--size 200]
-                           [--clients 1] [--fsync batch|none] [--dir DIR] [--baseline SRC]
+                           [--clients 1] [--fsync batch|none] [--dir DIR] [--parts]
+                           [--baseline SRC | --shapes]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from support import ServerProcess, start_server
 
 from dropr._impl import codec
+from dropr.relay.batches import JOINED_PART as JOINED
 
 # HTTPPOST still works and keeps the client cheap: libcurl takes each part's buffer as is.
 warnings.filterwarnings("ignore", "HTTPPOST is deprecated", DeprecationWarning)
@@ -56,13 +60,23 @@ TICK = os.sysconf("SC_CLK_TCK")
 Form = list[tuple[str, object]]
 
 
-def make_batch(count: int, size: int) -> tuple[list[str], Form]:
-    """Fresh ids and the ``HTTPPOST`` form of one batch (client, manifest, file parts)."""
+def make_batch(count: int, size: int, parts: bool) -> tuple[list[str], Form]:
+    """Fresh ids and the ``HTTPPOST`` form of one batch (client, manifest, file parts): the
+    messages joined in one part, or with ``parts`` a part each."""
     ids = [codec.new_id() for _ in range(count)]
     payloads = [os.urandom(size) for _ in range(count)]
-    manifest = msgpack.packb(
-        [[i, "bench", 5, i, size, zlib.crc32(data)] for i, data in zip(ids, payloads, strict=True)]
-    )
+    if parts:
+        entries = [[i, "bench", 5, i, size, zlib.crc32(data)] for i, data in zip(ids, payloads, strict=True)]
+        files = [
+            (i, (pycurl.FORM_BUFFER, i, pycurl.FORM_BUFFERPTR, data)) for i, data in zip(ids, payloads, strict=True)
+        ]
+    else:
+        entries = [
+            [i, "bench", 5, JOINED, size, zlib.crc32(data), n * size]
+            for n, (i, data) in enumerate(zip(ids, payloads, strict=True))
+        ]
+        files = [(JOINED, (pycurl.FORM_BUFFER, JOINED, pycurl.FORM_BUFFERPTR, b"".join(payloads)))]
+    manifest = msgpack.packb(entries)
     form: Form = [
         ("client", CLIENT),
         (
@@ -77,8 +91,7 @@ def make_batch(count: int, size: int) -> tuple[list[str], Form]:
             ),
         ),
     ]
-    form += [(i, (pycurl.FORM_BUFFER, i, pycurl.FORM_BUFFERPTR, data)) for i, data in zip(ids, payloads, strict=True)]
-    return ids, form
+    return ids, form + files
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -181,7 +194,10 @@ def main() -> None:
         help="where the store goes (default: the system's temporary directory; a tmpfs such "
         "as /dev/shm leaves out the file system and shows the server's own cost)",
     )
-    parser.add_argument("--baseline", metavar="SRC", help="also run the server of this source tree, in turns")
+    parser.add_argument("--parts", action="store_true", help="a part per message, not the messages joined in one")
+    compared = parser.add_mutually_exclusive_group()
+    compared.add_argument("--baseline", metavar="SRC", help="also run the server of this source tree, in turns")
+    compared.add_argument("--shapes", action="store_true", help="joined batches to one server, parts to another")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="dropr-bench-server-", dir=args.dir)
@@ -189,24 +205,28 @@ def main() -> None:
     figures: dict[str, list[tuple[float, float, float]]] = {}
     try:
         with contextlib.ExitStack() as stack:
-            servers = {"this": stack.enter_context(start_server(os.path.join(work, "this"), extra_args=extra))}
+            first = "joined" if args.shapes else "this"
+            servers = {first: stack.enter_context(start_server(os.path.join(work, first), extra_args=extra))}
+            parts = {first: args.parts and not args.shapes, "baseline": args.parts, "parts": True}
+            if args.shapes:
+                servers["parts"] = stack.enter_context(start_server(os.path.join(work, "parts"), extra_args=extra))
             if args.baseline:
                 env = {k: v for k, v in os.environ.items() if k != "DROPR_TOKEN"}
                 env["PYTHONPATH"] = os.path.abspath(args.baseline)
                 baseline = start_server(os.path.join(work, "baseline"), extra_args=extra, env=env)
                 servers["baseline"] = stack.enter_context(baseline)
             posters = {name: Poster(srv, args.clients) for name, srv in servers.items()}
-            for poster in posters.values():
+            for name, poster in posters.items():
                 stack.callback(poster.close)
-                poster.post([make_batch(args.count, args.size) for _ in range(args.clients)])  # warm up
+                poster.post([make_batch(args.count, args.size, parts[name]) for _ in range(args.clients)])  # warm up
                 poster.latencies.clear()
             for round_no in range(1, args.rounds + 1):
                 for poster in posters.values():
                     poster.start_round()
                 for step in range(max(1, args.batches // args.clients)):
-                    turns = list(posters.values())
-                    for poster in turns if step % 2 == 0 else turns[::-1]:
-                        poster.post([make_batch(args.count, args.size) for _ in range(args.clients)])
+                    turns = list(posters.items())
+                    for name, poster in turns if step % 2 == 0 else turns[::-1]:
+                        poster.post([make_batch(args.count, args.size, parts[name]) for _ in range(args.clients)])
                 line = []
                 for name, poster in posters.items():
                     figures.setdefault(name, []).append(poster.end_round())
@@ -218,18 +238,20 @@ def main() -> None:
             latencies = {name: poster.latencies for name, poster in posters.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    shape = "a part per message" if args.parts else "joined"
     settings = f"{args.count} x {args.size} B per batch, {args.clients} at once, fsync {args.fsync}"
     for name, rounds in figures.items():
         rate, cpu, user = (statistics.median(column) for column in zip(*rounds, strict=True))
         print(
             f"median{'' if name == 'this' else ' ' + name}: {rate:,.0f} msg/s, server CPU {cpu:.0f} us/message "
             f"({user:.0f} user); request latency p50 {_percentile(latencies[name], 50):.2f} ms, "
-            f"p99 {_percentile(latencies[name], 99):.2f} ms ({settings})"
+            f"p99 {_percentile(latencies[name], 99):.2f} ms ({settings}{'' if args.shapes else ', ' + shape})"
         )
-    if args.baseline:
-        ratios = [(t[0] / b[0], t[1] / b[1]) for t, b in zip(figures["this"], figures["baseline"], strict=True)]
+    if len(figures) == 2:
+        (one, ones), (other, others) = figures.items()
+        ratios = [(t[0] / b[0], t[1] / b[1]) for t, b in zip(ones, others, strict=True)]
         print(
-            f"this / baseline: rate {statistics.median(r for r, _ in ratios):.3f} "
+            f"{one} / {other}: rate {statistics.median(r for r, _ in ratios):.3f} "
             f"(per round {', '.join(f'{r:.2f}' for r, _ in ratios)}), "
             f"CPU per message {statistics.median(c for _, c in ratios):.3f}"
         )
