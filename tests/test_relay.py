@@ -315,14 +315,20 @@ def test_names_finished_while_a_threaded_scan_reads_are_remembered_until_it_ends
     assert sorted(message.name for message, _ in spool.failed()) == [names[1], names[3], names[4]]
 
 
+def _put_an_hour_ago(spool: Spool, name: str) -> str:
+    """Rename queued ``name`` to the name it would have had if put an hour ago; that name."""
+    old_id = f"{time.time_ns() - 3600 * 10**9:016x}{name[17 : 1 + _codec_py.ID_LEN]}"
+    old = name[0] + old_id + name[1 + _codec_py.ID_LEN :]
+    os.makedirs(os.path.dirname(spool.queued_path(old)), exist_ok=True)
+    os.rename(spool.queued_path(name), spool.queued_path(old))
+    return old
+
+
 def test_without_a_retention_fresh_files_are_unlinked_and_old_ones_deleted_in_the_background(
     tmp_path: Path,
 ) -> None:
     spool, names = _queued(tmp_path, 9)
-    old_id = f"{time.time_ns() - 3600 * 10**9:016x}{names[0][17 : 1 + _codec_py.ID_LEN]}"
-    old = names[0][0] + old_id + names[0][1 + _codec_py.ID_LEN :]  # put an hour ago
-    os.makedirs(os.path.dirname(spool.queued_path(old)), exist_ok=True)
-    os.rename(spool.queued_path(names[0]), spool.queued_path(old))
+    old = _put_an_hour_ago(spool, names[0])
     leftover = os.path.join(spool.sent_dir, names[0])
     Path(leftover).write_bytes(b"x")  # left by an earlier run: only a sweep removes it
     disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, spool))
@@ -341,10 +347,7 @@ def test_prefetch_reads_ahead_only_files_older_than_the_fresh_seconds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool, names = _queued(tmp_path, 3)
-    old_id = f"{time.time_ns() - 3600 * 10**9:016x}{names[0][17 : 1 + _codec_py.ID_LEN]}"
-    old = names[0][0] + old_id + names[0][1 + _codec_py.ID_LEN :]  # put an hour ago
-    os.makedirs(os.path.dirname(spool.queued_path(old)), exist_ok=True)
-    os.rename(spool.queued_path(names[0]), spool.queued_path(old))
+    old = _put_an_hour_ago(spool, names[0])
     read_ahead: list[list[str]] = []
     monkeypatch.setattr("dropr.relay.disposal._prefetch", read_ahead.append)
     disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, spool))
