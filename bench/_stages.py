@@ -19,7 +19,9 @@ file operations per message and per batch as dropr and nothing more:
   its share of the names; prints the time the last file left the queue;
 - ``receive``: read a batch from the socket, create, write and close a staged file per
   message (every batch that has arrived meanwhile too), ``syncfs``, rename each into the
-  store's queue, ``syncfs``, acknowledge each batch (the server shares its flushes so);
+  store's queue, ``syncfs``, acknowledge each batch (the server shares its flushes so); the
+  syncs, renames and acknowledgements of a group run on a thread of their own while the next
+  group is staged, as the server's commits run beside its event loop;
 - ``consume``: list the store's queue, set the lease (``utimensat``) and rename each file of
   a claim into ``claimed/``, open, read and close it, rename it into ``processed/``; prints
   the time the last one was processed.
@@ -325,9 +327,45 @@ static int forward(const char *queue_dir, const char *sent_dir, int port, long c
     return 0;
 }
 
-/* Stages every batch that has arrived, then makes them durable together (group commit, as
-   the server shares a flush between requests in flight) and acknowledges each; each file
-   received holds per_file messages, each staged as a file of its own. */
+/* A group of staged batches on its way to the store: the committer thread makes it durable
+   and acknowledges each batch while the receiving thread stages the next group, as the
+   server's commits run on a thread of their own while its event loop stages what arrives. */
+struct group {
+    char (*names)[NAME_MAX_]; long total, batches, cap;
+};
+static struct {
+    pthread_mutex_t lock; pthread_cond_t changed;
+    struct group *ready;   /* handed over, not yet taken by the committer */
+    struct group *free;    /* given back by the committer, ready to be refilled */
+    int stage, store, sock;
+} commits = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, -1, -1, -1};
+
+static void *committer(void *unused) {
+    (void)unused;
+    for (;;) {
+        pthread_mutex_lock(&commits.lock);
+        while (!commits.ready) pthread_cond_wait(&commits.changed, &commits.lock);
+        struct group *g = commits.ready; commits.ready = NULL;
+        pthread_cond_broadcast(&commits.changed);
+        pthread_mutex_unlock(&commits.lock);
+        if (syncfs(commits.store)) die("syncfs");
+        for (long i = 0; i < g->total; i++)
+            if (renameat(commits.stage, g->names[i], commits.store, g->names[i])) die("renameat store");
+        if (syncfs(commits.store)) die("syncfs");
+        for (long i = 0; i < g->batches; i++) put_all(commits.sock, "a", 1);
+        pthread_mutex_lock(&commits.lock);
+        while (commits.free) pthread_cond_wait(&commits.changed, &commits.lock);
+        commits.free = g;
+        pthread_cond_broadcast(&commits.changed);
+        pthread_mutex_unlock(&commits.lock);
+    }
+    return NULL;
+}
+
+/* Stages every batch that has arrived, then hands them to the committer, which makes them
+   durable together (group commit, as the server shares a flush between requests in flight)
+   and acknowledges each while the next are staged; each file received holds per_file
+   messages, each staged as a file of its own. */
 static int receive(int port, const char *stage_dir, const char *store_dir, long count, long per_file) {
     int stage = opendirfd(stage_dir), store = opendirfd(store_dir);
     int lsock = socket(AF_INET, SOCK_STREAM, 0), one = 1;
@@ -338,34 +376,44 @@ static int receive(int port, const char *stage_dir, const char *store_dir, long 
     printf("ready\n"); fflush(stdout);
     int sock = accept(lsock, NULL, NULL); if (sock < 0) die("accept");
     setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    char (*names)[NAME_MAX_] = NULL; long names_cap = 0; char *data = malloc(1 << 24);
+    commits.stage = stage; commits.store = store; commits.sock = sock;
+    static struct group groups[2];
+    commits.free = &groups[1];
+    struct group *g = &groups[0];
+    pthread_t thread; if (pthread_create(&thread, NULL, committer, NULL)) die("pthread_create");
+    char *data = malloc(1 << 24);
     for (long done = 0; done < count;) {
-        long total = 0, batches = 0; char peek;
+        g->total = g->batches = 0; char peek;
         do {
             uint32_t v; get_all(sock, &v, 4); long n = ntohl(v) * per_file;
-            if (total + n > names_cap) { names_cap = 2 * (total + n); names = realloc(names, names_cap * NAME_MAX_); }
-            for (long i = total; i < total + n; i += per_file) {
+            if (g->total + n > g->cap) {
+                g->cap = 2 * (g->total + n); g->names = realloc(g->names, g->cap * NAME_MAX_);
+            }
+            for (long i = g->total; i < g->total + n; i += per_file) {
                 char name[NAME_MAX_];
                 get_all(sock, &v, 4); uint32_t len = ntohl(v);
                 get_all(sock, name, len); name[len] = 0;
                 get_all(sock, &v, 4); uint32_t size = ntohl(v);
                 get_all(sock, data, size);
                 for (long j = 0; j < per_file; j++) {
-                    snprintf(names[i + j], NAME_MAX_, "%s.%lx", name, j);
-                    int fd = openat(stage, names[i + j], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+                    snprintf(g->names[i + j], NAME_MAX_, "%s.%lx", name, j);
+                    int fd = openat(stage, g->names[i + j], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
                     if (fd < 0) die("openat stage");
                     put_all(fd, data + j * (size / per_file), size / per_file); close(fd);
                 }
             }
-            total += n; batches++;
+            g->total += n; g->batches++;
         } while (recv(sock, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 1);
-        if (syncfs(store)) die("syncfs");
-        for (long i = 0; i < total; i++)
-            if (renameat(stage, names[i], store, names[i])) die("renameat store");
-        if (syncfs(store)) die("syncfs");
-        for (long i = 0; i < batches; i++) put_all(sock, "a", 1);
-        done += total;
+        done += g->total;
+        pthread_mutex_lock(&commits.lock);
+        while (commits.ready || !commits.free) pthread_cond_wait(&commits.changed, &commits.lock);
+        commits.ready = g; g = commits.free; commits.free = NULL;
+        pthread_cond_broadcast(&commits.changed);
+        pthread_mutex_unlock(&commits.lock);
     }
+    pthread_mutex_lock(&commits.lock);  /* the last group committed and acknowledged */
+    while (commits.ready || !commits.free) pthread_cond_wait(&commits.changed, &commits.lock);
+    pthread_mutex_unlock(&commits.lock);
     return 0;
 }
 
