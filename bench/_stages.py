@@ -8,7 +8,7 @@ file operations per message and per batch as dropr and nothing more:
 - ``produce``: create, write, close, rename into its bucket of the queue, making the bucket
   when it is missing (``fdatasync`` and the bucket's ``fsync`` with sync); with a count per
   put above 1 (dropr's ``fastput_many``) one such file holds that many messages, and the
-  forwarder sends it as one record, which the receiver stages as that many files;
+  forwarder sends it as one record, whose messages the receiver stages as it does others;
 - ``forward``: list the queue's buckets in order (removing the empty ones), open, read and
   close each file of a batch, write the batch to a loopback TCP socket, up to ``parallel``
   batches in flight (a new one sent as soon as one is answered, as the relay keeps that many
@@ -17,11 +17,12 @@ file operations per message and per batch as dropr and nothing more:
   unlink those put in the last ``fresh`` seconds (:func:`dropr.relay.disposal.fresh_seconds`),
   rename the others into ``sent/``, which four sweeper threads of the forwarder unlink, each
   its share of the names; prints the time the last file left the queue;
-- ``receive``: read a batch from the socket, create, write and close a staged file per
-  message (every batch that has arrived meanwhile too), ``syncfs``, rename each into the
-  store's queue, ``syncfs``, acknowledge each batch (the server shares its flushes so); the
-  syncs, renames and acknowledgements of a group run on a thread of their own while the next
-  group is staged, as the server's commits run beside its event loop;
+- ``receive``: read a batch from the socket, write its messages one after another into
+  shared staged files of 64 KiB (every batch that has arrived meanwhile too), ``syncfs``,
+  hard-link each message's name into the store's queue, ``syncfs``, acknowledge each batch
+  (the server shares its flushes so), unlink the staged names; the syncs, links and
+  acknowledgements of a group run on a thread of their own while the next group is staged,
+  as the server's commits run beside its event loop;
 - ``consume``: list the store's queue, set the lease (``utimensat``) and rename each file of
   a claim into ``claimed/``, open, read and close it, rename it into ``processed/``; prints
   the time the last one was processed.
@@ -330,8 +331,9 @@ static int forward(const char *queue_dir, const char *sent_dir, int port, long c
 /* A group of staged batches on its way to the store: the committer thread makes it durable
    and acknowledges each batch while the receiving thread stages the next group, as the
    server's commits run on a thread of their own while its event loop stages what arrives. */
+#define SHARED_BYTES 65536  /* payload bytes a shared staged file takes, as the server's chunks */
 struct group {
-    char (*names)[NAME_MAX_]; long total, batches, cap;
+    char (*names)[NAME_MAX_]; long *file_of, total, batches, cap, files;  /* file_of: its staged file */
 };
 static struct {
     pthread_mutex_t lock; pthread_cond_t changed;
@@ -349,10 +351,17 @@ static void *committer(void *unused) {
         pthread_cond_broadcast(&commits.changed);
         pthread_mutex_unlock(&commits.lock);
         if (syncfs(commits.store)) die("syncfs");
-        for (long i = 0; i < g->total; i++)
-            if (renameat(commits.stage, g->names[i], commits.store, g->names[i])) die("renameat store");
+        char staged[32];
+        for (long i = 0; i < g->total; i++) {
+            snprintf(staged, sizeof staged, "s%lx", g->file_of[i]);
+            if (linkat(commits.stage, staged, commits.store, g->names[i], 0)) die("linkat store");
+        }
         if (syncfs(commits.store)) die("syncfs");
         for (long i = 0; i < g->batches; i++) put_all(commits.sock, "a", 1);
+        for (long f = g->files - 1; f >= 0 && g->total; f--) {
+            snprintf(staged, sizeof staged, "s%lx", g->file_of[0] + f);
+            if (unlinkat(commits.stage, staged, 0)) die("unlinkat stage");
+        }
         pthread_mutex_lock(&commits.lock);
         while (commits.free) pthread_cond_wait(&commits.changed, &commits.lock);
         commits.free = g;
@@ -382,12 +391,15 @@ static int receive(int port, const char *stage_dir, const char *store_dir, long 
     struct group *g = &groups[0];
     pthread_t thread; if (pthread_create(&thread, NULL, committer, NULL)) die("pthread_create");
     char *data = malloc(1 << 24);
+    long next_file = 0;
     for (long done = 0; done < count;) {
-        g->total = g->batches = 0; char peek;
+        g->total = g->batches = g->files = 0; char peek;
+        int fd = -1; long filled = 0; char staged[32];
         do {
             uint32_t v; get_all(sock, &v, 4); long n = ntohl(v) * per_file;
             if (g->total + n > g->cap) {
                 g->cap = 2 * (g->total + n); g->names = realloc(g->names, g->cap * NAME_MAX_);
+                g->file_of = realloc(g->file_of, g->cap * sizeof(long));
             }
             for (long i = g->total; i < g->total + n; i += per_file) {
                 char name[NAME_MAX_];
@@ -396,14 +408,22 @@ static int receive(int port, const char *stage_dir, const char *store_dir, long 
                 get_all(sock, &v, 4); uint32_t size = ntohl(v);
                 get_all(sock, data, size);
                 for (long j = 0; j < per_file; j++) {
+                    if (fd < 0 || filled >= SHARED_BYTES) {  /* the next shared staged file */
+                        if (fd >= 0) close(fd);
+                        snprintf(staged, sizeof staged, "s%lx", next_file++);
+                        fd = openat(stage, staged, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+                        if (fd < 0) die("openat stage");
+                        g->files++; filled = 0;
+                    }
                     snprintf(g->names[i + j], NAME_MAX_, "%s.%lx", name, j);
-                    int fd = openat(stage, g->names[i + j], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-                    if (fd < 0) die("openat stage");
-                    put_all(fd, data + j * (size / per_file), size / per_file); close(fd);
+                    g->file_of[i + j] = next_file - 1;
+                    put_all(fd, data + j * (size / per_file), size / per_file);
+                    filled += size / per_file;
                 }
             }
             g->total += n; g->batches++;
         } while (recv(sock, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 1);
+        if (fd >= 0) close(fd);
         done += g->total;
         pthread_mutex_lock(&commits.lock);
         while (commits.ready || !commits.free) pthread_cond_wait(&commits.changed, &commits.lock);

@@ -8,6 +8,9 @@ import os
 from collections.abc import Callable
 
 FILE_MODE = 0o640
+SHARED_MODE = 0o540
+"""The mode of a store file shared by several messages, a hard link each (a batch file, see
+``dropr._codec_py``): a message's own file never has an execute bit."""
 DIR_MODE = 0o750
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 """How a directory is opened to hold it, sync it or work relative to it."""

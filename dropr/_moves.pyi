@@ -17,13 +17,16 @@ def absent_names(dir_fd: int, names: list[str], positions: list[int]) -> list[in
     """The positions (of ``positions``, in their order) of the names with no entry in the
     directory ``dir_fd``; a symbolic link is an entry, not followed."""
 
-def link_files(staged: list[str], names: list[str], target_fds: tuple[int, ...]) -> tuple[list[bool], int]:
+def link_files(
+    staged: list[str], names: list[str], target_fds: tuple[int, ...], keep: bool = False
+) -> tuple[list[bool], int]:
     """Link each staged file (a path) into every directory of ``target_fds`` as its name,
     none replacing an entry of the first, then remove its staged path, in order; the result
     of each (False: the first directory held the name, the staged path is removed all the
     same) until one whose first link fails otherwise, left as it was, and that errno (0:
     none failed). A failure after a file's first link is an OSError naming it. Into one
-    directory, a file is renamed without replacing instead, where the file system can."""
+    directory, a file is renamed without replacing instead, where the file system can. With
+    ``keep`` the staged paths are linked and left (shared files)."""
 
 def write_files(paths: list[str], contents: list[bytes | bytearray | memoryview]) -> None:
     """Create each file ``paths[i]`` (new: none may be there, a symbolic link is not
@@ -32,4 +35,5 @@ def write_files(paths: list[str], contents: list[bytes | bytearray | memoryview]
 
 def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], int]:
     """The contents of the files ``paths``, each whole (None for one gone), until ``max_bytes``
-    were read (the file that crosses it included, and one file at least); and how many."""
+    were read (the file that crosses it included, and one file at least); and how many. A
+    file shared by several messages (``SHARED_MODE``) gives the one its name names alone."""

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 
-from ._files import FILE_MODE
+from ._codec_py import BATCH_ENTRY, BATCH_HEADER, ID_LEN, parse_batch_index
+from ._files import FILE_MODE, SHARED_MODE
 
 
 def _directories(gone: bool, *paths: str) -> None:
@@ -102,14 +104,17 @@ def absent_names(dir_fd: int, names: list[str], positions: list[int]) -> list[in
     return [i for i in positions if not os.access(names[i], os.F_OK, dir_fd=dir_fd, follow_symlinks=False)]
 
 
-def link_files(staged: list[str], names: list[str], target_fds: tuple[int, ...]) -> tuple[list[bool], int]:
+def link_files(
+    staged: list[str], names: list[str], target_fds: tuple[int, ...], keep: bool = False
+) -> tuple[list[bool], int]:
     """Link each staged file (a path) into every directory of ``target_fds`` as its name,
     none replacing an entry of the first, then remove its staged path, in order; the result
     of each (False: the first directory held the name, the staged path is removed all the
     same) until one whose first link fails otherwise, left as it was, and that errno (0:
     none failed). A failure after a file's first link is an OSError naming it. (The
     compiled twin renames a file into one directory without replacing instead, which Python
-    cannot ask for: the outcome is the same.)"""
+    cannot ask for: the outcome is the same.) With ``keep`` the staged paths are linked and
+    left (shared files)."""
     if len(staged) != len(names):
         raise ValueError(f"{len(staged)} staged files but {len(names)} names")
     if not target_fds:
@@ -130,7 +135,8 @@ def link_files(staged: list[str], names: list[str], target_fds: tuple[int, ...])
                     os.link(path, name, dst_dir_fd=fd, follow_symlinks=False)
                 except FileExistsError:
                     pass
-        os.unlink(path)
+        if not keep:
+            os.unlink(path)
     return results, 0
 
 
@@ -155,7 +161,8 @@ def write_files(paths: list[str], contents: list[bytes | bytearray | memoryview]
 
 def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], int]:
     """The contents of the files ``paths``, each whole (None for one gone), until ``max_bytes``
-    were read (the file that crosses it included, and one file at least); and how many."""
+    were read (the file that crosses it included, and one file at least); and how many. A
+    file shared by several messages (``SHARED_MODE``) gives the one its name names alone."""
     contents: list[bytes | None] = []
     size = 0
     for path in paths:
@@ -167,13 +174,35 @@ def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], in
             contents.append(None)
             continue
         try:
-            want = os.fstat(fd).st_size + 1  # one more byte tells a file that grew
-            data = os.read(fd, want)
-            if len(data) == want:
-                while more := os.read(fd, 1 << 16):
-                    data += more
+            info = os.fstat(fd)
+            if info.st_mode & 0o7777 == SHARED_MODE:
+                data = _read_own(fd, path)
+            else:
+                want = info.st_size + 1  # one more byte tells a file that grew
+                data = os.read(fd, want)
+                if len(data) == want:
+                    while more := os.read(fd, 1 << 16):
+                        data += more
         finally:
             os.close(fd)
         contents.append(data)
         size += len(data)
     return contents, len(contents)
+
+
+def _read_own(fd: int, path: str) -> bytes:
+    """The bytes of the message ``path``'s name names, out of the shared file open as ``fd``
+    (found by its id in the file's index); OSError (EIO) when the file holds no such message."""
+    msg_id = os.path.basename(path)[1 : 1 + ID_LEN]
+    try:
+        _, count = BATCH_HEADER.unpack(os.pread(fd, BATCH_HEADER.size, 0))
+        entries = parse_batch_index(os.pread(fd, BATCH_HEADER.size + count * BATCH_ENTRY.size, 0))
+    except (ValueError, struct.error):
+        entries = []
+    for entry_id, offset, size, _ in entries:
+        if entry_id == msg_id:
+            data = os.pread(fd, size, offset)
+            if len(data) == size:
+                return data
+            break
+    raise OSError(errno.EIO, os.strerror(errno.EIO), path)

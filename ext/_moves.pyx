@@ -15,10 +15,14 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcmp, strlen, strrchr
 
-from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, EEXIST, EINVAL, ENOENT, ENOSYS, F_OK, O_CLOEXEC, O_CREAT,
+from _codec cimport (DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_ID_LEN, DROPR_MAX_BATCH_COUNT, batch_header_count,
+                     batch_index_bytes, get_be)
+
+from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, EEXIST, EINVAL, EIO, ENOENT, ENOSYS, F_OK, O_CLOEXEC, O_CREAT,
                    O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, RENAME_NOREPLACE, close, errno, faccessat,
-                   fstat, fstatat, iovec, linkat, open, raise_errno, read, renameat, renameat2, ssize_t, stat,
+                   fstat, fstatat, iovec, linkat, open, pread, raise_errno, read, renameat, renameat2, ssize_t, stat,
                    timespec, unlinkat, utimensat, write_all)
 
 import dropr._files
@@ -26,6 +30,7 @@ import dropr._files
 DEF GROW = 65536
 DEF OPEN_AT = 8  # the names of a batch from which its directories are opened (below: full paths)
 cdef int _file_mode = dropr._files.FILE_MODE
+cdef unsigned int _shared_mode = dropr._files.SHARED_MODE
 
 
 cdef class _Paths:
@@ -201,14 +206,14 @@ def absent_names(int dir_fd, list names, list positions):
     return paths.flagged(positions, 0, paths.count)
 
 
-def link_files(list staged, list names, tuple target_fds):
+def link_files(list staged, list names, tuple target_fds, bint keep=False):
     """Link each staged file (a path) into every directory of ``target_fds`` as its name,
     none replacing an entry of the first, then remove its staged path, in order; the result
     of each (False: the first directory held the name, the staged path is removed all the
     same) until one whose first link fails otherwise, left as it was, and that errno (0:
     none failed). A failure after a file's first link is an OSError naming it. Into one
     directory, a file is renamed without replacing instead (one call, not two), where the
-    file system can."""
+    file system can. With ``keep`` the staged paths are linked and left (shared files)."""
     if len(staged) != len(names):
         raise ValueError(f"{len(staged)} staged files but {len(names)} names")
     if not target_fds:
@@ -219,7 +224,7 @@ def link_files(list staged, list names, tuple target_fds):
     if fds == NULL:
         raise MemoryError()
     cdef int error = 0, stopped = 0
-    cdef bint renames = others == 0
+    cdef bint renames = others == 0 and not keep
     try:
         for k in range(others):
             fds[k] = target_fds[k + 1]
@@ -249,7 +254,7 @@ def link_files(list staged, list names, tuple target_fds):
                 elif errno != EEXIST:
                     stopped = errno
                     break
-                if error or unlinkat(AT_FDCWD, sources.items[index], 0) != 0:
+                if error or (not keep and unlinkat(AT_FDCWD, sources.items[index], 0) != 0):
                     error = error or errno
                     break
                 index += 1
@@ -299,8 +304,49 @@ def write_files(list paths, list contents):
         raise_errno(error, paths[index])
 
 
+cdef int _read_own(int fd, const char *path, char **data, Py_ssize_t *size) noexcept nogil:
+    """Reads the message named by ``path``'s last component out of the shared file open as
+    ``fd`` (its range, found by its id in the file's index) into a new buffer: 0, the
+    errno, -1 short of memory, or EIO for a file that holds no such message."""
+    cdef const char *name = strrchr(path, 47)  # '/'
+    cdef char head[DROPR_BATCH_HEADER]
+    cdef char *index = NULL
+    cdef Py_ssize_t count, i, at
+    cdef unsigned long long offset, length
+    cdef int error = EIO
+    name = path if name == NULL else name + 1
+    if pread(fd, head, DROPR_BATCH_HEADER, 0) != DROPR_BATCH_HEADER:
+        return EIO
+    count = batch_header_count(head)
+    if count < 2 or count > DROPR_MAX_BATCH_COUNT or strlen(name) < 1 + DROPR_ID_LEN:
+        return EIO
+    index = <char *>malloc(batch_index_bytes(count))
+    if index == NULL:
+        return -1
+    if pread(fd, index, batch_index_bytes(count), 0) == batch_index_bytes(count):
+        offset = <unsigned long long>batch_index_bytes(count)
+        for i in range(count):
+            at = DROPR_BATCH_HEADER + i * DROPR_BATCH_ENTRY
+            length = get_be(index + at + DROPR_ID_LEN, 8)
+            if memcmp(index + at, name + 1, DROPR_ID_LEN) == 0:
+                data[0] = <char *>malloc(max(1, <Py_ssize_t>length))
+                if data[0] == NULL:
+                    error = -1
+                elif pread(fd, data[0], length, offset) == <ssize_t>length:
+                    size[0] = <Py_ssize_t>length
+                    error = 0
+                else:
+                    free(data[0])
+                    data[0] = NULL
+                break
+            offset += length
+    free(index)
+    return error
+
+
 cdef int _read_whole(const char *path, char **data, Py_ssize_t *size) noexcept nogil:
-    """Reads the file at ``path`` into a new buffer (``data``, ``size``): 0, or the errno."""
+    """Reads the message file at ``path`` into a new buffer (``data``, ``size``): 0, or the
+    errno; a file shared by several messages gives the named one's bytes alone."""
     cdef stat info
     cdef int fd = open(path, O_RDONLY | O_CLOEXEC)
     cdef Py_ssize_t want, got = 0
@@ -311,6 +357,10 @@ cdef int _read_whole(const char *path, char **data, Py_ssize_t *size) noexcept n
         return errno
     if fstat(fd, &info) != 0:
         error = errno
+        close(fd)
+        return error
+    if info.st_mode & 0o7777 == _shared_mode:
+        error = _read_own(fd, path, data, size)
         close(fd)
         return error
     want = info.st_size + 1  # one more byte tells a file that grew

@@ -26,6 +26,7 @@ cdef extern from "<errno.h>" nogil:
         EINTR
         EEXIST
         EINVAL
+        EIO
         ENOENT
         ENOSYS
         ENOMEM
@@ -66,6 +67,7 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef extern from "<sys/stat.h>" nogil:
     struct stat:
+        mode_t st_mode
         off_t st_size
         timespec st_mtim
 

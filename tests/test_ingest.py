@@ -568,7 +568,9 @@ class _NoLinks:
     def __init__(self) -> None:
         self.refused = 0
 
-    def link_files(self, staged: list[str], names: list[str], target_fds: tuple[int, ...]) -> tuple[list[bool], int]:
+    def link_files(
+        self, staged: list[str], names: list[str], target_fds: tuple[int, ...], keep: bool = False
+    ) -> tuple[list[bool], int]:
         self.refused += 1
         return [], errno.EPERM
 

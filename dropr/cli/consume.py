@@ -166,9 +166,9 @@ class _Consumer:
 
     def _run(self, message: Message) -> subprocess.CompletedProcess[bytes]:
         """The command on ``message``: its file as standard input, or its payload piped in
-        (a message that came over the network)."""
+        (a message that came over the network, or one of a shared file)."""
         command = self.args.command
-        if not message.path:
+        if not message.path or not message.whole_file():
             return subprocess.run(command, input=message.read(), stderr=subprocess.PIPE, check=False)
         payload = os.open(message.path, os.O_RDONLY | os.O_CLOEXEC)
         try:

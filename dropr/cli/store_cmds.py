@@ -245,7 +245,7 @@ def _rows(messages: Iterable[Message]) -> list[dict[str, Any]]:
     rows = []
     for message in messages:
         try:
-            size = os.stat(message.path).st_size
+            size = os.stat(message.path).st_size if message.whole_file() else len(message.read())
         except FileNotFoundError:
             continue
         rows.append(

@@ -335,7 +335,9 @@ class ConsumerAPI:
             if value is not None
         }
         headers[hdrs.CONTENT_TYPE] = api.RAW
-        return web.FileResponse(message.path, headers=headers)
+        if message.whole_file():
+            return web.FileResponse(message.path, headers=headers)
+        return web.Response(body=message.read(), headers=headers)
 
     async def settle(self, outcome: str, request: web.Request) -> web.StreamResponse:
         params = await _params(request)

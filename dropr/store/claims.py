@@ -19,6 +19,13 @@ or release it: while the lease runs nobody else can hold the name (only an expir
 requeued); after it ran out the file is still the claimant's as long as it was not taken
 back (the claimant may win the race with a sweeper). Anything else is :class:`LeaseLost`.
 
+**A shared file** (several messages, a hard link each: see :mod:`.layout`) has one mtime
+for all its links, so it serves as one lease only while one claim holds every link of it:
+a claim that takes some of its links, not all, gives those names copies of their own
+messages first (or, having other messages already, gives them back for the next claim to
+take whole), and a message failed or released out of a shared file gets its own copy
+before its times change. The sweep takes the links of a shared file found due together.
+
 :class:`Claims` is what one process remembers between calls: when a root may next hold
 something due, and the untried names of its last scan of a deep queue.
 """
@@ -142,6 +149,12 @@ class Claims:
         order) is still the lease; the new path of each, or None for one whose lease was lost.
         Done already (found in ``state`` with that token) is no error."""
         claimed, target = os.path.join(root, CLAIMED), os.path.join(root, state)
+        if state == QUEUE:  # back without a lease: a name sharing its file gets its own first
+            for name, token in zip(names, tokens, strict=True):
+                path = os.path.join(claimed, name)
+                if _token(path) == token:
+                    own(path)
+                    _restore(path, token)
         try:
             moved = moves.settle_files(claimed, target, names, tokens, state == QUEUE)
         except FileNotFoundError:  # the root is gone (its group unsubscribed): nothing is held
@@ -161,7 +174,7 @@ class Claims:
         becomes a dead letter. Its new path; LeaseLost for a claim no longer held."""
         if lease_ns is None:
             path = os.path.join(root, QUEUE, name)
-            if shared:  # out of the queue first (no claimant takes it meanwhile), then its own
+            if shared or os.lstat(path).st_nlink > 1:  # out of the queue (no claimant takes it), then its own
                 os.rename(path, os.path.join(root, CLAIMED, name))
                 path = os.path.join(root, CLAIMED, name)
                 own(path)
@@ -170,6 +183,7 @@ class Claims:
             path = os.path.join(root, CLAIMED, name)
             if _token(path) != lease_ns:
                 raise LeaseLost(name)
+            own(path)  # its retry time is its own
         try:
             due = record_failure(root, name, path, reason, time.time(), self.retry)
         except FileNotFoundError:
@@ -214,6 +228,15 @@ _UNLEASED = (0, 0)
 """The times of a file back in the queue: no lease, and older than any ctime."""
 
 
+def _restore(path: str, token: int) -> None:
+    """Give the claimed file at ``path`` its lease ``token`` again (a copy of its own has
+    the time it was made), so that its settling goes as its claimant's."""
+    try:
+        os.utime(path, ns=(token, token), follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+
+
 def _token(path: str) -> int | None:
     """The mtime of ``path`` in nanoseconds (a claimed file's lease token); None when gone."""
     try:
@@ -242,6 +265,7 @@ def requeue_due(root: str, now: float) -> tuple[int, float]:
     queue = os.path.join(root, QUEUE)
     moved = 0
     earliest = math.inf
+    expired: set[int] = set()  # shared files found due: moving one link changes their ctime
     for state in (CLAIMED, DELAYED):
         try:
             entries = os.scandir(os.path.join(root, state))
@@ -256,8 +280,10 @@ def requeue_due(root: str, now: float) -> tuple[int, float]:
                 try:
                     stat = entry.stat(follow_symlinks=False)
                     due = stat.st_mtime
-                    if state == CLAIMED and stat.st_mtime_ns <= stat.st_ctime_ns:
+                    if state == CLAIMED and stat.st_mtime_ns <= stat.st_ctime_ns and stat.st_ino not in expired:
                         due = stat.st_ctime + GRACE  # being claimed (see the module's docstring)
+                    if due <= now and stat.st_nlink > 1:
+                        expired.add(stat.st_ino)
                     if due <= now:
                         if stat.st_nlink == 1:  # a shared one keeps other groups' times
                             os.utime(entry.path, ns=_UNLEASED)
@@ -315,12 +341,17 @@ def claim(
         try:
             while index < len(names) and len(held) < limit:
                 taken, index = moves.rename_files(queue, claimed, names, index, limit - len(held))
+                back: list[str] = []
                 if shared:
                     taken = [name for name in taken if own(os.path.join(claimed, name))]
+                else:
+                    taken, back = own_split(root, taken, len(held) + len(taken) == limit)
                 taken = moves.lease_files(claimed, taken, until_ns)
                 if taken and not tick:
                     tick = _resolution(os.path.join(claimed, taken[0]), until_ns)
                 held += taken
+                if back:  # the claim ends short of its limit; the next takes these first, whole
+                    return held, back + names[index:], scanning, tick
         except FileNotFoundError:  # the root went away meanwhile (its group unsubscribed)
             break
         if len(held) == limit:
@@ -332,26 +363,62 @@ def claim(
 
 
 def own(path: str) -> bool:
-    """Give the message file at ``path`` an inode of its own when links of other consumer
-    groups share it (ingest links each message into every group's queue); False when it is
-    gone.
+    """Give the message file at ``path`` an inode of its own when other links share it
+    (ingest links each message into every group's queue, and the messages of a shared file
+    under their names); False when it is gone.
 
     A lease, a retry time, are the file's mtime, which every link of it shows: one group's
-    claim would make another's lease look lost. So the first claim in a group of a file
-    still shared copies it — synced, then renamed over the link — and only the last group
-    to take the message uses the file ingest wrote. Nobody else touches the name meanwhile:
-    the caller holds it, claimed.
+    claim would make another's lease look lost, and so would one claimant's lease on a
+    message of a shared file the others of which another holds. So the name gets a copy of
+    its own message — synced, then renamed over the link — before its times are set, and
+    only the last link taken keeps the file ingest wrote. Nobody else touches the name
+    meanwhile: the caller holds it, claimed.
     """
     try:
-        file = open(path, "rb")  # noqa: SIM115 (closed below)
+        if os.lstat(path).st_nlink < 2:
+            return True
+        data = moves.read_files([path], 0)[0][0]
     except FileNotFoundError:
         return False
-    with file:
-        if os.fstat(file.fileno()).st_nlink < 2:
-            return True
-        data = file.read()
+    if data is None:
+        return False
     _files.publish(path, data, replace=True, sync=True)
     return True
+
+
+def own_split(root: str, names: list[str], full: bool) -> tuple[list[str], list[str]]:
+    """``names``, just claimed into ``claimed/``, each a file of its own unless every link of
+    its file is among them (a shared file claimed whole keeps one inode and one lease for
+    all its messages): the names kept, and those given back to the queue. A claim that
+    reached its limit (``full``) in the middle of a shared file gives back that file's
+    names it took, if it holds others, rather than copying them: the next claim takes them
+    whole."""
+    claimed = os.path.join(root, CLAIMED)
+    links: dict[int, list[str]] = {}
+    inode: dict[str, int] = {}
+    kept: list[str] = []
+    for name in names:
+        try:
+            info = os.lstat(os.path.join(claimed, name))
+        except FileNotFoundError:
+            continue
+        kept.append(name)
+        if info.st_nlink > 1:
+            links.setdefault(info.st_ino, []).append(name)
+            inode[name] = info.st_ino
+    split = {ino for ino, linked in links.items() if os.lstat(os.path.join(claimed, linked[0])).st_nlink > len(linked)}
+    if not split:
+        return kept, []
+    back: list[str] = []
+    last = inode.get(kept[-1]) if kept else None
+    if full and last in split and len(links[last]) < len(kept):
+        back = links[last]
+        for name in back:
+            os.rename(os.path.join(claimed, name), os.path.join(root, QUEUE, name))
+        split.discard(last)
+        given = set(back)
+        kept = [name for name in kept if name not in given]
+    return [name for name in kept if inode.get(name) not in split or own(os.path.join(claimed, name))], back
 
 
 def _resolution(path: str, until_ns: int) -> int:

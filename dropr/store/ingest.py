@@ -8,7 +8,9 @@ each moved into its channel's queue under its final name without replacing anyth
 the channel's shared lock: see :mod:`.layout`; a message held already, by client and id in
 any state, is a duplicate: acknowledged again, kept once), then the new directory entries
 synced (:mod:`.sync` picks how for the batch's
-size) — and only then **answer** (:data:`dropr.protocol.Acks`). The HTTP server (which
+size) — and only then **answer** (:data:`dropr.protocol.Acks`). A staged file shared by
+several messages (the small ones of a request, see :func:`.staging.write_held`) is linked
+under each message's name and leaves the staging area once the last of them is answered. The HTTP server (which
 stages each part as it streams in) and the local transport (which stages spool files by
 hard link, or a batch file's messages by copy) both commit through it.
 
@@ -24,9 +26,9 @@ them to), while the syncs of different batches overlap and share each ``syncfs``
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -39,7 +41,7 @@ from ..errors import InvalidMessage
 from ..names import check_channel, check_client_id, check_message_id, check_priority
 from ..protocol import DUPLICATE, REJECTED, STORED, Acks, mismatch
 from .layout import DELAYED, QUEUE, STATES, PathLike, StoreDirectory, group_roots, locked, make_channel, remember
-from .staging import StagedFile, Staging
+from .staging import StagedFile, Staging, shared_payload
 from .sync import Syncer
 
 _OPEN_CHANNELS = 64  # channels whose state directories stay open, five descriptors each
@@ -137,7 +139,7 @@ class IngestSide(StoreDirectory):
             if not verified:
                 return acks
             if sync:
-                self._syncer.data([m.file.path for m in verified])
+                self._syncer.data(list(dict.fromkeys(m.file.path for m in verified)))
             ingested = self.ingest_many(client, [(m.channel, m.id, m.priority, m.file.path, m.due()) for m in verified])
             for message, result in zip(verified, ingested.results, strict=True):
                 if result is True or result is False:
@@ -206,9 +208,11 @@ class IngestSide(StoreDirectory):
             client_field = self._client_field(client)
             directories = [self.staging_dir]
             created = False
+            uses = collections.Counter(item[3] for items in by_channel.values() for item in items)
+            shared = {path for path, count in uses.items() if count > 1}
             for channel, items in by_channel.items():
                 channel_dir = self._registered_dir(channel)
-                made, moved_into = self._move_in(channel_dir, client_field, items, results)
+                made, moved_into = self._move_in(channel_dir, client_field, items, results, shared)
                 directories += moved_into
                 # A delayed message's due time is its mtime: only a flush makes that durable.
                 created |= made or any(item[4] for item in items)
@@ -269,9 +273,12 @@ class IngestSide(StoreDirectory):
         client_field: str,
         items: list[tuple[int, int, str, str, float]],
         results: list[bool | str],
+        shared: set[str],
     ) -> tuple[bool, list[str]]:
         """Ingest one channel's share of a batch (under the lock, the channel's shared);
-        whether its directories had to be created, and the directories that got messages."""
+        whether its directories had to be created, and the directories that got messages.
+        A staged file of ``shared`` holds several messages: it is linked, never moved or
+        removed (its staged name goes with the last of them, see ``StagedFile``)."""
         names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _, _ in items]
         created = delayed = False
         done = 0
@@ -282,9 +289,10 @@ class IngestSide(StoreDirectory):
                 with locked(fds[0], exclusive=False), _Targets(channel_dir, fds) as targets:
                     fresh = set(_unheld(targets.held, names, list(range(done, len(items)))))
                     while done < len(items):
-                        index, _, _, staged, due = items[done]
+                        index, _, msg_id, staged, due = items[done]
                         if done not in fresh:
-                            _files.remove(staged)
+                            if staged not in shared:
+                                _files.remove(staged)
                             done += 1
                         elif due:
                             os.utime(staged, (due, due))  # before it shows in delayed/, which goes by mtime
@@ -292,10 +300,11 @@ class IngestSide(StoreDirectory):
                             delayed = True
                             done += 1
                         else:  # with the fresh ones due now after it, in one batch
+                            keep = staged in shared
                             end = done + 1
-                            while end in fresh and not items[end][4]:
+                            while end in fresh and not items[end][4] and (items[end][3] in shared) == keep:
                                 end += 1
-                            done += _link_in(items, names, done, end, targets.into(0), results)
+                            done += _link_in(items, names, done, end, targets.into(0), results, keep)
                     return created, targets.dirs(QUEUE) + (targets.dirs(DELAYED) if delayed else [])
             except FileNotFoundError:
                 if not os.path.lexists(items[done][3]):
@@ -426,10 +435,12 @@ def _link_in(
     end: int,
     queue_fds: tuple[int, ...],
     results: list[bool | str],
+    keep: bool,
 ) -> int:
     """Move the staged files of ``items[start:end]`` into ``queue_fds`` as :func:`_move`
-    does, in one batch without the GIL, their results into ``results``; how many moved."""
-    linked, error = moves.link_files([item[3] for item in items[start:end]], names[start:end], queue_fds)
+    does (with ``keep``, shared files: link them, leave them staged), in one batch without
+    the GIL, their results into ``results``; how many moved."""
+    linked, error = moves.link_files([item[3] for item in items[start:end]], names[start:end], queue_fds, keep)
     for item, result in zip(items[start:end], linked, strict=False):  # linked: up to a failure
         results[item[0]] = result
     if not error:
@@ -437,7 +448,8 @@ def _link_in(
     failed = start + len(linked)
     if error not in _NO_LINKS:
         raise OSError(error, os.strerror(error), items[failed][3])
-    results[items[failed][0]] = _copy_in(items[failed][3], queue_fds, names[failed])
+    index, _, msg_id, staged, _ = items[failed]
+    results[index] = _copy_in(staged, queue_fds, names[failed], msg_id if keep else None)
     return len(linked) + 1
 
 
@@ -453,13 +465,20 @@ def _move(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
     return _copy_in(staged, queue_fds, name)
 
 
-def _copy_in(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
+def _copy_in(staged: str, queue_fds: tuple[int, ...], name: str, shared_id: str | None = None) -> bool:
     """:func:`_move` on a file system without hard links: the check just before is the
-    guard, and the other groups get copies."""
+    guard, and the other groups get copies. With ``shared_id``, ``staged`` is a shared file
+    (left staged): every queue gets a copy of that message's bytes alone."""
     first, *others = queue_fds
     if _held_in(first, name):
-        os.unlink(staged)
+        if shared_id is None:
+            os.unlink(staged)
         return False
+    if shared_id is not None:
+        payload = shared_payload(staged, shared_id)
+        for fd in queue_fds:
+            _write_copy(payload, fd, name, None)
+        return True
     for fd in others:
         _copy(staged, fd, name)
     os.rename(staged, name, dst_dir_fd=first)
@@ -469,12 +488,20 @@ def _copy_in(staged: str, queue_fds: tuple[int, ...], name: str) -> bool:
 def _copy(staged: str, dir_fd: int, name: str) -> None:
     """A durable copy of ``staged`` named ``name`` in directory ``dir_fd`` (hidden until
     whole), with its times (a delayed message's mtime is when it is due)."""
+    with open(staged, "rb") as source:
+        times = os.fstat(source.fileno())
+        _write_copy(source.read(), dir_fd, name, (times.st_atime_ns, times.st_mtime_ns))
+
+
+def _write_copy(data: bytes, dir_fd: int, name: str, times_ns: tuple[int, int] | None) -> None:
+    """A durable file named ``name`` in directory ``dir_fd`` holding ``data`` (hidden until
+    whole), with the times ``times_ns`` when given."""
     tmp = f".{name}.copy"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _files.FILE_MODE, dir_fd=dir_fd)
-    with open(staged, "rb") as source, open(fd, "wb") as copy:
-        shutil.copyfileobj(source, copy)
+    with open(fd, "wb") as copy:
+        copy.write(data)
         copy.flush()
-        times = os.fstat(source.fileno())
-        os.utime(copy.fileno(), ns=(times.st_atime_ns, times.st_mtime_ns))
+        if times_ns is not None:
+            os.utime(copy.fileno(), ns=times_ns)
         os.fsync(copy.fileno())
     os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

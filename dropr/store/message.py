@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
+from .._files import SHARED_MODE
 from .._impl import moves
 
 
@@ -63,6 +64,11 @@ class Message:
     def lease(self) -> float | None:
         """When the claim ends (seconds since the epoch); None when not claimed."""
         return None if self.lease_ns is None else self.lease_ns / 1e9
+
+    def whole_file(self) -> bool:
+        """Whether the payload is the whole file at ``path``, which may then be handed on as
+        it is; not so for a message of a shared file (FileNotFoundError when it is gone)."""
+        return os.lstat(self.path).st_mode & 0o7777 != SHARED_MODE
 
     def read(self) -> bytes:
         """The payload (FileNotFoundError when the file is gone)."""

@@ -21,8 +21,8 @@ import os
 import secrets
 import zlib
 
-from .._files import FILE_MODE, remove
-from .._impl import moves
+from .._files import FILE_MODE, SHARED_MODE, remove
+from .._impl import codec, moves
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 _READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -109,12 +109,23 @@ class Staging:
         return f"{self._prefix}{next(self._count):x}"
 
 
+class _Share:
+    """A staged file that holds several messages (see :func:`write_held`): how many of them
+    have yet to be handed over or discarded, the last of which removes its staged name."""
+
+    __slots__ = ("users",)
+
+    def __init__(self, users: int) -> None:
+        self.users = users
+
+
 class StagedFile:
     """One staged payload: its ``path`` (empty once the store took it or it was removed),
     ``size`` and ``crc`` (CRC-32) of what it holds so far, and ``held``, its bytes while
-    they are kept in memory (None once the file is on disk)."""
+    they are kept in memory (None once the file is on disk). ``shared``: the path is a file
+    holding other messages too, which the store links under each message's name."""
 
-    __slots__ = ("_fd", "crc", "held", "path", "size")
+    __slots__ = ("_fd", "_share", "crc", "held", "path", "size")
 
     def __init__(self, path: str, fd: int, held: bytearray | None = None) -> None:
         self.path = path
@@ -122,6 +133,11 @@ class StagedFile:
         self.crc = 0
         self._fd = fd
         self.held = held
+        self._share: _Share | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self._share is not None
 
     def write(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
@@ -161,28 +177,83 @@ class StagedFile:
             os.close(fd)
 
     def handed_over(self) -> None:
-        """The store took (or removed) the file: ``discard`` leaves its path alone."""
+        """The store took (or removed) the file: ``discard`` leaves its path alone. The store
+        links a shared file, whose staged name goes once its last message is handed over."""
+        if self._share is not None:
+            self._leave()
         self.path = ""
 
     def discard(self) -> None:
-        """Close and remove the file; safe to call twice or after it was handed over."""
+        """Close and remove the file (a shared one once no message of it is left); safe to
+        call twice or after it was handed over."""
         try:
             self.close()
         finally:
-            if self.path:
+            if self._share is not None:
+                self._leave()
+            elif self.path:
                 remove(self.path)
-                self.path = ""
+            self.path = ""
+
+    def _leave(self) -> None:
+        share, self._share = self._share, None
+        assert share is not None
+        share.users -= 1
+        if share.users == 0 and self.path:
+            remove(self.path)
 
 
-def write_held(files: list[StagedFile]) -> None:
+def write_held(files: list[StagedFile], ids: list[str | None]) -> None:
     """Create the files of ``files`` still held in memory (see :meth:`Staging.hold`), in
-    one call; an OSError leaves none of them held."""
-    held = [(file, file.held) for file in files if file.held is not None and file.path]
+    one call; an OSError leaves none of them held. Those given an id in ``ids`` (messages
+    due at once), two or more, go into one shared file instead: a batch file (the format of
+    ``dropr._codec_py``) of mode :data:`~dropr._files.SHARED_MODE`, which the store links
+    under each message's name, one file created where there were as many as messages."""
+    held = [
+        (file, file.held, msg_id)
+        for file, msg_id in zip(files, ids, strict=True)
+        if file.held is not None and file.path
+    ]
+    joined = [(file, data, msg_id) for file, data, msg_id in held if msg_id is not None]
+    own = held if len(joined) < 2 or not shares_files(joined[0][0].path) else [item for item in held if item[2] is None]
     try:
-        moves.write_files([file.path for file, _ in held], [data for _, data in held])
+        paths = [file.path for file, _, _ in own]
+        contents: list[bytes | bytearray] = [data for _, data, _ in own]
+        if own is not held:
+            index = codec.batch_index([(msg_id, file.size, file.crc) for file, _, msg_id in joined])
+            paths.append(joined[0][0].path)
+            contents.append(b"".join([index, *(data for _, data, _ in joined)]))
+        moves.write_files(paths, contents)
+        if own is not held:
+            os.chmod(paths[-1], SHARED_MODE)  # a file just made, O_EXCL: no link to follow
+            share = _Share(len(joined))
+            for file, _, _ in joined:
+                file.path, file._share = paths[-1], share
     finally:
-        for file, _ in held:
+        for file, _, _ in held:
             file.held = None
+
+
+_sharing: dict[str, bool] = {}
+
+
+def shares_files(path: str) -> bool:
+    """Whether the file system of the staged ``path`` keeps :data:`SHARED_MODE` (by which
+    readers tell a shared file), tried once per staging directory."""
+    directory = os.path.dirname(path)
+    known = _sharing.get(directory)
+    if known is None:
+        probe = f"{path}.mode"
+        os.close(os.open(probe, _CREATE, FILE_MODE))
+        try:
+            os.chmod(probe, SHARED_MODE)
+            known = os.stat(probe).st_mode & 0o7777 == SHARED_MODE
+        except OSError:
+            known = False
+        finally:
+            remove(probe)
+        _sharing[directory] = known
+    return known
 
 
 def remove_staged(staging_dir: str, prefix: str) -> int:
@@ -193,3 +264,13 @@ def remove_staged(staging_dir: str, prefix: str) -> int:
             if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
                 removed += remove(entry.path)
     return removed
+
+
+def shared_payload(path: str, msg_id: str) -> bytes:
+    """The bytes of message ``msg_id`` in the shared staged file at ``path``."""
+    with open(path, "rb") as file:
+        data = file.read()
+    for entry_id, offset, size, _ in codec.parse_batch_index(data):
+        if entry_id == msg_id:
+            return data[offset : offset + size]
+    raise KeyError(f"{path} holds no message {msg_id}")

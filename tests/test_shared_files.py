@@ -1,0 +1,172 @@
+"""Store files shared by several messages: what a request's small messages become (one file,
+hard-linked under each message's name), read back one by one, claimed, settled, failed and
+released one by one, without one message's lease or retry time ever showing on another's.
+
+Real store directories, the real ingest side and consumer side, a real server for the
+request; both twins of the hot path through the suite's two runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from support import start_server
+from test_server import batch, msg, post
+
+from dropr import _codec_py
+from dropr._files import SHARED_MODE
+from dropr._impl import moves
+from dropr.store import Store
+from dropr.store.ingest import IngestSide, Staged
+from dropr.store.staging import write_held
+
+CHANNEL = "shared"
+
+
+def put_shared(store_dir: Path, payloads: list[bytes], channel: str = CHANNEL) -> list[str]:
+    """Ingest ``payloads`` as one request's messages held in memory: one shared file."""
+    ingest = IngestSide(store_dir, create=True)
+    staging = ingest.staging("test-")
+    files = []
+    for data in payloads:
+        staged = staging.hold()
+        staged.write(data)
+        staged.close()
+        files.append(staged)
+    ids = [_codec_py.new_id() for _ in payloads]
+    write_held(files, list(ids))
+    staged_messages = [
+        Staged(msg_id, channel, 5, len(data), zlib.crc32(data), file)
+        for msg_id, data, file in zip(ids, payloads, files, strict=True)
+    ]
+    acks = ingest.commit("client", staged_messages)
+    assert acks == dict.fromkeys(ids, ("stored", ""))
+    ingest.close()
+    return ids
+
+
+def queue(store_dir: Path, channel: str = CHANNEL) -> Path:
+    return store_dir / "channels" / channel / "queue"
+
+
+def inodes(directory: Path) -> set[int]:
+    return {os.lstat(directory / name).st_ino for name in os.listdir(directory) if not name.startswith(".")}
+
+
+def test_a_requests_small_messages_share_one_file_each_read_as_its_own(tmp_path: Path) -> None:
+    with start_server(tmp_path / "store") as server:
+        msgs = [msg(f"message {i}".encode() * (i % 7), CHANNEL, i % 10) for i in range(60)]
+        assert post(server, batch("host-a", msgs)).acks() == {m.id: ["stored", ""] for m in msgs}
+        names = sorted(os.listdir(queue(server.store_dir)))
+        assert len(names) == 60
+        assert len(inodes(queue(server.store_dir))) < 10  # a few files (one a chunk), not sixty
+        for m in msgs:
+            path = queue(server.store_dir) / f"{m.priority}{m.id}+host-a"
+            assert os.lstat(path).st_mode & 0o7777 == SHARED_MODE
+            assert moves.read_files([str(path)], 0)[0] == [m.payload]
+        assert not [n for n in os.listdir(server.store_dir / "tmp") if not n.startswith(".")]
+        store = Store(server.store_dir)
+        assert {m.id: m.read() for m in store.messages(CHANNEL)} == {m.id: m.payload for m in msgs}
+
+
+def test_a_shared_file_claimed_whole_keeps_one_inode_and_each_message_settles(tmp_path: Path) -> None:
+    payloads = [b"one", b"", b"three" * 100]
+    ids = put_shared(tmp_path / "store", payloads)
+    store = Store(tmp_path / "store")
+    claimed = store.claim(CHANNEL, 10, 60)
+    assert [m.id for m in claimed] == sorted(ids, key=lambda i: i)
+    assert len({os.lstat(m.path).st_ino for m in claimed}) == 1
+    assert [m.read() for m in claimed] == [payloads[ids.index(m.id)] for m in claimed]
+    for message in claimed:
+        store.set_processed(message)
+    assert store.count_processed(CHANNEL) == 3 and store.count_queued(CHANNEL) == 0
+
+
+def test_a_claim_of_part_of_a_shared_file_gives_each_message_taken_its_own(tmp_path: Path) -> None:
+    payloads = [f"part {i}".encode() for i in range(6)]
+    ids = put_shared(tmp_path / "store", payloads)
+    store = Store(tmp_path / "store")
+    first = store.claim(CHANNEL, 2, 60)
+    assert len(first) == 2
+    assert all(os.lstat(m.path).st_nlink == 1 for m in first)
+    rest = store.claim(CHANNEL, 10, 120)
+    assert len(rest) == 4 and len({os.lstat(m.path).st_ino for m in rest}) == 1
+    store.set_processed(*first, *rest)  # neither claim's lease shows on the other's messages
+    assert {m.id: m.read() for m in store.processed(CHANNEL)} == dict(zip(ids, payloads, strict=True))
+
+
+def test_a_claim_that_would_cut_a_shared_file_after_others_gives_its_share_back(tmp_path: Path) -> None:
+    plain = put_shared(tmp_path / "store", [b"a", b"b"])  # shared too: two messages
+    later = put_shared(tmp_path / "store", [b"c", b"d", b"e"])
+    store = Store(tmp_path / "store")
+    claimed = store.claim(CHANNEL, 4, 60)
+    assert sorted(m.id for m in claimed) == sorted(plain)  # short of the limit: the next file stays whole
+    again = store.claim(CHANNEL, 4, 60)
+    assert sorted(m.id for m in again) == sorted(later)
+    assert len({os.lstat(m.path).st_ino for m in again}) == 1
+    store.set_processed(*claimed, *again)
+    assert store.count_processed(CHANNEL) == 5
+
+
+def test_releasing_or_failing_one_message_of_a_shared_claim_leaves_the_others_lease(tmp_path: Path) -> None:
+    payloads = [b"x", b"y", b"z"]
+    ids = put_shared(tmp_path / "store", payloads)
+    store = Store(tmp_path / "store")
+    claimed = store.claim(CHANNEL, 10, 60)
+    released, failed, kept = claimed
+    store.release(released)
+    store.set_failed(failed, "not now")
+    assert os.lstat(kept.path).st_mtime_ns == kept.lease_ns  # still its claimant's
+    store.set_processed(kept)
+    assert store.status(CHANNEL, released.id) == "queued"
+    assert store.status(CHANNEL, failed.id) == "delayed"
+    assert store.status(CHANNEL, kept.id) == "processed"
+    assert sorted([released.id, failed.id, kept.id]) == sorted(ids)
+    again = store.claim(CHANNEL, 10, 60)
+    assert [m.id for m in again] == [released.id] and again[0].read() == payloads[ids.index(released.id)]
+
+
+def test_an_expired_shared_claim_comes_back_whole(tmp_path: Path) -> None:
+    put_shared(tmp_path / "store", [b"p", b"q"])
+    store = Store(tmp_path / "store", sweep_interval=0.0)
+    first = store.claim(CHANNEL, 10, 0.2)
+    assert len(first) == 2
+    time.sleep(0.3)
+    again = store.claim(CHANNEL, 10, 60)
+    assert sorted(m.id for m in again) == sorted(m.id for m in first)
+    with pytest.raises(Exception, match="lease"):
+        store.set_processed(first[0])
+    store.set_processed(*again)
+    assert store.count_processed(CHANNEL) == 2
+
+
+def test_a_resent_shared_file_is_a_duplicate_for_each_message(tmp_path: Path) -> None:
+    with start_server(tmp_path / "store") as server:
+        msgs = [msg(f"resent {i}".encode(), CHANNEL, 5) for i in range(20)]
+        assert post(server, batch("host-r", msgs)).acks() == {m.id: ["stored", ""] for m in msgs}
+        again = post(server, batch("host-r", msgs)).acks()
+        assert again == {m.id: ["duplicate", "already held"] for m in msgs}
+        assert len(os.listdir(queue(server.store_dir))) == 20
+
+
+def test_without_hard_links_each_message_of_a_shared_file_gets_a_copy_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_ingest import _NoLinks
+
+    monkeypatch.setattr("dropr.store.ingest.moves", _NoLinks())
+    payloads = [b"first", b"second", b""]
+    ids = put_shared(tmp_path / "store", payloads)
+    names = os.listdir(queue(tmp_path / "store"))
+    assert len(names) == 3
+    for name in names:
+        info = os.lstat(queue(tmp_path / "store") / name)
+        assert info.st_nlink == 1 and info.st_mode & 0o7777 != SHARED_MODE
+    assert {m.id: m.read() for m in Store(tmp_path / "store").messages(CHANNEL)} == dict(
+        zip(ids, payloads, strict=True)
+    )
+    assert not [n for n in os.listdir(tmp_path / "store" / "tmp") if not n.startswith(".")]
