@@ -20,6 +20,7 @@ from test_server import batch, msg, post
 from dropr import _codec_py
 from dropr._files import SHARED_MODE
 from dropr._impl import moves
+from dropr.errors import StoreError
 from dropr.store import Store
 from dropr.store.ingest import IngestSide, Staged
 from dropr.store.staging import write_held
@@ -78,7 +79,7 @@ def test_a_shared_file_claimed_whole_keeps_one_inode_and_each_message_settles(tm
     ids = put_shared(tmp_path / "store", payloads)
     store = Store(tmp_path / "store")
     claimed = store.claim(CHANNEL, 10, 60)
-    assert [m.id for m in claimed] == sorted(ids, key=lambda i: i)
+    assert [m.id for m in claimed] == sorted(ids)
     assert len({os.lstat(m.path).st_ino for m in claimed}) == 1
     assert [m.read() for m in claimed] == [payloads[ids.index(m.id)] for m in claimed]
     for message in claimed:
@@ -138,7 +139,7 @@ def test_an_expired_shared_claim_comes_back_whole(tmp_path: Path) -> None:
     time.sleep(0.3)
     again = store.claim(CHANNEL, 10, 60)
     assert sorted(m.id for m in again) == sorted(m.id for m in first)
-    with pytest.raises(Exception, match="lease"):
+    with pytest.raises(StoreError, match="lease lost"):
         store.set_processed(first[0])
     store.set_processed(*again)
     assert store.count_processed(CHANNEL) == 2

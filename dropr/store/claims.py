@@ -152,8 +152,11 @@ class Claims:
         if state == QUEUE:  # back without a lease: a name sharing its file gets its own first
             for name, token in zip(names, tokens, strict=True):
                 path = os.path.join(claimed, name)
-                if _token(path) == token:
-                    own(path)
+                try:
+                    info = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if info.st_nlink > 1 and info.st_mtime_ns == token and own(path):
                     _restore(path, token)
         try:
             moved = moves.settle_files(claimed, target, names, tokens, state == QUEUE)
@@ -395,6 +398,7 @@ def own_split(root: str, names: list[str], full: bool) -> tuple[list[str], list[
     whole."""
     claimed = os.path.join(root, CLAIMED)
     links: dict[int, list[str]] = {}
+    nlinks: dict[int, int] = {}
     inode: dict[str, int] = {}
     kept: list[str] = []
     for name in names:
@@ -405,8 +409,9 @@ def own_split(root: str, names: list[str], full: bool) -> tuple[list[str], list[
         kept.append(name)
         if info.st_nlink > 1:
             links.setdefault(info.st_ino, []).append(name)
+            nlinks[info.st_ino] = info.st_nlink
             inode[name] = info.st_ino
-    split = {ino for ino, linked in links.items() if os.lstat(os.path.join(claimed, linked[0])).st_nlink > len(linked)}
+    split = {ino for ino, linked in links.items() if nlinks[ino] > len(linked)}
     if not split:
         return kept, []
     back: list[str] = []

@@ -289,7 +289,7 @@ class IngestSide(StoreDirectory):
                 with locked(fds[0], exclusive=False), _Targets(channel_dir, fds) as targets:
                     fresh = set(_unheld(targets.held, names, list(range(done, len(items)))))
                     while done < len(items):
-                        index, _, msg_id, staged, due = items[done]
+                        index, _, _, staged, due = items[done]
                         if done not in fresh:
                             if staged not in shared:
                                 _files.remove(staged)

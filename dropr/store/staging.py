@@ -122,7 +122,7 @@ class _Share:
 class StagedFile:
     """One staged payload: its ``path`` (empty once the store took it or it was removed),
     ``size`` and ``crc`` (CRC-32) of what it holds so far, and ``held``, its bytes while
-    they are kept in memory (None once the file is on disk). ``shared``: the path is a file
+    they are kept in memory (None once the file is on disk). A shared one's path is a file
     holding other messages too, which the store links under each message's name."""
 
     __slots__ = ("_fd", "_share", "crc", "held", "path", "size")
@@ -134,10 +134,6 @@ class StagedFile:
         self._fd = fd
         self.held = held
         self._share: _Share | None = None
-
-    @property
-    def shared(self) -> bool:
-        return self._share is not None
 
     def write(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
