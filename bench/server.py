@@ -213,6 +213,7 @@ def main() -> None:
             if args.baseline:
                 env = {k: v for k, v in os.environ.items() if k != "DROPR_TOKEN"}
                 env["PYTHONPATH"] = os.path.abspath(args.baseline)
+                env["PYTHONSAFEPATH"] = "1"  # run from this tree, its cwd must not come first
                 baseline = start_server(os.path.join(work, "baseline"), extra_args=extra, env=env)
                 servers["baseline"] = stack.enter_context(baseline)
             posters = {name: Poster(srv, args.clients) for name, srv in servers.items()}
