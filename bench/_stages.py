@@ -8,15 +8,21 @@ file operations per message and per batch as dropr and nothing more:
 - ``produce``: create, write, close, rename into its bucket of the queue, making the bucket
   when it is missing (``fdatasync`` and the bucket's ``fsync`` with sync); with a count per
   put above 1 (dropr's ``fastput_many``) one such file holds that many messages, and the
-  forwarder sends it as one record, whose messages the receiver stages as it does others;
+  forwarder sends it as one record, whose messages the receiver stages as it does others.
+  As dropr's puts, it writes into an acknowledged file of ``free/`` when it has one (listed
+  when its list is empty, an empty ``free/`` again only every 64 puts): rename it into
+  ``tmp/``, open it, cut it to the new length, write, close, rename into the bucket;
 - ``forward``: list the queue's buckets in order (removing the empty ones), open, read and
   close each file of a batch, write the batch to a loopback TCP socket, up to ``parallel``
   batches in flight (a new one sent as soon as one is answered, as the relay keeps that many
   requests in flight, passing over the names in flight), take each batch's one-byte
   acknowledgement and take its files out of the queue as the relay does without a retention:
-  unlink those put in the last ``fresh`` seconds (:func:`dropr.relay.disposal.fresh_seconds`),
-  rename the others into ``sent/``, which four sweeper threads of the forwarder unlink, each
-  its share of the names; prints the time the last file left the queue;
+  ``lstat`` each and rename a small one into ``free/`` while it holds fewer than
+  :data:`dropr.spool.FREE_FILES` (counted again when full, at most every
+  :data:`dropr.relay.disposal.RECOUNT_SECONDS`), unlink those put in the last ``fresh``
+  seconds (:func:`dropr.relay.disposal.fresh_seconds`), rename the others into ``sent/``,
+  which four sweeper threads of the forwarder unlink, each its share of the names; prints
+  the time the last file left the queue;
 - ``receive``: read a batch from the socket, write its messages one after another into
   shared staged files of 64 KiB (every batch that has arrived meanwhile too), ``syncfs``,
   hard-link each message's name into the store's queue, ``syncfs``, acknowledge each batch
@@ -43,7 +49,8 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 
-from dropr.relay.disposal import fresh_seconds
+from dropr.relay.disposal import RECOUNT_SECONDS, fresh_seconds
+from dropr.spool import FREE_FILES, REUSE_BYTES
 
 PIPELINE_FLOOR = r"""
 #define _GNU_SOURCE
@@ -64,6 +71,9 @@ PIPELINE_FLOOR = r"""
 #include <unistd.h>
 
 #define NAME_MAX_ 256
+#define FREE_FILES @FREE_FILES@      /* dropr.spool.FREE_FILES */
+#define REUSE_BYTES @REUSE_BYTES@    /* dropr.spool.REUSE_BYTES */
+#define RECOUNT_SECONDS @RECOUNT@    /* dropr.relay.disposal.RECOUNT_SECONDS */
 static void die(const char *what) { perror(what); exit(1); }
 static double now(void) {
     struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9;
@@ -115,12 +125,17 @@ static long list(int dirfd, char (*names)[NAME_MAX_], long max) {
     return n;
 }
 
-/* One file per message, or with per_file above 1 one file per that many (a batch). */
-static int produce(const char *tmp_dir, const char *queue_dir, long count, long size, int sync, long per_file) {
-    int tmp = opendirfd(tmp_dir), queue = opendirfd(queue_dir);
+/* One file per message, or with per_file above 1 one file per that many (a batch); each
+   written into a file of free/ when one is there. */
+#define LOOK_EVERY 64
+static int produce(const char *tmp_dir, const char *queue_dir, const char *free_dir, long count, long size,
+                   int sync, long per_file) {
+    int tmp = opendirfd(tmp_dir), queue = opendirfd(queue_dir), free_fd = opendirfd(free_dir);
     size *= per_file;
     char *buf = malloc(size + 1); memset(buf, 'x', size);
     char tmp_name[64], name[NAME_MAX_], path[NAME_MAX_ + 16];
+    char (*reusable)[NAME_MAX_] = malloc(FREE_FILES * NAME_MAX_);
+    long left = 0, idle = 0;
     struct timespec t;
     printf("%.9f\n", now()); fflush(stdout);
     for (long i = 0; i < count / per_file; i++) {
@@ -129,7 +144,14 @@ static int produce(const char *tmp_dir, const char *queue_dir, long count, long 
                  (long long)t.tv_sec * 1000000000LL + t.tv_nsec, 0x1234abcdU, i & 0xFFFFFF);
         snprintf(name, sizeof name, "9%s+http%%3A%%2F%%2F127.0.0.1%%3A8080%%2F+common+%lx+%08x",
                  tmp_name, size, 0U);
-        int fd = openat(tmp, tmp_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+        if (!left && !idle) { left = list(free_fd, reusable, FREE_FILES); if (!left) idle = LOOK_EVERY; }
+        else if (!left) idle--;
+        int fd = -1;
+        if (left && renameat(free_fd, reusable[--left], tmp, tmp_name) == 0) {
+            fd = openat(tmp, tmp_name, O_WRONLY | O_CLOEXEC);
+            if (fd < 0 || ftruncate(fd, size)) die("reuse");
+        }
+        if (fd < 0) fd = openat(tmp, tmp_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
         if (fd < 0) die("openat");
         put_all(fd, buf, size);
         if (sync && fdatasync(fd)) die("fdatasync");
@@ -181,9 +203,9 @@ static size_t pack(int queue, char (*names)[NAME_MAX_], long n, char **out, size
 #define SLOT_TABLE 4096
 struct slot { long n; char (*names)[NAME_MAX_]; int table[SLOT_TABLE]; };
 struct flight {
-    int queue, sent, sock, parallel; long files, per_file, head, tail; double ended;
-    long long fresh_ns; long renamed, swept; int acknowledged;
-    struct slot *slots; pthread_mutex_t lock; pthread_cond_t freed;
+    int queue, sent, free_fd, sock, parallel; long files, per_file, head, tail; double ended, counted;
+    long long fresh_ns; long renamed, swept, in_free; int acknowledged;
+    struct slot *slots; char (*listing)[NAME_MAX_]; pthread_mutex_t lock; pthread_cond_t freed;
 };
 static long long realtime_ns(void) {
     struct timespec t; clock_gettime(CLOCK_REALTIME, &t); return t.tv_sec * 1000000000LL + t.tv_nsec;
@@ -200,19 +222,26 @@ static int in_slot(const struct slot *s, const char *name) {
 }
 /* A remover's share of an acknowledged batch: every REMOVERS-th name from index. */
 #define REMOVERS 4
-struct removal { struct flight *f; struct slot *s; long index; long long fresh_after; };
+struct removal { struct flight *f; struct slot *s; long index, room; long long fresh_after; };
 static void *remove_share(void *arg) {
     const struct removal *r = arg;
+    long freed = 0;
     for (long i = r->index; i < r->s->n; i += REMOVERS) {
         const char *name = r->s->names[i], *base = strchr(name, '/') + 1;
         char put[17]; memcpy(put, base + 1, 16); put[16] = 0;  /* the id's nanoseconds */
-        if ((long long)strtoull(put, NULL, 16) >= r->fresh_after) {
+        struct stat info;
+        if (freed < r->room && fstatat(r->f->queue, name, &info, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(info.st_mode)
+            && info.st_nlink == 1 && info.st_size <= REUSE_BYTES) {
+            if (renameat(r->f->queue, name, r->f->free_fd, base)) die("renameat free");
+            freed++;
+        } else if ((long long)strtoull(put, NULL, 16) >= r->fresh_after) {
             if (unlinkat(r->f->queue, name, 0)) die("unlinkat");
         } else {
             if (renameat(r->f->queue, name, r->f->sent, base)) die("renameat sent");
             __atomic_add_fetch(&r->f->renamed, 1, __ATOMIC_RELAXED);
         }
     }
+    __atomic_add_fetch(&r->f->in_free, freed, __ATOMIC_RELAXED);
     return NULL;
 }
 static void *acknowledge(void *arg) {
@@ -221,9 +250,13 @@ static void *acknowledge(void *arg) {
         char ack; get_all(f->sock, &ack, 1);
         struct slot *s = &f->slots[f->tail % f->parallel];
         long long fresh_after = realtime_ns() - f->fresh_ns;
+        if (f->in_free >= FREE_FILES && now() - f->counted >= RECOUNT_SECONDS) {
+            f->counted = now(); f->in_free = list(f->free_fd, f->listing, FREE_FILES);
+        }
+        long room = f->in_free < FREE_FILES ? FREE_FILES - f->in_free : 0;
         pthread_t removers[REMOVERS]; struct removal shares[REMOVERS];  /* as the relay's threads */
         for (long i = 0; i < REMOVERS; i++) {
-            shares[i] = (struct removal){f, s, i, fresh_after};
+            shares[i] = (struct removal){f, s, i, room / REMOVERS + (i < room % REMOVERS), fresh_after};
             if (pthread_create(&removers[i], NULL, remove_share, &shares[i])) die("pthread_create");
         }
         for (long i = 0; i < REMOVERS; i++) pthread_join(removers[i], NULL);
@@ -267,10 +300,11 @@ static void *sweep_share(void *arg) {
 }
 
 /* A file holds per_file messages; prints the time the last file left the queue. */
-static int forward(const char *queue_dir, const char *sent_dir, int port, long count, long batch, int parallel,
-                   long per_file, double fresh) {
-    struct flight f = {.queue = opendirfd(queue_dir), .sent = opendirfd(sent_dir), .parallel = parallel,
-                       .files = count / per_file, .per_file = per_file, .fresh_ns = (long long)(fresh * 1e9)};
+static int forward(const char *queue_dir, const char *sent_dir, const char *free_dir, int port, long count,
+                   long batch, int parallel, long per_file, double fresh) {
+    struct flight f = {.queue = opendirfd(queue_dir), .sent = opendirfd(sent_dir), .free_fd = opendirfd(free_dir),
+                       .parallel = parallel, .files = count / per_file, .per_file = per_file,
+                       .fresh_ns = (long long)(fresh * 1e9), .listing = malloc(FREE_FILES * NAME_MAX_)};
     f.sock = socket(AF_INET, SOCK_STREAM, 0); int one = 1;
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -463,11 +497,11 @@ static int consume(const char *queue_dir, const char *claimed_dir, const char *p
 }
 
 int main(int argc, char **argv) {
-    if (argc == 8 && !strcmp(argv[1], "produce"))
-        return produce(argv[2], argv[3], atol(argv[4]), atol(argv[5]), atoi(argv[6]), atol(argv[7]));
-    if (argc == 10 && !strcmp(argv[1], "forward"))
-        return forward(argv[2], argv[3], atoi(argv[4]), atol(argv[5]), atol(argv[6]), atoi(argv[7]), atol(argv[8]),
-                       atof(argv[9]));
+    if (argc == 9 && !strcmp(argv[1], "produce"))
+        return produce(argv[2], argv[3], argv[4], atol(argv[5]), atol(argv[6]), atoi(argv[7]), atol(argv[8]));
+    if (argc == 11 && !strcmp(argv[1], "forward"))
+        return forward(argv[2], argv[3], argv[4], atoi(argv[5]), atol(argv[6]), atol(argv[7]), atoi(argv[8]),
+                       atol(argv[9]), atof(argv[10]));
     if (argc == 7 && !strcmp(argv[1], "receive"))
         return receive(atoi(argv[2]), argv[3], argv[4], atol(argv[5]), atol(argv[6]));
     if (argc == 7 && !strcmp(argv[1], "consume"))
@@ -476,6 +510,12 @@ int main(int argc, char **argv) {
     return 2;
 }
 """
+
+PIPELINE_FLOOR = (
+    PIPELINE_FLOOR.replace("@FREE_FILES@", str(FREE_FILES))
+    .replace("@REUSE_BYTES@", str(REUSE_BYTES))
+    .replace("@RECOUNT@", repr(RECOUNT_SECONDS))
+)
 
 FRESH = f"{fresh_seconds():g}"
 """The forwarder's last argument: files put this many seconds ago or less are unlinked."""
@@ -521,9 +561,10 @@ def read_text(path: str) -> str:
 
 
 def floor_dirs(cell: str) -> dict[str, str]:
-    """The floor's directories in ``cell``, made: spool ``tmp``, ``queue``, ``sent``, the
-    store's ``stage``, ``store``, ``claimed`` and ``done``."""
-    dirs = {name: os.path.join(cell, name) for name in ("tmp", "queue", "sent", "stage", "store", "claimed", "done")}
+    """The floor's directories in ``cell``, made: spool ``tmp``, ``queue``, ``sent``, ``free``,
+    the store's ``stage``, ``store``, ``claimed`` and ``done``."""
+    names = ("tmp", "queue", "sent", "free", "stage", "store", "claimed", "done")
+    dirs = {name: os.path.join(cell, name) for name in names}
     for path in dirs.values():
         os.mkdir(path)
     return dirs

@@ -70,8 +70,10 @@ def floor_cell(binary: str, root: str, count: int, size: int, batch: int, parall
     with floor_stages(binary) as run:
         receiver = run("receive", port, d["stage"], d["store"], str(count), "1")
         assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
-        forwarder = run("forward", d["queue"], d["sent"], port, str(count), str(batch), str(parallel), "1", FRESH)
-        producer = run("produce", d["tmp"], d["queue"], str(count), str(size), "0", "1")
+        forwarder = run(
+            "forward", d["queue"], d["sent"], d["free"], port, str(count), str(batch), str(parallel), "1", FRESH
+        )
+        producer = run("produce", d["tmp"], d["queue"], d["free"], str(count), str(size), "0", "1")
         assert producer.stdout is not None and forwarder.stdout is not None
         started = float(producer.stdout.readline())
         ended = float(forwarder.stdout.readline())

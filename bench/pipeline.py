@@ -94,9 +94,20 @@ def floor_cell(binary: str, root: str, args: argparse.Namespace) -> Cell:
         assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
         consumer = run("consume", d["store"], d["claimed"], d["done"], count, str(args.claim))
         forwarder = run(
-            "forward", d["queue"], d["sent"], port, count, str(args.batch_count), str(args.parallel), per_put, FRESH
+            "forward",
+            d["queue"],
+            d["sent"],
+            d["free"],
+            port,
+            count,
+            str(args.batch_count),
+            str(args.parallel),
+            per_put,
+            FRESH,
         )
-        producer = run("produce", d["tmp"], d["queue"], count, str(args.size), "1" if args.sync else "0", per_put)
+        producer = run(
+            "produce", d["tmp"], d["queue"], d["free"], count, str(args.size), "1" if args.sync else "0", per_put
+        )
         assert producer.stdout is not None and consumer.stdout is not None
         started = float(producer.stdout.readline())
         ended = float(consumer.stdout.readline())

@@ -7,7 +7,8 @@ from dropr._drop cimport put, put_many
 
 
 cdef class Putter:
-    cdef int _tmp_fd, _queue_fd
+    cdef int _tmp_fd, _queue_fd, _free_fd, _idle
+    cdef list _free
     cdef Py_ssize_t _max_payload, _batch_count, _batch_bytes
     cdef object _fields, _coerce, _failed
     cdef dict _known
@@ -21,6 +22,9 @@ cdef class Putter:
 
     @cython.locals(fields=tuple, items=list, count=Py_ssize_t, i=Py_ssize_t, total=Py_ssize_t)
     cpdef list put_many(self, payloads, peer, channel, priority, delay, bint sync)
+
+    @cython.locals(names=list, start=Py_ssize_t)
+    cdef object _reusable(self)
 
     @cython.locals(fields=tuple)
     cdef tuple _fields_of(self, peer, channel)

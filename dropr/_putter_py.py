@@ -27,16 +27,21 @@ from .errors import InvalidMessage
 from .limits import DEFAULT_CHANNEL, DEFAULT_PRIORITY, Limits
 
 FIELDS_CACHE = 4096
+LOOK_EVERY = 64
+"""Puts between two looks into a ``free/`` found empty."""
 
 
 def _close(*fds: int) -> None:
     for fd in fds:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 class Putter:
-    """One spool's put path, held open: ``tmp_fd`` and ``queue_fd`` (closed with it) and the
-    file-name fields of each (peer, channel) used so far, within ``limits``.
+    """One spool's put path, held open: ``tmp_fd``, ``queue_fd`` and ``free_fd`` (-1: none;
+    closed with it), the names last seen in ``free/`` and not used yet (each put writes into
+    one, see ``dropr._drop_py``) and the file-name fields of each (peer, channel) used so
+    far, within ``limits``.
 
     ``coerce(payload, priority, delay, max_payload)`` is called for a payload that is not
     ``bytes`` within ``max_payload``, a priority that is not an ``int`` 0-9 or a delay that
@@ -49,12 +54,15 @@ class Putter:
         self,
         tmp_fd: int,
         queue_fd: int,
+        free_fd: int,
         limits: Limits,
         fields: Callable[[object, object], tuple[str, str]],
         coerce: Callable[[object, object, object, int], tuple[bytes | memoryview, int, int]],
         failed: Callable[[OSError], BaseException],
     ) -> None:
-        self._tmp_fd, self._queue_fd = tmp_fd, queue_fd
+        self._tmp_fd, self._queue_fd, self._free_fd = tmp_fd, queue_fd, free_fd
+        self._free: list[str] = []
+        self._idle = 0
         self._max_payload, self._batch_count, self._batch_bytes = (
             limits.max_payload,
             limits.batch_count,
@@ -63,11 +71,11 @@ class Putter:
         self._fields, self._coerce, self._failed = fields, coerce, failed
         self._known: dict[tuple[object, object], tuple[str, str]] = {}
         # Not __del__: a finalizer also runs at exit, before modules are torn down, and never twice.
-        self._closer = weakref.finalize(self, _close, tmp_fd, queue_fd)
+        self._closer = weakref.finalize(self, _close, tmp_fd, queue_fd, free_fd)
 
     def close(self) -> None:
         """Close the spool's directories; further puts fail."""
-        self._tmp_fd = self._queue_fd = -1
+        self._tmp_fd = self._queue_fd = self._free_fd = -1
         self._closer()
 
     def put(self, payload: object, peer: object, channel: object, priority: object, delay: object, sync: bool) -> str:
@@ -84,7 +92,18 @@ class Putter:
             payload, priority, delay_ms = self._coerce(payload, priority, delay, self._max_payload)
         fields = self._fields_of(peer, channel)
         try:
-            return put(self._tmp_fd, self._queue_fd, fields[0], fields[1], priority, payload, sync, delay_ms)  # type: ignore[arg-type]
+            return put(
+                self._tmp_fd,
+                self._queue_fd,
+                fields[0],
+                fields[1],
+                priority,
+                payload,  # type: ignore[arg-type]
+                sync,
+                delay_ms,
+                self._free_fd,
+                self._reusable(),
+            )
         except OSError as exc:
             raise self._failed(exc) from exc
 
@@ -114,9 +133,42 @@ class Putter:
             raise InvalidMessage(f"a batch of {total} payload bytes is over the limit of {self._batch_bytes}")
         fields = self._fields_of(peer, channel)
         try:
-            return put_many(self._tmp_fd, self._queue_fd, fields[0], fields[1], priority, items, sync, delay_ms)
+            return put_many(
+                self._tmp_fd,
+                self._queue_fd,
+                fields[0],
+                fields[1],
+                priority,
+                items,
+                sync,
+                delay_ms,
+                self._free_fd,
+                self._reusable(),
+            )
         except OSError as exc:
             raise self._failed(exc) from exc
+
+    def _reusable(self) -> str | None:
+        """A name in ``free/`` to write the next put into, or None. The listing is taken in
+        turn from a place of this process's own, so that producers sharing a spool try
+        different names first."""
+        if self._free:
+            return self._free.pop()
+        if self._free_fd < 0:
+            return None
+        if self._idle:
+            self._idle -= 1
+            return None
+        try:
+            names = os.listdir(self._free_fd)
+        except OSError:
+            names = []
+        if not names:
+            self._idle = LOOK_EVERY
+            return None
+        start = os.getpid() % len(names)
+        self._free = names[start:] + names[:start]
+        return self._free.pop()
 
     def _fields_of(self, peer: object, channel: object) -> tuple[str, str]:
         """The file-name fields of (peer, channel), checked when first seen."""

@@ -7,6 +7,7 @@ carries the metadata (see ``dropr._codec_py``), so the directory listing is the 
                       priority digit and first 8 id digits (a 4.3 s slice of time)
     SPOOL/tmp/        puts in progress, named by message id
     SPOOL/sent/       acknowledged messages kept for a while
+    SPOOL/free/       small acknowledged files, for puts to write new messages into
     SPOOL/failed/     messages rejected for good: NAME and NAME.reason
     SPOOL/names/      texts of peer and channel fields too long for a file name
     SPOOL/client-id   the name this spool goes by towards servers
@@ -15,6 +16,11 @@ carries the metadata (see ``dropr._codec_py``), so the directory listing is the 
 A put is one file created in ``tmp/`` and renamed into its bucket in ``queue/`` (made on
 demand): the relay and any reader see a message, or a whole batch, complete or not at all. Buckets keep the
 first messages of a deep queue in a few small directories; the relay removes the empty ones.
+
+The relay renames small acknowledged files into ``free/`` (up to :data:`FREE_FILES` of at
+most :data:`REUSE_BYTES`) rather than unlinking them, and a put renames one of those into
+``tmp/`` and writes over it (see ``dropr._drop_py``): a flowing spool then makes and frees
+few inodes, which on a file system without a journal cost most after many deletes.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ if TYPE_CHECKING:
 
 PathLike = str | os.PathLike[str]
 Payload = bytes | bytearray | memoryview | str
+
+FREE_FILES = 4096
+"""At most this many acknowledged files wait in ``free/`` to be written again."""
+REUSE_BYTES = 4096
+"""Only files of at most this many bytes (one block) go to ``free/``; bigger ones are unlinked."""
 
 _REASONS = {
     errno.ENOSPC: "disk full",
@@ -78,6 +89,7 @@ class Spool:
         self.queue_dir = os.path.join(self.path, "queue")
         self.tmp_dir = os.path.join(self.path, "tmp")
         self.sent_dir = os.path.join(self.path, "sent")
+        self.free_dir = os.path.join(self.path, "free")
         self.failed_dir = os.path.join(self.path, "failed")
         self.names_dir = os.path.join(self.path, "names")
         self.client_id_file = os.path.join(self.path, "client-id")
@@ -94,7 +106,7 @@ class Spool:
     def _make_dirs(self) -> None:
         try:
             os.makedirs(self.path, DIR_MODE, exist_ok=True)
-            for sub in (self.queue_dir, self.tmp_dir, self.sent_dir, self.failed_dir, self.names_dir):
+            for sub in (self.queue_dir, self.tmp_dir, self.sent_dir, self.free_dir, self.failed_dir, self.names_dir):
                 if not os.path.isdir(sub):
                     os.makedirs(sub, DIR_MODE, exist_ok=True)
         except OSError as exc:
@@ -278,8 +290,9 @@ class Client:
 
 
 def _open_putter(spool: Spool, limits: _limits.Limits) -> Any:
-    """The put path of ``spool`` (a ``Putter`` of the loaded ``putter`` module): its ``tmp/``
-    and ``queue/`` held open, ``limits`` applied."""
+    """The put path of ``spool`` (a ``Putter`` of the loaded ``putter`` module): its ``tmp/``,
+    ``queue/`` and, when there is one (a spool made before it was not given one), ``free/``
+    held open, ``limits`` applied."""
     tmp_fd = -1
     try:
         tmp_fd = os.open(spool.tmp_dir, DIR_FLAGS)
@@ -288,9 +301,13 @@ def _open_putter(spool: Spool, limits: _limits.Limits) -> Any:
         if tmp_fd >= 0:
             os.close(tmp_fd)
         raise spool_error(exc, spool.path) from exc
+    try:
+        free_fd = os.open(spool.free_dir, DIR_FLAGS)
+    except OSError:
+        free_fd = -1
     fields = functools.partial(_fields, spool, limits)
     failed = functools.partial(spool_error, path=spool.path)
-    return putter.Putter(tmp_fd, queue_fd, limits, fields, _coerce, failed)
+    return putter.Putter(tmp_fd, queue_fd, free_fd, limits, fields, _coerce, failed)
 
 
 def _fields(spool: Spool, limits: _limits.Limits, peer: object, channel: object) -> tuple[str, str]:

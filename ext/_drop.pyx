@@ -1,7 +1,8 @@
 """The put path, compiled twin of ``dropr._drop_py`` (the rules are documented there).
 
-One call makes the id, the CRC-32 and the spool name in C and does openat, write,
-[fdatasync], close, renameat into the queue bucket (mkdirat first if the bucket is new),
+One call makes the id, the CRC-32 and the spool name in C and does openat (or renameat of
+an acknowledged file out of ``free/`` and openat of it), write, [ftruncate], [fdatasync],
+close, renameat into the queue bucket (mkdirat first if the bucket is new),
 [fsync of the bucket and, when needed, of queue/] with the GIL released, so a put costs what
 the file system charges and threads putting at once run in parallel. A batch is the same
 steps for one file, its index built in C and written with its payloads by ``writev``.
@@ -19,8 +20,8 @@ from _codec cimport (DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_BUCKET_LEN, DR
                      DROPR_MAX_BATCH_COUNT, DROPR_NAME_MAX, CodecAPI, batch_index_bytes,
                      format_spool_name, hex_value, import_codec, put_batch_entry, put_batch_header)
 from _sys cimport (CLOCK_REALTIME, EEXIST, ENOENT, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_RDONLY,
-                   O_WRONLY, clock_gettime, close, errno, fdatasync, fsync, iovec, mkdirat, openat, renameat,
-                   timespec, unlinkat, write_all)
+                   O_WRONLY, clock_gettime, close, errno, fdatasync, fsync, ftruncate, iovec, mkdirat, off_t,
+                   openat, renameat, timespec, unlinkat, write_all)
 
 cdef extern from * nogil:
     uint32_t __atomic_load_n(uint32_t *ptr, int order)
@@ -143,15 +144,34 @@ cdef int _sync_entry(int queue_fd, char *path, const char *msg_id, int priority,
     return 0
 
 
+cdef int _open_tmp(int tmp_fd, const char *msg_id, int free_fd, const char *reuse, bint *reused) noexcept nogil:
+    """Opens ``tmp/ID`` to write: the file ``reuse`` of ``free/`` renamed there, if it is still
+    there (another producer may have taken it) and writable, else a new file; the fd or -1."""
+    cdef int fd
+    if reuse != NULL and renameat(free_fd, reuse, tmp_fd, msg_id) == 0:
+        fd = openat(tmp_fd, msg_id, O_WRONLY | O_CLOEXEC)
+        if fd >= 0:
+            reused[0] = True
+            return fd
+        unlinkat(tmp_fd, msg_id, 0)
+    return openat(tmp_fd, msg_id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, _file_mode)
+
+
 cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, char *path, int priority,
-               iovec *iov, Py_ssize_t iov_count, bint sync) noexcept nogil:
+               iovec *iov, Py_ssize_t iov_count, bint sync, int free_fd, const char *reuse) noexcept nogil:
     """Writes the file of ``iov``'s buffers; returns 0, or the errno of the failed step with
-    nothing left."""
+    nothing left. A reused file is cut to its new length and written over in place."""
     cdef int err
-    cdef bint made = False
-    cdef int fd = openat(tmp_fd, msg_id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, _file_mode)
+    cdef bint made = False, reused = False
+    cdef off_t size = 0
+    cdef Py_ssize_t i
+    for i in range(iov_count):
+        size += <off_t>iov[i].iov_len
+    cdef int fd = _open_tmp(tmp_fd, msg_id, free_fd, reuse, &reused)
     if fd < 0:
         return errno
+    if reused and ftruncate(fd, size) != 0:  # no byte of the old file past the new end
+        return _undo(errno, fd, tmp_fd, msg_id)
     err = write_all(fd, iov, iov_count)
     if err:
         return _undo(err, fd, tmp_fd, msg_id)
@@ -171,14 +191,15 @@ cdef int _drop(int tmp_fd, int queue_fd, const char *msg_id, char *path, int pri
 
 
 cdef int _drop_named(int tmp_fd, int queue_fd, const char *msg_id, char *path, Py_ssize_t name_len,
-                     int priority, iovec *iov, Py_ssize_t iov_count, bint sync) noexcept nogil:
+                     int priority, iovec *iov, Py_ssize_t iov_count, bint sync, int free_fd,
+                     const char *reuse) noexcept nogil:
     """As ``_drop`` once the name is made (at ``path + DROPR_BUCKET_LEN + 1``); -1 when
     ``name_len`` says it could not be."""
     if name_len < 0:
         return -1
     memcpy(path, path + DROPR_BUCKET_LEN + 1, DROPR_BUCKET_LEN)
     path[DROPR_BUCKET_LEN] = b'/'
-    return _drop(tmp_fd, queue_fd, msg_id, path, priority, iov, iov_count, sync)
+    return _drop(tmp_fd, queue_fd, msg_id, path, priority, iov, iov_count, sync, free_fd, reuse)
 
 
 cdef int _raise(int err, str peer_field, str channel_field, int priority,
@@ -189,9 +210,14 @@ cdef int _raise(int err, str peer_field, str channel_field, int priority,
     raise OSError(err, strerror(err).decode("utf-8", "replace"))
 
 
+cdef inline const char *_name_of(str reuse) except? NULL:
+    return NULL if reuse is None else PyUnicode_AsUTF8AndSize(reuse, NULL)
+
+
 cpdef str put(int tmp_fd, int queue_fd, str peer_field, str channel_field, int priority, payload,
-              bint sync, unsigned long long delay_ms=0):
+              bint sync, unsigned long long delay_ms=0, int free_fd=-1, str reuse=None):
     """Write ``payload`` as a new queued message and return its id (see ``dropr._drop_py.put``)."""
+    cdef const char *reuse_name = _name_of(reuse)
     cdef Py_ssize_t peer_len, channel_len
     cdef const char *peer = PyUnicode_AsUTF8AndSize(peer_field, &peer_len)
     cdef const char *channel = PyUnicode_AsUTF8AndSize(channel_field, &channel_len)
@@ -208,7 +234,7 @@ cpdef str put(int tmp_fd, int queue_fd, str peer_field, str channel_field, int p
             err = _drop_named(tmp_fd, queue_fd, msg_id, path, format_spool_name(
                 path + DROPR_BUCKET_LEN + 1, priority, msg_id, peer, peer_len, channel, channel_len,
                 <unsigned long long>view.len, crc32(0, <const uint8_t *>view.buf, <size_t>view.len),
-                1, delay_ms), priority, &iov, 1, sync)
+                1, delay_ms), priority, &iov, 1, sync, free_fd, reuse_name)
     finally:
         PyBuffer_Release(&view)
     if err:
@@ -219,7 +245,7 @@ cpdef str put(int tmp_fd, int queue_fd, str peer_field, str channel_field, int p
 cdef int _drop_batch(int tmp_fd, int queue_fd, const char *peer, Py_ssize_t peer_len,
                      const char *channel, Py_ssize_t channel_len, int priority, Py_buffer *views,
                      Py_ssize_t count, char *ids, char *index, iovec *iov, bint sync,
-                     unsigned long long delay_ms) noexcept nogil:
+                     unsigned long long delay_ms, int free_fd, const char *reuse) noexcept nogil:
     """Builds the batch file of ``views`` (ids into ``ids``, its index into ``index``, both
     sized for ``count``; ``iov`` for ``count + 1`` buffers) and writes it as ``_drop`` does."""
     cdef char first[DROPR_ID_LEN + 1]
@@ -243,16 +269,16 @@ cdef int _drop_batch(int tmp_fd, int queue_fd, const char *peer, Py_ssize_t peer
         iov[i + 1].iov_base, iov[i + 1].iov_len = views[i].buf, <size_t>views[i].len
     return _drop_named(tmp_fd, queue_fd, first, path, format_spool_name(
         path + DROPR_BUCKET_LEN + 1, priority, first, peer, peer_len, channel, channel_len, size, crc,
-        <unsigned long long>count, delay_ms), priority, iov, count + 1, sync)
+        <unsigned long long>count, delay_ms), priority, iov, count + 1, sync, free_fd, reuse)
 
 
 cpdef list put_many(int tmp_fd, int queue_fd, str peer_field, str channel_field, int priority,
-                    list payloads, bint sync, unsigned long long delay_ms=0):
+                    list payloads, bint sync, unsigned long long delay_ms=0, int free_fd=-1, str reuse=None):
     """Write ``payloads`` as one batch file of new queued messages and return their ids (see
     ``dropr._drop_py.put_many``)."""
     cdef Py_ssize_t count = len(payloads), got = 0, i
     if count <= 1:
-        return [put(tmp_fd, queue_fd, peer_field, channel_field, priority, p, sync, delay_ms)
+        return [put(tmp_fd, queue_fd, peer_field, channel_field, priority, p, sync, delay_ms, free_fd, reuse)
                 for p in payloads]
     if count > DROPR_MAX_BATCH_COUNT:
         raise ValueError(f"a batch holds at most {DROPR_MAX_BATCH_COUNT} messages, not {count}")
@@ -264,6 +290,7 @@ cpdef list put_many(int tmp_fd, int queue_fd, str peer_field, str channel_field,
     cdef char *index = <char *>malloc(batch_index_bytes(count))
     cdef iovec *iov = <iovec *>malloc((count + 1) * sizeof(iovec))
     cdef int err = 0
+    cdef const char *reuse_name = _name_of(reuse)
     try:
         if views == NULL or ids == NULL or index == NULL or iov == NULL:
             raise MemoryError()
@@ -272,7 +299,7 @@ cpdef list put_many(int tmp_fd, int queue_fd, str peer_field, str channel_field,
             got += 1
         with nogil:
             err = _drop_batch(tmp_fd, queue_fd, peer, peer_len, channel, channel_len, priority, views,
-                              count, ids, index, iov, sync, delay_ms)
+                              count, ids, index, iov, sync, delay_ms, free_fd, reuse_name)
         if err:
             _raise(err, peer_field, channel_field, priority, delay_ms)
         return [ids[i * DROPR_ID_LEN:(i + 1) * DROPR_ID_LEN].decode("ascii") for i in range(count)]

@@ -83,6 +83,7 @@ cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     int fsync(int fd)
     int fdatasync(int fd)
+    int ftruncate(int fd, off_t length)
     int unlinkat(int dirfd, const char *pathname, int flags)
     int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)
     int faccessat(int dirfd, const char *pathname, int mode, int flags)

@@ -389,3 +389,16 @@ def test_a_batch_on_a_full_disk_raises_and_shows_nothing(tiny_fs: Path, twin: Mo
     assert info.value.errno == errno.ENOSPC
     assert len(queued_messages(tiny_fs / "spool")) == 8
     assert os.listdir(tiny_fs / "spool" / "tmp") == []
+
+
+def test_a_batch_writes_into_a_file_of_free_too(tmp_path: Path, twin: ModuleType) -> None:
+    spool.Spool(tmp_path)
+    old = tmp_path / "free" / "old"
+    old.write_bytes(b"o" * 9000)  # longer than the batch: cut to its length
+    inode = old.stat().st_ino
+    with spool.Client(tmp_path) as client:
+        ids = client.put_many([b"a" * 3000, b"b" * 3000], peer=PEER)
+    (path,) = queued_files(tmp_path / "queue")
+    assert path.stat().st_ino == inode
+    assert read_batch(path)[1] == [(ids[0], b"a" * 3000), (ids[1], b"b" * 3000)]
+    assert os.listdir(tmp_path / "free") == []

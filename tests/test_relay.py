@@ -24,7 +24,7 @@ from dropr.protocol import PeerFailure, parse_acks
 from dropr.relay import backoff, batches, config, housekeeping, inotify, lock
 from dropr.relay.disposal import Disposal
 from dropr.relay.status import RelayStatus
-from dropr.spool import Client, Spool
+from dropr.spool import REUSE_BYTES, Client, Spool
 
 sys.path.insert(0, os.path.dirname(__file__))
 from relaykit import run_relay, wait_until
@@ -325,8 +325,9 @@ def _put_an_hour_ago(spool: Spool, name: str) -> str:
 
 
 def test_without_a_retention_fresh_files_are_unlinked_and_old_ones_deleted_in_the_background(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("dropr.spool.FREE_FILES", 0)  # free/ full: none goes there
     spool, names = _queued(tmp_path, 9)
     old = _put_an_hour_ago(spool, names[0])
     leftover = os.path.join(spool.sent_dir, names[0])
@@ -341,6 +342,55 @@ def test_without_a_retention_fresh_files_are_unlinked_and_old_ones_deleted_in_th
         wait_until(lambda: os.listdir(spool.sent_dir) == [])
     finally:
         disposal.close()
+
+
+def test_without_a_retention_small_files_go_to_free_while_it_has_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dropr.spool.FREE_FILES", 4)
+    monkeypatch.setattr("dropr.relay.disposal.RECOUNT_SECONDS", 0.0)
+    spool, names = _queued(tmp_path, 6)
+    old = _put_an_hour_ago(spool, names[0])
+    with Client(spool.path) as client:
+        client.put(b"b" * (REUSE_BYTES + 1), peer="http://h/")
+    big = next(name for name in scan.scan_queue(spool.queue_dir, 10) if name not in names and name != old)
+    disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, spool))
+    try:
+        asyncio.run(disposal.remove([big, old, *names[1:4]]))
+        assert sorted(os.listdir(spool.free_dir)) == sorted([old, *names[1:4]])  # not the big one
+        assert os.listdir(spool.sent_dir) == []  # the big one, fresh, unlinked
+        assert scan.scan_queue(spool.queue_dir, 10) == names[4:]
+        asyncio.run(disposal.remove([names[4]]))  # free/ is full: unlinked
+        assert len(os.listdir(spool.free_dir)) == 4
+        os.unlink(os.path.join(spool.free_dir, old))  # a put took one: counted again, room for one
+        asyncio.run(disposal.remove([names[5]]))
+        assert sorted(os.listdir(spool.free_dir)) == sorted(names[1:4] + names[5:])
+        assert scan.count_queue(spool.queue_dir) == 0
+    finally:
+        disposal.close()
+
+
+def test_with_a_retention_nothing_goes_to_free(tmp_path: Path) -> None:
+    spool, names = _queued(tmp_path, 3)
+    disposal = Disposal(config.RelayConfig(spool=spool.path, keep_sent_minutes=1.0), spool, RelayStatus(None, spool))
+    try:
+        asyncio.run(disposal.remove(names))
+    finally:
+        disposal.close()
+    assert os.listdir(spool.free_dir) == []
+    assert sorted(os.listdir(spool.sent_dir)) == sorted(names)
+
+
+def test_clean_tmp_keeps_a_free_file_a_put_just_took(tmp_path: Path) -> None:
+    hour_ago = time.time() - 3600 - 60
+    taken = tmp_path / _codec_py.new_id()  # renamed from free/ a moment ago: an old mtime, a new id
+    crashed = tmp_path / f"{int(hour_ago * 1e9):016x}{_codec_py.new_id()[16:]}"
+    stray = tmp_path / "not-an-id"
+    for path in (taken, crashed, stray):
+        path.write_bytes(b"x")
+        os.utime(path, (hour_ago, hour_ago))
+    assert housekeeping.clean_tmp(str(tmp_path)) == 2
+    assert os.listdir(tmp_path) == [taken.name]
 
 
 def test_prefetch_reads_ahead_only_files_older_than_the_fresh_seconds(

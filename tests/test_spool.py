@@ -25,7 +25,7 @@ from dropr import InvalidMessage, SpoolError, spool
 from dropr.limits import Limits
 
 PEER = "http://127.0.0.1:8080/q"
-SUBDIRS = {"queue", "tmp", "sent", "failed", "names"}
+SUBDIRS = {"queue", "tmp", "sent", "free", "failed", "names"}
 
 
 @pytest.fixture
@@ -317,7 +317,7 @@ def test_put_after_close_is_a_spool_error(tmp_path: Path, twin: ModuleType) -> N
 def test_a_client_dropped_unclosed_releases_its_directories(tmp_path: Path, twin: ModuleType) -> None:
     before = len(os.listdir("/proc/self/fd"))
     client = spool.Client(tmp_path)
-    assert len(os.listdir("/proc/self/fd")) == before + 2
+    assert len(os.listdir("/proc/self/fd")) == before + 3  # tmp/, queue/ and free/ held open
     client.close()
     client.close()
     client = spool.Client(tmp_path)
@@ -354,3 +354,52 @@ def test_remove_all_unlinks_in_parallel_and_counts_what_was_there(tmp_path: Path
     assert remove_all(paths) == 45
     assert remove_all(paths[:3]) == 0
     assert os.listdir(tmp_path) == []
+
+
+def _free_file(root: Path, name: str, data: bytes) -> int:
+    """An acknowledged file left in ``free/`` as the relay leaves one; its inode."""
+    path = root / "free" / name
+    path.write_bytes(data)
+    return path.stat().st_ino
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_put_writes_into_a_file_of_free_cut_to_its_length(tmp_path: Path, twin: ModuleType, sync: bool) -> None:
+    spool.Spool(tmp_path)
+    inode = _free_file(tmp_path, "old", b"o" * 300)
+    with spool.Client(tmp_path, sync=sync) as client:
+        msg_id = client.put(b"new", peer=PEER)
+    (name,) = queued_names(tmp_path)
+    assert msg_id in name
+    path = queued_path(tmp_path, name)
+    assert path.read_bytes() == b"new"
+    assert path.stat().st_ino == inode
+    assert os.listdir(tmp_path / "free") == [] and os.listdir(tmp_path / "tmp") == []
+
+
+def test_a_free_file_another_producer_took_first_means_a_new_file(tmp_path: Path, twin: ModuleType) -> None:
+    spool.Spool(tmp_path)
+    inodes = {_free_file(tmp_path, name, b"o" * 50) for name in ("a", "b")}
+    with spool.Client(tmp_path) as client:
+        client.put(b"first", peer=PEER)  # takes one of the two it saw
+        (left,) = os.listdir(tmp_path / "free")
+        os.rename(tmp_path / "free" / left, tmp_path / "taken")  # another producer takes the other
+        client.put(b"second", peer=PEER)
+    paths = [queued_path(tmp_path, name) for name in queued_names(tmp_path)]
+    assert [path.read_bytes() for path in paths] == [b"first", b"second"]
+    assert paths[0].stat().st_ino in inodes and paths[1].stat().st_ino not in inodes
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_an_empty_free_is_looked_into_again_only_every_so_many_puts(tmp_path: Path, twin: ModuleType) -> None:
+    spool.Spool(tmp_path)
+    with spool.Client(tmp_path) as client:
+        client.put(b"x", peer=PEER)  # finds free/ empty
+        inode = _free_file(tmp_path, "late", b"o")
+        for _ in range(twin.LOOK_EVERY):
+            client.put(b"x", peer=PEER)
+        assert os.listdir(tmp_path / "free") == ["late"]
+        client.put(b"last", peer=PEER)
+    assert os.listdir(tmp_path / "free") == []
+    last = max(queued_names(tmp_path), key=lambda name: name[1:31])
+    assert queued_path(tmp_path, last).stat().st_ino == inode

@@ -24,17 +24,32 @@ BUCKET_KEEP_SECONDS = 2 * drop.STALE_PUT_NS / 1e9
 
 
 def clean_tmp(tmp_dir: str, max_age: float = TMP_MAX_AGE) -> int:
-    """Remove files in ``tmp/`` older than ``max_age`` seconds (producers that died mid-put)."""
+    """Remove files in ``tmp/`` older than ``max_age`` seconds (producers that died mid-put).
+
+    A file a put took from ``free/`` keeps its old mtime until written: its name, the new
+    message's id, says its age then."""
     cutoff = time.time() - max_age
     removed = 0
     with os.scandir(tmp_dir) as entries:
         for entry in entries:
             try:
-                if entry.stat(follow_symlinks=False).st_mtime < cutoff and remove(entry.path):
+                if (
+                    entry.stat(follow_symlinks=False).st_mtime < cutoff
+                    and _named_before(entry.name, cutoff)
+                    and remove(entry.path)
+                ):
                     removed += 1
             except FileNotFoundError:
                 continue
     return removed
+
+
+def _named_before(name: str, cutoff: float) -> bool:
+    """Whether ``name``, if it is a message id, was made before ``cutoff`` (seconds)."""
+    try:
+        return len(name) != codec.ID_LEN or bool(codec.id_time_ns(name) < cutoff * 1e9)
+    except ValueError:
+        return True
 
 
 def expired(queue_dir: str, peers: Collection[str], cutoff: int, limit: int) -> list[str]:
