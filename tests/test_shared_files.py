@@ -104,9 +104,31 @@ def test_a_claim_that_would_cut_a_shared_file_after_others_gives_its_share_back(
     plain = put_shared(tmp_path / "store", [b"a", b"b"])  # shared too: two messages
     later = put_shared(tmp_path / "store", [b"c", b"d", b"e"])
     store = Store(tmp_path / "store")
+    changed = [os.lstat(path).st_ctime_ns for path in sorted(queue(tmp_path / "store").iterdir())]
     claimed = store.claim(CHANNEL, 4, 60)
     assert sorted(m.id for m in claimed) == sorted(plain)  # short of the limit: the next file stays whole
+    left = sorted(queue(tmp_path / "store").iterdir())
+    assert [os.lstat(path).st_ctime_ns for path in left] == changed[2:]  # never moved: not taken, not given back
     again = store.claim(CHANNEL, 4, 60)
+    assert sorted(m.id for m in again) == sorted(later)
+    assert len({os.lstat(m.path).st_ino for m in again}) == 1
+    store.set_processed(*claimed, *again)
+    assert store.count_processed(CHANNEL) == 5
+
+
+def test_a_claim_ending_where_a_shared_file_is_still_arriving_gives_its_share_back(tmp_path: Path) -> None:
+    plain = put_shared(tmp_path / "store", [b"a", b"b"])
+    later = put_shared(tmp_path / "store", [b"c", b"d", b"e"])
+    store = Store(tmp_path / "store")
+    names = sorted(os.listdir(queue(tmp_path / "store")))
+    aside = tmp_path / "aside"
+    os.rename(queue(tmp_path / "store") / names[-1], aside)  # its last link not in the queue yet
+    claimed = store.claim(CHANNEL, 10, 60)
+    assert sorted(m.id for m in claimed) == sorted(plain)  # not copies of c and d: they wait for e
+    assert sorted(os.listdir(queue(tmp_path / "store"))) == names[2:-1]
+    os.rename(aside, queue(tmp_path / "store") / names[-1])
+    store.look_again(CHANNEL)
+    again = store.claim(CHANNEL, 10, 60)
     assert sorted(m.id for m in again) == sorted(later)
     assert len({os.lstat(m.path).st_ino for m in again}) == 1
     store.set_processed(*claimed, *again)

@@ -343,12 +343,17 @@ def claim(
         index = 0
         try:
             while index < len(names) and len(held) < limit:
-                taken, index = moves.rename_files(queue, claimed, names, index, limit - len(held))
+                want = limit - len(held)
+                if not shared:
+                    want = _whole_files_end(queue, names, index, want, bool(held)) - index
+                    if not want:  # the next file does not fit: the next claim takes it whole
+                        return held, names[index:], scanning, tick
+                taken, index = moves.rename_files(queue, claimed, names, index, want)
                 back: list[str] = []
                 if shared:
                     taken = [name for name in taken if own(os.path.join(claimed, name))]
                 else:
-                    taken, back = own_split(root, taken, len(held) + len(taken) == limit)
+                    taken, back = own_split(root, taken, bool(held))
                 taken = moves.lease_files(claimed, taken, until_ns)
                 if taken and not tick:
                     tick = _resolution(os.path.join(claimed, taken[0]), until_ns)
@@ -389,13 +394,13 @@ def own(path: str) -> bool:
     return True
 
 
-def own_split(root: str, names: list[str], full: bool) -> tuple[list[str], list[str]]:
+def own_split(root: str, names: list[str], holding: bool) -> tuple[list[str], list[str]]:
     """``names``, just claimed into ``claimed/``, each a file of its own unless every link of
     its file is among them (a shared file claimed whole keeps one inode and one lease for
-    all its messages): the names kept, and those given back to the queue. A claim that
-    reached its limit (``full``) in the middle of a shared file gives back that file's
-    names it took, if it holds others, rather than copying them: the next claim takes them
-    whole."""
+    all its messages): the names kept, and those given back to the queue. A claim whose
+    last shared file is not all among them (the claim reached its limit, or the scan ended,
+    inside it), if it holds others (``holding``: names claimed before these), gives back
+    that file's names rather than copying them: the next claim takes them whole."""
     claimed = os.path.join(root, CLAIMED)
     links: dict[int, list[str]] = {}
     nlinks: dict[int, int] = {}
@@ -416,7 +421,7 @@ def own_split(root: str, names: list[str], full: bool) -> tuple[list[str], list[
         return kept, []
     back: list[str] = []
     last = inode.get(kept[-1]) if kept else None
-    if full and last in split and len(links[last]) < len(kept):
+    if last in split and (holding or len(links[last]) < len(kept)):
         back = links[last]
         for name in back:
             os.rename(os.path.join(claimed, name), os.path.join(root, QUEUE, name))
@@ -424,6 +429,34 @@ def own_split(root: str, names: list[str], full: bool) -> tuple[list[str], list[
         given = set(back)
         kept = [name for name in kept if name not in given]
     return [name for name in kept if inode.get(name) not in split or own(os.path.join(claimed, name))], back
+
+
+def _whole_files_end(queue: str, names: list[str], start: int, want: int, holding: bool) -> int:
+    """Where a claim of ``want`` more of the queued ``names`` from ``start`` on stops, so as
+    not to end inside a shared file: ``start + want``, unless the name there shares its file
+    with the names just before it — then before those, the next claim taking the file whole.
+    A claim holding nothing yet (``holding`` false) takes a file bigger than itself in part.
+    Its names are consecutive in delivery order (one request's messages), so this costs an
+    ``lstat`` of the names of the one file the limit falls in."""
+    end = start + want
+    if end >= len(names):
+        return len(names)
+    file = _shared_inode(os.path.join(queue, names[end]))
+    if file is None:
+        return end
+    cut = end
+    while cut > start and _shared_inode(os.path.join(queue, names[cut - 1])) == file:
+        cut -= 1
+    return cut if cut > start or holding else end
+
+
+def _shared_inode(path: str) -> int | None:
+    """The inode of the file at ``path`` when other links share it; None when not, or gone."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_ino if info.st_nlink > 1 else None
 
 
 def _resolution(path: str, until_ns: int) -> int:
