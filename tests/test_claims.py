@@ -18,6 +18,7 @@ from support import soak
 from dropr import StoreError
 from dropr._impl import codec
 from dropr.store import Message, Store
+from dropr.store import claims as claims_module
 from dropr.store.claims import Claims, RetryPolicy
 
 KIT = os.path.join(os.path.dirname(__file__), "storekit.py")
@@ -386,3 +387,45 @@ def test_claim_checks_wait(store: Store) -> None:
         with pytest.raises(ValueError):
             store.claim("common", 1, lease)
     assert store.count_queued("common") == 1
+
+
+def _racing_scan(monkeypatch: pytest.MonkeyPatch, first: list[str]) -> list[int]:
+    """Make the store's first readdir pass return ``first`` (what a pass may see of names
+    arriving during it), the later ones the directory as it is; the passes' windows."""
+    real = claims_module.scan.scan
+    windows: list[int] = []
+
+    def scan(path: str, window: int) -> list[str]:
+        windows.append(window)
+        return first[:window] if len(windows) == 1 else real(path, window)
+
+    monkeypatch.setattr(claims_module.scan, "scan", scan)
+    return windows
+
+
+def test_a_full_scan_window_filled_by_arrivals_still_finds_an_earlier_one_it_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    earlier, later, last = (f"9{codec.new_id()}+client" for _ in range(3))
+    for name in (earlier, later, last):
+        (queue / name).touch()
+    passes = _racing_scan(monkeypatch, [later, last])  # arrived during the pass: the earlier missed
+    assert claims_module.consistent_scan(str(queue), 2) == [earlier, later]
+    assert len(passes) == 2
+
+
+def test_a_scan_of_a_queue_unchanged_for_a_while_takes_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    names = sorted(f"9{codec.new_id()}+client" for _ in range(3))
+    for name in names:
+        (queue / name).touch()
+    a_while_ago = time.time_ns() - 10 * claims_module._MTIME_TICK_NS
+    os.utime(queue, ns=(a_while_ago, a_while_ago))
+    passes = _racing_scan(monkeypatch, names)
+    assert claims_module.consistent_scan(str(queue), 10) == names
+    assert len(passes) == 1

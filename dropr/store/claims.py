@@ -44,6 +44,8 @@ from .._impl import moves, scan
 from .layout import ATTEMPTS, CLAIMED, DEAD, DELAYED, PROCESSED, QUEUE
 
 _MAX_ROUNDS = 16
+_MTIME_TICK_NS = 20_000_000
+"""Longer than the kernel's clock tick (1-10 ms), by which file times move."""
 SCAN_WINDOW = 4096
 _SCAN_SHARE = 10  # reuse a scan ten times as long as it took: at most ~1/10 of the time scanning
 _KEPT_REASONS = 20
@@ -335,7 +337,7 @@ def claim(
             window = max(2 * (limit - len(held)) + 16, SCAN_WINDOW)
             started = time.monotonic()
             try:
-                names = consistent_scan(queue, window)
+                names = consistent_scan(queue, window, tick)
             except FileNotFoundError:
                 break
             finally:
@@ -466,25 +468,39 @@ def _resolution(path: str, until_ns: int) -> int:
     return next((tick for tick in _TICKS if stored == until_ns - until_ns % tick), 1)
 
 
-def consistent_scan(queue: str, window: int) -> list[str]:
+def consistent_scan(queue: str, window: int, tick: int = 0) -> list[str]:
     """The first ``window`` names of ``queue`` in delivery order, none missing before the last.
 
     A readdir pass sees every name present for the whole pass, but of two names that arrive
     during it, it may miss the earlier and see the later (a directory is read in hash order,
-    not name order), and a claimant would take the later first. So after a pass that reached
-    the end of the queue, a second pass fills in what the first missed, up to the first's
-    last name: what arrived during the second pass sorts after it, unless its priority or an
-    old id puts it ahead — an arrival as concurrent as can be. (The directory's mtime cannot
-    tell whether the pass needs it: it moves in clock ticks of milliseconds.) A full window
-    needs no second pass: what arrives during it sorts after the window.
+    not name order), and a claimant would take the later first. So a second pass fills in
+    what the first missed, up to the first's last name: what arrived during the second pass
+    sorts after it, unless its priority or an old id puts it ahead — an arrival as
+    concurrent as can be. The second pass is left out only when the directory's mtime shows
+    that nothing changed during the first: the same after it as before, and older by more
+    than a clock tick of the file system's (``tick`` ns, the timestamp resolution, at least
+    :data:`_MTIME_TICK_NS`: a change within the tick of the one before may leave the mtime as
+    it was). A full window needs the second pass as much as a short one: the names that
+    arrived during the pass may be what filled it.
     """
+    before = _mtime_ns(queue)
+    started = time.time_ns()
     names: list[str] = scan.scan(queue, window)
-    if len(names) >= window or not names:
+    if not names:
+        return names
+    if before is not None and before == _mtime_ns(queue) and started - before > max(tick, _MTIME_TICK_NS):
         return names
     last = names[-1]
     seen = set(names)
     missed = [name for name in scan.scan(queue, window) if name < last and name not in seen]
-    return sorted(names + missed) if missed else names
+    return sorted(names + missed)[:window] if missed else names
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def read_attempts(root: str, name: str) -> tuple[int, list[str]]:
