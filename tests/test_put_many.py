@@ -348,7 +348,10 @@ MANY_PRODUCER = textwrap.dedent(
 )
 
 
-def _kill_rounds(root: Path, rounds: int, kind: str) -> None:
+def _kill_rounds(root: Path, rounds: int, kind: str, free_files: int = 0) -> None:
+    """Kill a producer of batches mid-put, ``rounds`` times, checking the queue after each;
+    with ``free_files``, that many acknowledged files of old bytes wait in ``free/`` before
+    each round, for its puts to write into."""
     env = dict(os.environ)
     if kind == "python":
         env["DROPR_NO_EXTENSIONS"] = "1"
@@ -356,6 +359,10 @@ def _kill_rounds(root: Path, rounds: int, kind: str) -> None:
     rnd = random.Random()
     reported: set[tuple[str, ...]] = set()
     for round_no in range(rounds):
+        if free_files:
+            spool.Spool(root)
+            for n in range(free_files):
+                (root / "free" / f"old-{round_no}-{n}").write_bytes(b"\xee" * rnd.choice((1, 300, 4096)))
         with subprocess.Popen(
             [sys.executable, "-c", MANY_PRODUCER, str(root), "sync" if round_no % 2 else "relaxed"],
             stdout=subprocess.PIPE,
@@ -375,10 +382,16 @@ def _kill_rounds(root: Path, rounds: int, kind: str) -> None:
         assert len(present - reported) <= round_no + 1
     for leftover in os.listdir(root / "tmp"):
         assert _codec_py.is_message_id(leftover) and all(leftover != batch[0] for batch in reported)
+    if free_files:
+        assert len(os.listdir(root / "free")) < rounds * free_files  # the puts wrote into some
 
 
 def test_kill_9_mid_put_many_shows_whole_batches_or_nothing(tmp_path: Path, kind: str) -> None:
     _kill_rounds(tmp_path, 6, kind)
+
+
+def test_kill_9_mid_put_many_into_files_of_free_shows_whole_batches_or_nothing(tmp_path: Path, kind: str) -> None:
+    _kill_rounds(tmp_path, 6, kind, free_files=30)
 
 
 def test_a_batch_on_a_full_disk_raises_and_shows_nothing(tiny_fs: Path, twin: ModuleType) -> None:
