@@ -21,7 +21,7 @@ from dropr import _codec_py
 from dropr._files import SHARED_MODE
 from dropr._impl import moves
 from dropr.errors import StoreError
-from dropr.store import Store
+from dropr.store import Message, Store
 from dropr.store.ingest import IngestSide, Staged
 from dropr.store.staging import write_held
 
@@ -100,26 +100,34 @@ def test_a_claim_of_part_of_a_shared_file_gives_each_message_taken_its_own(tmp_p
     assert {m.id: m.read() for m in store.processed(CHANNEL)} == dict(zip(ids, payloads, strict=True))
 
 
+def two_shared_files(store_dir: Path) -> tuple[Store, list[str], list[str]]:
+    """A store holding a shared file of two messages, then one of three; their ids."""
+    first = put_shared(store_dir, [b"a", b"b"])
+    later = put_shared(store_dir, [b"c", b"d", b"e"])
+    return Store(store_dir), first, later
+
+
+def claim_whole_and_settle(store: Store, limit: int, later: list[str], claimed: list[Message]) -> None:
+    """Claim the messages ``later`` of one shared file, whole, and settle them with ``claimed``."""
+    again = store.claim(CHANNEL, limit, 60)
+    assert sorted(m.id for m in again) == sorted(later)
+    assert len({os.lstat(m.path).st_ino for m in again}) == 1
+    store.set_processed(*claimed, *again)
+    assert store.count_processed(CHANNEL) == len(claimed) + len(again)
+
+
 def test_a_claim_that_would_cut_a_shared_file_after_others_gives_its_share_back(tmp_path: Path) -> None:
-    plain = put_shared(tmp_path / "store", [b"a", b"b"])  # shared too: two messages
-    later = put_shared(tmp_path / "store", [b"c", b"d", b"e"])
-    store = Store(tmp_path / "store")
+    store, plain, later = two_shared_files(tmp_path / "store")
     changed = [os.lstat(path).st_ctime_ns for path in sorted(queue(tmp_path / "store").iterdir())]
     claimed = store.claim(CHANNEL, 4, 60)
     assert sorted(m.id for m in claimed) == sorted(plain)  # short of the limit: the next file stays whole
     left = sorted(queue(tmp_path / "store").iterdir())
     assert [os.lstat(path).st_ctime_ns for path in left] == changed[2:]  # never moved: not taken, not given back
-    again = store.claim(CHANNEL, 4, 60)
-    assert sorted(m.id for m in again) == sorted(later)
-    assert len({os.lstat(m.path).st_ino for m in again}) == 1
-    store.set_processed(*claimed, *again)
-    assert store.count_processed(CHANNEL) == 5
+    claim_whole_and_settle(store, 4, later, claimed)
 
 
 def test_a_claim_ending_where_a_shared_file_is_still_arriving_gives_its_share_back(tmp_path: Path) -> None:
-    plain = put_shared(tmp_path / "store", [b"a", b"b"])
-    later = put_shared(tmp_path / "store", [b"c", b"d", b"e"])
-    store = Store(tmp_path / "store")
+    store, plain, later = two_shared_files(tmp_path / "store")
     names = sorted(os.listdir(queue(tmp_path / "store")))
     aside = tmp_path / "aside"
     os.rename(queue(tmp_path / "store") / names[-1], aside)  # its last link not in the queue yet
@@ -128,11 +136,7 @@ def test_a_claim_ending_where_a_shared_file_is_still_arriving_gives_its_share_ba
     assert sorted(os.listdir(queue(tmp_path / "store"))) == names[2:-1]
     os.rename(aside, queue(tmp_path / "store") / names[-1])
     store.look_again(CHANNEL)
-    again = store.claim(CHANNEL, 10, 60)
-    assert sorted(m.id for m in again) == sorted(later)
-    assert len({os.lstat(m.path).st_ino for m in again}) == 1
-    store.set_processed(*claimed, *again)
-    assert store.count_processed(CHANNEL) == 5
+    claim_whole_and_settle(store, 10, later, claimed)
 
 
 def test_releasing_or_failing_one_message_of_a_shared_claim_leaves_the_others_lease(tmp_path: Path) -> None:

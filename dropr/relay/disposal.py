@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import spool as _spool
-from .._impl import codec
+from .._impl import codec, scan
 from . import housekeeping
 from .config import RelayConfig
 from .status import RelayStatus
@@ -79,7 +79,7 @@ class Disposal:
         self._expired = f"expired: queued for more than {config.max_age_minutes:g} minutes"
         self._finished: set[str] | None = None
         self._sweeping = False
-        self._in_free = len(_listing(spool.free_dir))
+        self._in_free = _count(spool.free_dir)
         self._counted = time.monotonic()
         self._due = {"tmp": 0.0, "sent": 0.0, "expire": 0.0}
         self._remover = ThreadPoolExecutor(REMOVERS, thread_name_prefix="dropr-relay-remove")
@@ -126,7 +126,7 @@ class Disposal:
         now = time.monotonic()
         if self._in_free >= _spool.FREE_FILES and now - self._counted >= RECOUNT_SECONDS:
             self._counted = now
-            self._in_free = len(await loop.run_in_executor(self._remover, _listing, self._spool.free_dir))
+            self._in_free = await loop.run_in_executor(self._remover, _count, self._spool.free_dir)
         return max(0, _spool.FREE_FILES - self._in_free)
 
     def _move_files(self, names: list[str], fresh_after: int, room: int) -> tuple[int, int]:
@@ -255,12 +255,12 @@ def _reusable(info: os.stat_result) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_size <= _spool.REUSE_BYTES
 
 
-def _listing(path: str) -> list[str]:
-    """The names in directory ``path`` (none when it is missing)."""
+def _count(path: str) -> int:
+    """The files in directory ``path`` (0 when it is missing)."""
     try:
-        return os.listdir(path)
+        return int(scan.count(path))
     except FileNotFoundError:
-        return []
+        return 0
 
 
 def fresh_seconds() -> float:

@@ -243,7 +243,8 @@ def _restore(path: str, token: int) -> None:
 
 
 def _token(path: str) -> int | None:
-    """The mtime of ``path`` in nanoseconds (a claimed file's lease token); None when gone."""
+    """The mtime of ``path`` in nanoseconds (a claimed file's lease token, a directory's last
+    change); None when gone."""
     try:
         return os.lstat(path).st_mtime_ns
     except FileNotFoundError:
@@ -483,24 +484,17 @@ def consistent_scan(queue: str, window: int, tick: int = 0) -> list[str]:
     it was). A full window needs the second pass as much as a short one: the names that
     arrived during the pass may be what filled it.
     """
-    before = _mtime_ns(queue)
+    before = _token(queue)
     started = time.time_ns()
     names: list[str] = scan.scan(queue, window)
     if not names:
         return names
-    if before is not None and before == _mtime_ns(queue) and started - before > max(tick, _MTIME_TICK_NS):
+    if before is not None and before == _token(queue) and started - before > max(tick, _MTIME_TICK_NS):
         return names
     last = names[-1]
     seen = set(names)
     missed = [name for name in scan.scan(queue, window) if name < last and name not in seen]
     return sorted(names + missed)[:window] if missed else names
-
-
-def _mtime_ns(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        return None
 
 
 def read_attempts(root: str, name: str) -> tuple[int, list[str]]:
