@@ -370,6 +370,19 @@ def test_without_a_retention_small_files_go_to_free_while_it_has_room(
         disposal.close()
 
 
+def test_a_file_linked_elsewhere_never_goes_to_free(tmp_path: Path) -> None:
+    spool, names = _queued(tmp_path, 2)
+    stored = tmp_path / "stored"  # a link the local transport left in a store
+    os.link(spool.queued_path(names[0]), stored)
+    disposal = Disposal(config.RelayConfig(spool=spool.path), spool, RelayStatus(None, spool))
+    try:
+        asyncio.run(disposal.remove(names))
+    finally:
+        disposal.close()
+    assert os.listdir(spool.free_dir) == [names[1]]  # a put writing into it would change the stored one
+    assert stored.read_bytes() == b"x" and os.lstat(stored).st_nlink == 1
+
+
 def test_with_a_retention_nothing_goes_to_free(tmp_path: Path) -> None:
     spool, names = _queued(tmp_path, 3)
     disposal = Disposal(config.RelayConfig(spool=spool.path, keep_sent_minutes=1.0), spool, RelayStatus(None, spool))
