@@ -138,7 +138,8 @@ def syncs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Store, list[
     for kind, name in (("data", "sync_data"), ("directory", "sync_directory"), ("file system", "sync_file_system")):
         monkeypatch.setattr(_files, name, lambda path, kind=kind: calls.append((kind, path, os.path.exists(path))))
     store = Store(tmp_path / "store", create=True)
-    put(store, b"first")
+    put(store, b"first")  # and the client's first id: its record made, synced once (.bounds)
+    calls.clear()
     return store, calls
 
 

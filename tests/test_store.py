@@ -32,9 +32,17 @@ def test_a_missing_store_is_an_error(tmp_path: Path) -> None:
 
 def test_create_makes_the_layout_and_reopens(tmp_path: Path) -> None:
     store = Store(tmp_path / "s", create=True)
-    assert sorted(os.listdir(tmp_path / "s")) == ["channels", "names", "tmp"]
+    assert sorted(os.listdir(tmp_path / "s")) == ["channels", "ingested", "names", "tmp"]
     assert store.staging_dir == str(tmp_path / "s" / "tmp")
     assert Store(tmp_path / "s").channels() == []
+
+
+def test_create_on_a_store_without_ingested_leaves_it_without(tmp_path: Path) -> None:
+    """A store made before ingested/ existed has messages whose ids no record covers."""
+    Store(tmp_path / "s", create=True)
+    os.rmdir(tmp_path / "s" / "ingested")
+    Store(tmp_path / "s", create=True)
+    assert sorted(os.listdir(tmp_path / "s")) == ["channels", "names", "tmp"]
 
 
 def test_ingest_queues_the_message(store: Store) -> None:

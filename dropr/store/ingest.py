@@ -40,7 +40,19 @@ from .._impl import codec, moves
 from ..errors import InvalidMessage
 from ..names import check_channel, check_client_id, check_message_id, check_priority
 from ..protocol import DUPLICATE, REJECTED, STORED, Acks, mismatch
-from .layout import DELAYED, QUEUE, STATES, PathLike, StoreDirectory, group_roots, locked, make_channel, remember
+from .bounds import Bounds
+from .layout import (
+    DELAYED,
+    INGESTED,
+    QUEUE,
+    STATES,
+    PathLike,
+    StoreDirectory,
+    group_roots,
+    locked,
+    make_channel,
+    remember,
+)
 from .staging import StagedFile, Staging, shared_payload
 from .sync import Syncer
 
@@ -111,6 +123,7 @@ class IngestSide(StoreDirectory):
         self._registered: dict[str, str] = {}  # channel -> its directory, its text in names/
         self._client_fields: dict[str, str] = {}
         self._state_fds: dict[str, tuple[int, ...]] = {}
+        self._bounds = Bounds(os.path.join(self.path, INGESTED))
 
     def staging(self, prefix: str) -> Staging:
         """Fresh staged files in this store, named ``prefix``… (the sender's own prefix, by
@@ -210,12 +223,14 @@ class IngestSide(StoreDirectory):
             created = False
             uses = collections.Counter(item[3] for items in by_channel.values() for item in items)
             shared = {path for path, count in uses.items() if count > 1}
-            for channel, items in by_channel.items():
-                channel_dir = self._registered_dir(channel)
-                made, moved_into = self._move_in(channel_dir, client_field, items, results, shared)
-                directories += moved_into
-                # A delayed message's due time is its mtime: only a flush makes that durable.
-                created |= made or any(item[4] for item in items)
+            ids = [item[2] for items in by_channel.values() for item in items]
+            with self._bounds.holding(client_field, ids) as above:
+                for channel, items in by_channel.items():
+                    channel_dir = self._registered_dir(channel)
+                    made, moved_into = self._move_in(channel_dir, client_field, items, results, shared, above)
+                    directories += moved_into
+                    # A delayed message's due time is its mtime: only a flush makes that durable.
+                    created |= made or any(item[4] for item in items)
             return Ingested(results, tuple(directories), created or self.names.written != written)
 
     def sync_data(self, path: str) -> None:
@@ -236,6 +251,7 @@ class IngestSide(StoreDirectory):
         with self._moving:
             fds = [fd for dir_fds in self._state_fds.values() for fd in dir_fds]
             self._state_fds.clear()
+            self._bounds.close()
         _close_all(fds)
 
     def __del__(self) -> None:
@@ -274,11 +290,13 @@ class IngestSide(StoreDirectory):
         items: list[tuple[int, int, str, str, float]],
         results: list[bool | str],
         shared: set[str],
+        above: str | None,
     ) -> tuple[bool, list[str]]:
         """Ingest one channel's share of a batch (under the lock, the channel's shared);
         whether its directories had to be created, and the directories that got messages.
         A staged file of ``shared`` holds several messages: it is linked, never moved or
-        removed (its staged name goes with the last of them, see ``StagedFile``)."""
+        removed (its staged name goes with the last of them, see ``StagedFile``). Ids
+        ``above`` the client's highest stored one are not looked for (see :mod:`.bounds`)."""
         names = [codec.store_name(prio, msg_id, client_field) for _, prio, msg_id, _, _ in items]
         created = delayed = False
         done = 0
@@ -287,7 +305,8 @@ class IngestSide(StoreDirectory):
             created |= made
             try:
                 with locked(fds[0], exclusive=False), _Targets(channel_dir, fds) as targets:
-                    fresh = set(_unheld(targets.held, names, list(range(done, len(items)))))
+                    fresh = set() if above is None else {i for i in range(done, len(items)) if items[i][2] > above}
+                    fresh.update(_unheld(targets.held, names, [i for i in range(done, len(items)) if i not in fresh]))
                     while done < len(items):
                         index, _, _, staged, due = items[done]
                         if done not in fresh:

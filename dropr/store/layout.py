@@ -4,6 +4,7 @@
 
     STORE/tmp/                          uploads in progress (same file system as the rest)
     STORE/names/                        texts of compact (``~``) fields
+    STORE/ingested/{CLIENT}             the highest message id of a client stored (.bounds)
     STORE/channels/{CH}/queue/          ready for consumers, in delivery order by name
     STORE/channels/{CH}/claimed/        held by a consumer; mtime = end of its lease
     STORE/channels/{CH}/delayed/        failed and waiting to be retried, or put with a delay;
@@ -48,6 +49,7 @@ PathLike = str | os.PathLike[str]
 
 TMP = "tmp"
 NAMES = "names"
+INGESTED = "ingested"
 CHANNELS = "channels"
 
 QUEUE = "queue"
@@ -74,7 +76,9 @@ class StoreDirectory:
         self.channels_dir = os.path.join(self.path, CHANNELS)
         self.names = Names(os.path.join(self.path, NAMES))
         if create:
-            for name in (TMP, NAMES, CHANNELS):
+            # ingested/ only in a new store: the highest ids of one that had none are unknown
+            new = not os.path.isdir(self.channels_dir)
+            for name in (TMP, NAMES, *((INGESTED,) if new else ()), CHANNELS):
                 os.makedirs(os.path.join(self.path, name), _files.DIR_MODE, exist_ok=True)
         elif not os.path.isdir(self.channels_dir):
             raise StoreError(errno.ENOENT, f"not a store (no channels/ directory): {self.path}")
