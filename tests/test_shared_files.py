@@ -28,7 +28,9 @@ from dropr.store.staging import write_held
 CHANNEL = "shared"
 
 
-def put_shared(store_dir: Path, payloads: list[bytes], channel: str = CHANNEL) -> list[str]:
+def put_shared(
+    store_dir: Path, payloads: list[bytes], channel: str = CHANNEL, ids: list[str] | None = None, priority: int = 5
+) -> list[str]:
     """Ingest ``payloads`` as one request's messages held in memory: one shared file."""
     ingest = IngestSide(store_dir, create=True)
     staging = ingest.staging("test-")
@@ -38,10 +40,10 @@ def put_shared(store_dir: Path, payloads: list[bytes], channel: str = CHANNEL) -
         staged.write(data)
         staged.close()
         files.append(staged)
-    ids = [_codec_py.new_id() for _ in payloads]
+    ids = ids or [_codec_py.new_id() for _ in payloads]
     write_held(files, list(ids))
     staged_messages = [
-        Staged(msg_id, channel, 5, len(data), zlib.crc32(data), file)
+        Staged(msg_id, channel, priority, len(data), zlib.crc32(data), file)
         for msg_id, data, file in zip(ids, payloads, files, strict=True)
     ]
     acks = ingest.commit("client", staged_messages)
@@ -85,6 +87,46 @@ def test_a_shared_file_claimed_whole_keeps_one_inode_and_each_message_settles(tm
     for message in claimed:
         store.set_processed(message)
     assert store.count_processed(CHANNEL) == 3 and store.count_queued(CHANNEL) == 0
+
+
+def test_the_messages_of_a_claim_read_their_shared_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    payloads = [f"message {i}".encode() * i for i in range(50)]
+    ids = put_shared(tmp_path / "store", payloads)
+    store = Store(tmp_path / "store")
+    claimed = store.claim(CHANNEL, 50, 60)
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *args, **kw: opened.append(path) or real_open(path, *args, **kw))
+    assert [m.read() for m in reversed(claimed)] == [payloads[ids.index(m.id)] for m in reversed(claimed)]
+    assert len(opened) == 1
+    assert [m.read() for m in claimed[:2]] == [payloads[ids.index(m.id)] for m in claimed[:2]]  # again: from disk
+
+
+def test_messages_of_one_claim_in_two_shared_files_under_the_same_ids_read_their_own(tmp_path: Path) -> None:
+    """The same client and id at another priority is another message, in another file."""
+    ids = put_shared(tmp_path / "store", [b"first %d" % i for i in range(3)], priority=5)
+    put_shared(tmp_path / "store", [b"second %d" % i for i in range(3)], ids=ids, priority=3)
+    store = Store(tmp_path / "store")
+    claimed = store.claim(CHANNEL, 10, 60)
+    assert len(claimed) == 6
+    for message in sorted(claimed, key=lambda m: -m.priority):  # the priority-5 file read first
+        kind = b"first" if message.priority == 5 else b"second"
+        assert message.read() == b"%s %d" % (kind, ids.index(message.id))
+
+
+def test_a_message_of_a_shared_claim_reads_its_own_after_a_release_a_settle_or_its_end(tmp_path: Path) -> None:
+    payloads = [b"a", b"b", b"c"]
+    ids = put_shared(tmp_path / "store", payloads)
+    store = Store(tmp_path / "store")
+    first, released, processed = store.claim(CHANNEL, 10, 60)
+    assert first.read() == payloads[ids.index(first.id)]  # the others' payloads read with it
+    store.release(released)
+    assert os.lstat(released.path).st_mode & 0o7777 != SHARED_MODE  # a copy of its own now
+    assert released.read() == payloads[ids.index(released.id)]
+    store.set_processed(processed)
+    os.unlink(processed.path)
+    with pytest.raises(FileNotFoundError):
+        processed.read()
 
 
 def test_a_claim_of_part_of_a_shared_file_gives_each_message_taken_its_own(tmp_path: Path) -> None:

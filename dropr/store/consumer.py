@@ -34,7 +34,7 @@ from .layout import (
     group_roots,
     remember,
 )
-from .message import Message
+from .message import ClaimReads, Message
 from .waiting import Arrivals
 
 STATUSES = {QUEUE: "queued", CLAIMED: "claimed", DELAYED: "delayed", PROCESSED: "processed", DEAD: "dead"}
@@ -152,7 +152,8 @@ class ConsumerSide(StoreDirectory):
             if wait > 0:
                 names, token = self._wait(root, limit, lease_ns, time.monotonic() + wait, group is not None)
         claimed = os.path.join(root, CLAIMED)
-        return [self._message(channel, group, claimed, name, token) for name in names]
+        reads = ClaimReads() if len(names) > 1 else None
+        return [self._message(channel, group, claimed, name, token, reads) for name in names]
 
     def claimed_message(self, channel: str, name: str, lease_ns: int, *, group: str | None = None) -> Message:
         """The message a claim's receipt names (its file name and lease token), to settle
@@ -369,7 +370,13 @@ class ConsumerSide(StoreDirectory):
         return root
 
     def _message(
-        self, channel: str, group: str | None, directory: str, name: str, lease_ns: int | None = None
+        self,
+        channel: str,
+        group: str | None,
+        directory: str,
+        name: str,
+        lease_ns: int | None = None,
+        reads: ClaimReads | None = None,
     ) -> Message:
         priority, msg_id, client_field = codec.parse_store_name(name)
         client = self._clients.get(client_field)
@@ -385,6 +392,7 @@ class ConsumerSide(StoreDirectory):
             f"{directory}{os.sep}{name}",
             group=group,
             lease_ns=lease_ns,
+            reads=reads,
         )
 
 

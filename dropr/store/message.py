@@ -6,7 +6,53 @@ import errno
 import os
 
 from .._files import SHARED_MODE
-from .._impl import moves
+from .._impl import codec, moves
+
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class ClaimReads:
+    """The payloads of one claim's messages that share files, read a file at a time.
+
+    A claim takes the messages of a shared file together, and reading each alone means
+    opening the file and finding it in the index again, message by message. Instead the
+    first ``read()`` of one of them reads the file once and keeps the payloads of the
+    claim's other messages in it, which their own ``read()`` then finds by the file's
+    identity (one ``lstat``) and hands over, once each.
+    """
+
+    __slots__ = ("_payloads", "ids")
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()  # of the claim's messages: no other payload is kept
+        self._payloads: dict[tuple[int, int, str], bytes] = {}
+
+    def read(self, path: str, msg_id: str) -> bytes | None:
+        """The payload of message ``msg_id`` at ``path``; None when that is not a shared
+        file, or the file is not what its index says (read it alone, as any other)."""
+        info = os.lstat(path)
+        if info.st_mode & 0o7777 != SHARED_MODE:
+            return None
+        file = (info.st_dev, info.st_ino)
+        data = self._payloads.pop((*file, msg_id), None)
+        if data is not None:
+            return data
+        fd = os.open(path, _READ)
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != file:
+                return None
+            whole = os.pread(fd, opened.st_size, 0)
+        finally:
+            os.close(fd)
+        try:
+            entries = codec.parse_batch_index(whole)
+        except ValueError:
+            return None
+        for entry_id, offset, size, _ in entries:
+            if entry_id in self.ids and offset + size <= len(whole):
+                self._payloads[(*file, entry_id)] = whole[offset : offset + size]
+        return self._payloads.pop((*file, msg_id), None)
 
 
 class Message:
@@ -16,7 +62,8 @@ class Message:
     ``group`` is the consumer group it was taken from (None: the channel's own queue).
     ``lease_ns`` is the token of a claim (the lease end, in nanoseconds since the epoch),
     None for a message that was listed rather than claimed. ``attempts`` and ``reasons`` are
-    filled for dead letters.
+    filled for dead letters. The messages of one claim share their ``reads`` (see
+    :class:`ClaimReads`).
     """
 
     __slots__ = (
@@ -29,6 +76,7 @@ class Message:
         "name",
         "path",
         "priority",
+        "_reads",
         "reasons",
         "time",
     )
@@ -47,6 +95,7 @@ class Message:
         *,
         group: str | None = None,
         lease_ns: int | None = None,
+        reads: ClaimReads | None = None,
     ) -> None:
         self.id = msg_id
         self.client = client
@@ -59,6 +108,9 @@ class Message:
         self.reasons = reasons
         self.group = group
         self.lease_ns = lease_ns
+        self._reads = reads
+        if reads is not None:
+            reads.ids.add(msg_id)
 
     @property
     def lease(self) -> float | None:
@@ -72,7 +124,9 @@ class Message:
 
     def read(self) -> bytes:
         """The payload (FileNotFoundError when the file is gone)."""
-        data: bytes | None = moves.read_files([self.path], 0)[0][0]
+        data = self._reads.read(self.path, self.id) if self._reads is not None else None
+        if data is None:
+            data = moves.read_files([self.path], 0)[0][0]
         if data is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.path)
         return data
