@@ -41,14 +41,6 @@ _HIGHEST = "f" * 30
 _LAST_TIME = (1 << 64) - 1
 
 
-def _record_id(field: bytes) -> str:
-    """The message id a record's field holds (ValueError when it holds none)."""
-    text = field.decode("ascii", "replace")
-    if not codec.is_message_id(text):
-        raise ValueError(f"not a message id: {text!r}")
-    return text
-
-
 def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
@@ -63,7 +55,7 @@ class Bounds:
 
     def __init__(self, directory: str) -> None:
         self._directory = directory
-        self.enabled = os.path.isdir(directory)
+        self._enabled = os.path.isdir(directory)
         self._boot = _boot_id()
         self._fds: dict[str, int] = {}
 
@@ -73,7 +65,7 @@ class Bounds:
         raise it to them first; yields the id above which none of its messages was ever
         stored ("": none at all), or None when every id must be looked for. The lock is
         between processes: the threads of one must hold another lock around this."""
-        if not self.enabled or not ids:
+        if not self._enabled or not ids:
             yield None
             return
         fd = self._open(client_field)
@@ -95,16 +87,12 @@ class Bounds:
     def _read(self, fd: int) -> tuple[str, str]:
         """``(high, ceiling)`` of a record; ``high`` is the ceiling when the record is of
         another boot, and both are the highest id when it is not a record (nothing is fresh)."""
-        fields = os.pread(fd, _RECORD_BYTES, 0).split()
+        fields = os.pread(fd, _RECORD_BYTES, 0).decode("ascii", "replace").split()
         if not fields:
             return "", ""  # a new record: nothing stored yet
-        try:
-            high, ceiling = (_record_id(field) for field in fields[:2])
-        except ValueError:
+        high, ceiling, boot = (*fields, "", "")[:3]
+        if not (codec.is_message_id(high) and codec.is_message_id(ceiling) and high <= ceiling):
             return _HIGHEST, _HIGHEST
-        if high > ceiling:
-            return _HIGHEST, _HIGHEST
-        boot = fields[2].decode("ascii") if len(fields) > 2 else ""
         return (high if boot == self._boot and self._boot else ceiling), ceiling
 
     def close(self) -> None:
