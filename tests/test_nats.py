@@ -6,6 +6,7 @@ these tests fail rather than hide: a machine meant to run the suite has them.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import random
@@ -16,6 +17,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats.errors
 import pytest
 from natskit import Cluster
 from relaykit import RelayProcess, queued, queued_path, run_relay, wait_until
@@ -23,7 +25,8 @@ from support import make_tls_cert
 
 import dropr
 from dropr._impl import codec
-from dropr.relay.nats import subject_token
+from dropr.relay.config import PeerConfig
+from dropr.relay.nats import NatsTransport, subject_token
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,6 +40,23 @@ def test_channels_become_one_subject_token() -> None:
     assert subject_token("a-b_c") == "a-b_c"
     assert all(set(subject_token(c)) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-%")
                for c in CHANNELS)  # fmt: skip
+
+
+def test_a_servers_answer_is_the_reason_over_a_connection_lost_after_it() -> None:
+    """nats-py tries a server again after it refused the credentials; a reset of that later
+    attempt must not hide the refusal from the operator."""
+    transport = NatsTransport("nats://127.0.0.1:1", None, PeerConfig(), None, timeout=1, connect_timeout=1)  # type: ignore[arg-type]
+    refused = nats.errors.Error("nats: 'Authorization Violation'")
+    for exc in (
+        ConnectionRefusedError(111, "refused"),
+        refused,
+        ConnectionResetError(104, "reset"),
+        nats.errors.UnexpectedEOF(),
+    ):
+        asyncio.run(transport._noted(exc))
+    assert transport._trouble is refused
+    asyncio.run(transport._noted(nats.errors.SecureConnFailedError()))
+    assert isinstance(transport._trouble, nats.errors.SecureConnFailedError)  # a newer answer replaces it
 
 
 @pytest.fixture()

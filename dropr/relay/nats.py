@@ -149,7 +149,11 @@ class NatsTransport:
 
     async def _noted(self, exc: Exception) -> None:
         """nats-py reports connection trouble here while it tries the servers: the last one
-        says why a connection failed (its own error then says only "no servers available")."""
+        says why a connection failed (its own error then says only "no servers available").
+        An answer of a server (an authorization violation, say) is kept over a connection lost
+        after it, as nats-py tries that server again: the answer says why."""
+        if _is_lost_connection(exc) and self._trouble is not None and not _is_lost_connection(self._trouble):
+            return
         self._trouble = exc
 
     async def _disconnected(self) -> None:
@@ -307,3 +311,11 @@ def _outcome(msg: Any, subject: str) -> tuple[str, str]:
 
 def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _is_lost_connection(exc: BaseException) -> bool:
+    """Whether an error says only that a connection failed or went away, nothing of why."""
+    return isinstance(
+        exc,
+        (OSError, asyncio.TimeoutError, nats.errors.StaleConnectionError, nats.errors.ConnectionClosedError),
+    )
