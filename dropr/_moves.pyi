@@ -13,6 +13,10 @@ def settle_files(source: str, target: str, names: list[str], tokens: list[int], 
     (``tokens[i]`` nanoseconds) — with ``unlease``, after setting its times to 0 — and for
     each name whether it moved; False: gone, or not that token."""
 
+def link_counts(directory: str, names: list[str]) -> list[tuple[int, int] | None]:
+    """For each name, ``(inode, links)`` of the file ``directory/NAME`` (a symbolic link not
+    followed), or None when it is gone."""
+
 def absent_names(dir_fd: int, names: list[str], positions: list[int]) -> list[int]:
     """The positions (of ``positions``, in their order) of the names with no entry in the
     directory ``dir_fd``; a symbolic link is an entry, not followed."""

@@ -98,6 +98,23 @@ def settle_files(source: str, target: str, names: list[str], tokens: list[int], 
     return moved
 
 
+def link_counts(directory: str, names: list[str]) -> list[tuple[int, int] | None]:
+    """For each name, ``(inode, links)`` of the file ``directory/NAME`` (a symbolic link not
+    followed), or None when it is gone."""
+    counts: list[tuple[int, int] | None] = []
+    gone = False
+    for name in names:
+        try:
+            info = os.lstat(os.path.join(directory, name))
+        except FileNotFoundError:
+            gone = True
+            counts.append(None)
+            continue
+        counts.append((info.st_ino, info.st_nlink))
+    _directories(gone, directory)
+    return counts
+
+
 def absent_names(dir_fd: int, names: list[str], positions: list[int]) -> list[int]:
     """The positions (of ``positions``, in their order) of the names with no entry in the
     directory ``dir_fd``; a symbolic link is an entry, not followed."""

@@ -224,7 +224,7 @@ def encode_acks(acks: Mapping[str, tuple[str, str]], as_json: bool = False) -> b
     """The 200 answer's body: msgpack ``{id: [status, reason]}`` (JSON when asked for)."""
     if as_json:
         return json.dumps({k: list(v) for k, v in acks.items()}).encode()
-    packed: bytes = msgpack.packb({k: list(v) for k, v in acks.items()}, use_bin_type=True)
+    packed: bytes = msgpack.packb(acks, use_bin_type=True)  # a tuple packs as an array
     return packed
 
 

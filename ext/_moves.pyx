@@ -194,6 +194,28 @@ def settle_files(str source, str target, list names, list tokens, bint unlease):
     return [bool(sources.done[i]) for i in range(count)]
 
 
+def link_counts(str directory, list names):
+    """For each name, ``(inode, links)`` of the file ``directory/NAME`` (a symbolic link not
+    followed), or None when it is gone."""
+    cdef _Paths paths = _Paths(directory, names)
+    cdef Py_ssize_t count = paths.count, i = 0
+    cdef stat *infos = <stat *>malloc(max(1, count) * sizeof(stat))
+    if infos == NULL:
+        raise MemoryError()
+    cdef int error = 0
+    cdef bint gone = False
+    try:
+        with nogil:
+            for i in range(count):
+                error = _step(fstatat(paths.fd, paths.items[i], &infos[i], AT_SYMLINK_NOFOLLOW), &paths.done[i], &gone)
+                if error:
+                    break
+        _ended(error, names, i, gone, directory)
+        return [(infos[i].st_ino, infos[i].st_nlink) if paths.done[i] else None for i in range(count)]
+    finally:
+        free(infos)
+
+
 def absent_names(int dir_fd, list names, list positions):
     """The positions (of ``positions``, in their order) of the names with no entry in the
     directory ``dir_fd``; a symbolic link is an entry, not followed."""

@@ -5,6 +5,7 @@ cdef extern from "<sys/types.h>" nogil:
     ctypedef long ssize_t
     ctypedef unsigned int mode_t
     ctypedef unsigned long ino_t
+    ctypedef unsigned long nlink_t
     ctypedef long off_t
 
 cdef extern from "<time.h>" nogil:
@@ -70,6 +71,8 @@ cdef extern from "<sys/stat.h>" nogil:
         mode_t st_mode
         off_t st_size
         timespec st_mtim
+        ino_t st_ino
+        nlink_t st_nlink
 
     int mkdirat(int dirfd, const char *pathname, mode_t mode)
     int fstat(int fd, stat *buf)

@@ -112,6 +112,23 @@ def test_a_lease_sets_both_times_of_the_files_still_there(moves: ModuleType, tmp
     assert os.lstat(os.path.join(claimed, names[1])).st_mtime_ns < until_ns
 
 
+@pytest.mark.parametrize("moves", TWINS)
+@pytest.mark.parametrize("count", [3, 50])
+def test_link_counts_tell_the_files_shared_and_the_names_gone(moves: ModuleType, tmp_path: Path, count: int) -> None:
+    [claimed] = _dirs(tmp_path, "claimed")
+    names = _files(claimed, count)
+    os.link(os.path.join(claimed, names[0]), os.path.join(claimed, "link"))
+    os.symlink(names[1], os.path.join(claimed, "symlink"))  # its own entry, not followed
+    listed = [*names, "gone", "link", "symlink"]
+    counts = moves.link_counts(claimed, listed)
+    infos = [os.lstat(os.path.join(claimed, name)) for name in [*names, "link", "symlink"]]
+    expected = [(info.st_ino, info.st_nlink) for info in infos]
+    assert counts == [*expected[:count], None, *expected[count:]]
+    assert counts[0] == counts[count + 1] and counts[0][1] == 2 and counts[count + 2] != counts[1]
+    with pytest.raises(FileNotFoundError):
+        moves.link_counts(str(tmp_path / "missing"), listed)
+
+
 def _claimed(moves: ModuleType, tmp_path: Path, target: str, count: int) -> tuple[str, str, list[str], int]:
     """``claimed/`` with ``count`` files leased by one token, and the directory ``target``."""
     claimed, into = _dirs(tmp_path, "claimed", target)

@@ -15,6 +15,7 @@ and share their file-system syncs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -112,11 +113,13 @@ class Handlers:
             return self._answer_error(err, started, request, upload.client)
         finally:
             upload.discard()
-        self.stored({e.channel for e in upload.entries if upload.acks[e.id][0] == p.STORED})
-        self.activity.received(upload.client, request.remote or "", upload.entries, upload.acks)
+        acks = upload.acks
+        stored = collections.Counter(e.channel for e in upload.entries if acks[e.id][0] == p.STORED)
+        self.stored(stored)
+        self.activity.received(upload.client, request.remote or "", stored)
         self.metrics.received.inc(len(upload.entries))
         self.metrics.bytes.inc(upload.payload_bytes)
-        self.metrics.count_acks(status for status, _ in upload.acks.values())
+        self.metrics.count_acks(collections.Counter(status for status, _ in acks.values()))
         self._observe(200, started)
         as_json = p.JSON in request.headers.get(hdrs.ACCEPT, "")
         body = p.encode_acks(upload.acks, as_json)

@@ -9,7 +9,7 @@ is rendered off the event loop.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -113,9 +113,10 @@ class Metrics:
         )
         r.register(StoreCollector(store))
 
-    def count_acks(self, statuses: Iterable[str]) -> None:
-        for status in statuses:
-            self.by_status[status].inc()
+    def count_acks(self, statuses: Mapping[str, int]) -> None:
+        """Count a batch's answers: how many messages got each status."""
+        for status, count in statuses.items():
+            self.by_status[status].inc(count)
 
     def render(self) -> bytes:
         """The text of a scrape; blocks while the store is counted."""

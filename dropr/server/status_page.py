@@ -19,10 +19,9 @@ import asyncio
 import collections
 import html
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from ..protocol import STORED, Acks, Entry
 from .metrics import ChannelCensus
 
 REFRESH_SECONDS = 5
@@ -61,9 +60,8 @@ class Activity:
         """Messages newly stored since the start, per channel."""
         self._samples: collections.deque[Sample] = collections.deque()
 
-    def received(self, client: str, address: str, entries: Iterable[Entry], acks: Acks) -> None:
-        """A batch from ``client`` at ``address`` was answered with ``acks``."""
-        stored = collections.Counter(entry.channel for entry in entries if acks[entry.id][0] == STORED)
+    def received(self, client: str, address: str, stored: Mapping[str, int]) -> None:
+        """A batch from ``client`` at ``address`` was answered: ``stored`` new messages per channel."""
         self.arrived.update(stored)
         earlier = self.clients.pop(client, None)
         self.clients[client] = Client(address, time.time(), sum(stored.values()) + (earlier.stored if earlier else 0))

@@ -150,7 +150,7 @@ class Claims:
         """Move each claimed message of ``names`` to ``state`` if its token (``tokens``, in
         order) is still the lease; the new path of each, or None for one whose lease was lost.
         Done already (found in ``state`` with that token) is no error."""
-        claimed, target = os.path.join(root, CLAIMED), os.path.join(root, state)
+        claimed, target = f"{root}/{CLAIMED}", f"{root}/{state}"  # not os.path.join: a third of a settle's Python
         if state == QUEUE:  # back without a lease: a name sharing its file gets its own first
             for name, token in zip(names, tokens, strict=True):
                 path = os.path.join(claimed, name)
@@ -168,7 +168,7 @@ class Claims:
             self._seen.pop(root, None)
         paths: list[str | None] = []
         for name, token, ok in zip(names, tokens, moved, strict=True):
-            path = os.path.join(target, name)
+            path = f"{target}/{name}"
             settled = ok or _token(path) == (0 if state == QUEUE else token)  # done already: it shows there
             paths.append(path if settled else None)
         return paths
@@ -409,16 +409,15 @@ def own_split(root: str, names: list[str], holding: bool) -> tuple[list[str], li
     nlinks: dict[int, int] = {}
     inode: dict[str, int] = {}
     kept: list[str] = []
-    for name in names:
-        try:
-            info = os.lstat(os.path.join(claimed, name))
-        except FileNotFoundError:
+    for name, counts in zip(names, moves.link_counts(claimed, names), strict=True):
+        if counts is None:
             continue
         kept.append(name)
-        if info.st_nlink > 1:
-            links.setdefault(info.st_ino, []).append(name)
-            nlinks[info.st_ino] = info.st_nlink
-            inode[name] = info.st_ino
+        ino, nlink = counts
+        if nlink > 1:
+            links.setdefault(ino, []).append(name)
+            nlinks[ino] = nlink
+            inode[name] = ino
     split = {ino for ino, linked in links.items() if nlinks[ino] > len(linked)}
     if not split:
         return kept, []
