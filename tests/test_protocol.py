@@ -61,6 +61,24 @@ BAD = {
     "overlapping-ranges": [[FIRST, "c", 5, "p", 10, 0, 0], [SECOND, "c", 5, "p", 1, 0, 9]],
     "same-range-twice": [[FIRST, "c", 5, "p", 1, 0, 3], [SECOND, "c", 5, "p", 1, 0, 3]],
     "duplicate-id-in-ranges": [[FIRST, "c", 5, "p", 1, 0, 0], [FIRST, "c", 5, "p", 1, 0, 1]],
+    "entry-text": ["x"],
+    "id-upper-case": [["A" * 30, "c", 5, "p", 1, 0, 0, 0]],
+    "id-number": [[7, "c", 5, "p", 1, 0, 0, 0]],
+    "channel-list": [[FIRST, ["c"], 5, "p", 1, 0, 0, 0]],
+    "channel-empty": [[FIRST, "", 5, "p", 1, 0, 0, 0]],
+    "priority-ten": [[FIRST, "c", 10, "p", 1, 0, 0, 0]],
+    "priority-bool": [[FIRST, "c", True, "p", 1, 0, 0, 0]],
+    "part-list": [[FIRST, "c", 5, ["p"], 1, 0, 0, 0]],
+    "part-map": [[FIRST, "c", 5, {"p": 1}, 1, 0, 0, 0]],
+    "part-reserved": [[FIRST, "c", 5, protocol.PAYLOAD, 1, 0, 0, 0]],
+    "size-float": [[FIRST, "c", 5, "p", 1.0, 0, 0, 0]],
+    "crc-negative": [[FIRST, "c", 5, "p", 1, -1, 0, 0]],
+    "crc-over-32-bits": [[FIRST, "c", 5, "p", 1, 1 << 32, 0, 0]],
+    # the second entry of each repeats a channel or a part found valid, its other fields wrong
+    "known-part-bad-size": [[FIRST, "c", 5, "p", 1, 0, 0, 0], [SECOND, "c", 5, "p", -1, 0, 1, 0]],
+    "known-channel-bad-delay": [[FIRST, "c", 5, FIRST, 1, 0, 0, 0], [SECOND, "c", 5, SECOND, 1, 0, 0, -5]],
+    "part-empty": [[FIRST, "c", 5, "", 1, 0, 0, 0]],
+    "part-reserved-known-as-a-channel": [[FIRST, "payload", 5, FIRST, 1, 0, 0, 0], [SECOND, "c", 5, "payload", 1, 0]],
 }
 
 

@@ -594,6 +594,8 @@ BAD_MANIFESTS = {
     "crc-too-big": msgpack.packb([entry(crc=2**32)]),
     "part-reserved": msgpack.packb([entry(part="client")]),
     "part-empty": msgpack.packb([entry(part="")]),
+    "part-array": msgpack.packb([entry(part=["p"])]),
+    "part-map": msgpack.packb([entry(part={"p": 1})]),
     "duplicate-id": msgpack.packb([entry(part="a"), entry(part="b")]),
     "duplicate-part": msgpack.packb([entry(), entry(id="1" * 30)]),
     "offset-negative": msgpack.packb([[*entry(), -1]]),
