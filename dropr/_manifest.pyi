@@ -1,7 +1,8 @@
 """Batch manifests, compiled (``dropr._manifest``); the format is documented in
 ``dropr._manifest_py``."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 def build(
     names: Sequence[str],
@@ -22,3 +23,14 @@ def build(
 def join(paths: Sequence[str], sizes: Sequence[int]) -> bytes:
     """The bytes of the files at ``paths`` one after another, each read whole; OSError for
     one that cannot be read, ValueError for one whose length is not its ``sizes`` entry."""
+
+def quick_entries(
+    raw: list[Any],
+    channels: set[str],
+    parts: set[str],
+    max_delay_ms: int,
+    entry: type[tuple[Any, ...]],
+    slow: Callable[[int, Any, set[str], set[str]], tuple[Any, ...]],
+) -> list[tuple[Any, ...]]:
+    """The entries of a decoded manifest ``raw``, each an ``entry`` of its fields: the common
+    ones checked here, every other by ``slow(index, item, channels, parts)``."""

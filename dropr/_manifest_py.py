@@ -9,6 +9,9 @@ part, named by its first id, and its messages' entries, read from its index, add
 0 for a plain message). ``channel`` is the channel's text: an escaped field is unescaped, a
 compact (``~``) one is looked up in ``texts`` (KeyError when it is not there).
 
+The server reads a manifest with :func:`quick_entries`, which answers for the common entry
+and leaves every other, with the reasons, to ``dropr.protocol``.
+
 The first ``joined`` names may be plain messages that travel together in one part named
 ``joined_part``, one after another in the order of their names, each entry adding its
 ``offset`` there; :func:`join` reads their files into that part.
@@ -22,7 +25,7 @@ OSError the one that cannot be read.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -32,12 +35,15 @@ from dropr._codec_py import (
     COMPACT,
     batch_ids,
     batch_index_size,
+    is_message_id,
     parse_batch_index,
     parse_spool_name,
     unescape,
 )
 
 _SIZE_LIMIT = 1 << 64
+_FIELDS = 8
+_CRC_LIMIT = 1 << 32
 
 
 def build(
@@ -122,3 +128,48 @@ def join(paths: Sequence[str], sizes: Sequence[int]) -> bytes:
             raise ValueError(f"{path}: {length if length != size else len(data)} bytes, not the {size} its name says")
         chunks.append(data)
     return b"".join(chunks)
+
+
+def quick_entries(
+    raw: list[Any],
+    channels: set[str],
+    parts: set[str],
+    max_delay_ms: int,
+    entry: type[tuple[Any, ...]],
+    slow: Callable[[int, Any, set[str], set[str]], tuple[Any, ...]],
+) -> list[tuple[Any, ...]]:
+    """The entries of a decoded manifest ``raw``, each an ``entry`` of its fields.
+
+    An item of all eight fields whose channel is in ``channels`` and whose part is in
+    ``parts`` or is its id, the id 30 lower-case hex digits, the numbers whole and in their
+    ranges (priority 0-9, size and offset from 0, crc32 below 2**32, delay up to
+    ``max_delay_ms``), takes this quick check alone; every other item is
+    ``slow(index, item, channels, parts)``'s, which checks it with reasons (and may raise),
+    and adds its channel and part to the sets once found valid.
+    """
+    entries: list[tuple[Any, ...]] = []
+    for index, item in enumerate(raw):
+        if type(item) is list and len(item) == _FIELDS:
+            msg_id, channel, priority, part, size, crc, offset, delay_ms = item
+            if (
+                type(msg_id) is str
+                and type(channel) is str
+                and type(part) is str
+                and channel in channels
+                and (part == msg_id or part in parts)
+                and is_message_id(msg_id)
+                and type(priority) is int
+                and 0 <= priority <= 9
+                and type(size) is int
+                and size >= 0
+                and type(crc) is int
+                and 0 <= crc < _CRC_LIMIT
+                and type(offset) is int
+                and offset >= 0
+                and type(delay_ms) is int
+                and 0 <= delay_ms <= max_delay_ms
+            ):
+                entries.append(tuple.__new__(entry, item))
+                continue
+        entries.append(slow(index, item, channels, parts))
+    return entries

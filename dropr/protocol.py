@@ -9,6 +9,7 @@ its HTTP status and reason, a problem of the peer's whole answer a :class:`PeerF
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from . import names
-from ._impl import codec
+from ._impl import codec, manifest
 from .errors import InvalidMessage
 from .limits import MAX_DELAY_SECONDS, Limits
 
@@ -122,7 +123,8 @@ def parse_manifest(data: bytes, limits: Limits, max_total: int) -> list[Entry]:
         raise RequestError(413, f"manifest has {len(raw)} entries, over the limit {limits.batch_count}")
     channels: set[str] = set()  # found valid: a batch repeats a few
     parts: set[str] = set()
-    entries = [_entry(i, item, limits, channels, parts) for i, item in enumerate(raw)]
+    slow = functools.partial(_entry, limits=limits)
+    entries: list[Entry] = manifest.quick_entries(raw, channels, parts, MAX_DELAY_MS, Entry, slow)
     if len({e.id for e in entries}) != len(entries):
         raise bad("manifest repeats a message id")
     _check_parts(entries)
@@ -132,40 +134,11 @@ def parse_manifest(data: bytes, limits: Limits, max_total: int) -> list[Entry]:
     return entries
 
 
-def _entry(index: int, item: Any, limits: Limits, channels: set[str], parts: set[str]) -> Entry:
-    """One manifest entry, checked; ``channels`` and ``parts`` hold those found valid so far.
-
-    An entry of all eight fields whose channel and part are known valid (or the part is the
-    message's id, as dropr's relay names them) takes the quick way: a check of each field's
-    type and range, stricter than :func:`_checked_entry`'s, which answers for every other.
-    """
-    if type(item) is list and len(item) == len(MANIFEST_FIELDS):
-        msg_id, channel, priority, part, size, crc, offset, delay_ms = item
-        if (
-            type(msg_id) is str
-            and type(channel) is str
-            and type(part) is str
-            and channel in channels
-            and (part == msg_id or part in parts)
-            and codec.is_message_id(msg_id)
-            and type(priority) is int
-            and 0 <= priority <= 9
-            and type(size) is int
-            and size >= 0
-            and type(crc) is int
-            and 0 <= crc <= 0xFFFFFFFF
-            and type(offset) is int
-            and offset >= 0
-            and type(delay_ms) is int
-            and 0 <= delay_ms <= MAX_DELAY_MS
-        ):
-            return Entry(msg_id, channel, priority, part, size, crc, offset, delay_ms)
-    return _checked_entry(index, item, limits, channels, parts)
-
-
-def _checked_entry(index: int, item: Any, limits: Limits, channels: set[str], parts: set[str]) -> Entry:
-    """:func:`_entry` field by field, with the reason of the first that is wrong. A part
-    named by its message id is valid once the id is."""
+def _entry(index: int, item: Any, channels: set[str], parts: set[str], *, limits: Limits) -> Entry:
+    """One manifest entry, checked field by field, with the reason of the first that is
+    wrong; ``channels`` and ``parts`` hold those found valid so far, and get this one's. A
+    part named by its message id is valid once the id is. (The entries of known channels
+    and parts, of all eight fields, take the quick check of ``manifest.quick_entries``.)"""
     if not isinstance(item, list) or not len(MANIFEST_FIELDS) - OPTIONAL_FIELDS <= len(item) <= len(MANIFEST_FIELDS):
         raise bad(f"manifest entry {index} is not [{', '.join(MANIFEST_FIELDS)}] (the last two optional)")
     msg_id, channel, priority, part, size, crc = item[:6]

@@ -18,7 +18,7 @@ from _codec cimport (
     DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_BUCKET_LEN, DROPR_ID_LEN,
     DROPR_MAX_BATCH_COUNT, PARSE_NOT_SPOOL, PARSE_OK, PyUnicode_DATA, PyUnicode_KIND,
     PyUnicode_READ, SpoolParts, batch_header_count, batch_index_bytes, get_be, hex_digits_value,
-    is_id, next_batch_id, parse_spool, unescape_into,
+    is_id, is_lower_hex, next_batch_id, parse_spool, unescape_into,
 )
 from _sys cimport EINTR, O_CLOEXEC, O_RDONLY, close, errno, fstat, open, pread, ssize_t, stat
 
@@ -371,3 +371,40 @@ def join(paths, sizes) -> bytes:
         raise OSError(err, os.strerror(err), path)
     read = length if length != <unsigned long long>wanted[failed] else got
     raise ValueError(f"{path}: {read} bytes, not the {wanted[failed]} its name says")
+
+
+def quick_entries(list raw, set channels, set parts, object max_delay_ms, type entry, object slow):
+    """The entries of a decoded manifest, the common ones checked in C (see the twin)."""
+    cdef Py_ssize_t index, count = len(raw)
+    cdef list entries = [None] * count
+    for index in range(count):
+        item = raw[index]
+        made = _quick_entry(item, channels, parts, max_delay_ms, entry)
+        entries[index] = slow(index, item, channels, parts) if made is None else made
+    return entries
+
+
+cdef object _quick_entry(object item, set channels, set parts, object max_delay_ms, type entry):
+    """``item`` as an ``entry`` when the quick check takes it, else None."""
+    if type(item) is not list or len(<list>item) != 8:
+        return None
+    cdef list fields = <list>item
+    msg_id, channel, priority, part = fields[0], fields[1], fields[2], fields[3]
+    size, crc, offset, delay_ms = fields[4], fields[5], fields[6], fields[7]
+    if type(msg_id) is not str or type(channel) is not str or type(part) is not str:
+        return None
+    if channel not in channels or (part != msg_id and part not in parts):
+        return None
+    if len(<str>msg_id) != DROPR_ID_LEN:
+        return None
+    cdef Py_UCS4 c
+    for c in <str>msg_id:
+        if not is_lower_hex(c):
+            return None
+    if (type(priority) is not int or type(size) is not int or type(crc) is not int
+            or type(offset) is not int or type(delay_ms) is not int):
+        return None
+    if not (0 <= priority <= 9 and size >= 0 and 0 <= crc <= 0xFFFFFFFF and offset >= 0
+            and 0 <= delay_ms <= max_delay_ms):
+        return None
+    return tuple.__new__(entry, fields)

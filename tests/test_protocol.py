@@ -3,14 +3,21 @@ shared part and a delay (the relay's batch files and delayed messages)."""
 
 from __future__ import annotations
 
+import random
+from types import ModuleType
 from typing import Any
 
 import msgpack
 import pytest
 
-from dropr import protocol
+from dropr import _manifest_py, protocol
 from dropr.limits import MAX_DELAY_SECONDS, Limits
 from dropr.protocol import Entry, RequestError
+
+try:
+    from dropr import _manifest as _compiled
+except ImportError:
+    _compiled = None
 
 LIMITS = Limits()
 FIRST, SECOND, THIRD = "1" * 30, "2" * 30, "3" * 30
@@ -91,3 +98,56 @@ def test_bad_manifests_are_refused_with_a_reason(name: str) -> None:
 
 def test_the_fields_are_named_once() -> None:
     assert protocol.MANIFEST_FIELDS[6:] == ("offset", "delay_ms") and protocol.OPTIONAL_FIELDS == 2
+
+
+ODD_VALUES = [None, True, 0, -1, 5, 9, 10, 2**32 - 1, 2**32, 2**64 - 1, -(2**63), 1.5, "", "c", "1" * 30, "A" * 30,
+              "payload", "client", b"x", [], ["c"], {}, "a" * 300, "\x00", "ü" * 15]  # fmt: skip
+
+
+def _odd_items(count: int) -> list[Any]:
+    """Manifest entries near valid ones, each field now and then of a wrong type or range."""
+    rng = random.Random(7)
+    items: list[Any] = []
+    for index in range(count):
+        item = [f"{index:030x}", "c", 5, rng.choice(["p", f"{index:030x}"]), 1, 0, 10 * index, 0][
+            : rng.choice([6, 7, 8, 8])
+        ]
+        for field in range(len(item)):
+            if rng.random() < 0.15:
+                item[field] = rng.choice(ODD_VALUES)
+        items.append(item if rng.random() < 0.97 else rng.choice(ODD_VALUES))
+    return items
+
+
+@pytest.mark.parametrize(
+    "twin",
+    [
+        pytest.param(_manifest_py, id="python"),
+        pytest.param(_compiled, id="compiled", marks=pytest.mark.skipif(_compiled is None, reason="not built")),
+    ],
+)
+def test_the_quick_check_takes_only_entries_the_full_check_takes_as_they_are(twin: ModuleType) -> None:
+    """Each entry of ``quick_entries``: the same as the full check's, and it refuses what
+    that refuses. Known channels and parts are what take an entry the quick way."""
+    channels: set[str] = {"c"}
+    parts: set[str] = {"p"}
+    asked: list[Any] = []
+
+    def slow(i: int, it: Any, ch: set[str], pa: set[str]) -> Entry:
+        asked.append(it)
+        return protocol._entry(i, it, ch, pa, limits=LIMITS)
+
+    quick = 0
+    for item in _odd_items(3000):
+        asked.clear()
+        try:
+            full: Entry | str = protocol._entry(0, item, set(channels), set(parts), limits=LIMITS)
+        except RequestError as exc:
+            full = exc.reason
+        try:
+            [made] = twin.quick_entries([item], channels, parts, protocol.MAX_DELAY_MS, Entry, slow)
+        except RequestError as exc:
+            made = exc.reason
+        assert made == full and type(made) is type(full), item
+        quick += not asked
+    assert 500 < quick < 3000  # both ways were taken
