@@ -4,7 +4,8 @@ The msgpack bytes are written directly from the names' characters, and a batch f
 index, into one growing C buffer — the same bytes ``msgpack.packb(entries,
 use_bin_type=True)`` gives, without building the entries as Python objects. A batch file's
 index is read and checked in C (open, fstat, pread, close), so its messages cost no Python
-object each; so are the files of a request's joined part, without the GIL.
+object each; so are the files of a request's joined part, without the GIL. On the server's
+side, the common entries of a received manifest are checked here, without bytecode.
 """
 
 import os
