@@ -9,8 +9,8 @@ part, named by its first id, and its messages' entries, read from its index, add
 0 for a plain message). ``channel`` is the channel's text: an escaped field is unescaped, a
 compact (``~``) one is looked up in ``texts`` (KeyError when it is not there).
 
-The server reads a manifest with :func:`quick_entries`, which answers for the common entry
-and leaves every other, with the reasons, to ``dropr.protocol``.
+The server reads a manifest with :func:`quick_entries`: ``dropr.protocol`` checks each entry,
+and the compiled twin the common ones itself, first.
 
 The first ``joined`` names may be plain messages that travel together in one part named
 ``joined_part``, one after another in the order of their names, each entry adding its
@@ -35,15 +35,12 @@ from dropr._codec_py import (
     COMPACT,
     batch_ids,
     batch_index_size,
-    is_message_id,
     parse_batch_index,
     parse_spool_name,
     unescape,
 )
 
 _SIZE_LIMIT = 1 << 64
-_FIELDS = 8
-_CRC_LIMIT = 1 << 32
 
 
 def build(
@@ -138,38 +135,9 @@ def quick_entries(
     entry: type[tuple[Any, ...]],
     slow: Callable[[int, Any, set[str], set[str]], tuple[Any, ...]],
 ) -> list[tuple[Any, ...]]:
-    """The entries of a decoded manifest ``raw``, each an ``entry`` of its fields.
-
-    An item of all eight fields whose channel is in ``channels`` and whose part is in
-    ``parts`` or is its id, the id 30 lower-case hex digits, the numbers whole and in their
-    ranges (priority 0-9, size and offset from 0, crc32 below 2**32, delay up to
-    ``max_delay_ms``), takes this quick check alone; every other item is
-    ``slow(index, item, channels, parts)``'s, which checks it with reasons (and may raise),
-    and adds its channel and part to the sets once found valid.
-    """
-    entries: list[tuple[Any, ...]] = []
-    for index, item in enumerate(raw):
-        if type(item) is list and len(item) == _FIELDS:
-            msg_id, channel, priority, part, size, crc, offset, delay_ms = item
-            if (
-                type(msg_id) is str
-                and type(channel) is str
-                and type(part) is str
-                and channel in channels
-                and (part == msg_id or part in parts)
-                and is_message_id(msg_id)
-                and type(priority) is int
-                and 0 <= priority <= 9
-                and type(size) is int
-                and size >= 0
-                and type(crc) is int
-                and 0 <= crc < _CRC_LIMIT
-                and type(offset) is int
-                and offset >= 0
-                and type(delay_ms) is int
-                and 0 <= delay_ms <= max_delay_ms
-            ):
-                entries.append(tuple.__new__(entry, item))
-                continue
-        entries.append(slow(index, item, channels, parts))
-    return entries
+    """The entries of a decoded manifest ``raw``: each ``slow(index, item, channels,
+    parts)``'s, the full check with its reasons (it may raise, and adds each channel and part
+    found valid to the sets). The compiled twin takes an item of all eight fields whose
+    channel and part are known, each field of its type and in its range (``max_delay_ms``
+    the longest delay), as an ``entry`` by itself, and leaves every other to ``slow``."""
+    return [slow(index, item, channels, parts) for index, item in enumerate(raw)]

@@ -230,8 +230,8 @@ def mismatch(declared_size: int, declared_crc: int, size: int, crc: int) -> str:
 def encode_acks(acks: Mapping[str, tuple[str, str]], as_json: bool = False) -> bytes:
     """The 200 answer's body: msgpack ``{id: [status, reason]}`` (JSON when asked for)."""
     if as_json:
-        return json.dumps({k: list(v) for k, v in acks.items()}).encode()
-    packed: bytes = msgpack.packb(acks, use_bin_type=True)  # a tuple packs as an array
+        return json.dumps(acks).encode()  # a tuple is written as an array, in both
+    packed: bytes = msgpack.packb(acks, use_bin_type=True)
     return packed
 
 
