@@ -5,12 +5,26 @@ system)."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 
 FILE_MODE = 0o640
 SHARED_MODE = 0o540
 """The mode of a store file shared by several messages, a hard link each (a batch file, see
-``dropr._codec_py``): a message's own file never has an execute bit."""
+``dropr._codec_py``), once all its names are in; a message's own file never has the
+owner's execute bit, :data:`SHARED_BIT`, which both modes of a shared file have."""
+ARRIVING_MODE = 0o550
+"""The mode of a shared file while ingest is still linking its names in: a claim leaves its
+names for a moment, rather than take some and copy them out (their leases would share one
+mtime with the names to come)."""
+SHARED_BIT = 0o100
+
+
+def is_shared(mode: int) -> bool:
+    """Whether ``mode`` (an ``st_mode``) is that of a shared file."""
+    return stat.S_ISREG(mode) and bool(mode & SHARED_BIT)
+
+
 DIR_MODE = 0o750
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 """How a directory is opened to hold it, sync it or work relative to it."""

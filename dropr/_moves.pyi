@@ -40,4 +40,4 @@ def write_files(paths: list[str], contents: list[bytes | bytearray | memoryview]
 def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], int]:
     """The contents of the files ``paths``, each whole (None for one gone), until ``max_bytes``
     were read (the file that crosses it included, and one file at least); and how many. A
-    file shared by several messages (``SHARED_MODE``) gives the one its name names alone."""
+    file shared by several messages (``SHARED_BIT`` in its mode) gives the one its name names alone."""

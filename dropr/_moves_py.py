@@ -26,7 +26,7 @@ import os
 import struct
 
 from ._codec_py import BATCH_ENTRY, BATCH_HEADER, ID_LEN, parse_batch_index
-from ._files import FILE_MODE, SHARED_MODE
+from ._files import FILE_MODE, is_shared
 
 
 def _directories(gone: bool, *paths: str) -> None:
@@ -179,7 +179,7 @@ def write_files(paths: list[str], contents: list[bytes | bytearray | memoryview]
 def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], int]:
     """The contents of the files ``paths``, each whole (None for one gone), until ``max_bytes``
     were read (the file that crosses it included, and one file at least); and how many. A
-    file shared by several messages (``SHARED_MODE``) gives the one its name names alone."""
+    file shared by several messages (``SHARED_BIT`` in its mode) gives the one its name names alone."""
     contents: list[bytes | None] = []
     size = 0
     for path in paths:
@@ -192,7 +192,7 @@ def read_files(paths: list[str], max_bytes: int) -> tuple[list[bytes | None], in
             continue
         try:
             info = os.fstat(fd)
-            if info.st_mode & 0o7777 == SHARED_MODE:
+            if is_shared(info.st_mode):
                 data = _read_own(fd, path)
             else:
                 want = info.st_size + 1  # one more byte tells a file that grew

@@ -21,7 +21,7 @@ from _codec cimport (DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_ID_LEN, DROPR_
                      batch_index_bytes, get_be)
 
 from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, EEXIST, EINVAL, EIO, ENOENT, ENOSYS, F_OK, O_CLOEXEC, O_CREAT,
-                   O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, RENAME_NOREPLACE, close, errno, faccessat,
+                   O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, RENAME_NOREPLACE, S_ISREG, close, errno, faccessat,
                    fstat, fstatat, iovec, linkat, open, pread, raise_errno, read, renameat, renameat2, ssize_t, stat,
                    timespec, unlinkat, utimensat, write_all)
 
@@ -30,7 +30,7 @@ import dropr._files
 DEF GROW = 65536
 DEF OPEN_AT = 8  # the names of a batch from which its directories are opened (below: full paths)
 cdef int _file_mode = dropr._files.FILE_MODE
-cdef unsigned int _shared_mode = dropr._files.SHARED_MODE
+cdef unsigned int _shared_bit = dropr._files.SHARED_BIT
 
 
 cdef class _Paths:
@@ -381,7 +381,7 @@ cdef int _read_whole(const char *path, char **data, Py_ssize_t *size) noexcept n
         error = errno
         close(fd)
         return error
-    if info.st_mode & 0o7777 == _shared_mode:
+    if S_ISREG(info.st_mode) and info.st_mode & _shared_bit:
         error = _read_own(fd, path, data, size)
         close(fd)
         return error

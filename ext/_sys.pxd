@@ -74,6 +74,7 @@ cdef extern from "<sys/stat.h>" nogil:
         ino_t st_ino
         nlink_t st_nlink
 
+    bint S_ISREG(mode_t mode)
     int mkdirat(int dirfd, const char *pathname, mode_t mode)
     int fstat(int fd, stat *buf)
     int fstatat(int dirfd, const char *pathname, stat *buf, int flags)

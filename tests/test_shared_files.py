@@ -9,6 +9,7 @@ request; both twins of the hot path through the suite's two runs.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -18,10 +19,10 @@ from support import start_server
 from test_server import batch, msg, post
 
 from dropr import _codec_py
-from dropr._files import SHARED_MODE
+from dropr._files import ARRIVING_MODE, SHARED_MODE
 from dropr._impl import moves
 from dropr.errors import StoreError
-from dropr.store import Message, Store
+from dropr.store import Message, Store, claims
 from dropr.store.ingest import IngestSide, Staged
 from dropr.store.staging import write_held
 
@@ -179,6 +180,77 @@ def test_a_claim_ending_where_a_shared_file_is_still_arriving_gives_its_share_ba
     os.rename(aside, queue(tmp_path / "store") / names[-1])
     store.look_again(CHANNEL)
     claim_whole_and_settle(store, 10, later, claimed)
+
+
+def arriving(store_dir: Path) -> tuple[Store, list[str], Path]:
+    """A store holding a shared file of three messages that ingest is still linking in, as
+    a request's commit leaves it for a moment: its mode :data:`ARRIVING_MODE`, its staged
+    name (another link) still in ``tmp/``; the ids and that name."""
+    ids = put_shared(store_dir, [b"c", b"d", b"e"])
+    first = queue(store_dir) / sorted(os.listdir(queue(store_dir)))[0]
+    os.chmod(first, ARRIVING_MODE)
+    staged = store_dir / "tmp" / "upload-still-linking"
+    os.link(first, staged)
+    return Store(store_dir), ids, staged
+
+
+def arrived(staged: Path) -> None:
+    """What ingest does once the file's last name is in: the mode, then the staged name."""
+    os.chmod(staged, SHARED_MODE)
+    os.unlink(staged)
+
+
+def test_a_claim_leaves_a_shared_file_still_arriving_and_takes_it_whole_once_in(tmp_path: Path) -> None:
+    store, ids, staged = arriving(tmp_path / "store")
+    changed = {path.name: os.lstat(path).st_ctime_ns for path in queue(tmp_path / "store").iterdir()}
+    assert store.claim(CHANNEL, 10, 60) == []  # no copies of some: all of them in a moment
+    assert [m.read() for m in store.messages(CHANNEL)] == [b"c", b"d", b"e"]  # each its own, meanwhile too
+    assert {path.name: os.lstat(path).st_ctime_ns for path in queue(tmp_path / "store").iterdir()} == changed
+    arrived(staged)
+    claimed = store.claim(CHANNEL, 10, 60)
+    assert sorted(m.id for m in claimed) == sorted(ids)
+    assert len({os.lstat(m.path).st_ino for m in claimed}) == 1
+    store.set_processed(*claimed)
+    assert store.count_processed(CHANNEL) == 3
+
+
+def test_a_waiting_claim_takes_a_shared_file_once_it_arrived(tmp_path: Path) -> None:
+    store, ids, staged = arriving(tmp_path / "store")
+    got: list[Message] = []
+    waiting = threading.Thread(target=lambda: got.extend(store.claim(CHANNEL, 10, 60, wait=30)))
+    waiting.start()
+    time.sleep(0.1)
+    arrived(staged)  # no new name in the queue: the claim looks again by itself
+    waiting.join()
+    assert sorted(m.id for m in got) == sorted(ids)
+    assert len({os.lstat(m.path).st_ino for m in got}) == 1
+
+
+def test_a_shared_file_left_arriving_by_an_ingest_that_died_is_claimed_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, ids, _ = arriving(tmp_path / "store")
+    monkeypatch.setattr(claims, "ARRIVING_SECONDS", 0.05)
+    time.sleep(0.1)  # older than that, and than a clock tick of the file system
+    claimed = store.claim(CHANNEL, 10, 60)
+    assert sorted(m.id for m in claimed) == sorted(ids)
+    assert all(os.lstat(m.path).st_nlink == 1 for m in claimed)  # the leftover link shares it: copies
+    store.set_processed(*claimed)
+    assert store.count_processed(CHANNEL) == 3
+
+
+def test_a_scan_ending_inside_a_shared_file_leaves_that_file_to_the_next_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = [put_shared(tmp_path / "store", [f"{n}.{i}".encode() for i in range(10)]) for n in range(4)]
+    monkeypatch.setattr(claims, "SCAN_WINDOW", 0)  # a scan sees 2 * 10 + 16 names: three files and part of one
+    store = Store(tmp_path / "store", rescan_interval=60)  # the claims after the first take what it left
+    for ids in files:
+        claimed = store.claim(CHANNEL, 10, 60)
+        assert [m.id for m in claimed] == ids
+        assert {os.lstat(m.path).st_nlink for m in claimed} == {10}  # each file whole, not one copy made
+        store.set_processed(*claimed)
+    assert store.count_processed(CHANNEL) == 40
 
 
 def test_releasing_or_failing_one_message_of_a_shared_claim_leaves_the_others_lease(tmp_path: Path) -> None:

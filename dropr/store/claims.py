@@ -24,7 +24,9 @@ for all its links, so it serves as one lease only while one claim holds every li
 a claim that takes some of its links, not all, gives those names copies of their own
 messages first (or, having other messages already, gives them back for the next claim to
 take whole), and a message failed or released out of a shared file gets its own copy
-before its times change. The sweep takes the links of a shared file found due together.
+before its times change. Ingest links a shared file's names in one by one, so a claim leaves
+those of one whose names it may not all have seen for a moment (see :func:`_unseen_start`).
+The sweep takes the links of a shared file found due together.
 
 :class:`Claims` is what one process remembers between calls: when a root may next hold
 something due, and the untried names of its last scan of a deep queue.
@@ -38,6 +40,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import _files
 from .._impl import moves, scan
@@ -58,6 +61,12 @@ rename and setting the lease) goes back to the queue."""
 LEFTOVER_SECONDS = 3600.0
 """Age after which a hidden file in ``claimed/`` (a copy :func:`own` did not finish: its
 process died) is removed by the sweep."""
+ARRIVING_SECONDS = 10.0
+"""How long a shared file may keep :data:`~dropr._files.ARRIVING_MODE` after its last change
+(each link in changes its ctime) before a claim takes it for what an ingest that died left:
+its names in the queue are all there will be."""
+_ARRIVING_RETRY = 0.002
+"""How soon a claim that left the names of an arriving file looks again, if it waits."""
 _TICKS = (1, 1000, 1000_000, 1000_000_000)
 """Timestamp resolutions a file system may have, in nanoseconds: a lease token is what the
 file system keeps of the lease end."""
@@ -111,7 +120,7 @@ class Claims:
         self.rescan_interval = rescan_interval
         self._next_sweep: dict[str, float] = {}
         self._earliest: dict[str, float] = {}
-        self._seen: dict[str, tuple[float, list[str]]] = {}
+        self._seen: dict[str, tuple[float, int, list[str]]] = {}
         self._taking: dict[str, threading.Lock] = {}
         self._tick = 0  # the file system's timestamp resolution (ns), learnt at the first claim
 
@@ -133,18 +142,21 @@ class Claims:
         now = now_ns / 1e9
         self.sweep(root, now)
         until_ns = now_ns + lease_ns
-        fresh_until, seen = self._seen.pop(root, (0.0, []))
+        fresh_until, seen_ns, seen = self._seen.pop(root, (0.0, 0, []))
         if now >= fresh_until:
             seen = []
-        names, untried, scanning, self._tick = claim(root, limit, until_ns, seen, self._tick, shared=shared)
-        if scanning:
-            fresh_until = now + max(self.rescan_interval, _SCAN_SHARE * scanning)
-        if untried:
-            self._seen[root] = (fresh_until, untried)
+        done = claim(root, limit, until_ns, seen, self._tick, shared=shared, seen_ns=seen_ns)
+        self._tick = done.tick
+        if done.scanning:
+            fresh_until = now + max(self.rescan_interval, _SCAN_SHARE * done.scanning)
+        if done.untried:
+            self._seen[root] = (fresh_until, done.scanned_ns, done.untried)
         token = until_ns - until_ns % (self._tick or 1)
-        if names:
+        if done.names:
             self.due(root, token / 1e9)
-        return names, token
+        if done.arriving:
+            self.due(root, now + _ARRIVING_RETRY)
+        return done.names, token
 
     def settle(self, root: str, names: list[str], tokens: list[int], state: str) -> list[str | None]:
         """Move each claimed message of ``names`` to ``state`` if its token (``tokens``, in
@@ -312,33 +324,54 @@ def _remove_leftover(entry: os.DirEntry[str], now: float) -> None:
         pass
 
 
+class Claimed(NamedTuple):
+    """What :func:`claim` did: the ``names`` claimed; the ``untried`` names of its last scan,
+    which began at ``scanned_ns``, for the next claim; the seconds spent ``scanning``; the
+    file system's timestamp resolution (``tick``, ns); and whether it left the names of a
+    shared file that had more to come (``arriving``: look again in a moment)."""
+
+    names: list[str]
+    untried: list[str]
+    scanned_ns: int
+    scanning: float
+    tick: int
+    arriving: bool
+
+
 def claim(
-    root: str, limit: int, until_ns: int, seen: list[str], tick: int = 0, *, shared: bool = False
-) -> tuple[list[str], list[str], float, int]:
+    root: str,
+    limit: int,
+    until_ns: int,
+    seen: list[str],
+    tick: int = 0,
+    *,
+    shared: bool = False,
+    seen_ns: int = 0,
+) -> Claimed:
     """Move up to ``limit`` queued messages into ``claimed/`` (lease ending ``until_ns``).
 
     Names are tried in delivery order, first those of ``seen`` (untried names of an earlier
-    scan), then those of fresh scans; one lost to another claimant is skipped. Scanning a
-    deep queue costs far more than claiming a message, so a scan looks further than
-    ``limit`` and the names left untried are returned for the next claim. ``tick`` is the
-    file system's timestamp resolution (0: not known yet). Returns ``(claimed, untried,
-    seconds spent scanning, tick)``. With ``shared`` (a group's root), each claimed file
-    gets an inode of its own before its lease is set (:func:`own`).
+    scan, begun at ``seen_ns``), then those of fresh scans; one lost to another claimant is
+    skipped. Scanning a deep queue costs far more than claiming a message, so a scan looks
+    further than ``limit`` and the names left untried are returned for the next claim.
+    ``tick`` is the file system's timestamp resolution (0: not known yet). With ``shared``
+    (a group's root), each claimed file gets an inode of its own before its lease is set
+    (:func:`own`).
     """
     if limit == 0:
-        return [], seen, 0.0, tick
+        return Claimed([], seen, seen_ns, 0.0, tick, False)
     queue = os.path.join(root, QUEUE)
     claimed = os.path.join(root, CLAIMED)
     held: list[str] = []
-    names = seen
+    names, scanned_ns = seen, seen_ns
     scanning = 0.0
     for _ in range(_MAX_ROUNDS):
         window = 0
         if not names:
             window = max(2 * (limit - len(held)) + 16, SCAN_WINDOW)
-            started = time.monotonic()
+            started, scanned_ns = time.monotonic(), time.time_ns()
             try:
-                names = consistent_scan(queue, window, tick)
+                names = _whole_files(queue, consistent_scan(queue, window, tick), window)
             except FileNotFoundError:
                 break
             finally:
@@ -347,10 +380,14 @@ def claim(
         try:
             while index < len(names) and len(held) < limit:
                 want = limit - len(held)
+                arriving = False
                 if not shared:
-                    want = _whole_files_end(queue, names, index, want, bool(held)) - index
-                    if not want:  # the next file does not fit: the next claim takes it whole
-                        return held, names[index:], scanning, tick
+                    changed = scanned_ns - max(tick, _MTIME_TICK_NS)
+                    end, arriving = _whole_files_end(queue, names, index, want, bool(held), changed)
+                    want = end - index
+                    if not want:  # the next file does not fit, or has more to come: the next claim takes it whole
+                        untried = [] if arriving else names[index:]
+                        return Claimed(held, untried, scanned_ns, scanning, tick, arriving)
                 taken, index = moves.rename_files(queue, claimed, names, index, want)
                 back: list[str] = []
                 if shared:
@@ -362,15 +399,17 @@ def claim(
                     tick = _resolution(os.path.join(claimed, taken[0]), until_ns)
                 held += taken
                 if back:  # the claim ends short of its limit; the next takes these first, whole
-                    return held, back + names[index:], scanning, tick
+                    return Claimed(held, back + names[index:], scanned_ns, scanning, tick, False)
+                if arriving:  # a scan after the file's last name is in sees them all
+                    return Claimed(held, [], scanned_ns, scanning, tick, True)
         except FileNotFoundError:  # the root went away meanwhile (its group unsubscribed)
             break
         if len(held) == limit:
-            return held, names[index:], scanning, tick
+            return Claimed(held, names[index:], scanned_ns, scanning, tick, False)
         if window and len(names) < window:
             break
         names = []
-    return held, [], scanning, tick
+    return Claimed(held, [], scanned_ns, scanning, tick, False)
 
 
 def own(path: str) -> bool:
@@ -433,23 +472,72 @@ def own_split(root: str, names: list[str], holding: bool) -> tuple[list[str], li
     return [name for name in kept if inode.get(name) not in split or own(os.path.join(claimed, name))], back
 
 
-def _whole_files_end(queue: str, names: list[str], start: int, want: int, holding: bool) -> int:
+def _whole_files_end(
+    queue: str, names: list[str], start: int, want: int, holding: bool, scanned_after: int
+) -> tuple[int, bool]:
     """Where a claim of ``want`` more of the queued ``names`` from ``start`` on stops, so as
     not to end inside a shared file: ``start + want``, unless the name there shares its file
     with the names just before it — then before those, the next claim taking the file whole.
     A claim holding nothing yet (``holding`` false) takes a file bigger than itself in part.
-    Its names are consecutive in delivery order (one request's messages), so this costs an
-    ``lstat`` of the names of the one file the limit falls in."""
-    end = start + want
-    if end >= len(names):
-        return len(names)
-    file = _shared_inode(os.path.join(queue, names[end]))
+    Nor does it end with the names of a file that may have more in the queue than the scan
+    saw (see :func:`_unseen_start`): it stops before them, and says so (True). A file's names
+    are consecutive in delivery order (one request's messages), so this costs an ``lstat``
+    of the names of the one or two files at the end."""
+    end = min(start + want, len(names))
+    inside = False
+    if end < len(names):
+        file = _shared_inode(os.path.join(queue, names[end]))
+        if file is not None:
+            cut = _file_start(queue, names, start, end, file)
+            inside = cut == start and not holding
+            end = end if inside else cut
+    if end == start or inside:
+        return end, False
+    unseen = _unseen_start(queue, names, start, end, scanned_after)
+    return (end, False) if unseen is None else (unseen, True)
+
+
+def _whole_files(queue: str, names: list[str], window: int) -> list[str]:
+    """The ``names`` of a scan of up to ``window`` names, less those of the shared file it
+    ends with when it is full: more of that file's names may lie past the window, and a
+    claim taking the rest of the scan would split it (unless it is all the scan holds)."""
+    if len(names) < window:
+        return names
+    file = _shared_inode(os.path.join(queue, names[-1]))
     if file is None:
-        return end
-    cut = end
-    while cut > start and _shared_inode(os.path.join(queue, names[cut - 1])) == file:
-        cut -= 1
-    return cut if cut > start or holding else end
+        return names
+    return names[: _file_start(queue, names, 0, len(names), file)] or names
+
+
+def _file_start(queue: str, names: list[str], start: int, end: int, file: int) -> int:
+    """Where the names of ``file`` (an inode) that end just before ``names[end]`` begin, not
+    before ``start``."""
+    while end > start and _shared_inode(os.path.join(queue, names[end - 1])) == file:
+        end -= 1
+    return end
+
+
+def _unseen_start(queue: str, names: list[str], start: int, end: int, scanned_after: int) -> int | None:
+    """Where the names of the shared file that ``names[start:end]`` ends with begin, when it
+    may have names in the queue that the scan did not see: more links than those names, and
+    ingest still linking them in (:data:`~dropr._files.ARRIVING_MODE`, for at most
+    :data:`ARRIVING_SECONDS`), or a link (each changes the file's ctime) newer than
+    ``scanned_after`` (ns: the scan's start, less a clock tick); None when it has none.
+    Taking the names seen would split the file, its names to come a moment later."""
+    try:
+        info = os.lstat(os.path.join(queue, names[end - 1]))
+    except FileNotFoundError:
+        return None
+    if info.st_nlink < 2:
+        return None
+    arriving = info.st_mode & 0o7777 == _files.ARRIVING_MODE and info.st_ctime > time.time() - ARRIVING_SECONDS
+    if not arriving and info.st_ctime_ns <= scanned_after:
+        return None
+    counts = moves.link_counts(queue, names[start:end])
+    first = end
+    while first > start and (counts[first - 1 - start] or (0,))[0] == info.st_ino:
+        first -= 1
+    return first if info.st_nlink > end - first else None
 
 
 def _shared_inode(path: str) -> int | None:

@@ -231,6 +231,8 @@ class IngestSide(StoreDirectory):
                     directories += moved_into
                     # A delayed message's due time is its mtime: only a flush makes that durable.
                     created |= made or any(item[4] for item in items)
+            for path in shared:  # all its names are in: claims may take them now
+                os.chmod(path, _files.SHARED_MODE)
             return Ingested(results, tuple(directories), created or self.names.written != written)
 
     def sync_data(self, path: str) -> None:

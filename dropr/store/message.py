@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from .._files import SHARED_MODE
+from .._files import is_shared
 from .._impl import codec, moves
 
 _READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -31,7 +31,7 @@ class ClaimReads:
         """The payload of message ``msg_id`` at ``path``; None when that is not a shared
         file, or the file is not what its index says (read it alone, as any other)."""
         info = os.lstat(path)
-        if info.st_mode & 0o7777 != SHARED_MODE:
+        if not is_shared(info.st_mode):
             return None
         file = (info.st_dev, info.st_ino)
         data = self._payloads.pop((*file, msg_id), None)
@@ -120,7 +120,7 @@ class Message:
     def whole_file(self) -> bool:
         """Whether the payload is the whole file at ``path``, which may then be handed on as
         it is; not so for a message of a shared file (FileNotFoundError when it is gone)."""
-        return os.lstat(self.path).st_mode & 0o7777 != SHARED_MODE
+        return not is_shared(os.lstat(self.path).st_mode)
 
     def read(self) -> bytes:
         """The payload (FileNotFoundError when the file is gone)."""

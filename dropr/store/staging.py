@@ -21,7 +21,7 @@ import os
 import secrets
 import zlib
 
-from .._files import FILE_MODE, SHARED_MODE, remove
+from .._files import ARRIVING_MODE, FILE_MODE, SHARED_MODE, remove
 from .._impl import codec, moves
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -203,8 +203,9 @@ def write_held(files: list[StagedFile], ids: list[str | None]) -> None:
     """Create the files of ``files`` still held in memory (see :meth:`Staging.hold`), in
     one call; an OSError leaves none of them held. Those given an id in ``ids`` (messages
     due at once), two or more, go into one shared file instead: a batch file (the format of
-    ``dropr._codec_py``) of mode :data:`~dropr._files.SHARED_MODE`, which the store links
-    under each message's name, one file created where there were as many as messages."""
+    ``dropr._codec_py``) of mode :data:`~dropr._files.ARRIVING_MODE`, which the store links
+    under each message's name, one file created where there were as many as messages, and
+    then gives :data:`~dropr._files.SHARED_MODE`."""
     held = [
         (file, file.held, msg_id)
         for file, msg_id in zip(files, ids, strict=True)
@@ -221,7 +222,7 @@ def write_held(files: list[StagedFile], ids: list[str | None]) -> None:
             contents.append(b"".join([index, *(data for _, data, _ in joined)]))
         moves.write_files(paths, contents)
         if own is not held:
-            os.chmod(paths[-1], SHARED_MODE)  # a file just made, O_EXCL: no link to follow
+            os.chmod(paths[-1], ARRIVING_MODE)  # a file just made, O_EXCL: no link to follow
             share = _Share(len(joined))
             for file, _, _ in joined:
                 file.path, file._share = paths[-1], share
