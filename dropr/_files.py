@@ -37,11 +37,12 @@ def publish(path: str, data: bytes, *, replace: bool, sync: bool = False) -> Non
     With ``sync`` the data is on disk before the name appears, so a crash never leaves the
     name with empty content (the name itself is made durable by whoever syncs its directory).
     """
-    head, tail = os.path.split(path)
-    tmp = os.path.join(head, f".{tail}.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    if replace and sync:
+        replace_all([path], [data])
+        return
+    tmp = _hidden(path)
     try:
-        write_and_close(fd, data, sync)
+        write_and_close(_create(tmp), data, sync)
         if replace:
             os.rename(tmp, path)
         else:
@@ -51,6 +52,36 @@ def publish(path: str, data: bytes, *, replace: bool, sync: bool = False) -> Non
                 pass
     finally:
         remove(tmp)
+
+
+def replace_all(paths: list[str], contents: list[bytes]) -> None:
+    """Replace each file of ``paths`` by its ``contents``, whole or not at all, the data on
+    disk before the name shows it (see :func:`publish`): written under hidden names, made
+    durable together — one ``fdatasync`` for one file, one flush of the file system for more
+    (what a flush each would cost, each of them) — then renamed over."""
+    copies: list[str] = []
+    try:
+        for path, data in zip(paths, contents, strict=True):
+            copies.append(_hidden(path))
+            write_and_close(_create(copies[-1]), data, sync=len(paths) == 1)
+        if len(paths) > 1:
+            sync_file_system(os.path.dirname(paths[0]))
+        for copy, path in zip(copies, paths, strict=True):
+            os.rename(copy, path)
+    finally:
+        for copy in copies:
+            remove(copy)
+
+
+def _hidden(path: str) -> str:
+    """A fresh hidden name beside ``path`` for its new content, by which a process that
+    died writing it can be told."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.{os.getpid()}.{os.urandom(4).hex()}")
+
+
+def _create(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
 
 
 def write_and_close(fd: int, data: bytes | memoryview, sync: bool) -> None:

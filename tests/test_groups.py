@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from storekit import CLIENT, put, stage, tree
 
-from dropr import StoreError
+from dropr import StoreError, _files
 from dropr._impl import codec
 from dropr.store import Message, Store
 
@@ -260,3 +260,24 @@ def test_a_copy_left_by_a_claimant_that_died_is_removed_once_old(store: Store) -
     Store(store.path).counts("orders", group="billing")  # a first look sweeps the claims
     assert os.path.exists(fresh) and not os.path.exists(old)
     assert store.status("orders", message.id, group="billing") == "claimed"
+
+
+def test_a_groups_claim_copies_its_messages_with_one_flush(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.subscribe("orders", "billing")
+    store.subscribe("orders", "shipping")
+    sent = {put(store, b"%d" % i, channel="orders"): b"%d" % i for i in range(50)}
+    flushes: list[str] = []
+    synced_files: list[int] = []
+    sync_file_system, fdatasync = _files.sync_file_system, os.fdatasync
+    monkeypatch.setattr(_files, "sync_file_system", lambda path: (flushes.append(path), sync_file_system(path)))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced_files.append(fd), fdatasync(fd)))
+    billing = store.claim("orders", 100, 60, group="billing")
+    assert len(flushes) == 1 and not synced_files  # one flush for the fifty copies, not one each
+    assert {os.stat(m.path).st_nlink for m in billing} == {1}
+    assert {m.id: m.read() for m in billing} == sent
+    assert {os.stat(m.path).st_nlink for m in store.messages("orders", group="shipping")} == {1}
+    (one,) = store.claim("orders", 1, 60, group="shipping")  # the last link keeps the file ingest wrote
+    assert len(flushes) == 1 and one.read() == sent[one.id]
+    store.set_processed(*billing, one)
+    assert store.count_processed("orders", group="billing") == 50
+    assert not [name for name in os.listdir(os.path.dirname(billing[0].path)) if name.startswith(".")]

@@ -65,6 +65,8 @@ ARRIVING_SECONDS = 10.0
 """How long a shared file may keep :data:`~dropr._files.ARRIVING_MODE` after its last change
 (each link in changes its ctime) before a claim takes it for what an ingest that died left:
 its names in the queue are all there will be."""
+_OWN_BYTES = 16 << 20
+"""How many bytes of copies :func:`own_all` writes before it flushes them."""
 _ARRIVING_RETRY = 0.002
 """How soon a claim that left the names of an arriving file looks again, if it waits."""
 _TICKS = (1, 1000, 1000_000, 1000_000_000)
@@ -391,7 +393,7 @@ def claim(
                 taken, index = moves.rename_files(queue, claimed, names, index, want)
                 back: list[str] = []
                 if shared:
-                    taken = [name for name in taken if own(os.path.join(claimed, name))]
+                    taken = [name for name, kept in zip(taken, own_all(claimed, taken), strict=True) if kept]
                 else:
                     taken, back = own_split(root, taken, bool(held))
                 taken = moves.lease_files(claimed, taken, until_ns)
@@ -424,16 +426,29 @@ def own(path: str) -> bool:
     only the last link taken keeps the file ingest wrote. Nobody else touches the name
     meanwhile: the caller holds it, claimed.
     """
-    try:
-        if os.lstat(path).st_nlink < 2:
-            return True
-        data = moves.read_files([path], 0)[0][0]
-    except FileNotFoundError:
-        return False
-    if data is None:
-        return False
-    _files.publish(path, data, replace=True, sync=True)
-    return True
+    directory, name = os.path.split(path)
+    return own_all(directory, [name])[0]
+
+
+def own_all(directory: str, names: list[str]) -> list[bool]:
+    """:func:`own` of each of ``names`` in ``directory``, the copies made durable together
+    (:func:`~dropr._files.replace_all`, one flush for every :data:`_OWN_BYTES` of them, not
+    one each): a group's claim copies each message it takes."""
+    owned: list[bool] = []
+    paths: list[str] = []
+    for name, counts in zip(names, moves.link_counts(directory, names), strict=True):
+        owned.append(counts is not None)
+        if counts is not None and counts[1] > 1:
+            paths.append(os.path.join(directory, name))
+    gone: set[str] = set()
+    start = 0
+    while start < len(paths):
+        contents, count = moves.read_files(paths[start:], _OWN_BYTES)
+        present = [(path, data) for path, data in zip(paths[start:], contents, strict=False) if data is not None]
+        _files.replace_all([path for path, _ in present], [data for _, data in present])
+        gone.update(os.path.basename(path) for path, data in zip(paths[start:], contents, strict=False) if data is None)
+        start += count
+    return [ok and name not in gone for ok, name in zip(owned, names, strict=True)] if gone else owned
 
 
 def own_split(root: str, names: list[str], holding: bool) -> tuple[list[str], list[str]]:
@@ -469,7 +484,9 @@ def own_split(root: str, names: list[str], holding: bool) -> tuple[list[str], li
         split.discard(last)
         given = set(back)
         kept = [name for name in kept if name not in given]
-    return [name for name in kept if inode.get(name) not in split or own(os.path.join(claimed, name))], back
+    copying = [name for name in kept if inode.get(name) in split]
+    lost = {name for name, ok in zip(copying, own_all(claimed, copying), strict=True) if not ok}
+    return [name for name in kept if name not in lost], back
 
 
 def _whole_files_end(
