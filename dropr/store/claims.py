@@ -373,7 +373,9 @@ def claim(
             window = max(2 * (limit - len(held)) + 16, SCAN_WINDOW)
             started, scanned_ns = time.monotonic(), time.time_ns()
             try:
-                names = _whole_files(queue, consistent_scan(queue, window, tick), window)
+                names = consistent_scan(queue, window, tick)
+                full = len(names) == window  # more may lie past it, whatever is left out
+                names = _whole_files(queue, names, window)
             except FileNotFoundError:
                 break
             finally:
@@ -408,7 +410,7 @@ def claim(
             break
         if len(held) == limit:
             return Claimed(held, names[index:], scanned_ns, scanning, tick, False)
-        if window and len(names) < window:
+        if window and not full:
             break
         names = []
     return Claimed(held, [], scanned_ns, scanning, tick, False)
