@@ -10,11 +10,15 @@ stores of the same messages, C and dropr alternating, several rounds; the table 
 median of the per-round ratios. Remote consumers (1 and 4 processes) claim a batch over
 HTTP from a ``dropr-server`` on loopback, read each payload from the answer and settle the
 batch with one ``set_processed(*batch)``; their rate is shown beside the local consumers' of
-the same round (target: 4 remote >= 0.5 x 4 local). Stores are removed only at the end:
+the same round (target: 4 remote >= 0.5 x 4 local). With ``--groups``, consumers of one of
+two consumer groups run too, beside the local ones of the same round: each message a group
+takes while the other still links its file gets a copy of its own first, which is what that
+figure weighs. Stores are removed only at the end:
 mass deletes would slow the next cells' file creation (on ext4 without a journal, by many
 times).
 
     python bench/consume.py [--count N] [--rounds R] [--batch B] [--size BYTES] [--no-remote]
+                            [--groups]
 """
 
 from __future__ import annotations
@@ -94,9 +98,16 @@ int main(int argc, char **argv) {
 """
 
 
-def fill(root: str, count: int, size: int) -> Store:
-    """A fresh store whose channel ``bench`` holds ``count`` messages of ``size`` bytes."""
+GROUPS = ("first", "second")
+"""The groups of ``--groups``: the consumers take the first's messages, copies while the second links them."""
+
+
+def fill(root: str, count: int, size: int, groups: tuple[str, ...] = ()) -> Store:
+    """A fresh store whose channel ``bench`` holds ``count`` messages of ``size`` bytes, in
+    each of ``groups`` when there are any."""
     store = Store(root, create=True)
+    for group in groups:
+        store.subscribe("bench", group)
     payload = os.urandom(size)
     for _ in range(count):
         msg_id = codec.new_id()
@@ -123,6 +134,7 @@ def _consumer(
     batch: int,
     ready: multiprocessing.synchronize.Barrier,
     times: multiprocessing.queues.Queue,
+    group: str | None = None,
 ) -> None:  # type: ignore[name-defined]
     if path.startswith("http"):
         remote = RemoteStore(path)
@@ -136,19 +148,19 @@ def _consumer(
         store = Store(path)
         ready.wait()
         start = time.monotonic()
-        while claimed := store.claim("bench", batch, 60):
+        while claimed := store.claim("bench", batch, 60, group=group):
             for message in claimed:
                 message.read()
                 store.set_processed(message)
     times.put((start, time.monotonic()))
 
 
-def run_dropr(store: Store, procs: int, batch: int, url: str | None = None) -> float:
+def run_dropr(store: Store, procs: int, batch: int, url: str | None = None, group: str | None = None) -> float:
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Barrier(procs)
     times = ctx.Queue()
     target = url or store.path
-    children = [ctx.Process(target=_consumer, args=(target, batch, ready, times)) for _ in range(procs)]
+    children = [ctx.Process(target=_consumer, args=(target, batch, ready, times, group)) for _ in range(procs)]
     for child in children:
         child.start()
     spans = [times.get() for _ in children]
@@ -159,8 +171,8 @@ def run_dropr(store: Store, procs: int, batch: int, url: str | None = None) -> f
     return max(end for _, end in spans) - min(start for start, _ in spans)
 
 
-def check(store: Store, count: int) -> None:
-    if store.count_processed("bench") != count or store.count_queued("bench") != 0:
+def check(store: Store, count: int, group: str | None = None) -> None:
+    if store.count_processed("bench", group=group) != count or store.count_queued("bench", group=group) != 0:
         raise RuntimeError("not every message was processed exactly once")
 
 
@@ -171,8 +183,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--no-remote", action="store_true", help="leave out the consumers over HTTP")
+    parser.add_argument("--groups", action="store_true", help="also consumers of one of two consumer groups")
     args = parser.parse_args()
     kinds = ("c", "dropr") if args.no_remote else ("c", "dropr", "remote")
+    kinds += ("group",) if args.groups else ()
     work = tempfile.mkdtemp(prefix="dropr-bench-consume-")
     try:
         binary = build_floor(C_FLOOR, work)
@@ -185,15 +199,16 @@ def main() -> None:
             for procs in (1, 4):
                 for kind in kinds:
                     root = os.path.join(work, f"{kind}-{procs}-{round_}-{os.urandom(4).hex()}")
-                    store = fill(root, args.count, args.size)
+                    group = GROUPS[0] if kind == "group" else None
+                    store = fill(root, args.count, args.size, GROUPS if group else ())
                     if kind == "c":
                         elapsed = run_floor(binary, store, procs)
-                    elif kind == "dropr":
-                        elapsed = run_dropr(store, procs, args.batch)
-                    else:
+                    elif kind == "remote":
                         with start_server(store.path, extra_args=["--log-level", "warning"]) as server:
                             elapsed = run_dropr(store, procs, args.batch, server.url)
-                    check(store, args.count)
+                    else:
+                        elapsed = run_dropr(store, procs, args.batch, group=group)
+                    check(store, args.count, group)
                     rates.setdefault((kind, procs), []).append(args.count / elapsed)
                     os.sync()
                 ratios[procs].append(rates["dropr", procs][-1] / rates["c", procs][-1])
@@ -220,6 +235,14 @@ def main() -> None:
                 same = statistics.median(remote_same[procs])
                 four = statistics.median(remote_four[procs])
                 print(f"{procs:>9}  {local:>11,.0f}  {remote:>12,.0f}  {same:>12.2f}  {four:>9.2f}")
+        if "group" in kinds:
+            print(f"consumers of one of two groups (batch {args.batch}) beside a channel's, same rounds")
+            print(f"{'processes':>9}  {'local msg/s':>11}  {'group msg/s':>11}  {'group/local (median)':>20}")
+            for procs in (1, 4):
+                local = statistics.median(rates["dropr", procs])
+                grouped = statistics.median(rates["group", procs])
+                shares = [g / d for g, d in zip(rates["group", procs], rates["dropr", procs], strict=True)]
+                print(f"{procs:>9}  {local:>11,.0f}  {grouped:>11,.0f}  {statistics.median(shares):>20.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
