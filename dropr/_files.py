@@ -18,17 +18,15 @@ ARRIVING_MODE = 0o550
 names for a moment, rather than take some and copy them out (their leases would share one
 mtime with the names to come)."""
 SHARED_BIT = 0o100
+DIR_MODE = 0o750
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+"""How a directory is opened to hold it, sync it or work relative to it."""
+REMOVE_THREADS = 4
 
 
 def is_shared(mode: int) -> bool:
     """Whether ``mode`` (an ``st_mode``) is that of a shared file."""
     return stat.S_ISREG(mode) and bool(mode & SHARED_BIT)
-
-
-DIR_MODE = 0o750
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-"""How a directory is opened to hold it, sync it or work relative to it."""
-REMOVE_THREADS = 4
 
 
 def publish(path: str, data: bytes, *, replace: bool, sync: bool = False) -> None:
@@ -37,9 +35,6 @@ def publish(path: str, data: bytes, *, replace: bool, sync: bool = False) -> Non
     With ``sync`` the data is on disk before the name appears, so a crash never leaves the
     name with empty content (the name itself is made durable by whoever syncs its directory).
     """
-    if replace and sync:
-        replace_all([path], [data])
-        return
     tmp = _hidden(path)
     try:
         write_and_close(_create(tmp), data, sync)

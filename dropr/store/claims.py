@@ -368,7 +368,7 @@ def claim(
     names, scanned_ns = seen, seen_ns
     scanning = 0.0
     for _ in range(_MAX_ROUNDS):
-        window = 0
+        window, full = 0, False
         if not names:
             window = max(2 * (limit - len(held)) + 16, SCAN_WINDOW)
             started, scanned_ns = time.monotonic(), time.time_ns()
@@ -446,11 +446,11 @@ def own_all(directory: str, names: list[str]) -> list[bool]:
     start = 0
     while start < len(paths):
         contents, count = moves.read_files(paths[start:], _OWN_BYTES)
-        present = [(path, data) for path, data in zip(paths[start:], contents, strict=False) if data is not None]
-        _files.replace_all([path for path, _ in present], [data for _, data in present])
-        gone.update(os.path.basename(path) for path, data in zip(paths[start:], contents, strict=False) if data is None)
-        start += count
-    return [ok and name not in gone for ok, name in zip(owned, names, strict=True)] if gone else owned
+        batch, start = paths[start : start + count], start + count
+        present = {path: data for path, data in zip(batch, contents, strict=True) if data is not None}
+        _files.replace_all(list(present), list(present.values()))
+        gone.update(os.path.basename(path) for path in batch if path not in present)
+    return [ok and name not in gone for ok, name in zip(owned, names, strict=True)]
 
 
 def own_split(root: str, names: list[str], holding: bool) -> tuple[list[str], list[str]]:
@@ -503,14 +503,14 @@ def _whole_files_end(
     are consecutive in delivery order (one request's messages), so this costs an ``lstat``
     of the names of the one or two files at the end."""
     end = min(start + want, len(names))
-    inside = False
     if end < len(names):
         file = _shared_inode(os.path.join(queue, names[end]))
         if file is not None:
             cut = _file_start(queue, names, start, end, file)
-            inside = cut == start and not holding
-            end = end if inside else cut
-    if end == start or inside:
+            if cut == start and not holding:
+                return end, False
+            end = cut
+    if end == start:
         return end, False
     unseen = _unseen_start(queue, names, start, end, scanned_after)
     return (end, False) if unseen is None else (unseen, True)
@@ -552,10 +552,7 @@ def _unseen_start(queue: str, names: list[str], start: int, end: int, scanned_af
     arriving = info.st_mode & 0o7777 == _files.ARRIVING_MODE and info.st_ctime > time.time() - ARRIVING_SECONDS
     if not arriving and info.st_ctime_ns <= scanned_after:
         return None
-    counts = moves.link_counts(queue, names[start:end])
-    first = end
-    while first > start and (counts[first - 1 - start] or (0,))[0] == info.st_ino:
-        first -= 1
+    first = _file_start(queue, names, start, end, info.st_ino)
     return first if info.st_nlink > end - first else None
 
 
