@@ -429,3 +429,22 @@ def test_a_scan_of_a_queue_unchanged_for_a_while_takes_one_pass(
     passes = _racing_scan(monkeypatch, names)
     assert claims_module.consistent_scan(str(queue), 10) == names
     assert len(passes) == 1
+
+
+def test_a_deeper_queue_is_scanned_in_a_wider_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    assert claims_module.scan_window(str(queue)) == claims_module.SCAN_WINDOW
+    assert claims_module.scan_window(str(tmp_path / "gone")) == claims_module.SCAN_WINDOW
+    names = sorted(f"5{codec.new_id()}+client" for _ in range(3000))
+    for name in names:
+        (queue / name).touch()
+    monkeypatch.setattr(claims_module, "SCAN_WINDOW", 16)
+    monkeypatch.setattr(claims_module, "MAX_SCAN_WINDOW", 10**6)
+    wide = claims_module.scan_window(str(queue))
+    assert 16 < wide <= len(names)  # a part of the queue, guessed from the directory's size
+    monkeypatch.setattr(claims_module, "MAX_SCAN_WINDOW", 100)
+    assert claims_module.scan_window(str(queue)) == 100
+    (tmp_path / "claimed").mkdir()
+    claimed = claims_module.claim(str(tmp_path), 10, time.time_ns() + 10**9, [])
+    assert claimed.names == names[:10] and claimed.untried == names[10:100]  # the window's rest, for the next
