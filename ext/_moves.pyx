@@ -22,8 +22,8 @@ from _codec cimport (DROPR_BATCH_ENTRY, DROPR_BATCH_HEADER, DROPR_ID_LEN, DROPR_
 
 from _sys cimport (AT_FDCWD, AT_SYMLINK_NOFOLLOW, EEXIST, EINVAL, EIO, ENOENT, ENOSYS, F_OK, O_CLOEXEC, O_CREAT,
                    O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, RENAME_NOREPLACE, S_ISREG, close, errno, faccessat,
-                   fstat, fstatat, iovec, linkat, open, pread, raise_errno, read, renameat, renameat2, ssize_t, stat,
-                   timespec, unlinkat, utimensat, write_all)
+                   fs_bytes, fstat, fstatat, iovec, linkat, open, pread, raise_errno, read, renameat, renameat2, ssize_t,
+                   stat, timespec, unlinkat, utimensat, write_all)
 
 import dropr._files
 
@@ -52,7 +52,7 @@ cdef class _Paths:
         cdef const char *c_dir
         cdef int fd
         if directory is not None and len(names) >= OPEN_AT:
-            raw_dir = os.fsencode(directory)
+            raw_dir = fs_bytes(directory)
             c_dir = raw_dir
             with nogil:
                 fd = open(c_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -60,10 +60,10 @@ cdef class _Paths:
                 raise_errno(errno, directory)
             self.fd = fd
             self.owned = True
-            self.raw = [os.fsencode(name) for name in names]
+            self.raw = [fs_bytes(name) for name in names]
         else:
             prefix = "" if directory is None else directory + "/"
-            self.raw = [os.fsencode(prefix + name) for name in names]
+            self.raw = [fs_bytes(prefix + name) for name in names]
         self.count = len(self.raw)
         self.items = <const char **>malloc(max(1, self.count) * sizeof(char *))
         self.done = <char *>calloc(max(1, self.count), 1)
@@ -114,20 +114,31 @@ def rename_files(str source, str target, list names, Py_ssize_t start, Py_ssize_
     ``limit`` were moved; the names moved, and the index after the last name tried."""
     if start < 0 or limit < 0:
         raise ValueError("start and limit must be zero or more")
+    cdef list moved = []
+    cdef list chunk
+    while start < len(names) and len(moved) < limit:
+        # only the names it may take are made C strings: a claim's scan holds thousands more
+        chunk = names[start : start + limit - len(moved)]
+        moved += _rename_all(source, target, chunk)
+        start += len(chunk)
+    return moved, start
+
+
+cdef list _rename_all(str source, str target, list names):
+    """Rename ``source/NAME`` to ``target/NAME`` for each of ``names``; those moved."""
     cdef _Paths sources = _Paths(source, names), targets = _Paths(target, names)
-    cdef Py_ssize_t index = start, moved = 0
+    cdef Py_ssize_t index = 0
     cdef int error = 0
     cdef bint gone = False
     with nogil:
-        while index < sources.count and moved < limit:
+        while index < sources.count:
             error = _step(renameat(sources.fd, sources.items[index], targets.fd, targets.items[index]),
                           &sources.done[index], &gone)
             if error:
                 break
-            moved += sources.done[index]
             index += 1
     _ended(error, names, index, gone, source, target)
-    return sources.flagged(names, start, index), index
+    return sources.flagged(names, 0, index)
 
 
 def lease_files(str directory, list names, int64_t until_ns):

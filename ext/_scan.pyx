@@ -15,10 +15,8 @@ from libc.string cimport memcmp, memcpy, strcmp, strcspn, strlen
 
 from _codec cimport (DROPR_BUCKET_LEN, DROPR_ID_LEN, DROPR_MAX_BATCH_COUNT, DROPR_MAX_FIELD,
                      hex_value, is_bucket_name, is_id, is_lower_hex, is_message_head)
-from _sys cimport DIR, ENOENT, closedir, dirent, errno, opendir, raise_errno, readdir
-
-cdef extern from "Python.h":
-    str PyUnicode_DecodeFSDefaultAndSize(const char *name, Py_ssize_t size)
+from _sys cimport (DIR, ENOENT, PyUnicode_DecodeFSDefaultAndSize, closedir, dirent, errno, opendir, raise_errno,
+                  readdir)
 
 ctypedef struct Field:
     const char *data

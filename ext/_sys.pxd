@@ -1,5 +1,6 @@
 # System calls used by dropr's compiled hot path, declared once (all callable without the GIL),
-# and the two steps its modules share: an errno raised as OSError, every byte of buffers written.
+# the file-system encoding of names, and the steps its modules share: an errno raised as
+# OSError, a name made bytes, every byte of buffers written.
 
 cdef extern from "<sys/types.h>" nogil:
     ctypedef long ssize_t
@@ -113,7 +114,19 @@ cdef extern from "<stdio.h>" nogil:
     enum:
         RENAME_NOREPLACE
 
+cdef extern from "Python.h":
+    str PyUnicode_DecodeFSDefaultAndSize(const char *name, Py_ssize_t size)
+    bytes PyUnicode_EncodeFSDefault(object text)
+
 from cpython.exc cimport PyErr_SetFromErrnoWithFilenameObject
+
+
+cdef inline bytes fs_bytes(object name):
+    """``os.fsencode(name)``, without its Python call for a ``str`` (a name of a batch)."""
+    if type(name) is str:
+        return PyUnicode_EncodeFSDefault(name)
+    from os import fsencode
+    return fsencode(name)
 
 
 cdef inline int raise_errno(int error, object path) except -1:
