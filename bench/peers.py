@@ -8,8 +8,9 @@ time runs from the first put until the last message is done. Peers, in two class
   ``set_processed``, relay and server running), persist-queue (SQLite, WAL), diskcache's
   Deque (SQLite), beanstalkd (binlog; put / reserve / delete), redis (AOF; one ``LPUSH`` /
   ``BRPOP`` per message);
-- batches: dropr ``fastput_many`` (when the batch API is there), redis with pipelines of
-  ``--batch`` (``LPUSH`` pipelined, ``RPOP key N``);
+- batches: dropr ``fastput_many`` (when the batch API is there; a claim's messages marked
+  processed in one call), redis with pipelines of ``--batch`` (``LPUSH`` pipelined, ``RPOP
+  key N``);
 
 each relaxed (what the peer calls its default durability: dropr's put without ``sync``,
 SQLite ``synchronous=NORMAL``, beanstalkd's binlog fsync every 50 ms, redis ``appendfsync
@@ -82,7 +83,21 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         for _ in range(count // batch):
             dropr.fastput_many([payload] * batch, peer, spool=spool, sync=durable)
         """,
-        "",  # the consumer of "dropr"
+        """
+        from dropr.store import Store
+        path = argv[6]
+        while not os.path.isdir(os.path.join(path, "channels")):
+            time.sleep(0.001)
+        store, done = Store(path), 0
+        while done < count:  # a batch consumer: a claim's messages marked in one call
+            claimed = store.claim("common", 1000, 60)
+            if not claimed:
+                time.sleep(0.0005)
+            for message in claimed:
+                message.read()
+            store.set_processed(*claimed)
+            done += len(claimed)
+        """,
     ),
     "persist-queue": (
         f"""
@@ -302,7 +317,7 @@ def peer_service(peer: Peer, cell: str, durable: bool) -> Iterator[list[str]]:
 
 
 def script(peer: Peer, role: int) -> str:
-    body = SCRIPTS[peer.name][role] or SCRIPTS["dropr"][role]
+    body = SCRIPTS[peer.name][role]
     return PRELUDE + textwrap.dedent(body) + (END if role else "")
 
 

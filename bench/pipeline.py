@@ -3,8 +3,10 @@
 A dropr cell runs every stage at the same time, each its own process, as in production: a
 fresh ``dropr-server`` (``--fsync batch``, its default), a ``dropr-relay`` on a fresh spool,
 one producer process calling ``fastput`` once per message, and one consumer process that
-claims up to ``--claim`` messages at a time, reads each and marks it processed. The cell's
-time runs from the producer's first put until the consumer has processed the last message.
+claims up to ``--claim`` messages at a time, reads each and marks it processed — with
+``--put-many``, a batch consumer's way: the claim's messages in one ``set_processed`` call, as
+a redis consumer of pipelined pushes pops N at once (``bench/peers.py``). The cell's time runs
+from the producer's first put until the consumer has processed the last message.
 
 The C floor (``bench/_stages.py``) runs the same four stages as four processes at once,
 doing the same file operations per message and per batch, and nothing more; with
@@ -46,6 +48,7 @@ CONSUMER = textwrap.dedent(
     import os, sys, time
     from dropr.store import Store
     path, channel, count, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    in_batches = sys.argv[5] == "1"
     while not os.path.isdir(os.path.join(path, "channels")):
         time.sleep(0.001)
     store = Store(path)
@@ -57,7 +60,10 @@ CONSUMER = textwrap.dedent(
             continue
         for message in claimed:
             message.read()
-            store.set_processed(message)
+            if not in_batches:
+                store.set_processed(message)
+        if in_batches:
+            store.set_processed(*claimed)
         done += len(claimed)
     print(f"{time.monotonic():.9f}", flush=True)
     """
@@ -124,7 +130,8 @@ def dropr_cell(root: str, args: argparse.Namespace) -> Cell:
     try:
         with relay_running(cell, spool, relay_args) as relay:
             consumer = subprocess.Popen(
-                [sys.executable, "-c", CONSUMER, store, CHANNEL, str(args.count), str(args.claim)],
+                [sys.executable, "-c", CONSUMER, store, CHANNEL, str(args.count), str(args.claim),
+                 "1" if args.put_many > 1 else "0"],
                 stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             producer = subprocess.Popen(
