@@ -137,7 +137,8 @@ def quick_entries(
 ) -> list[tuple[Any, ...]]:
     """The entries of a decoded manifest ``raw``: each ``slow(index, item, channels,
     parts)``'s, the full check with its reasons (it may raise, and adds each channel and part
-    found valid to the sets). The compiled twin takes an item of all eight fields whose
-    channel and part are known, each field of its type and in its range (``max_delay_ms``
-    the longest delay), as an ``entry`` by itself, and leaves every other to ``slow``."""
+    found valid to the sets). The compiled twin takes an item whose channel and part are
+    known, each field of its type and in its range (``max_delay_ms`` the longest delay, the
+    last two fields optional as the manifest says), as an ``entry`` by itself, and leaves
+    every other to ``slow``."""
     return [slow(index, item, channels, parts) for index, item in enumerate(raw)]

@@ -138,7 +138,7 @@ def _entry(index: int, item: Any, channels: set[str], parts: set[str], *, limits
     """One manifest entry, checked field by field, with the reason of the first that is
     wrong; ``channels`` and ``parts`` hold those found valid so far, and get this one's. A
     part named by its message id is valid once the id is. (The entries of known channels
-    and parts, of all eight fields, take the quick check of ``manifest.quick_entries``.)"""
+    and parts take the quick check of ``manifest.quick_entries``.)"""
     if not isinstance(item, list) or not len(MANIFEST_FIELDS) - OPTIONAL_FIELDS <= len(item) <= len(MANIFEST_FIELDS):
         raise bad(f"manifest entry {index} is not [{', '.join(MANIFEST_FIELDS)}] (the last two optional)")
     msg_id, channel, priority, part, size, crc = item[:6]

@@ -387,11 +387,13 @@ def quick_entries(list raw, set channels, set parts, object max_delay_ms, type e
 
 cdef object _quick_entry(object item, set channels, set parts, object max_delay_ms, type entry):
     """``item`` as an ``entry`` when the quick check takes it, else None."""
-    if type(item) is not list or len(<list>item) != 8:
+    if type(item) is not list or not 6 <= len(<list>item) <= 8:
         return None
     cdef list fields = <list>item
-    msg_id, channel, priority, part = fields[0], fields[1], fields[2], fields[3]
-    size, crc, offset, delay_ms = fields[4], fields[5], fields[6], fields[7]
+    cdef Py_ssize_t length = len(fields)
+    msg_id, channel, priority, part, size, crc = fields[0], fields[1], fields[2], fields[3], fields[4], fields[5]
+    offset = fields[6] if length > 6 else -1  # a batch file's message: an offset, no delay
+    delay_ms = fields[7] if length > 7 else 0
     if type(msg_id) is not str or type(channel) is not str or type(part) is not str:
         return None
     if channel not in channels or (part != msg_id and part not in parts):
@@ -405,7 +407,9 @@ cdef object _quick_entry(object item, set channels, set parts, object max_delay_
     if (type(priority) is not int or type(size) is not int or type(crc) is not int
             or type(offset) is not int or type(delay_ms) is not int):
         return None
-    if not (0 <= priority <= 9 and size >= 0 and 0 <= crc <= 0xFFFFFFFF and offset >= 0
+    if not (0 <= priority <= 9 and size >= 0 and 0 <= crc <= 0xFFFFFFFF and (offset >= 0 or length == 6)
             and 0 <= delay_ms <= max_delay_ms):
         return None
-    return tuple.__new__(entry, fields)
+    if length == 8:
+        return tuple.__new__(entry, fields)
+    return tuple.__new__(entry, (msg_id, channel, priority, part, size, crc, offset, delay_ms))

@@ -10,6 +10,7 @@ import msgpack
 import pytest
 
 from dropr import protocol
+from dropr._impl import codec
 from dropr.limits import MAX_DELAY_SECONDS, Limits
 from dropr.protocol import Entry, RequestError
 
@@ -145,3 +146,19 @@ def test_the_quick_check_takes_only_entries_the_full_check_takes_as_they_are() -
         assert made == full and type(made) is type(full), item
         quick += not asked
     assert 500 < quick < 3000  # both ways were taken
+
+
+@pytest.mark.skipif(_compiled is None, reason="not built")
+@pytest.mark.parametrize("fields", [6, 7, 8])  # a plain message, a batch file's, one due later
+def test_the_quick_check_takes_the_entries_a_relay_sends_of_each_length(fields: int) -> None:
+    msg_id = codec.new_id()
+    item = [msg_id, "c", 5, msg_id if fields == 6 else "p", 1, 0, 10, 250][:fields]
+    asked: list[Any] = []
+
+    def slow(i: int, it: Any, ch: set[str], pa: set[str]) -> Entry:
+        asked.append(it)
+        return protocol._entry(i, it, ch, pa, limits=LIMITS)
+
+    [made] = _compiled.quick_entries([item], {"c"}, {"p"}, protocol.MAX_DELAY_MS, Entry, slow)
+    assert asked == [] and type(made) is Entry
+    assert made == protocol._entry(0, item, {"c"}, {"p"}, limits=LIMITS)
