@@ -30,8 +30,10 @@ file operations per message and per batch as dropr and nothing more:
   acknowledgements of a group run on a thread of their own while the next group is staged,
   as the server's commits run beside its event loop;
 - ``consume``: list the store's queue, set the lease (``utimensat``) and rename each file of
-  a claim into ``claimed/``, open, read and close it, rename it into ``processed/``; prints
-  the time the last one was processed.
+  a claim into ``claimed/``, ``fstatat`` each name for its file, open, read and close each
+  file once a claim (the names of a shared file are read with the first of them, as dropr's
+  claims read theirs), rename each name into ``processed/``; prints the time the last one
+  was processed.
 
 The floor checks nothing, probes for no duplicate and parses nothing, so it is the fastest
 any design doing these file operations can be.
@@ -475,6 +477,7 @@ static int consume(const char *queue_dir, const char *claimed_dir, const char *p
                    long count, long limit) {
     int queue = opendirfd(queue_dir), claimed = opendirfd(claimed_dir), processed = opendirfd(processed_dir);
     char (*names)[NAME_MAX_] = malloc(limit * NAME_MAX_); char data[65536];
+    ino_t *read_files = malloc(limit * sizeof *read_files);
     struct timespec lease[2];
     for (long done = 0; done < count;) {
         long n = list(queue, names, limit);
@@ -484,10 +487,18 @@ static int consume(const char *queue_dir, const char *claimed_dir, const char *p
             if (utimensat(queue, names[i], lease, AT_SYMLINK_NOFOLLOW)) die("utimensat");
             if (renameat(queue, names[i], claimed, names[i])) die("renameat claimed");
         }
+        long files = 0;
         for (long i = 0; i < n; i++) {
-            int fd = openat(claimed, names[i], O_RDONLY | O_CLOEXEC); if (fd < 0) die("openat");
-            if (read(fd, data, sizeof data) < 0) die("read");
-            close(fd);
+            struct stat st;  /* which file the name is: one shared with others is read once a claim */
+            if (fstatat(claimed, names[i], &st, AT_SYMLINK_NOFOLLOW)) die("fstatat");
+            int known = 0;
+            for (long j = files; j-- > 0 && !known;) known = read_files[j] == st.st_ino;
+            if (!known) {
+                int fd = openat(claimed, names[i], O_RDONLY | O_CLOEXEC); if (fd < 0) die("openat");
+                if (read(fd, data, sizeof data) < 0) die("read");
+                close(fd);
+                if (files < limit) read_files[files++] = st.st_ino;
+            }
             if (renameat(claimed, names[i], processed, names[i])) die("renameat processed");
         }
         done += n;
