@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from dropr._files import ARRIVING_MODE, SHARED_MODE
 from dropr._impl import moves
 from dropr.errors import StoreError
 from dropr.store import Message, Store, claims
-from dropr.store.ingest import IngestSide, Staged
+from dropr.store.ingest import Ingested, IngestSide, Move, Staged
 from dropr.store.staging import write_held
 
 CHANNEL = "shared"
@@ -212,6 +213,32 @@ def test_a_claim_leaves_a_shared_file_still_arriving_and_takes_it_whole_once_in(
     assert len({os.lstat(m.path).st_ino for m in claimed}) == 1
     store.set_processed(*claimed)
     assert store.count_processed(CHANNEL) == 3
+
+
+def test_a_shared_file_shows_complete_only_with_its_staged_name_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moment ingest gives a shared file its complete mode, its links are the queue's
+    alone: a claim then (before the commit has answered) takes it whole, copying nothing."""
+    store = Store(tmp_path / "store", create=True)
+    seen: list[tuple[int, int]] = []
+    claimed: list[Message] = []
+    real = IngestSide.ingest_many
+
+    def ingest_then_claim(self: IngestSide, client: str, messages: Iterable[Move]) -> Ingested:
+        done = real(self, client, messages)
+        for path in queue(tmp_path / "store").iterdir():
+            info = os.lstat(path)
+            seen.append((info.st_mode & 0o7777, info.st_nlink))
+        claimed.extend(store.claim(CHANNEL, 10, 60))
+        return done
+
+    monkeypatch.setattr(IngestSide, "ingest_many", ingest_then_claim)
+    ids = put_shared(tmp_path / "store", [b"a", b"b", b"c"])
+    assert seen == [(SHARED_MODE, 3)] * 3
+    assert sorted(m.id for m in claimed) == sorted(ids)
+    assert {os.lstat(m.path).st_nlink for m in claimed} == {3}  # one file, no copy
+    assert os.listdir(tmp_path / "store" / "tmp") == []
 
 
 def test_a_waiting_claim_takes_a_shared_file_once_it_arrived(tmp_path: Path) -> None:

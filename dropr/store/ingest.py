@@ -10,7 +10,8 @@ any state, is a duplicate: acknowledged again, kept once), then the new director
 synced (:mod:`.sync` picks how for the batch's
 size) — and only then **answer** (:data:`dropr.protocol.Acks`). A staged file shared by
 several messages (the small ones of a request, see :func:`.staging.write_held`) is linked
-under each message's name and leaves the staging area once the last of them is answered. The HTTP server (which
+under each message's name and leaves the staging area once they are all in (or, with some
+refused, once the last of them is answered). The HTTP server (which
 stages each part as it streams in) and the local transport (which stages spool files by
 hard link, or a batch file's messages by copy) both commit through it.
 
@@ -65,6 +66,7 @@ _PROBE_MAX = 16
 _STORED = (STORED, "")
 _DUPLICATE = (DUPLICATE, "already held")
 _DELAYED_FD = STATES.index(DELAYED)
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
 """How a file system without hard links refuses one; its queues get copies instead."""
 
@@ -232,7 +234,7 @@ class IngestSide(StoreDirectory):
                     # A delayed message's due time is its mtime: only a flush makes that durable.
                     created |= made or any(item[4] for item in items)
             for path in shared:  # all its names are in: claims may take them now
-                os.chmod(path, _files.SHARED_MODE)
+                _complete(path)
             return Ingested(results, tuple(directories), created or self.names.written != written)
 
     def sync_data(self, path: str) -> None:
@@ -354,6 +356,18 @@ class IngestSide(StoreDirectory):
 
     def _close_states(self, channel_dir: str) -> None:
         _close_all(self._state_fds.pop(channel_dir, ()))
+
+
+def _complete(staged: str) -> None:
+    """Give a shared staged file, all its names linked in, :data:`~dropr._files.SHARED_MODE`
+    — its staged name removed first, so that a claim counting the file's links finds the
+    queues' alone: one more would look like names it did not see, and make it copy them."""
+    fd = os.open(staged, _READ)
+    try:
+        os.unlink(staged)
+        os.fchmod(fd, _files.SHARED_MODE)
+    finally:
+        os.close(fd)
 
 
 def _message_problem(msg_id: str, priority: int) -> str:

@@ -174,7 +174,8 @@ class StagedFile:
 
     def handed_over(self) -> None:
         """The store took (or removed) the file: ``discard`` leaves its path alone. The store
-        links a shared file, whose staged name goes once its last message is handed over."""
+        links a shared file and removes its staged name once all its messages are in; else
+        that name goes once its last message is handed over or discarded."""
         if self._share is not None:
             self._leave()
         self.path = ""
