@@ -188,7 +188,7 @@ def arriving(store_dir: Path) -> tuple[Store, list[str], Path]:
     a request's commit leaves it for a moment: its mode :data:`ARRIVING_MODE`, its staged
     name (another link) still in ``tmp/``; the ids and that name."""
     ids = put_shared(store_dir, [b"c", b"d", b"e"])
-    first = queue(store_dir) / sorted(os.listdir(queue(store_dir)))[0]
+    first = queue(store_dir) / next(name for name in os.listdir(queue(store_dir)) if ids[0] in name)
     os.chmod(first, ARRIVING_MODE)
     staged = store_dir / "tmp" / "upload-still-linking"
     os.link(first, staged)
@@ -196,9 +196,13 @@ def arriving(store_dir: Path) -> tuple[Store, list[str], Path]:
 
 
 def arrived(staged: Path) -> None:
-    """What ingest does once the file's last name is in: the mode, then the staged name."""
-    os.chmod(staged, SHARED_MODE)
-    os.unlink(staged)
+    """What ingest does once the file's last name is in: the staged name goes, then the mode."""
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        os.unlink(staged)
+        os.fchmod(fd, SHARED_MODE)
+    finally:
+        os.close(fd)
 
 
 def test_a_claim_leaves_a_shared_file_still_arriving_and_takes_it_whole_once_in(tmp_path: Path) -> None:
@@ -239,6 +243,22 @@ def test_a_shared_file_shows_complete_only_with_its_staged_name_gone(
     assert sorted(m.id for m in claimed) == sorted(ids)
     assert {os.lstat(m.path).st_nlink for m in claimed} == {3}  # one file, no copy
     assert os.listdir(tmp_path / "store" / "tmp") == []
+
+
+def test_a_claim_passes_over_a_shared_file_still_arriving_among_the_names_it_takes(tmp_path: Path) -> None:
+    """Files of requests in flight at once: one still being linked in between two complete
+    ones. The claim takes the complete ones whole and leaves that one to a later claim, whole
+    too, instead of copying what it saw of it."""
+    before = put_shared(tmp_path / "store", [b"a", b"b"])
+    store, middle, staged = arriving(tmp_path / "store")
+    after = put_shared(tmp_path / "store", [b"f", b"g"])
+    claimed = store.claim(CHANNEL, 10, 60)
+    assert sorted(m.id for m in claimed) == sorted(before + after)
+    assert {os.lstat(m.path).st_nlink for m in claimed} == {2}  # two files whole, not one copy
+    assert sorted(m.id for m in store.messages(CHANNEL)) == sorted(middle)
+    assert {os.lstat(m.path).st_nlink for m in store.messages(CHANNEL)} == {4}  # three names and the staged one
+    arrived(staged)
+    claim_whole_and_settle(store, 10, middle, claimed)
 
 
 def test_a_waiting_claim_takes_a_shared_file_once_it_arrived(tmp_path: Path) -> None:

@@ -404,16 +404,18 @@ def claim(
                         return Claimed(held, untried, scanned_ns, scanning, tick, arriving)
                 taken, index = moves.rename_files(queue, claimed, names, index, want)
                 back: list[str] = []
+                back_arriving = False
                 if shared:
                     taken = [name for name, kept in zip(taken, own_all(claimed, taken), strict=True) if kept]
                 else:
-                    taken, back = own_split(root, taken, bool(held))
+                    taken, back, back_arriving = own_split(root, taken, bool(held))
                 taken = moves.lease_files(claimed, taken, until_ns)
                 if taken and not tick:
                     tick = _resolution(os.path.join(claimed, taken[0]), until_ns)
                 held += taken
                 if back:  # the claim ends short of its limit; the next takes these first, whole
-                    return Claimed(held, back + names[index:], scanned_ns, scanning, tick, False)
+                    untried = [] if back_arriving else back + names[index:]  # a new scan once a file is in
+                    return Claimed(held, untried, scanned_ns, scanning, tick, back_arriving)
                 if arriving:  # a scan after the file's last name is in sees them all
                     return Claimed(held, [], scanned_ns, scanning, tick, True)
         except FileNotFoundError:  # the root went away meanwhile (its group unsubscribed)
@@ -463,13 +465,24 @@ def own_all(directory: str, names: list[str]) -> list[bool]:
     return [ok and name not in gone for ok, name in zip(owned, names, strict=True)]
 
 
-def own_split(root: str, names: list[str], holding: bool) -> tuple[list[str], list[str]]:
+class Split(NamedTuple):
+    """What :func:`own_split` kept of a claim's names, and gave back to the queue; whether
+    what it gave back holds a file still arriving (look again in a moment, with a new scan)."""
+
+    kept: list[str]
+    back: list[str]
+    arriving: bool
+
+
+def own_split(root: str, names: list[str], holding: bool) -> Split:
     """``names``, just claimed into ``claimed/``, each a file of its own unless every link of
     its file is among them (a shared file claimed whole keeps one inode and one lease for
-    all its messages): the names kept, and those given back to the queue. A claim whose
-    last shared file is not all among them (the claim reached its limit, or the scan ended,
-    inside it), if it holds others (``holding``: names claimed before these), gives back
-    that file's names rather than copying them: the next claim takes them whole."""
+    all its messages). A claim whose last shared file is not all among them (the claim
+    reached its limit, or the scan ended, inside it), if it holds others (``holding``: names
+    claimed before these), gives back that file's names rather than copying them: the next
+    claim takes them whole. So does it with the names of a file that ingest is still
+    linking in (:func:`_arriving`), wherever it lies among them: copying what it saw of
+    that file would split it, the rest of its names a moment away."""
     claimed = os.path.join(root, CLAIMED)
     links: dict[int, list[str]] = {}
     nlinks: dict[int, int] = {}
@@ -486,19 +499,19 @@ def own_split(root: str, names: list[str], holding: bool) -> tuple[list[str], li
             inode[name] = ino
     split = {ino for ino, linked in links.items() if nlinks[ino] > len(linked)}
     if not split:
-        return kept, []
-    back: list[str] = []
+        return Split(kept, [], False)
+    arriving = {ino for ino in split if _arriving(os.path.join(claimed, links[ino][0]))}
+    giving = set(arriving)
     last = inode.get(kept[-1]) if kept else None
     if last in split and (holding or len(links[last]) < len(kept)):
-        back = links[last]
-        for name in back:
-            os.rename(os.path.join(claimed, name), os.path.join(root, QUEUE, name))
-        split.discard(last)
-        given = set(back)
-        kept = [name for name in kept if name not in given]
+        giving.add(last)
+    back = [name for name in kept if inode.get(name) in giving]
+    for name in back:
+        os.rename(os.path.join(claimed, name), os.path.join(root, QUEUE, name))
+    kept = [name for name in kept if inode.get(name) not in giving]
     copying = [name for name in kept if inode.get(name) in split]
     lost = {name for name, ok in zip(copying, own_all(claimed, copying), strict=True) if not ok}
-    return [name for name in kept if name not in lost], back
+    return Split([name for name in kept if name not in lost], back, bool(arriving))
 
 
 def _whole_files_end(
@@ -559,11 +572,28 @@ def _unseen_start(queue: str, names: list[str], start: int, end: int, scanned_af
         return None
     if info.st_nlink < 2:
         return None
-    arriving = info.st_mode & 0o7777 == _files.ARRIVING_MODE and info.st_ctime > time.time() - ARRIVING_SECONDS
-    if not arriving and info.st_ctime_ns <= scanned_after:
+    if not _still_arriving(info, info.st_ctime) and info.st_ctime_ns <= scanned_after:
         return None
     first = _file_start(queue, names, start, end, info.st_ino)
     return first if info.st_nlink > end - first else None
+
+
+def _arriving(path: str) -> bool:
+    """Whether the file at ``path``, just claimed, is a shared file that ingest is still
+    linking in. The claim's rename changed its ctime, so its age is told by its mtime: when
+    ingest wrote it, which no link changes and no lease has touched yet."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return _still_arriving(info, info.st_mtime)
+
+
+def _still_arriving(info: os.stat_result, changed: float) -> bool:
+    """Whether a file with ``info``, last ``changed`` then (seconds since the epoch), is a
+    shared file that ingest is still linking in: :data:`~dropr._files.ARRIVING_MODE`, for at
+    most :data:`ARRIVING_SECONDS` (an older one is what an ingest that died left)."""
+    return info.st_mode & 0o7777 == _files.ARRIVING_MODE and changed > time.time() - ARRIVING_SECONDS
 
 
 def _shared_inode(path: str) -> int | None:
