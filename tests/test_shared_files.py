@@ -43,7 +43,7 @@ def put_shared(
         staged.close()
         files.append(staged)
     ids = ids or [_codec_py.new_id() for _ in payloads]
-    write_held(files, list(ids))
+    write_held(files, [(msg_id, channel, priority) for msg_id in ids])
     staged_messages = [
         Staged(msg_id, channel, priority, len(data), zlib.crc32(data), file)
         for msg_id, data, file in zip(ids, payloads, files, strict=True)
@@ -68,7 +68,11 @@ def test_a_requests_small_messages_share_one_file_each_read_as_its_own(tmp_path:
         assert post(server, batch("host-a", msgs)).acks() == {m.id: ["stored", ""] for m in msgs}
         names = sorted(os.listdir(queue(server.store_dir)))
         assert len(names) == 60
-        assert len(inodes(queue(server.store_dir))) < 10  # a few files (one a chunk), not sixty
+        priorities: dict[int, set[str]] = {}
+        for name in names:
+            priorities.setdefault(os.lstat(queue(server.store_dir) / name).st_ino, set()).add(name[0])
+        assert 10 <= len(priorities) < 60  # a file a priority (and a chunk), not one a message
+        assert all(len(held) == 1 for held in priorities.values())
         for m in msgs:
             path = queue(server.store_dir) / f"{m.priority}{m.id}+host-a"
             assert os.lstat(path).st_mode & 0o7777 == SHARED_MODE
@@ -76,6 +80,25 @@ def test_a_requests_small_messages_share_one_file_each_read_as_its_own(tmp_path:
         assert not [n for n in os.listdir(server.store_dir / "tmp") if not n.startswith(".")]
         store = Store(server.store_dir)
         assert {m.id: m.read() for m in store.messages(CHANNEL)} == {m.id: m.payload for m in msgs}
+
+
+def test_a_request_mixing_channels_and_priorities_shares_a_file_per_queue_each_claimed_whole(tmp_path: Path) -> None:
+    with start_server(tmp_path / "store") as server:
+        msgs = [msg(b"mixed %d" % i, ("left", "right")[i % 2], (1, 5)[i // 2 % 2]) for i in range(40)]
+        assert post(server, batch("host-a", msgs)).acks() == {m.id: ["stored", ""] for m in msgs}
+        store = Store(server.store_dir)
+        for channel in ("left", "right"):
+            claimed = store.claim(channel, 100, 60)
+            assert sorted(m.id for m in claimed) == sorted(m.id for m in msgs if m.channel == channel)
+            files: dict[int, list[Message]] = {}
+            for m in claimed:
+                files.setdefault(os.lstat(m.path).st_ino, []).append(m)
+            assert len(files) < len(claimed)  # shared, and no message copied out of its file
+            for shared in files.values():
+                assert os.lstat(shared[0].path).st_nlink == len(shared)
+                assert len({m.priority for m in shared}) == 1
+            assert {m.id: m.read() for m in claimed} == {m.id: m.payload for m in msgs if m.channel == channel}
+            store.set_processed(*claimed)
 
 
 def test_a_shared_file_claimed_whole_keeps_one_inode_and_each_message_settles(tmp_path: Path) -> None:
@@ -168,6 +191,20 @@ def test_a_claim_that_would_cut_a_shared_file_after_others_gives_its_share_back(
     left = sorted(queue(tmp_path / "store").iterdir())
     assert [os.lstat(path).st_ctime_ns for path in left] == changed[2:]  # never moved: not taken, not given back
     claim_whole_and_settle(store, 4, later, claimed)
+
+
+def test_a_claim_far_short_of_its_limit_takes_a_shared_file_in_part(tmp_path: Path) -> None:
+    """One message, then a file of six: a claim of three stopping before the file would
+    end with one. It takes two of the file (copies of their own); the file keeps the rest,
+    which the next claim takes whole."""
+    [single] = put_shared(tmp_path / "store", [b"alone"])
+    shared = put_shared(tmp_path / "store", [b"%d" % i for i in range(6)])
+    store = Store(tmp_path / "store")
+    claimed = store.claim(CHANNEL, 3, 60)
+    assert [m.id for m in claimed] == [single, *shared[:2]]
+    assert {os.lstat(m.path).st_nlink for m in claimed} == {1}
+    assert [m.read() for m in claimed] == [b"alone", b"0", b"1"]
+    claim_whole_and_settle(store, 10, shared[2:], claimed)
 
 
 def test_a_claim_ending_where_a_shared_file_is_still_arriving_gives_its_share_back(tmp_path: Path) -> None:

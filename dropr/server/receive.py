@@ -169,7 +169,7 @@ class _Body:
         "field_limit",
         "fields",
         "held",
-        "held_ids",
+        "held_queued",
         "max_payload",
         "name",
         "position",
@@ -194,7 +194,7 @@ class _Body:
         self.entry: Entry | None = None
         self.staged: StagedFile | None = None
         self.held: list[StagedFile] = []  # complete, still in memory: written after each chunk
-        self.held_ids: list[str | None] = []  # their ids, None for one due later
+        self.held_queued: list[tuple[str, str, int] | None] = []  # id, channel, priority; None: due later
         self.ranges: collections.deque[Entry] = collections.deque()
         self.whole = False
         self.position = 0
@@ -305,7 +305,7 @@ class _Body:
             raise store_failure(exc) from None
         if staged.held is not None:
             self.held.append(staged)
-            self.held_ids.append(None if entry.delay_ms else entry.id)
+            self.held_queued.append(None if entry.delay_ms else (entry.id, entry.channel, entry.priority))
         self.upload.payload_bytes += staged.size
         staged_message = Staged(entry.id, entry.channel, entry.priority, entry.size, entry.crc, staged, entry.delay_ms)
         self.upload.staged.append(staged_message)
@@ -315,12 +315,12 @@ class _Body:
         memory, in one call (see :meth:`Staging.hold`)."""
         if self.held:
             try:
-                write_held(self.held, self.held_ids)
+                write_held(self.held, self.held_queued)
             except OSError as exc:
                 raise store_failure(exc) from None
             finally:
                 self.held.clear()
-                self.held_ids.clear()
+                self.held_queued.clear()
 
     def end(self) -> None:
         if self.field is not None:

@@ -22,7 +22,7 @@ back (the claimant may win the race with a sweeper). Anything else is :class:`Le
 **A shared file** (several messages, a hard link each: see :mod:`.layout`) has one mtime
 for all its links, so it serves as one lease only while one claim holds every link of it:
 a claim that takes some of its links, not all, gives those names copies of their own
-messages first (or, having other messages already, gives them back for the next claim to
+messages first (or, holding half its limit already, gives them back for the next claim to
 take whole), and a message failed or released out of a shared file gets its own copy
 before its times change. Ingest links a shared file's names in one by one, so a claim leaves
 those of one whose names it may not all have seen for a moment (see :func:`_unseen_start`).
@@ -397,7 +397,7 @@ def claim(
                 arriving = False
                 if not shared:
                     changed = scanned_ns - max(tick, _MTIME_TICK_NS)
-                    end, arriving = _whole_files_end(queue, names, index, want, bool(held), changed)
+                    end, arriving = _whole_files_end(queue, names, index, want, len(held), changed)
                     want = end - index
                     if not want:  # the next file does not fit, or has more to come: the next claim takes it whole
                         untried = [] if arriving else names[index:]
@@ -408,7 +408,7 @@ def claim(
                 if shared:
                     taken = [name for name, kept in zip(taken, own_all(claimed, taken), strict=True) if kept]
                 else:
-                    taken, back, back_arriving = own_split(root, taken, bool(held))
+                    taken, back, back_arriving = own_split(root, taken, len(held), limit)
                 taken = moves.lease_files(claimed, taken, until_ns)
                 if taken and not tick:
                     tick = _resolution(os.path.join(claimed, taken[0]), until_ns)
@@ -474,15 +474,16 @@ class Split(NamedTuple):
     arriving: bool
 
 
-def own_split(root: str, names: list[str], holding: bool) -> Split:
-    """``names``, just claimed into ``claimed/``, each a file of its own unless every link of
-    its file is among them (a shared file claimed whole keeps one inode and one lease for
-    all its messages). A claim whose last shared file is not all among them (the claim
-    reached its limit, or the scan ended, inside it), if it holds others (``holding``: names
-    claimed before these), gives back that file's names rather than copying them: the next
-    claim takes them whole. So does it with the names of a file that ingest is still
-    linking in (:func:`_arriving`), wherever it lies among them: copying what it saw of
-    that file would split it, the rest of its names a moment away."""
+def own_split(root: str, names: list[str], held: int, limit: int) -> Split:
+    """``names``, just claimed into ``claimed/`` by a claim of ``limit`` that held ``held``
+    before them, each a file of its own unless every link of its file is among them (a
+    shared file claimed whole keeps one inode and one lease for all its messages). A claim
+    whose last shared file is not all among them (the claim reached its limit, or the scan
+    ended, inside it) gives back that file's names rather than copying them, the next claim
+    taking them whole — unless it would then be far short of its limit (:func:`_short`), as
+    :func:`_whole_files_end` decides before the names are taken. So does it with the names
+    of a file that ingest is still linking in (:func:`_arriving`), wherever they lie among
+    them: copying what it saw of that file would split it, the rest a moment away."""
     claimed = os.path.join(root, CLAIMED)
     links: dict[int, list[str]] = {}
     nlinks: dict[int, int] = {}
@@ -503,7 +504,7 @@ def own_split(root: str, names: list[str], holding: bool) -> Split:
     arriving = {ino for ino in split if _arriving(os.path.join(claimed, links[ino][0]))}
     giving = set(arriving)
     last = inode.get(kept[-1]) if kept else None
-    if last in split and (holding or len(links[last]) < len(kept)):
+    if last in split and not _short(held + len(kept) - len(links[last]), limit):
         giving.add(last)
     back = [name for name in kept if inode.get(name) in giving]
     for name in back:
@@ -515,12 +516,13 @@ def own_split(root: str, names: list[str], holding: bool) -> Split:
 
 
 def _whole_files_end(
-    queue: str, names: list[str], start: int, want: int, holding: bool, scanned_after: int
+    queue: str, names: list[str], start: int, want: int, held: int, scanned_after: int
 ) -> tuple[int, bool]:
-    """Where a claim of ``want`` more of the queued ``names`` from ``start`` on stops, so as
-    not to end inside a shared file: ``start + want``, unless the name there shares its file
-    with the names just before it — then before those, the next claim taking the file whole.
-    A claim holding nothing yet (``holding`` false) takes a file bigger than itself in part.
+    """Where a claim holding ``held`` messages, of ``want`` more of the queued ``names`` from
+    ``start`` on, stops, so as not to end inside a shared file: ``start + want``, unless the
+    name there shares its file with the names just before it — then before those, the next
+    claim taking the file whole. A claim that would then be far short of its limit
+    (:func:`_short`; one holding nothing, always) takes the file in part instead.
     Nor does it end with the names of a file that may have more in the queue than the scan
     saw (see :func:`_unseen_start`): it stops before them, and says so (True). A file's names
     are consecutive in delivery order (one request's messages), so this costs an ``lstat``
@@ -530,13 +532,21 @@ def _whole_files_end(
         file = _shared_inode(os.path.join(queue, names[end]))
         if file is not None:
             cut = _file_start(queue, names, start, end, file)
-            if cut == start and not holding:
+            if _short(held + cut - start, held + want):
                 return end, False
             end = cut
     if end == start:
         return end, False
     unseen = _unseen_start(queue, names, start, end, scanned_after)
     return (end, False) if unseen is None else (unseen, True)
+
+
+def _short(count: int, limit: int) -> bool:
+    """Whether a claim of ``count`` messages is so far short of its ``limit`` (under half)
+    that it takes a shared file in part, copying the messages it takes out of it, rather
+    than stop before the file: files hold one queue's messages of a request, and a claim of
+    three from one message and a file of six should not end with one."""
+    return 2 * count < limit
 
 
 def _whole_files(queue: str, names: list[str], window: int) -> list[str]:

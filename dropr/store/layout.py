@@ -16,12 +16,12 @@
 
 A message keeps its exact file name ``{P}{ID}+{CLIENT}`` in every state, so "is it held
 already" is one ``stat`` per state, and moving between states is one ``rename``. The name
-may be one of several hard links of one file: the small messages of a request are stored
-together, in a *shared file* (a batch file, mode :data:`~dropr._files.SHARED_MODE`;
-:data:`~dropr._files.ARRIVING_MODE` while ingest links it in) linked under each one's name,
-from which each is read by its id; creating a file costs a file system far more than
-linking one. Claims keep a shared file's messages apart where their
-times would meet (:func:`.claims.own`). Channel,
+may be one of several hard links of one file: the small messages of a request to one
+channel and priority are stored together, in a *shared file* (a batch file, mode
+:data:`~dropr._files.SHARED_MODE`; :data:`~dropr._files.ARRIVING_MODE` while ingest links
+it in) linked under each one's name, from which each is read by its id; creating a file
+costs a file system far more than linking one. Claims keep a shared file's messages apart
+where their times would meet (:func:`.claims.own`). Channel,
 group and client texts become file-name fields by the one rule of :func:`dropr.names.field`.
 
 A channel without groups keeps its messages in its own state directories. Once it has

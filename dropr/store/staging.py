@@ -200,33 +200,40 @@ class StagedFile:
             remove(self.path)
 
 
-def write_held(files: list[StagedFile], ids: list[str | None]) -> None:
+def write_held(files: list[StagedFile], queued: list[tuple[str, str, int] | None]) -> None:
     """Create the files of ``files`` still held in memory (see :meth:`Staging.hold`), in
-    one call; an OSError leaves none of them held. Those given an id in ``ids`` (messages
-    due at once), two or more, go into one shared file instead: a batch file (the format of
-    ``dropr._codec_py``) of mode :data:`~dropr._files.ARRIVING_MODE`, which the store links
-    under each message's name, one file created where there were as many as messages, and
-    then gives :data:`~dropr._files.SHARED_MODE`."""
+    one call; an OSError leaves none of them held. Those given ``(id, channel, priority)``
+    in ``queued`` (messages due at once), two or more of one channel and priority, go into
+    one shared file instead: a batch file (the format of ``dropr._codec_py``) of mode
+    :data:`~dropr._files.ARRIVING_MODE`, which the store links under each message's name,
+    one file created where there were as many as messages, and then gives
+    :data:`~dropr._files.SHARED_MODE`. One queue's messages share a file, next to each other
+    in its order, so that a claim can take the file whole."""
     held = [
-        (file, file.held, msg_id)
-        for file, msg_id in zip(files, ids, strict=True)
-        if file.held is not None and file.path
+        (file, file.held, due) for file, due in zip(files, queued, strict=True) if file.held is not None and file.path
     ]
-    joined = [(file, data, msg_id) for file, data, msg_id in held if msg_id is not None]
-    own = held if len(joined) < 2 or not shares_files(joined[0][0].path) else [item for item in held if item[2] is None]
+    queues: dict[tuple[str, int], list[tuple[StagedFile, bytearray, str]]] = {}
+    for file, data, due in held:
+        if due is not None:
+            queues.setdefault(due[1:], []).append((file, data, due[0]))
+    shares = [joined for joined in queues.values() if len(joined) > 1]
+    if shares and not shares_files(shares[0][0][0].path):
+        shares = []
+    joined_files = {file for joined in shares for file, _, _ in joined}
     try:
-        paths = [file.path for file, _, _ in own]
-        contents: list[bytes | bytearray] = [data for _, data, _ in own]
-        if own is not held:
+        own = [(file, data) for file, data, _ in held if file not in joined_files]
+        paths = [file.path for file, _ in own]
+        contents: list[bytes | bytearray] = [data for _, data in own]
+        for joined in shares:
             index = codec.batch_index([(msg_id, file.size, file.crc) for file, _, msg_id in joined])
             paths.append(joined[0][0].path)
             contents.append(b"".join([index, *(data for _, data, _ in joined)]))
         moves.write_files(paths, contents)
-        if own is not held:
-            os.chmod(paths[-1], ARRIVING_MODE)  # a file just made, O_EXCL: no link to follow
+        for path, joined in zip(paths[len(own) :], shares, strict=True):
+            os.chmod(path, ARRIVING_MODE)  # a file just made, O_EXCL: no link to follow
             share = _Share(len(joined))
             for file, _, _ in joined:
-                file.path, file._share = paths[-1], share
+                file.path, file._share = path, share
     finally:
         for file, _, _ in held:
             file.held = None
