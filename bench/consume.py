@@ -13,12 +13,15 @@ batch with one ``set_processed(*batch)``; their rate is shown beside the local c
 the same round (target: 4 remote >= 0.5 x 4 local). With ``--groups``, consumers of one of
 two consumer groups run too, beside the local ones of the same round: each message a group
 takes while the other still links its file gets a copy of its own first, which is what that
-figure weighs. Stores are removed only at the end:
+figure weighs. With ``--mixed``, consumers of a channel whose messages came the way a relay
+sends them, in requests of 500 that mix it with another channel and two priorities (a
+request's small messages share a file a queue), run beside the local ones of the same
+round. Stores are removed only at the end:
 mass deletes would slow the next cells' file creation (on ext4 without a journal, by many
 times).
 
     python bench/consume.py [--count N] [--rounds R] [--batch B] [--size BYTES] [--no-remote]
-                            [--groups]
+                            [--groups] [--mixed]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from support import start_server
+from test_server import batch, msg, post
 
 from dropr._impl import IMPLEMENTATION, codec
 from dropr.remote import RemoteStore
@@ -119,6 +123,25 @@ def fill(root: str, count: int, size: int, groups: tuple[str, ...] = ()) -> Stor
     return store
 
 
+MIXED_REQUEST = 500
+"""Messages a request of ``--mixed``: half the channel's, half another's, two priorities each."""
+
+
+def fill_mixed(root: str, count: int, size: int) -> Store:
+    """A fresh store whose channel ``bench`` holds ``count`` messages of ``size`` bytes that
+    came through a server in requests mixing it with channel ``other`` and two priorities."""
+    payload = os.urandom(size)
+    with start_server(root, extra_args=["--log-level", "warning"]) as server:
+        for start in range(0, 2 * count, MIXED_REQUEST):
+            mixed = [
+                msg(payload, ("bench", "other")[i % 2], (1, 9)[i // 2 % 2]) for i in range(start, start + MIXED_REQUEST)
+            ]
+            if post(server, batch("bench-client", mixed[: 2 * count - start])).status != 200:
+                raise RuntimeError("a request of the mixed store was refused")
+    os.sync()
+    return Store(root)
+
+
 def run_floor(binary: str, store: Store, procs: int) -> float:
     channel_dir = os.path.join(store.path, "channels", "bench")
     start = time.monotonic()
@@ -184,9 +207,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--no-remote", action="store_true", help="leave out the consumers over HTTP")
     parser.add_argument("--groups", action="store_true", help="also consumers of one of two consumer groups")
+    parser.add_argument("--mixed", action="store_true", help="also consumers of messages put in mixed requests")
     args = parser.parse_args()
     kinds = ("c", "dropr") if args.no_remote else ("c", "dropr", "remote")
     kinds += ("group",) if args.groups else ()
+    kinds += ("mixed",) if args.mixed else ()
     work = tempfile.mkdtemp(prefix="dropr-bench-consume-")
     try:
         binary = build_floor(C_FLOOR, work)
@@ -200,7 +225,10 @@ def main() -> None:
                 for kind in kinds:
                     root = os.path.join(work, f"{kind}-{procs}-{round_}-{os.urandom(4).hex()}")
                     group = GROUPS[0] if kind == "group" else None
-                    store = fill(root, args.count, args.size, GROUPS if group else ())
+                    if kind == "mixed":
+                        store = fill_mixed(root, args.count, args.size)
+                    else:
+                        store = fill(root, args.count, args.size, GROUPS if group else ())
                     if kind == "c":
                         elapsed = run_floor(binary, store, procs)
                     elif kind == "remote":
@@ -243,6 +271,14 @@ def main() -> None:
                 grouped = statistics.median(rates["group", procs])
                 shares = [g / d for g, d in zip(rates["group", procs], rates["dropr", procs], strict=True)]
                 print(f"{procs:>9}  {local:>11,.0f}  {grouped:>11,.0f}  {statistics.median(shares):>20.2f}")
+        if "mixed" in kinds:
+            print(f"consumers of messages put in requests mixing channels and priorities (batch {args.batch})")
+            print(f"{'processes':>9}  {'local msg/s':>11}  {'mixed msg/s':>11}  {'mixed/local (median)':>20}")
+            for procs in (1, 4):
+                local = statistics.median(rates["dropr", procs])
+                mixed = statistics.median(rates["mixed", procs])
+                shares = [m / d for m, d in zip(rates["mixed", procs], rates["dropr", procs], strict=True)]
+                print(f"{procs:>9}  {local:>11,.0f}  {mixed:>11,.0f}  {statistics.median(shares):>20.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -132,7 +132,7 @@ def test_ctrl_c_stops_the_demo_cleanly(how: str) -> None:
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     lines = out.splitlines()
     stopped = lines.index("demo: interrupted; stopping")
-    assert all(PROGRESS.match(line) for line in lines[4 : stopped - 1]) and lines[stopped - 1] == ""
+    assert all(PROGRESS.match(line) for line in lines[4 : stopped - 1]) and lines[stopped - 1] == "", out
     assert lines[stopped + 1 : stopped + 3] == ["stopping the relay and the server", f"removing {work}"]
     assert all(re.fullmatch(r"  [\d,]+ files removed", line) for line in lines[stopped + 3 : -1]), out
     assert re.fullmatch(r"removed [\d,]+ files", lines[-1]), out
