@@ -199,6 +199,17 @@ def check(store: Store, count: int, group: str | None = None) -> None:
         raise RuntimeError("not every message was processed exactly once")
 
 
+def show_beside_local(rates: dict[tuple[str, int], list[float]], kind: str, title: str) -> None:
+    """The rates of the consumers of ``kind`` beside the channel's local ones of the same rounds."""
+    print(f"{title}, same rounds")
+    print(f"{'processes':>9}  {'local msg/s':>11}  {kind + ' msg/s':>11}  {kind + '/local (median)':>20}")
+    for procs in (1, 4):
+        local = statistics.median(rates["dropr", procs])
+        theirs = statistics.median(rates[kind, procs])
+        shares = [t / d for t, d in zip(rates[kind, procs], rates["dropr", procs], strict=True)]
+        print(f"{procs:>9}  {local:>11,.0f}  {theirs:>11,.0f}  {statistics.median(shares):>20.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20_000)
@@ -264,21 +275,9 @@ def main() -> None:
                 four = statistics.median(remote_four[procs])
                 print(f"{procs:>9}  {local:>11,.0f}  {remote:>12,.0f}  {same:>12.2f}  {four:>9.2f}")
         if "group" in kinds:
-            print(f"consumers of one of two groups (batch {args.batch}) beside a channel's, same rounds")
-            print(f"{'processes':>9}  {'local msg/s':>11}  {'group msg/s':>11}  {'group/local (median)':>20}")
-            for procs in (1, 4):
-                local = statistics.median(rates["dropr", procs])
-                grouped = statistics.median(rates["group", procs])
-                shares = [g / d for g, d in zip(rates["group", procs], rates["dropr", procs], strict=True)]
-                print(f"{procs:>9}  {local:>11,.0f}  {grouped:>11,.0f}  {statistics.median(shares):>20.2f}")
+            show_beside_local(rates, "group", f"consumers of one of two groups (batch {args.batch}) beside a channel's")
         if "mixed" in kinds:
-            print(f"consumers of messages put in requests mixing channels and priorities (batch {args.batch})")
-            print(f"{'processes':>9}  {'local msg/s':>11}  {'mixed msg/s':>11}  {'mixed/local (median)':>20}")
-            for procs in (1, 4):
-                local = statistics.median(rates["dropr", procs])
-                mixed = statistics.median(rates["mixed", procs])
-                shares = [m / d for m, d in zip(rates["mixed", procs], rates["dropr", procs], strict=True)]
-                print(f"{procs:>9}  {local:>11,.0f}  {mixed:>11,.0f}  {statistics.median(shares):>20.2f}")
+            show_beside_local(rates, "mixed", f"consumers of messages put in mixed requests (batch {args.batch})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
