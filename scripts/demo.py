@@ -195,9 +195,10 @@ class Demo:
             now_stored, now_processed = held(store)
             putting = any(proc.is_alive() for proc in self.producers)
             phase = "putting " if putting else "draining"
-            print(
+            print(  # the line and its end in one write: a Ctrl-C cannot fall between them
                 f"  {elapsed:5.1f} s  {phase}  spooled {spooled(self.spool):>9,}  stored {now_stored:>9,}"
-                f"  processed {now_processed:>9,}  ({now_processed - last:,}/s)",
+                f"  processed {now_processed:>9,}  ({now_processed - last:,}/s)\n",
+                end="",
                 flush=True,
             )
             last = now_processed
