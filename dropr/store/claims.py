@@ -504,8 +504,10 @@ def own_split(root: str, names: list[str], held: int, limit: int) -> Split:
     arriving = {ino for ino in split if _arriving(os.path.join(claimed, links[ino][0]))}
     giving = set(arriving)
     last = inode.get(kept[-1]) if kept else None
-    if last in split and not _short(held + len(kept) - len(links[last]), limit):
-        giving.add(last)
+    if last in split and last not in arriving:
+        staying = sum(inode.get(name) not in arriving for name in kept) - len(links[last])
+        if not _short(held + staying, limit):
+            giving.add(last)
     back = [name for name in kept if inode.get(name) in giving]
     for name in back:
         os.rename(os.path.join(claimed, name), os.path.join(root, QUEUE, name))
