@@ -448,3 +448,19 @@ def test_a_deeper_queue_is_scanned_in_a_wider_window(tmp_path: Path, monkeypatch
     (tmp_path / "claimed").mkdir()
     claimed = claims_module.claim(str(tmp_path), 10, time.time_ns() + 10**9, [])
     assert claimed.names == names[:10] and claimed.untried == names[10:100]  # the window's rest, for the next
+
+
+def test_a_process_drops_other_roots_stale_scans_once_it_keeps_many(tmp_path: Path) -> None:
+    """A deep queue's scan keeps thousands of names for the claims after it; those of roots
+    nobody claims from any more must not stay in memory for good."""
+    root = tmp_path / "root"
+    (root / "queue").mkdir(parents=True)
+    (root / "claimed").mkdir()
+    for _ in range(20):
+        (root / "queue" / f"5{codec.new_id()}+client").touch()
+    claims = Claims(RetryPolicy(), sweep_interval=60, rescan_interval=60)
+    stale = {str(tmp_path / f"gone{i}"): (time.time() - 1, 0, ["5" + "0" * 30 + "+c"]) for i in range(64)}
+    claims._seen.update(stale)
+    names, _ = claims.take(str(root), 5, 10**10)
+    assert len(names) == 5
+    assert list(claims._seen) == [str(root)] and len(claims._seen[str(root)][2]) == 15

@@ -61,6 +61,9 @@ _ENTRY_BYTES = 64
 """What a queue entry adds to its directory's size on ext4 (tmpfs counts 20): a depth guess
 that costs one ``lstat``."""
 _SCAN_SHARE = 10  # reuse a scan ten times as long as it took: at most ~1/10 of the time scanning
+_SEEN_ROOTS = 64
+"""Roots whose last scan a process keeps before it drops the stale ones (a deep queue's
+holds up to :data:`MAX_SCAN_WINDOW` names)."""
 _KEPT_REASONS = 20
 _REASON_CHARS = 4000
 MAX_LEASE = 7 * 86400.0
@@ -162,6 +165,8 @@ class Claims:
         if done.scanning:
             fresh_until = now + max(self.rescan_interval, _SCAN_SHARE * done.scanning)
         if done.untried:
+            if len(self._seen) >= _SEEN_ROOTS:  # other roots' stale scans: memory, not names to try
+                self._seen = {key: kept for key, kept in self._seen.items() if kept[0] > now}
             self._seen[root] = (fresh_until, done.scanned_ns, done.untried)
         token = until_ns - until_ns % (self._tick or 1)
         if done.names:
