@@ -21,6 +21,8 @@ SHARED_BIT = 0o100
 DIR_MODE = 0o750
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 """How a directory is opened to hold it, sync it or work relative to it."""
+READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+"""How a store file is opened to read it: never through a symbolic link."""
 REMOVE_THREADS = 4
 
 
@@ -121,7 +123,7 @@ def _remove_share(paths: list[str]) -> int:
 
 def sync_data(path: str) -> None:
     """Make the content of the file ``path`` durable (``fdatasync``; a symlink is refused)."""
-    _on_fd(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, os.fdatasync)
+    _on_fd(path, READ_FLAGS, os.fdatasync)
 
 
 def sync_directory(path: str) -> None:

@@ -66,7 +66,6 @@ _PROBE_MAX = 16
 _STORED = (STORED, "")
 _DUPLICATE = (DUPLICATE, "already held")
 _DELAYED_FD = STATES.index(DELAYED)
-_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
 """How a file system without hard links refuses one; its queues get copies instead."""
 
@@ -362,7 +361,7 @@ def _complete(staged: str) -> None:
     """Give a shared staged file, all its names linked in, :data:`~dropr._files.SHARED_MODE`
     — its staged name removed first, so that a claim counting the file's links finds the
     queues' alone: one more would look like names it did not see, and make it copy them."""
-    fd = os.open(staged, _READ)
+    fd = os.open(staged, _files.READ_FLAGS)
     try:
         os.unlink(staged)
         os.fchmod(fd, _files.SHARED_MODE)

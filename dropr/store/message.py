@@ -5,10 +5,8 @@ from __future__ import annotations
 import errno
 import os
 
-from .._files import is_shared
+from .._files import READ_FLAGS, is_shared
 from .._impl import codec, moves
-
-_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class ClaimReads:
@@ -37,7 +35,7 @@ class ClaimReads:
         data = self._payloads.pop((*file, msg_id), None)
         if data is not None:
             return data
-        fd = os.open(path, _READ)
+        fd = os.open(path, READ_FLAGS)
         try:
             opened = os.fstat(fd)
             if (opened.st_dev, opened.st_ino) != file:

@@ -21,11 +21,10 @@ import os
 import secrets
 import zlib
 
-from .._files import ARRIVING_MODE, FILE_MODE, SHARED_MODE, remove
+from .._files import ARRIVING_MODE, FILE_MODE, READ_FLAGS, SHARED_MODE, remove
 from .._impl import codec, moves
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _CHUNK = 1 << 20
 HOLD_BYTES = 1 << 16
 """The bytes of a staged file that :meth:`Staging.hold` keeps in memory."""
@@ -93,7 +92,7 @@ class Staging:
     def _copy(self, source: str) -> StagedFile:
         staged = self.open()
         try:
-            fd = os.open(source, _READ)
+            fd = os.open(source, READ_FLAGS)
             try:
                 while chunk := os.read(fd, _CHUNK):
                     staged.write(chunk)
@@ -162,7 +161,7 @@ class StagedFile:
 
     def measure(self) -> None:
         """Read the file for its size and CRC-32 (one written elsewhere)."""
-        fd = os.open(self.path, _READ)
+        fd = os.open(self.path, READ_FLAGS)
         try:
             size, crc = 0, 0
             while chunk := os.read(fd, _CHUNK):
