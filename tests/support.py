@@ -50,6 +50,21 @@ def queued_files(queue_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(found, key=lambda path: path.name)
 
 
+def open_under(directory: str | os.PathLike[str]) -> int:
+    """How many of this process's descriptors are open on ``directory`` or a file under it:
+    what a test of its own descriptors counts, whatever other tests' garbage or threads
+    open and close meanwhile."""
+    top = os.path.realpath(directory)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # closed meanwhile, or the listing's own
+            continue
+        count += target == top or target.startswith(top + os.sep)
+    return count
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     [port] = free_ports(1)

@@ -113,6 +113,37 @@ def test_an_expired_claim_not_taken_back_is_still_its_claimant_s(store: Store) -
     assert lazy.status("common", held.id) == "processed"
 
 
+def test_a_sweep_that_found_a_claim_expired_leaves_the_claim_made_of_it_meanwhile(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sweeps of a root take turns. Two processes sweeping at once both find a killed
+    consumer's claim expired; one takes it back and claims it anew, and the other, a moment
+    behind, must not then take that fresh claim back too: its claimant would lose it."""
+    import threading
+
+    put(store, b"x")
+    [expired] = store.claim("common", 1, 0.05)
+    time.sleep(0.1)
+    other = Store(store.path)
+    fresh: list[Message] = []
+    utime = os.utime
+
+    def about_to_take_it_back(*args: object, **kwargs: object) -> None:
+        monkeypatch.setattr(os, "utime", utime)
+        claiming = threading.Thread(target=lambda: fresh.extend(other.claim("common", 1, 60)))
+        claiming.start()
+        claiming.join(1.0)  # the other process's sweep and claim, unless it waits for this sweep
+        utime(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "utime", about_to_take_it_back)
+    Store(store.path).count_queued("common")  # a sweep
+    monkeypatch.setattr(os, "utime", utime)
+    eventually(lambda: fresh)
+    assert names(fresh) == [expired.name]
+    other.set_processed(*fresh)
+    assert store.counts("common") == {"queued": 0, "claimed": 0, "delayed": 0, "processed": 1, "dead": 0}
+
+
 def test_a_lease_is_the_claimed_file_s_mtime_in_nanoseconds(store: Store) -> None:
     put(store, b"x")
     before = time.time_ns()

@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 from relaykit import queued as queued_names
 from relaykit import queued_path
+from support import open_under
 
 from dropr import InvalidMessage, SpoolError, spool
 from dropr.limits import Limits
@@ -315,15 +316,17 @@ def test_put_after_close_is_a_spool_error(tmp_path: Path, twin: ModuleType) -> N
 
 
 def test_a_client_dropped_unclosed_releases_its_directories(tmp_path: Path, twin: ModuleType) -> None:
-    before = len(os.listdir("/proc/self/fd"))
+    assert open_under(tmp_path) == 0
     client = spool.Client(tmp_path)
-    assert len(os.listdir("/proc/self/fd")) == before + 3  # tmp/, queue/ and free/ held open
+    assert open_under(tmp_path) == 3  # tmp/, queue/ and free/ held open
     client.close()
+    assert open_under(tmp_path) == 0
     client.close()
     client = spool.Client(tmp_path)
+    assert open_under(tmp_path) == 3
     del client
     gc.collect()
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert open_under(tmp_path) == 0
 
 
 EXIT_WITH_OPEN_SPOOLS = """

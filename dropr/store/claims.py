@@ -11,7 +11,10 @@ the two steps the file shows an mtime from before its claim, no later than its c
 rename's): a sweeper takes that for a claim being made, not an expired one, and leaves it
 alone for :data:`GRACE` seconds. Every way back into ``queue/`` leaves such an old mtime.
 Expired claims and delayed retries that are due go back to ``queue/`` by the same kind of
-rename, done by whichever process looks first.
+rename, done by whichever process looks first — one sweeper of a root at a time (a
+``flock`` of its ``claimed/``): of two sweeping at once, both would find a dead consumer's
+claim expired, and the one a moment behind would take back the fresh claim made of it after
+the other's sweep had requeued it. So a lease is lost only to its own claimant's overrun.
 
 **A lease is a token**: the lease end in nanoseconds, which the claimant keeps. Only the
 claimant whose token the file in ``claimed/`` still carries as its mtime may process, fail
@@ -34,6 +37,7 @@ something due, and the untried names of its last scan of a deep queue.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -292,11 +296,24 @@ def process(root: str, name: str) -> str | None:
 
 
 def requeue_due(root: str, now: float) -> tuple[int, float]:
-    """Return expired claims and due retries of a root to its queue.
+    """Return expired claims and due retries of a root to its queue, holding the root's
+    sweep lock (see the module's docstring).
 
     Returns how many went back, and the earliest time a file still waiting becomes due
     (``inf`` when none), so the caller knows when looking again is worth it.
     """
+    try:
+        lock = os.open(os.path.join(root, CLAIMED), _files.DIR_FLAGS)
+    except FileNotFoundError:  # no root (yet, or any more): nothing to sweep
+        return 0, math.inf
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _requeue_due(root, now)
+    finally:
+        os.close(lock)
+
+
+def _requeue_due(root: str, now: float) -> tuple[int, float]:
     queue = os.path.join(root, QUEUE)
     moved = 0
     earliest = math.inf
