@@ -25,6 +25,7 @@ from support import ServerProcess, free_port, make_tls_cert, start_server
 
 from dropr._codec_py import escape, new_id
 from dropr._impl import moves
+from dropr.server.receive import PART_HOLD_BYTES
 from dropr.store.staging import HOLD_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,6 +288,37 @@ def test_messages_kept_in_memory_while_they_stream_and_those_past_it_are_stored_
     for client in ("host-h", "host-h2"):
         for m in msgs:
             assert payload(queue_dir(store, "held") / f"{m.priority}{m.id}+{client}") == m.payload
+    assert staged_files(store) == []
+
+
+@pytest.mark.parametrize("head", [0, PART_HOLD_BYTES], ids=["read-whole", "streamed"])
+def test_a_part_read_whole_or_streamed_gets_each_message_its_own_verdict(
+    server: ServerProcess, store: Path, head: int
+) -> None:
+    """A part of small messages within PART_HOLD_BYTES is read into memory and split when it
+    ends, a larger one followed message by message as it streams: the same verdicts either
+    way, for bytes between messages and after the last, a lying checksum and a part that ends
+    in the middle of a message and before another."""
+    client = f"host-w{head}"
+    good, between, bent, cut, absent = (msg(os.urandom(n), "whole") for n in (150, 0, 40, 90, 10))
+    lies = {bent.id: {"crc": zlib.crc32(b"other")}}
+    parts = shared_part(client, [good, between, bent, cut, absent], head=b"h" * head, gap=b"--gap--", **lies)
+    name, data = parts[-1]
+    assert isinstance(data, bytes)
+    parts[-1] = (name, data[: -len(absent.payload) - len(b"--gap--") - 30])  # cut's last 30 bytes lost
+    acks = post(server, parts).acks()
+    assert acks[good.id] == acks[between.id] == ["stored", ""]
+    assert acks[bent.id][0] == "rejected" and "checksum" in acks[bent.id][1]
+    assert acks[cut.id] == ["rejected", "size mismatch: declared 90 bytes, received 60"]
+    assert acks[absent.id] == ["rejected", "size mismatch: declared 10 bytes, received 0"]
+    held = [name for name in os.listdir(queue_dir(store, "whole")) if name.endswith(f"+{client}")]
+    assert sorted(held) == sorted(f"5{m.id}+{client}" for m in (good, between))
+    for m in (good, between):
+        assert payload(queue_dir(store, "whole") / f"5{m.id}+{client}") == m.payload
+    trailing = shared_part(f"{client}-t", [good], head=b"h" * head)
+    trailing[-1] = (trailing[-1][0], bytes(trailing[-1][1]) + b"after the last message")
+    assert post(server, trailing).acks() == {good.id: ["stored", ""]}
+    assert payload(queue_dir(store, "whole") / f"5{good.id}+{client}-t") == good.payload
     assert staged_files(store) == []
 
 
