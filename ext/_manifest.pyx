@@ -11,6 +11,7 @@ side, the common entries of a received manifest are checked here, without byteco
 import os
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
@@ -407,9 +408,24 @@ cdef object _quick_entry(object item, set channels, set parts, object max_delay_
     if (type(priority) is not int or type(size) is not int or type(crc) is not int
             or type(offset) is not int or type(delay_ms) is not int):
         return None
-    if not (0 <= priority <= 9 and size >= 0 and 0 <= crc <= 0xFFFFFFFF and (offset >= 0 or length == 6)
-            and 0 <= delay_ms <= max_delay_ms):
+    if not (_within(priority, 0, 9) and _within(size, 0, _NO_END) and _within(crc, 0, 0xFFFFFFFF)
+            and (_within(offset, 0, _NO_END) or length == 6) and _within(delay_ms, 0, _max_delay(max_delay_ms))):
         return None
     if length == 8:
-        return tuple.__new__(entry, fields)
-    return tuple.__new__(entry, (msg_id, channel, priority, part, size, crc, offset, delay_ms))
+        return _tuple_new(entry, fields)
+    return _tuple_new(entry, (msg_id, channel, priority, part, size, crc, offset, delay_ms))
+
+
+cdef long long _NO_END = 0x7FFFFFFFFFFFFFFF
+_tuple_new = tuple.__new__
+
+
+cdef inline long long _max_delay(object max_delay_ms) except? -1:
+    return max_delay_ms
+
+
+cdef inline bint _within(object number, long long least, long long most) noexcept:
+    """Whether the int ``number`` lies from ``least`` to ``most`` (one past a C integer does not)."""
+    cdef int overflow = 0
+    cdef long long value = PyLong_AsLongLongAndOverflow(number, &overflow)
+    return not overflow and least <= value <= most
