@@ -379,14 +379,19 @@ def quick_entries(list raw, set channels, set parts, object max_delay_ms, type e
     """The entries of a decoded manifest, the common ones checked in C (see the twin)."""
     cdef Py_ssize_t index, count = len(raw)
     cdef list entries = [None] * count
+    cdef long long most_delay = max_delay_ms
     for index in range(count):
         item = raw[index]
-        made = _quick_entry(item, channels, parts, max_delay_ms, entry)
+        made = _quick_entry(item, channels, parts, most_delay, entry)
         entries[index] = slow(index, item, channels, parts) if made is None else made
     return entries
 
 
-cdef object _quick_entry(object item, set channels, set parts, object max_delay_ms, type entry):
+cdef long long _NO_END = 0x7FFFFFFFFFFFFFFF  # sizes and offsets: any a C integer holds
+_tuple_new = tuple.__new__  # looked up once, not for each entry
+
+
+cdef object _quick_entry(object item, set channels, set parts, long long max_delay_ms, type entry):
     """``item`` as an ``entry`` when the quick check takes it, else None."""
     if type(item) is not list or not 6 <= len(<list>item) <= 8:
         return None
@@ -409,19 +414,11 @@ cdef object _quick_entry(object item, set channels, set parts, object max_delay_
             or type(offset) is not int or type(delay_ms) is not int):
         return None
     if not (_within(priority, 0, 9) and _within(size, 0, _NO_END) and _within(crc, 0, 0xFFFFFFFF)
-            and (_within(offset, 0, _NO_END) or length == 6) and _within(delay_ms, 0, _max_delay(max_delay_ms))):
+            and (_within(offset, 0, _NO_END) or length == 6) and _within(delay_ms, 0, max_delay_ms)):
         return None
     if length == 8:
         return _tuple_new(entry, fields)
     return _tuple_new(entry, (msg_id, channel, priority, part, size, crc, offset, delay_ms))
-
-
-cdef long long _NO_END = 0x7FFFFFFFFFFFFFFF
-_tuple_new = tuple.__new__
-
-
-cdef inline long long _max_delay(object max_delay_ms) except? -1:
-    return max_delay_ms
 
 
 cdef inline bint _within(object number, long long least, long long most) noexcept:
