@@ -14,6 +14,7 @@ import errno
 import os
 import select
 import struct
+import sys
 from typing import NamedTuple
 
 from . import _libc
@@ -35,6 +36,8 @@ falls back to looking periodically."""
 
 _EVENT = struct.Struct("iIII")
 _READ = 65536
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()  # with the encoding, what os.fsdecode does
 
 
 class Event(NamedTuple):
@@ -43,6 +46,9 @@ class Event(NamedTuple):
     wd: int
     mask: int
     name: str
+
+
+_new_event = tuple.__new__  # an Event without its __new__'s call in Python
 
 
 class Inotify:
@@ -84,7 +90,8 @@ class Inotify:
                 if mask & IN_Q_OVERFLOW:
                     self._drain()
                     return None
-                found.append(Event(wd, mask, os.fsdecode(data[offset : offset + length].rstrip(b"\0"))))
+                name = data[offset : offset + length].rstrip(b"\0").decode(_FS_ENCODING, _FS_ERRORS)
+                found.append(_new_event(Event, (wd, mask, name)))  # a relay reads one a put
                 offset += length
 
     def wait(self, timeout: float | None) -> bool:

@@ -173,6 +173,9 @@ def test_inotify_reports_arrivals_by_name(tmp_path: Path) -> None:
         os.rename(tmp_path / ".tmp", tmp_path / "9abc+peer+ch+1+00000000")
         names = watch.read()
         assert names is not None and "9abc+peer+ch+1+00000000" in names
+        odd = b"caf\xc3\xa9+\xff\xfe"  # named as os.fsdecode names it, not UTF-8 and all
+        os.rename(tmp_path / "9abc+peer+ch+1+00000000", os.path.join(os.fsencode(tmp_path), odd))
+        assert watch.read() == [os.fsdecode(odd)]
     finally:
         watch.close()
 
