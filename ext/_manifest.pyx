@@ -13,6 +13,7 @@ import os
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from libc.limits cimport LLONG_MAX
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
@@ -387,7 +388,6 @@ def quick_entries(list raw, set channels, set parts, object max_delay_ms, type e
     return entries
 
 
-cdef long long _NO_END = 0x7FFFFFFFFFFFFFFF  # sizes and offsets: any a C integer holds
 _tuple_new = tuple.__new__  # looked up once, not for each entry
 
 
@@ -413,8 +413,8 @@ cdef object _quick_entry(object item, set channels, set parts, long long max_del
     if (type(priority) is not int or type(size) is not int or type(crc) is not int
             or type(offset) is not int or type(delay_ms) is not int):
         return None
-    if not (_within(priority, 0, 9) and _within(size, 0, _NO_END) and _within(crc, 0, 0xFFFFFFFF)
-            and (_within(offset, 0, _NO_END) or length == 6) and _within(delay_ms, 0, max_delay_ms)):
+    if not (_within(priority, 0, 9) and _within(size, 0, LLONG_MAX) and _within(crc, 0, 0xFFFFFFFF)
+            and (_within(offset, 0, LLONG_MAX) or length == 6) and _within(delay_ms, 0, max_delay_ms)):
         return None
     if length == 8:
         return _tuple_new(entry, fields)

@@ -32,8 +32,8 @@ GC_THRESHOLD = (50_000, 20, 20)
 """When the server process's cyclic garbage collector runs (Python's default: 700, 10, 10).
 A batch of 1,000 messages makes tens of thousands of short-lived objects, nearly all freed
 by their reference counts; at the default the collector ran dozens of times a request,
-every thread waiting, and took ~5% of the server's time (``bench/server.py``: rate 1.05,
-CPU a message 0.94 with this threshold and start-up's objects frozen)."""
+every thread waiting, and took ~5% of the server's time (``bench/server.py --baseline``:
+rate 1.08, CPU a message 0.90 with this threshold and start-up's objects frozen)."""
 LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_MAX_REQUEST_TEXT = "64 MiB"
 

@@ -335,11 +335,12 @@ class _Body:
         """The part read whole has ended: a staged file (held) for each of its messages, of
         its bytes there (short or empty for one the part ended before: the commit refuses it)."""
         view = memoryview(part)
-        held = self.staging.held
+        hold = self.staging.hold
         files = self.upload.files
         taken = 0
         for entry in self.ranges:
-            staged = held(view[entry.offset : entry.offset + entry.size])
+            staged = hold()
+            staged.write(view[entry.offset : entry.offset + entry.size])
             files.append(staged)
             self._complete(entry, staged)
             taken += staged.size

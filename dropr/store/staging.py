@@ -52,14 +52,6 @@ class Staging:
         request together, in one call without the GIL."""
         return StagedFile(self._name(), -1, bytearray())
 
-    def held(self, data: bytes | bytearray | memoryview) -> StagedFile:
-        """A complete staged file of ``data`` (at most :data:`HOLD_BYTES`), measured and
-        kept in memory as :meth:`hold`'s are until :func:`write_held` creates it."""
-        staged = StagedFile(self._name(), -1, data)
-        staged.size = len(data)
-        staged.crc = zlib.crc32(data)
-        return staged
-
     def link(self, source: str) -> StagedFile:
         """The data of the file ``source`` as a complete staged file: a hard link read once
         for its CRC-32, or where links are refused a copy measured as it is written."""
@@ -129,13 +121,12 @@ class _Share:
 class StagedFile:
     """One staged payload: its ``path`` (empty once the store took it or it was removed),
     ``size`` and ``crc`` (CRC-32) of what it holds so far, and ``held``, its bytes while
-    they are kept in memory (None once the file is on disk; a bytearray while it may grow,
-    see :meth:`Staging.hold`). A shared one's path is a file
+    they are kept in memory (None once the file is on disk). A shared one's path is a file
     holding other messages too, which the store links under each message's name."""
 
     __slots__ = ("_fd", "_share", "crc", "held", "path", "size")
 
-    def __init__(self, path: str, fd: int, held: bytearray | bytes | memoryview | None = None) -> None:
+    def __init__(self, path: str, fd: int, held: bytearray | None = None) -> None:
         self.path = path
         self.size = 0
         self.crc = 0
@@ -148,7 +139,6 @@ class StagedFile:
         self.crc = zlib.crc32(chunk, self.crc)
         held = self.held
         if held is not None:
-            assert isinstance(held, bytearray), "a file given whole is complete"
             if self.size <= HOLD_BYTES:
                 held += chunk
                 return
@@ -221,7 +211,7 @@ def write_held(files: list[StagedFile], queued: list[tuple[str, str, int] | None
     held = [
         (file, file.held, due) for file, due in zip(files, queued, strict=True) if file.held is not None and file.path
     ]
-    queues: dict[tuple[str, int], list[tuple[StagedFile, bytes | bytearray | memoryview, str]]] = {}
+    queues: dict[tuple[str, int], list[tuple[StagedFile, bytearray, str]]] = {}
     for file, data, due in held:
         if due is not None:
             queues.setdefault(due[1:], []).append((file, data, due[0]))
@@ -232,7 +222,7 @@ def write_held(files: list[StagedFile], queued: list[tuple[str, str, int] | None
     try:
         own = [(file, data) for file, data, _ in held if file not in joined_files]
         paths = [file.path for file, _ in own]
-        contents: list[bytes | bytearray | memoryview] = [data for _, data in own]
+        contents: list[bytes | bytearray] = [data for _, data in own]
         for joined in shares:
             index = codec.batch_index([(msg_id, file.size, file.crc) for file, _, msg_id in joined])
             paths.append(joined[0][0].path)
